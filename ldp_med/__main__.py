@@ -1,0 +1,4 @@
+from ldp_med.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""The ``ldp-med`` command line: each command parses, builds a config, and calls one library function.
+
+Every :class:`~ldp_med.errors.LdpError` becomes one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+import click
+
+from ldp_med.config import ReconstructConfig, SimulateConfig, load_config
+from ldp_med.errors import InputError, LdpError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LdpError as exc:
+            click.echo(f"ldp-med: error: {exc}", err=True)
+            ctx.exit(2)
+        except MemoryError:
+            click.echo("ldp-med: error: out of memory", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ldp-med")
+def cli() -> None:
+    """MRI reconstruction with a latent diffusion prior."""
+
+
+def main() -> None:  # console-script entry point
+    cli(prog_name="ldp-med")
+
+
+@cli.command()
+@click.argument("clean")
+@click.option("-o", "--out", required=True, help="Output: .h5 for kspace, NIfTI otherwise.")
+@click.option("--task", type=click.Choice(["kspace", "denoise", "superres"]), default="kspace", show_default=True)
+@click.option("--accel", type=float, default=4.0, show_default=True, help="Requested acceleration R.")
+@click.option("--mask", "mask_kind", type=click.Choice(["poisson", "random-lines", "equispaced-lines"]), default="poisson", show_default=True)
+@click.option("--calib", type=int, default=12, show_default=True, help="Calibration square side (Poisson) or centre lines.")
+@click.option("--coils", type=int, default=8, show_default=True)
+@click.option("--noise", type=float, default=None, help="Noise sigma relative to the clean 99.9th percentile [kspace 0.005, denoise 0.05, superres 0].")
+@click.option("--noise-kind", type=click.Choice(["gaussian", "rician"]), default="rician", show_default=True, help="denoise only.")
+@click.option("--factor", type=int, default=2, show_default=True, help="superres: slice-thickness factor.")
+@click.option("--axis", type=int, default=2, show_default=True, help="superres: slice axis (0, 1, 2).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--volume-index", type=int, default=None, help="Volume to use from 4-D input.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def simulate(clean, out, task, accel, mask_kind, calib, coils, noise, noise_kind, factor, axis, seed, volume_index, force):
+    """Degrade a clean volume: multi-coil k-space (.h5), noise, or thick slices."""
+    from ldp_med.io.atomic import check_output
+    from ldp_med.io.loaders import load_volume
+    from ldp_med.physics.simulate import DEFAULT_NOISE, simulate_volume
+
+    if noise is None:
+        noise = DEFAULT_NOISE[task]
+    check_output(out, force)
+    _check_args(out, accel=accel, calib=calib, coils=coils, noise=noise, factor=factor, axis=axis)
+    cfg = SimulateConfig(task=task, accel=accel, mask=mask_kind, calib=calib, coils=coils, noise=noise,
+                         noise_kind=noise_kind, factor=factor, axis=axis, seed=seed)
+    vol = load_volume(clean, volume_index)
+    simulate_volume(vol, cfg, out, force=force, source=clean)
+    click.echo(f"wrote {out}")
+
+
+def _check_args(out, accel, calib, coils, noise, factor, axis) -> None:
+    if accel < 1:
+        raise InputError(None, f"--accel must be >= 1, got {accel}")
+    if calib < 0 or coils < 1:
+        raise InputError(None, "--calib must be >= 0 and --coils >= 1")
+    if noise < 0:
+        raise InputError(None, f"--noise must be >= 0, got {noise}")
+    if factor < 2 or axis not in (0, 1, 2):
+        raise InputError(None, f"--factor must be >= 2 and --axis 0, 1 or 2 (got {factor}, {axis})")
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--out", required=True, help="Output NIfTI (one input) or folder (several).")
+@click.option("--method", type=click.Choice(["zero-filled", "cs", "tv", "nlm", "cubic"]), default=None, help="Default: cs (kspace), nlm (denoise), cubic (superres).")
+@click.option("--task", type=click.Choice(["auto", "kspace", "denoise", "superres"]), default="auto", show_default=True)
+@click.option("--factor", type=int, default=2, show_default=True, help="superres: slice-thickness factor.")
+@click.option("--axis", type=int, default=2, show_default=True, help="superres: slice axis.")
+@click.option("--volume-index", type=int, default=None, help="Volume to use from 4-D input.")
+@click.option("--config", "config_path", default=None, help="YAML with ReconstructConfig fields.")
+@click.option("--set", "overrides", multiple=True, help="Override a config field, e.g. baseline.cs_lambda=0.004.")
+@click.option("--report", default=None, help="Write a PNG of orthogonal slices: input and reconstruction.")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+def reconstruct(inputs, out, method, task, factor, axis, volume_index, config_path, overrides, report, force):
+    """Reconstruct k-space (.h5), a noisy volume or a thick-slice volume."""
+    from ldp_med.pipeline import reconstruct_to_files
+
+    cfg = load_config(ReconstructConfig, config_path, overrides)
+    cfg = dataclasses.replace(cfg, task=task, factor=factor, axis=axis)
+    for path in reconstruct_to_files(list(inputs), out, cfg, method, volume_index, report, force):
+        click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("recon")
+@click.option("--reference", required=True, help="Reference NIfTI/DICOM or a k-space container (its `reference`).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def evaluate(recon, reference, as_json):
+    """PSNR, SSIM (3-D) and NMSE of a reconstruction against a reference."""
+    from ldp_med.pipeline import evaluate_files
+
+    scores = evaluate_files(recon, reference)
+    if as_json:
+        click.echo(json.dumps(scores))
+    else:
+        click.echo(f"PSNR {scores['psnr']:.2f} dB  SSIM {scores['ssim']:.4f}  NMSE {scores['nmse']:.5f}")
+
+
+@cli.command()
+@click.option("-o", "--out", "out_dir", default="demo_out", show_default=True, help="Output folder (created).")
+@click.option("--accel", type=float, default=4.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite existing outputs in the folder.")
+def demo(out_dir, accel, seed, force):
+    """Simulate an accelerated 8-coil scan of the MNI152 template and reconstruct it."""
+    from ldp_med.demo import run_demo
+
+    rows = run_demo(out_dir, accel=accel, seed=seed, force=force)
+    for name, s in rows.items():
+        click.echo(f"{name:12s} PSNR {s['psnr']:6.2f} dB  SSIM {s['ssim']:.4f}  time {s['seconds']:6.1f} s")
+    click.echo(f"results in {out_dir}/ (report.png, *.nii.gz, scan.h5)")
+
+
+@cli.group()
+def train() -> None:
+    """Train the VAE, then the latent diffusion prior (both run under torchrun/DDP unchanged)."""
+
+
+def _train_common(f):
+    f = click.option("--config", "config_path", default=None, help="YAML training recipe (configs/).")(f)
+    f = click.option("--data", "data_dir", default=None, help="Folder / CSV / JSON list of healthy scans.")(f)
+    f = click.option("--synthetic", type=int, default=None, help="Train on N synthetic training subjects.")(f)
+    f = click.option("--out", "out_dir", required=True, help="Output folder (checkpoints, logs, model/).")(f)
+    f = click.option("--resume", is_flag=True, help="Continue from <out>/checkpoint.")(f)
+    f = click.option("--set", "overrides", multiple=True, help="Override a config field, e.g. loop.steps=100.")(f)
+    f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
+    f = click.option("--max-minutes", type=float, default=None, help="Checkpoint and stop after this long; continue with --resume.")(f)
+    return f
+
+
+def _train_config(cls, config_path, overrides, data_dir, synthetic):
+    cfg = load_config(cls, config_path, overrides)
+    if data_dir and synthetic:
+        raise InputError(None, "give --data or --synthetic, not both")
+    if data_dir:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, folder=data_dir))
+    if synthetic:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, synthetic=synthetic, folder=""))
+    return cfg
+
+
+def _setup(cfg, device):
+    import torch
+
+    from ldp_med.training.distributed import init_distributed
+
+    if cfg.loop.threads > 0:
+        torch.set_num_threads(cfg.loop.threads)
+    return init_distributed(device)
+
+
+def _seconds(minutes):
+    return None if minutes is None else 60.0 * minutes
+
+
+def _report_training(info, folder, out_dir):
+    if info.is_main:
+        click.echo(f"wrote {folder}" if folder else f"stopped early; continue with --resume --out {out_dir}")
+
+
+@train.command("vae")
+@_train_common
+def train_vae_cmd(config_path, data_dir, synthetic, out_dir, resume, overrides, device, max_minutes):
+    """Train the 3-D VAE on random patches (L1 + MSE + KL)."""
+    from ldp_med.config import VAETrainConfig
+    from ldp_med.training.distributed import shutdown
+    from ldp_med.training.vae import train_vae
+
+    cfg = _train_config(VAETrainConfig, config_path, overrides, data_dir, synthetic)
+    info = _setup(cfg, device)
+    try:
+        folder = train_vae(cfg, out_dir, info, resume=resume, max_seconds=_seconds(max_minutes))
+    finally:
+        shutdown(info)
+    _report_training(info, folder, out_dir)
+
+
+@train.command("prior")
+@_train_common
+@click.option("--vae", "vae_dir", required=True, help="Model folder holding the trained VAE.")
+def train_prior_cmd(config_path, data_dir, synthetic, out_dir, resume, overrides, device, max_minutes, vae_dir):
+    """Train the latent diffusion UNet on cached latents of the training images."""
+    from ldp_med.config import PriorTrainConfig
+    from ldp_med.training.distributed import shutdown
+    from ldp_med.training.prior import train_prior
+
+    cfg = _train_config(PriorTrainConfig, config_path, overrides, data_dir, synthetic)
+    info = _setup(cfg, device)
+    try:
+        folder = train_prior(cfg, vae_dir, out_dir, info, resume=resume, max_seconds=_seconds(max_minutes))
+    finally:
+        shutdown(info)
+    _report_training(info, folder, out_dir)
+
+
+@cli.command()
+@click.option("--model", "model_dir", default=None, help="Model folder (default: the shipped model).")
+@click.option("--json", "as_json", is_flag=True)
+def info(model_dir, as_json):
+    """Model grid, voxel size, latent shape, classes, parameter counts, training data."""
+    from ldp_med.models.pretrained import describe
+
+    desc = describe(model_dir)
+    if as_json:
+        click.echo(json.dumps(desc, indent=2))
+    else:
+        for k, v in desc.items():
+            click.echo(f"{k:22s} {v}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""Typed configs: dataclasses are the one source of truth; YAML and ``a.b=v`` overrides only fill fields.
+
+Every field is type-checked when a config is built from a dict, a YAML file or overrides; unknown
+keys are errors (nanoGPT's configurator, made strict).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import yaml
+
+from ldp_med.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _check(tp: Any, value: Any, where: str) -> Any:
+    """Return ``value`` converted to type ``tp`` or raise ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(arg, value, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: {value!r} does not match {tp}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+            items = [_check(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value))]
+        else:
+            item_tp = args[0] if args else Any
+            items = [_check(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported config type {tp}")
+
+
+def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
+    """Build dataclass ``cls`` from a (nested) mapping, type-checking every field.
+
+    Raises:
+        ConfigError: on an unknown key, a wrong type, or a missing required field.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    kwargs = {k: _check(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain nested dict of a config dataclass (tuples become lists, for JSON/YAML)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def apply_overrides(cfg: T, overrides: list[str] | tuple[str, ...]) -> T:
+    """Return a copy of ``cfg`` with ``a.b=value`` overrides applied (value parsed as YAML)."""
+    data = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a config section")
+            node = node[p]
+        if parts[-1] not in node:
+            raise ConfigError(f"override {item!r}: unknown key {key!r}")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return from_dict(type(cfg), data)
+
+
+def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides=()) -> T:
+    """Defaults of ``cls``, filled from a YAML file (if given), then ``overrides``."""
+    data: dict = {}
+    if path is not None:
+        try:
+            with open(path) as fh:
+                data = yaml.safe_load(fh) or {}
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        cfg = from_dict(cls, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+    return apply_overrides(cfg, list(overrides)) if overrides else cfg
+
+
+@dataclass
+class SimulateConfig:
+    """How ``ldp-med simulate`` degrades a clean volume."""
+
+    task: typing.Literal["kspace", "denoise", "superres"] = "kspace"
+    accel: float = 4.0
+    mask: typing.Literal["poisson", "random-lines", "equispaced-lines"] = "poisson"
+    calib: int = 12
+    coils: int = 8
+    noise: float = 0.005
+    noise_kind: typing.Literal["gaussian", "rician"] = "rician"
+    factor: int = 2
+    axis: int = 2
+    seed: int = 0
+
+
+@dataclass
+class BaselineConfig:
+    """Classical reconstruction settings (lambdas tuned on synthetic validation volumes, docs/methods.md)."""
+
+    cs_lambda: float = 0.002
+    cs_iters: int = 60
+    cs_wavelet: str = "db4"
+    tv_lambda: float = 0.002
+    tv_iters: int = 60
+    espirit_calib: int = 12
+    nlm_patch_size: int = 3
+    nlm_patch_distance: int = 3
+    nlm_h_factor: float = 0.8
+
+
+@dataclass
+class ReconstructConfig:
+    """What ``ldp-med reconstruct`` does with one input."""
+
+    method: str = "cs"
+    task: typing.Literal["auto", "kspace", "denoise", "superres"] = "auto"
+    factor: int = 2
+    axis: int = 2
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+
+
+@dataclass
+class VAEConfig:
+    """MONAI ``AutoencoderKL`` (3-D, one channel in/out); ``len(channels) - 1`` halvings per axis."""
+
+    channels: tuple[int, ...] = (16, 32, 64)
+    latent_channels: int = 4
+    num_res_blocks: int = 1
+    norm_num_groups: int = 8
+    attention_levels: tuple[bool, ...] = (False, False, False)
+    with_nonlocal_attn: bool = False
+
+
+@dataclass
+class UNetConfig:
+    """MONAI ``DiffusionModelUNet`` on the latent grid; ``num_class_embeds`` counts the null class."""
+
+    channels: tuple[int, ...] = (64, 128, 128)
+    attention_levels: tuple[bool, ...] = (False, True, True)
+    num_res_blocks: int = 1
+    num_head_channels: int = 32
+    norm_num_groups: int = 16
+    num_class_embeds: int | None = 5
+    with_conditioning: bool = False
+    cross_attention_dim: int | None = None
+
+
+@dataclass
+class SchedulerConfig:
+    """MONAI noise scheduler used for training (DDPM) and, with the same betas, DDIM sampling."""
+
+    num_train_timesteps: int = 1000
+    schedule: str = "scaled_linear_beta"
+    beta_start: float = 0.0015
+    beta_end: float = 0.0195
+    prediction_type: typing.Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+
+
+@dataclass
+class ModelConfig:
+    """Everything a model folder's ``config.json`` holds: architecture, model grid, scale factor, classes."""
+
+    grid: tuple[int, int, int] = (96, 112, 96)
+    voxel_mm: float = 2.0
+    affine: tuple[tuple[float, ...], ...] = ()
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    latent_scale_factor: float = 1.0
+    class_names: tuple[str, ...] = ("T1w", "T2w", "PD", "FLAIR")
+    training_data: str = ""
+    ldp_med_version: str = ""
+
+    @property
+    def vae_factor(self) -> int:
+        return 2 ** (len(self.vae.channels) - 1)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        f = self.vae_factor
+        return (self.vae.latent_channels, *(n // f for n in self.grid))
+
+
+@dataclass
+class LoopConfig:
+    """The optimisation loop shared by VAE and prior training (AdamW, warm-up then cosine decay)."""
+
+    steps: int = 3000
+    batch_size: int = 4
+    lr: float = 1e-3
+    warmup: int = 100
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    threads: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Training data: the synthetic cohort (default) or a folder / list of healthy scans."""
+
+    synthetic: int = 200
+    folder: str = ""
+    cache_dir: str = "cache/cohort"
+
+
+@dataclass
+class VAETrainConfig:
+    """``ldp-med train vae``: random 3-D patches, L1 + MSE + KL."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    patch: int = 48
+    l1_weight: float = 1.0
+    mse_weight: float = 1.0
+    kl_weight: float = 1e-6
+
+
+@dataclass
+class PriorTrainConfig:
+    """``ldp-med train prior``: latent DDPM on cached latents, class condition dropped for CFG."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    cond_dropout: float = 0.15

@@ -1,0 +1,46 @@
+"""Training images in RAM: the synthetic cohort (cached to disk once) or a folder of healthy scans."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ldp_med.config import DataConfig, ModelConfig
+from ldp_med.errors import InputError
+
+
+@dataclass
+class TrainingImages:
+    """``images`` float16 (N, 1, X, Y, Z) in [0, 1] on the model grid; ``labels`` int64 (N,) (-1: unknown)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    captions: list[str]
+    description: str
+
+
+def load_training_images(data: DataConfig, model: ModelConfig, progress: bool = True) -> TrainingImages:
+    """The training split only: synthetic seeds ``0 .. data.synthetic - 1`` or every scan of ``data.folder``."""
+    if data.folder:
+        from ldp_med.data.folder import load_folder
+
+        imgs = load_folder(data.folder, model, cache_dir=data.cache_dir, progress=progress)
+        n = imgs.shape[0]
+        return TrainingImages(torch.from_numpy(imgs).half()[:, None], torch.full((n,), -1), [""] * n,
+                              f"{n} healthy scans from {data.folder}")
+    from ldp_med.data import synthetic
+
+    if tuple(model.grid) != synthetic.GRID:
+        raise InputError(None, f"the synthetic cohort lives on {synthetic.GRID}, the model grid is {tuple(model.grid)}")
+    if not 0 < data.synthetic <= 10000:
+        raise InputError(None, f"data.synthetic must be in 1..10000 (the training seeds), got {data.synthetic}")
+    seeds = synthetic.seeds("train", data.synthetic)
+    synthetic.build_cohort(data.cache_dir, seeds, progress=progress)
+    entries = {e["seed"]: e for e in synthetic.load_index(data.cache_dir)}
+    imgs = np.stack([synthetic.load_subject(data.cache_dir, entries[s]) for s in tqdm(seeds, desc="load cohort", disable=not progress)])
+    labels = torch.tensor([entries[s]["label"] for s in seeds])
+    return TrainingImages(torch.from_numpy(imgs).half()[:, None], labels, [entries[s]["caption"] for s in seeds],
+                          f"synthetic healthy cohort (MNI152 2009a), training seeds 0-{data.synthetic - 1}")

@@ -1,0 +1,393 @@
+"""Move a volume between its acquisition space and the model space, with MONAI transforms.
+
+The *model space* is the fixed grid the VAE and the diffusion prior work on: shape ``grid``
+(e.g. 96x112x96), isotropic ``voxel_mm`` voxels whose axes point to RAS+ (world-aligned, no
+rotation), intensities in [0, 1]. :class:`ToModelSpace` is one MONAI ``Compose`` applied to a
+channel-first ``MetaTensor`` (every step is recorded in its ``applied_operations``):
+
+1. :class:`PercentileScaleIntensity`: ``ScaleIntensityRangePercentiles(lower=0, upper=99.5,
+   b_min=0, b_max=1, clip=True)`` that also records the range it used, so that MONAI's inverse
+   maps model units back to scanner units exactly (``x * scale + offset``; only the top
+   ``100 - upper`` % of voxels, clipped to 1, are not recovered). It runs *first*, on the acquired
+   voxels, so the percentiles do not depend on resampling or padding, and everything padded later
+   (zeros in model units) is the volume's minimum (background) in scanner units. 99.5 rather
+   than 100 keeps a few hot voxels (vessels, fat, artefacts) from compressing the tissue range.
+2. ``Orientation(axcodes="RAS")``: flips / permutes axes only (LPS or other voxel orders).
+3. ``Spacing(pixdim=voxel_mm, mode="bilinear", padding_mode="zeros", diagonal=True)``: resamples
+   to isotropic voxels on a world-aligned (diagonal) affine; an oblique acquisition is rotated onto
+   the world axes, its new bounding box filled with zeros outside the acquired field of view.
+4. optionally ``CropForeground`` (voxels above ``foreground_threshold``, ``margin`` voxels kept):
+   off for reconstruction, on for training so the head, not the field of view, is centred.
+5. ``ResizeWithPadOrCrop(spatial_size=grid)``: symmetric zero padding / central cropping.
+
+Centring: the centre of the resampled field of view (or of the foreground box when cropping)
+lands on the grid centre (to within half a voxel when the size difference is odd). There is no
+registration: the model affine (``ModelSpaceInfo.model_affine``) is per volume and places the
+grid in the volume's own world coordinates.
+
+The way back, :meth:`ModelSpaceInfo.to_acquisition`, is MONAI's ``Compose.inverse`` on a
+``MetaTensor`` carrying the forward pass's ``applied_operations``: the result has the input's
+shape and voxel order and is meant to be saved with the input's affine. What was cropped away
+going in (a field of view larger than the grid) comes back as the volume's minimum.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from monai.data import MetaTensor, get_track_meta
+from monai.transforms import (
+    Compose,
+    CropForeground,
+    InvertibleTransform,
+    MapTransform,
+    Orientation,
+    ResizeWithPadOrCrop,
+    ScaleIntensityRange,
+    Spacing,
+)
+from monai.transforms.utils_pytorch_numpy_unification import percentile
+from monai.utils import TraceKeys
+
+from ldp_med.errors import InputError
+from ldp_med.io.volume import Volume, check_affine, check_volume_array
+
+__all__ = [
+    "DEFAULT_UPPER_PERCENTILE",
+    "PercentileScaleIntensity",
+    "ToModelSpace",
+    "ToModelSpaced",
+    "ModelSpaceInfo",
+]
+
+#: Upper intensity percentile mapped to 1 (see the module docstring for why not 100).
+DEFAULT_UPPER_PERCENTILE = 99.5
+_DEFAULT_GRID = (96, 112, 96)
+
+
+class PercentileScaleIntensity(InvertibleTransform):
+    """``ScaleIntensityRangePercentiles(lower, upper, b_min=0, b_max=1, clip=True)`` that can be undone.
+
+    The percentiles are computed exactly as MONAI's ``ScaleIntensityRangePercentiles`` does
+    (``monai...percentile`` over all channels, ``relative=False``) and applied with
+    ``ScaleIntensityRange``; the range used, ``a_min``/``a_max``, is pushed onto the MetaTensor's
+    ``applied_operations`` so that ``inverse`` (and ``Compose.inverse``) maps ``y`` back to
+    ``y * (a_max - a_min) + a_min``.
+
+    When ``a_max == a_min`` (more than ``100 - upper`` % of the voxels share the minimum, e.g. a
+    tiny object in an empty field of view) the maximum is used for ``a_max`` instead.
+
+    Args:
+        lower: lower percentile in [0, 100], mapped to 0.
+        upper: upper percentile in (lower, 100], mapped to 1.
+
+    Raises:
+        ValueError: (on call) for a constant image, whose scale is undefined.
+    """
+
+    def __init__(self, lower: float = 0.0, upper: float = DEFAULT_UPPER_PERCENTILE) -> None:
+        if not 0.0 <= lower < upper <= 100.0:
+            raise ValueError(f"need 0 <= lower < upper <= 100, got lower={lower}, upper={upper}")
+        self.lower = float(lower)
+        self.upper = float(upper)
+
+    def range_of(self, img: torch.Tensor) -> tuple[float, float]:
+        """``(a_min, a_max)`` that ``__call__`` maps to (0, 1) for ``img`` (any shape)."""
+        a_min = float(percentile(img, self.lower))
+        a_max = float(percentile(img, self.upper))
+        if a_max <= a_min:
+            a_max = float(img.max())
+        if a_max <= a_min:
+            raise ValueError(f"constant image (all voxels {a_min}); the intensity scale is undefined")
+        return a_min, a_max
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        """Scale ``img`` (C, *spatial) to [0, 1]; a MetaTensor records ``a_min``/``a_max``."""
+        a_min, a_max = self.range_of(img)
+        out = ScaleIntensityRange(a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True)(img)
+        if isinstance(out, MetaTensor):
+            self.push_transform(out, extra_info={"a_min": a_min, "a_max": a_max})
+        return out
+
+    def inverse(self, data: torch.Tensor) -> torch.Tensor:
+        """Map model units back: ``data * (a_max - a_min) + a_min`` (pops this step's record)."""
+        info = self.pop_transform(data)
+        extra = info[TraceKeys.EXTRA_INFO]
+        return data * (extra["a_max"] - extra["a_min"]) + extra["a_min"]
+
+
+class _Above:
+    """Picklable ``select_fn`` for CropForeground: voxels above ``threshold``."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = float(threshold)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x > self.threshold
+
+
+@dataclass
+class ModelSpaceInfo:
+    """What :class:`ToModelSpace` did to one volume, enough to undo it.
+
+    Attributes:
+        pipeline: the MONAI ``Compose`` that ran forward (its inverse undoes the applied operations;
+            MONAI matches them to these transform instances).
+        applied_operations: the forward pass's MONAI trace (list of dicts), oldest first.
+        meta: the model-space MetaTensor's ``meta`` (its ``affine`` is the model affine).
+        scale: intensity scale, scanner units per model unit (``a_max - a_min``).
+        offset: intensity offset, the scanner value of model 0 (``a_min``).
+        original_shape: (X, Y, Z) of the input volume.
+        original_affine: float64 (4, 4) voxel-to-RAS affine of the input (save results with it).
+        model_affine: float64 (4, 4) voxel-to-RAS affine of the model-space tensor.
+        grid: the model grid (X, Y, Z).
+    """
+
+    pipeline: Compose
+    applied_operations: list
+    meta: dict
+    scale: float
+    offset: float
+    original_shape: tuple[int, ...]
+    original_affine: np.ndarray
+    model_affine: np.ndarray
+    grid: tuple[int, int, int]
+    channels: int = field(default=1)
+
+    def to_intensity(self, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Model units -> scanner units (``x * scale + offset``), without any spatial change."""
+        return x * self.scale + self.offset
+
+    def to_acquisition(self, tensor: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Bring a model-space volume back to the input's grid and intensity units.
+
+        Args:
+            tensor: float (1, *grid) (or (*grid)) in model units, e.g. a reconstruction.
+
+        Returns:
+            float32 array of the input's shape (X, Y, Z) and voxel order ((C, X, Y, Z) when the input
+            had several channels), in the input's intensity units; save it with ``original_affine``.
+
+        Raises:
+            ValueError: for a wrong shape or non-finite values.
+        """
+        x = torch.as_tensor(np.asarray(tensor) if not isinstance(tensor, torch.Tensor) else tensor)
+        if isinstance(x, MetaTensor):
+            x = x.as_tensor()
+        x = x.detach().to("cpu", torch.float32)
+        if tuple(x.shape) == tuple(self.grid):
+            x = x[None]
+        if tuple(x.shape) != (self.channels, *self.grid):
+            expected = (self.channels, *self.grid)
+            raise ValueError(f"expected a model-space tensor of shape {expected}, got {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError("model-space tensor has NaN or Inf values")
+        mt = MetaTensor(
+            x.clone(),
+            meta=copy.deepcopy(self.meta),
+            applied_operations=copy.deepcopy(self.applied_operations),
+        )
+        with torch.no_grad():
+            out = self.pipeline.inverse(mt)
+        out = out.as_tensor() if isinstance(out, MetaTensor) else out
+        arr = out.numpy().astype(np.float32, copy=False)
+        if self.channels == 1:
+            arr = arr[0]
+        if arr.shape[-3:] != tuple(self.original_shape):  # a MONAI inverse bug would show up here
+            raise RuntimeError(f"inverse gave shape {arr.shape}, expected {tuple(self.original_shape)}")
+        return arr
+
+
+class ToModelSpace:
+    """Acquisition space -> model space (see the module docstring for the steps and centring).
+
+    Args:
+        grid: model grid (X, Y, Z); any sizes.
+        voxel_mm: isotropic model voxel size in mm.
+        crop_foreground: crop to the foreground box (model intensity > ``foreground_threshold``,
+            plus ``margin`` voxels) before padding / cropping to ``grid``; for training.
+        upper_percentile: intensity percentile mapped to 1 (the minimum maps to 0).
+        foreground_threshold: model-unit threshold of the foreground (above typical background noise).
+        margin: voxels kept around the foreground box.
+
+    Calling it on a :class:`Volume` returns a plain float32 tensor (1, *grid) in [0, 1] and a
+    :class:`ModelSpaceInfo`; :meth:`apply` is the MONAI-style step on a channel-first MetaTensor.
+    """
+
+    def __init__(
+        self,
+        grid: Sequence[int] = _DEFAULT_GRID,
+        voxel_mm: float = 2.0,
+        crop_foreground: bool = False,
+        upper_percentile: float = DEFAULT_UPPER_PERCENTILE,
+        foreground_threshold: float = 0.05,
+        margin: int = 2,
+    ) -> None:
+        grid = tuple(int(n) for n in grid)
+        if len(grid) != 3 or min(grid) < 1:
+            raise ValueError(f"grid must be 3 positive sizes, got {grid}")
+        if not voxel_mm > 0:
+            raise ValueError(f"voxel_mm must be > 0, got {voxel_mm}")
+        self.grid = grid
+        self.voxel_mm = float(voxel_mm)
+        self.crop_foreground = bool(crop_foreground)
+        self.scaler = PercentileScaleIntensity(lower=0.0, upper=upper_percentile)
+        steps: list = [
+            self.scaler,
+            Orientation(axcodes="RAS", labels=None),
+            Spacing(pixdim=self.voxel_mm, mode="bilinear", padding_mode="zeros", diagonal=True),
+        ]
+        if self.crop_foreground:
+            steps.append(CropForeground(select_fn=_Above(foreground_threshold), margin=margin, allow_smaller=True))
+        steps.append(ResizeWithPadOrCrop(spatial_size=grid))
+        self.pipeline = Compose(steps)
+
+    @classmethod
+    def from_config(cls, model_cfg, **kwargs) -> "ToModelSpace":
+        """Build from a ``ModelConfig`` (its ``grid`` and ``voxel_mm``); ``kwargs`` as in ``__init__``."""
+        return cls(grid=tuple(model_cfg.grid), voxel_mm=model_cfg.voxel_mm, **kwargs)
+
+    def apply(self, img: torch.Tensor) -> MetaTensor:
+        """Channel-first MetaTensor (C, X, Y, Z) with an affine -> MetaTensor (C, *grid), traced.
+
+        Raises:
+            InputError: non-finite or constant data (named by the MetaTensor's ``filename_or_obj``).
+            TypeError / ValueError: not a MetaTensor, or not channel-first 3-D.
+        """
+        if not isinstance(img, MetaTensor):
+            raise TypeError(
+                f"expected a MetaTensor carrying an affine (e.g. from LoadImaged), got {type(img).__name__}"
+            )
+        if img.ndim != 4:
+            raise ValueError(
+                f"expected channel-first (C, X, Y, Z), got shape {tuple(img.shape)}; use EnsureChannelFirstd"
+            )
+        if not get_track_meta():
+            raise RuntimeError("MONAI meta tracking is off (set_track_meta(False)); the result could not be undone")
+        source = img.meta.get("filename_or_obj") or None
+        if not torch.isfinite(img.as_tensor()).all():
+            raise InputError(source, "NaN or Inf values; cannot move to model space")
+        if img.numel() == 0 or float(img.max()) == float(img.min()):
+            raise InputError(source, "constant intensity; cannot scale it to [0, 1]")
+        check_affine(img.affine.numpy(), source)
+        img = img.float() if img.dtype != torch.float32 else img
+        with torch.no_grad():
+            return self.pipeline(img)
+
+    def _info(self, out: MetaTensor, orig_shape, orig_affine) -> ModelSpaceInfo:
+        ops = out.applied_operations
+        scale_op = next(op for op in reversed(ops) if op.get(TraceKeys.ID) == id(self.scaler))
+        a_min, a_max = scale_op[TraceKeys.EXTRA_INFO]["a_min"], scale_op[TraceKeys.EXTRA_INFO]["a_max"]
+        return ModelSpaceInfo(
+            pipeline=self.pipeline,
+            applied_operations=copy.deepcopy(ops),
+            meta=copy.deepcopy(out.meta),
+            scale=float(a_max - a_min),
+            offset=float(a_min),
+            original_shape=tuple(int(n) for n in orig_shape),
+            original_affine=np.asarray(orig_affine, dtype=np.float64).copy(),
+            model_affine=out.affine.numpy().astype(np.float64),
+            grid=self.grid,
+            channels=int(out.shape[0]),
+        )
+
+    def forward(self, img: Volume | MetaTensor) -> tuple[MetaTensor, ModelSpaceInfo]:
+        """Like ``__call__`` but also accepts a channel-first MetaTensor and returns the traced MetaTensor."""
+        if isinstance(img, Volume):
+            source = img.meta.get("source")
+            data = check_volume_array(img.data, source)
+            affine = check_affine(img.affine, source)
+            mt = MetaTensor(
+                torch.from_numpy(np.ascontiguousarray(data)[None].copy()),
+                affine=torch.as_tensor(affine, dtype=torch.float64),
+                meta={"filename_or_obj": str(source) if source is not None else ""},
+            )
+        elif isinstance(img, MetaTensor):
+            mt = img
+        else:
+            raise TypeError(f"expected a Volume or a channel-first MetaTensor, got {type(img).__name__}")
+        orig_shape = tuple(mt.shape[1:])
+        orig_affine = mt.affine.numpy()
+        out = self.apply(mt)
+        return out, self._info(out, orig_shape, orig_affine)
+
+    def __call__(self, volume: Volume) -> tuple[torch.Tensor, ModelSpaceInfo]:
+        """Move ``volume`` to model space.
+
+        Args:
+            volume: data float32 (X, Y, Z), RAS+ affine (4, 4), any voxel sizes / orientation.
+
+        Returns:
+            ``(x, info)``: ``x`` a plain float32 tensor (1, *grid) in [0, 1]; ``info`` a
+            :class:`ModelSpaceInfo` whose ``to_acquisition`` undoes it.
+
+        Raises:
+            InputError: bad data or affine (non-finite, not 3-D, singular, constant), naming
+                ``volume.meta["source"]``.
+        """
+        out, info = self.forward(volume)
+        return out.as_tensor().contiguous(), info
+
+    def inverse(self, img: MetaTensor) -> MetaTensor:
+        """MONAI inverse of :meth:`apply`: model-space MetaTensor (with its trace) -> acquisition space."""
+        with torch.no_grad():
+            return self.pipeline.inverse(img)
+
+
+class ToModelSpaced(MapTransform, InvertibleTransform):
+    """Dictionary wrapper of :class:`ToModelSpace` for MONAI pipelines (after LoadImaged + EnsureChannelFirstd).
+
+    Each key's value (a channel-first MetaTensor, or a :class:`Volume`) is replaced by its traced
+    model-space MetaTensor (C, *grid); ``inverse`` (hence ``Compose.inverse`` and ``Invertd``)
+    undoes it. With ``info_postfix`` set, the :class:`ModelSpaceInfo` is also stored under
+    ``f"{key}_{info_postfix}"`` (not collatable by a DataLoader, so off by default).
+
+    Args:
+        keys: keys to transform.
+        grid, voxel_mm, crop_foreground, upper_percentile, foreground_threshold, margin: as in
+            :class:`ToModelSpace`.
+        info_postfix: where to store the info, or None.
+        allow_missing_keys: do not fail on missing keys.
+    """
+
+    def __init__(
+        self,
+        keys,
+        grid: Sequence[int] = _DEFAULT_GRID,
+        voxel_mm: float = 2.0,
+        crop_foreground: bool = False,
+        upper_percentile: float = DEFAULT_UPPER_PERCENTILE,
+        foreground_threshold: float = 0.05,
+        margin: int = 2,
+        info_postfix: str | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.transform = ToModelSpace(
+            grid=grid,
+            voxel_mm=voxel_mm,
+            crop_foreground=crop_foreground,
+            upper_percentile=upper_percentile,
+            foreground_threshold=foreground_threshold,
+            margin=margin,
+        )
+        self.info_postfix = info_postfix
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            out, info = self.transform.forward(d[key])
+            d[key] = out
+            if self.info_postfix:
+                d[f"{key}_{self.info_postfix}"] = info
+        return d
+
+    def inverse(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.transform.inverse(d[key])
+        return d

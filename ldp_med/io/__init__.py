@@ -1,0 +1,20 @@
+"""File I/O: NIfTI, DICOM series and the k-space HDF5 container, with atomic writes."""
+
+from ldp_med.io.dicom import load_dicom
+from ldp_med.io.kspace import KSpaceData, load_kspace, save_kspace
+from ldp_med.io.loaders import is_kspace_file, load_volume
+from ldp_med.io.nifti import load_nifti, save_nifti
+from ldp_med.io.volume import Volume, check_volume_array
+
+__all__ = [
+    "Volume",
+    "check_volume_array",
+    "load_nifti",
+    "save_nifti",
+    "load_dicom",
+    "load_volume",
+    "is_kspace_file",
+    "KSpaceData",
+    "load_kspace",
+    "save_kspace",
+]

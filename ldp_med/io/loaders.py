@@ -1,0 +1,65 @@
+"""Format dispatch: pick the reader for a path from what it is (folder, suffix, DICOM marker)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ldp_med.errors import InputError
+from ldp_med.io.dicom import load_dicom
+from ldp_med.io.nifti import is_nifti_path, load_nifti
+from ldp_med.io.volume import Volume
+
+__all__ = ["load_volume", "is_kspace_file", "is_dicom_file"]
+
+_DICOM_SUFFIXES = (".dcm", ".ima")
+_KSPACE_SUFFIXES = (".h5", ".hdf5")
+
+
+def is_kspace_file(path: str | os.PathLike) -> bool:
+    """True when the file name ends in ``.h5`` or ``.hdf5`` (case-insensitive); the file is not opened."""
+    return Path(path).suffix.lower() in _KSPACE_SUFFIXES
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """True for a ``.dcm``/``.ima`` name, or a file whose bytes 128:132 are ``b"DICM"``."""
+    path = Path(path)
+    if path.suffix.lower() in _DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
+
+
+def load_volume(path: str | os.PathLike, volume_index: int | None = None) -> Volume:
+    """Read a volume from a NIfTI file, a DICOM series folder or a DICOM file.
+
+    Dispatch: a folder, a ``.dcm``/``.ima`` file or a file with the DICOM marker -> :func:`load_dicom`;
+    ``.nii``/``.nii.gz`` -> :func:`load_nifti`; anything else is an error.
+
+    Args:
+        path: file or folder.
+        volume_index: volume of 4-D NIfTI data to read; only valid for NIfTI.
+
+    Returns:
+        A Volume: float32 data (X, Y, Z), RAS+ affine (4, 4), meta.
+
+    Raises:
+        InputError: naming the path for a missing path, an unrecognised format, a volume index
+            given for DICOM, or any error of the chosen reader.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file or folder not found")
+    if is_nifti_path(path):
+        return load_nifti(path, volume_index=volume_index)
+    if path.is_dir() or is_dicom_file(path):
+        if volume_index is not None:
+            raise InputError(path, "a volume index applies to 4-D NIfTI only, not to DICOM")
+        return load_dicom(path)
+    if is_kspace_file(path):
+        raise InputError(path, "is a k-space container (HDF5), not a volume; read it with load_kspace")
+    raise InputError(path, "unrecognised format (expected NIfTI .nii/.nii.gz or a DICOM folder)")

@@ -1,0 +1,226 @@
+"""NIfTI-1/2 reading and NIfTI-1 writing via nibabel, with exact header geometry round trips.
+
+Reading keeps the header's qform and sform (and their codes) in ``Volume.meta`` so that
+``save_nifti(load_nifti(p), q)`` writes the same geometry: identical affine, codes and zooms.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
+
+from ldp_med.errors import InputError
+from ldp_med.io.atomic import atomic_path
+from ldp_med.io.volume import Volume, check_affine, check_volume_array
+
+__all__ = ["load_nifti", "save_nifti", "is_nifti_path"]
+
+# Everything nibabel, gzip and the file system raise for unreadable, truncated or fake files.
+_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
+_SCANNER = 1  # NIFTI_XFORM_SCANNER_ANAT
+
+
+def is_nifti_path(path: str | os.PathLike) -> bool:
+    """True when the file name ends in ``.nii`` or ``.nii.gz`` (case-insensitive)."""
+    name = Path(path).name.lower()
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's message on one line (nibabel's messages may span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _check_input_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if path.is_dir():
+        raise InputError(path, "is a folder, expected a NIfTI file (.nii or .nii.gz)")
+
+
+def _open_image(path: Path) -> nib.Nifti1Image:
+    try:
+        img = nib.load(path, mmap=False)
+    except _READ_ERRORS as exc:
+        raise InputError(path, f"not a readable NIfTI file ({_one_line(exc)})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(path, f"not a NIfTI file (nibabel reads it as {type(img).__name__})")
+    return img
+
+
+def _spatial_shape(shape: tuple[int, ...], path: Path) -> tuple[tuple[int, ...], int]:
+    """Split the on-disk shape into the 3-D spatial shape and the number of volumes.
+
+    Trailing singleton dimensions beyond the third are dropped; a 4th dimension > 1 counts the
+    volumes; any other extra dimension > 1 is an error.
+    """
+    trimmed = list(shape)
+    while len(trimmed) > 3 and trimmed[-1] == 1:
+        trimmed.pop()
+    if len(trimmed) <= 3:
+        return tuple(trimmed), 0
+    if len(trimmed) == 4:
+        return tuple(trimmed[:3]), trimmed[3]
+    raise InputError(path, f"{len(trimmed)}-D data with shape {tuple(shape)}; expected 3-D or 4-D")
+
+
+def _read_array(img: nib.Nifti1Image, path: Path, volume_index: int | None) -> np.ndarray:
+    """Read the (scaled) data of one 3-D volume as float32, shape (X, Y, Z)."""
+    shape3, n_volumes = _spatial_shape(img.shape, path)
+    if volume_index is not None and volume_index < 0:
+        raise InputError(path, f"volume index {volume_index} must be >= 0")
+    if n_volumes:
+        if volume_index is None:
+            raise InputError(path, f"4-D data with {n_volumes} volumes; pass a volume index")
+        if volume_index >= n_volumes:
+            raise InputError(
+                path, f"volume index {volume_index} out of range for 4-D data with {n_volumes} volumes"
+            )
+        # Slicing the array proxy applies scl_slope/scl_inter exactly like get_fdata.
+        index = (slice(None),) * 3 + (volume_index,) + (0,) * (len(img.shape) - 4)
+        getter = lambda: np.asarray(img.dataobj[index], dtype=np.float32)  # noqa: E731
+    else:
+        if volume_index not in (None, 0):
+            raise InputError(path, f"volume index {volume_index} out of range: the data is 3-D (one volume)")
+        getter = lambda: img.get_fdata(dtype=np.float32)  # noqa: E731
+    dtype = img.get_data_dtype()
+    if np.issubdtype(dtype, np.complexfloating):
+        raise InputError(path, f"complex data ({dtype}); expected a real-valued (magnitude) volume")
+    if dtype.fields is not None:
+        raise InputError(path, f"non-numeric data type {dtype} (e.g. RGB); expected a scalar volume")
+    try:
+        data = getter()
+    except _READ_ERRORS as exc:
+        raise InputError(path, f"cannot read the image data, the file may be truncated ({_one_line(exc)})") from None
+    return data.reshape(shape3) if len(shape3) == 3 else data
+
+
+def _header_meta(img: nib.Nifti1Image, path: Path) -> dict:
+    hdr = img.header
+    space_unit, time_unit = hdr.get_xyzt_units()
+    return {
+        "source": str(path),
+        "format": "nifti",
+        "qform": np.asarray(hdr.get_qform(), dtype=np.float64),
+        "qform_code": int(hdr["qform_code"]),
+        "sform": np.asarray(hdr.get_sform(), dtype=np.float64),
+        "sform_code": int(hdr["sform_code"]),
+        "zooms": tuple(float(z) for z in hdr.get_zooms()[:3]),
+        "xyzt_units": (space_unit, time_unit),
+        "shape_on_disk": tuple(int(s) for s in img.shape),
+    }
+
+
+def load_nifti(path: str | os.PathLike, volume_index: int | None = None) -> Volume:
+    """Read a NIfTI-1 or NIfTI-2 file (``.nii`` or ``.nii.gz``) as a :class:`Volume`.
+
+    Args:
+        path: the file.
+        volume_index: which volume of 4-D data to read (0-based); required for 4-D data with
+            more than one volume. 3-D data (also stored as (X, Y, Z, 1)) accepts None or 0.
+
+    Returns:
+        A Volume with float32 data of shape (X, Y, Z), scaled by scl_slope/scl_inter as
+        ``get_fdata`` does; ``affine`` is nibabel's best affine (sform if its code is > 0, else
+        qform if its code is > 0, else the zooms); ``meta`` holds ``qform``, ``qform_code``,
+        ``sform``, ``sform_code``, ``zooms`` (3 floats, mm), ``xyzt_units``, ``shape_on_disk``,
+        ``source``, ``format``, and ``volume_index`` when one was read from 4-D data.
+
+    Raises:
+        InputError: naming the file, for a missing file, a folder, a non-NIfTI or corrupt or
+            truncated file, 4-D data without a (valid) index, an empty dimension, NaN/Inf values,
+            or a singular affine.
+    """
+    path = Path(path)
+    _check_input_file(path)
+    img = _open_image(path)
+    data = check_volume_array(_read_array(img, path, volume_index), path)
+    affine = check_affine(img.affine, path)
+    meta = _header_meta(img, path)
+    if volume_index is not None and meta["shape_on_disk"][3:] and meta["shape_on_disk"][3] > 1:
+        meta["volume_index"] = int(volume_index)
+    return Volume(data=data, affine=affine, meta=meta)
+
+
+def _meta_geometry(meta: dict, affine: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, int] | None:
+    """Return (qform, qform_code, sform, sform_code) from ``meta`` when they still describe ``affine``.
+
+    The codes pick the effective affine as nibabel does (sform first); when it no longer matches
+    the volume's affine (the volume was resampled, or meta came from elsewhere) meta is stale.
+    """
+    keys = ("qform", "qform_code", "sform", "sform_code")
+    if any(meta.get(k) is None for k in keys):
+        return None
+    try:
+        qform = np.asarray(meta["qform"], dtype=np.float64).reshape(4, 4)
+        sform = np.asarray(meta["sform"], dtype=np.float64).reshape(4, 4)
+        qcode, scode = int(meta["qform_code"]), int(meta["sform_code"])
+    except (TypeError, ValueError):
+        return None
+    if scode > 0:
+        effective = sform
+    elif qcode > 0:
+        effective = qform
+    else:
+        return None
+    if not np.allclose(effective, affine, rtol=0, atol=1e-6):
+        return None
+    return qform, qcode, sform, scode
+
+
+def _build_header(volume: Volume) -> nib.Nifti1Header:
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(volume.shape)
+    hdr.set_data_dtype(np.float32)
+    geometry = _meta_geometry(volume.meta, volume.affine)
+    if geometry is None:
+        geometry = (volume.affine, _SCANNER, volume.affine, _SCANNER)
+    qform, qcode, sform, scode = geometry
+    # set_qform also sets pixdim (the zooms) from the qform's column norms: zooms and qform
+    # always agree in NIfTI, so restoring the qform restores the zooms.
+    hdr.set_qform(qform, code=qcode)
+    hdr.set_sform(sform, code=scode)
+    units = volume.meta.get("xyzt_units")
+    try:
+        hdr.set_xyzt_units(*(units if units else ("mm", "sec")))
+    except (TypeError, ValueError, KeyError):
+        hdr.set_xyzt_units("mm", "sec")
+    return hdr
+
+
+def save_nifti(volume: Volume, path: str | os.PathLike, force: bool = False) -> Path:
+    """Write ``volume`` as a float32 NIfTI-1 file, atomically.
+
+    The geometry comes from ``volume.meta`` (``qform``, ``qform_code``, ``sform``,
+    ``sform_code``) when present and consistent with ``volume.affine``, so a loaded volume is
+    written back with identical affine, codes and zooms; otherwise both qform and sform are set
+    to ``volume.affine`` with code 1 (scanner). The sform is stored in float32, as NIfTI requires.
+
+    Args:
+        volume: the volume; data of shape (X, Y, Z), all values finite.
+        path: destination ending in ``.nii`` or ``.nii.gz``.
+        force: overwrite an existing file.
+
+    Returns:
+        The destination path.
+
+    Raises:
+        InputError: naming ``path`` for a bad suffix, an existing file without ``force``, a
+            missing output folder, non-3-D or non-finite data, or a singular affine.
+    """
+    path = Path(path)
+    if not is_nifti_path(path):
+        raise InputError(path, "output must end in .nii or .nii.gz")
+    data = check_volume_array(volume.data, path)
+    check_affine(volume.affine, path)
+    hdr = _build_header(volume)
+    img = nib.Nifti1Image(data, affine=None, header=hdr)
+    with atomic_path(path, force) as tmp:
+        img.to_filename(tmp)
+    return path

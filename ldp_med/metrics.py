@@ -1,0 +1,50 @@
+"""Image-quality metrics on 3-D magnitude volumes (pure functions over numpy arrays).
+
+Conventions (also in docs/methods.md): metrics are computed over the whole volume, no mask;
+the data range is ``reference.max() - reference.min()``; SSIM is scikit-image's 3-D SSIM
+(7x7x7 uniform window, K1=0.01, K2=0.03) with that data range; NMSE is fastMRI's
+``||recon - ref||^2 / ||ref||^2``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+
+def _pair(recon: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    recon = np.asarray(recon, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if recon.shape != reference.shape:
+        raise ValueError(f"shape mismatch: reconstruction {recon.shape} vs reference {reference.shape}")
+    return recon, reference
+
+
+def data_range(reference: np.ndarray) -> float:
+    """The intensity range used by PSNR and SSIM: ``max - min`` of the reference (1.0 if flat)."""
+    r = float(np.max(reference) - np.min(reference))
+    return r if r > 0 else 1.0
+
+
+def psnr(recon: np.ndarray, reference: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB, peak = ``data_range(reference)``."""
+    recon, reference = _pair(recon, reference)
+    return float(peak_signal_noise_ratio(reference, recon, data_range=data_range(reference)))
+
+
+def ssim(recon: np.ndarray, reference: np.ndarray) -> float:
+    """3-D structural similarity (scikit-image, 7-voxel window) with ``data_range(reference)``."""
+    recon, reference = _pair(recon, reference)
+    return float(structural_similarity(reference, recon, data_range=data_range(reference)))
+
+
+def nmse(recon: np.ndarray, reference: np.ndarray) -> float:
+    """Normalised mean squared error ``||recon - ref||^2 / ||ref||^2``."""
+    recon, reference = _pair(recon, reference)
+    denom = float(np.sum(reference**2))
+    return float(np.sum((recon - reference) ** 2) / denom) if denom > 0 else float("inf")
+
+
+def evaluate(recon: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """All metrics as a dict: ``{"psnr": dB, "ssim": ..., "nmse": ...}``."""
+    return {"psnr": psnr(recon, reference), "ssim": ssim(recon, reference), "nmse": nmse(recon, reference)}

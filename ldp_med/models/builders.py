@@ -1,0 +1,53 @@
+"""Build MONAI networks and schedulers from typed configs (never re-implemented here)."""
+
+from __future__ import annotations
+
+from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+
+from ldp_med.config import ModelConfig, SchedulerConfig, UNetConfig, VAEConfig
+
+
+def build_vae(cfg: VAEConfig) -> AutoencoderKL:
+    """3-D ``AutoencoderKL``, 1 channel in/out, ``cfg.latent_channels`` latent channels."""
+    return AutoencoderKL(
+        spatial_dims=3, in_channels=1, out_channels=1, channels=tuple(cfg.channels),
+        latent_channels=cfg.latent_channels, num_res_blocks=cfg.num_res_blocks,
+        norm_num_groups=cfg.norm_num_groups, attention_levels=tuple(cfg.attention_levels),
+        with_encoder_nonlocal_attn=cfg.with_nonlocal_attn, with_decoder_nonlocal_attn=cfg.with_nonlocal_attn,
+        include_fc=False,
+    )
+
+
+def build_unet(cfg: UNetConfig, latent_channels: int) -> DiffusionModelUNet:
+    """3-D ``DiffusionModelUNet`` on ``latent_channels`` channels, class- (and optionally text-) conditioned."""
+    return DiffusionModelUNet(
+        spatial_dims=3, in_channels=latent_channels, out_channels=latent_channels,
+        channels=tuple(cfg.channels), attention_levels=tuple(cfg.attention_levels),
+        num_res_blocks=cfg.num_res_blocks, num_head_channels=cfg.num_head_channels,
+        norm_num_groups=cfg.norm_num_groups, num_class_embeds=cfg.num_class_embeds,
+        with_conditioning=cfg.with_conditioning, cross_attention_dim=cfg.cross_attention_dim,
+        include_fc=False,
+    )
+
+
+def _schedule_args(cfg: SchedulerConfig) -> dict:
+    return dict(num_train_timesteps=cfg.num_train_timesteps, schedule=cfg.schedule, beta_start=cfg.beta_start,
+                beta_end=cfg.beta_end, prediction_type=cfg.prediction_type, clip_sample=False)
+
+
+def build_train_scheduler(cfg: SchedulerConfig) -> DDPMScheduler:
+    """The DDPM scheduler the prior is trained with."""
+    return DDPMScheduler(**_schedule_args(cfg))
+
+
+def build_ddim_scheduler(cfg: SchedulerConfig, steps: int) -> DDIMScheduler:
+    """A DDIM scheduler with the training betas, set to ``steps`` inference steps."""
+    sched = DDIMScheduler(**_schedule_args(cfg), set_alpha_to_one=True)
+    sched.set_timesteps(steps)
+    return sched
+
+
+def build_models(cfg: ModelConfig) -> tuple[AutoencoderKL, DiffusionModelUNet]:
+    """The VAE and the latent UNet of ``cfg``, freshly initialised."""
+    return build_vae(cfg.vae), build_unet(cfg.unet, cfg.vae.latent_channels)

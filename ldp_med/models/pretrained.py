@@ -1,0 +1,163 @@
+"""Model folders: ``config.json`` beside ``vae.safetensors`` and ``unet.safetensors`` (no pickles, no network).
+
+``save_pretrained`` writes one atomically (a temporary folder renamed into place); ``load_pretrained``
+reads one, by default the model shipped inside the package (``ldp_med/weights/default``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import ldp_med
+from ldp_med.config import ModelConfig, from_dict, to_dict
+from ldp_med.errors import ConfigError, InputError
+from ldp_med.models.builders import build_unet, build_vae
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "default"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+FILES = {"vae": "vae.safetensors", "unet": "unet.safetensors"}
+
+
+@dataclass
+class Prior:
+    """A loaded latent diffusion prior: config, VAE and latent UNet (eval mode), and extra tensors."""
+
+    config: ModelConfig
+    vae: torch.nn.Module
+    unet: torch.nn.Module | None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    path: Path | None = None
+
+    def to(self, device: torch.device | str) -> "Prior":
+        self.vae.to(device)
+        if self.unet is not None:
+            self.unet.to(device)
+        self.extras = {k: v.to(device) for k, v in self.extras.items()}
+        return self
+
+
+def save_pretrained(folder: str | os.PathLike, cfg: ModelConfig, vae: torch.nn.Module,
+                    unet: torch.nn.Module | None = None, extras: dict[str, torch.Tensor] | None = None,
+                    force: bool = False) -> Path:
+    """Write ``config.json``, ``vae.safetensors`` (+ ``unet.safetensors``, ``extras.safetensors``)."""
+    folder = Path(folder)
+    if folder.exists() and not force:
+        raise InputError(folder, "model folder exists; use --force to overwrite")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        data = to_dict(cfg)
+        data["ldp_med_version"] = ldp_med.__version__
+        (tmp / "config.json").write_text(json.dumps(data, indent=2))
+        save_file({k: v.detach().contiguous().cpu() for k, v in vae.state_dict().items()}, tmp / FILES["vae"])
+        if unet is not None:
+            save_file({k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()}, tmp / FILES["unet"])
+        if extras:
+            save_file({k: v.detach().contiguous().cpu() for k, v in extras.items()}, tmp / "extras.safetensors")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return folder
+
+
+def read_config(folder: str | os.PathLike) -> ModelConfig:
+    """The :class:`ModelConfig` of a model folder, strictly checked."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "model folder does not exist")
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise InputError(folder, f"refusing pickle file(s) {pickles}; model folders hold config.json and *.safetensors only")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise InputError(folder, "missing config.json")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"unreadable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "expected a JSON object")
+    try:
+        return from_dict(ModelConfig, data)
+    except ConfigError as exc:
+        raise InputError(path, str(exc)) from None
+
+
+def _load_weights(module: torch.nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise InputError(path.parent, f"missing {path.name}")
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(path, f"unreadable safetensors file ({exc})") from None
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = "; ".join(line.strip() for line in first[1:3]) or first[0]
+        raise InputError(path, f"weights do not match config.json ({detail})") from None
+    for name, t in state.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise InputError(path, f"non-finite values in {name}")
+
+
+def load_pretrained(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                    with_unet: bool = True) -> Prior:
+    """Load a model folder (default: the model shipped with ldp-med); no network, no pickles.
+
+    Args:
+        path: model folder; None means ``ldp_med/weights/default``.
+        with_unet: False loads only the VAE (e.g. for ``autoencode`` before a prior exists).
+    """
+    folder = Path(path) if path is not None else DEFAULT_MODEL_DIR
+    cfg = read_config(folder)
+    vae = build_vae(cfg.vae)
+    _load_weights(vae, folder / FILES["vae"])
+    unet = None
+    if with_unet:
+        unet = build_unet(cfg.unet, cfg.vae.latent_channels)
+        _load_weights(unet, folder / FILES["unet"])
+    extras = {}
+    if (folder / "extras.safetensors").is_file():
+        try:
+            extras = load_file(folder / "extras.safetensors")
+        except (SafetensorError, OSError) as exc:
+            raise InputError(folder / "extras.safetensors", f"unreadable safetensors file ({exc})") from None
+    prior = Prior(cfg, vae.eval(), None if unet is None else unet.eval(), extras, folder)
+    return prior.to(device)
+
+
+def describe(path: str | os.PathLike | None = None) -> dict:
+    """A summary of a model folder for ``ldp-med info``."""
+    folder = Path(path) if path is not None else DEFAULT_MODEL_DIR
+    cfg = read_config(folder)
+    has_unet = (folder / FILES["unet"]).is_file()
+    prior = load_pretrained(folder, with_unet=has_unet)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    return {
+        "model": str(folder),
+        "grid": "x".join(map(str, cfg.grid)),
+        "voxel_mm": cfg.voxel_mm,
+        "latent_shape": "x".join(map(str, cfg.latent_shape)),
+        "vae_factor": cfg.vae_factor,
+        "latent_scale_factor": round(cfg.latent_scale_factor, 6),
+        "classes": ", ".join(cfg.class_names),
+        "vae_parameters": count(prior.vae),
+        "unet_parameters": count(prior.unet) if prior.unet is not None else 0,
+        "weights_MiB": round(size / 2**20, 2),
+        "training_data": cfg.training_data,
+        "ldp_med_version": cfg.ldp_med_version,
+    }

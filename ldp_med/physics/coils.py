@@ -1,0 +1,138 @@
+"""Coil sensitivity maps: simulated birdcage coils and ESPIRiT estimates (both from sigpy).
+
+Maps are ``np.ndarray`` complex64 of shape ``(C, X, Y, Z)`` on the same grid as the image; add a
+leading batch axis (``maps[None]``) and convert with ``torch.from_numpy`` for ``MRIOperator``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ldp_med.physics.masks import require_sigpy
+
+
+def birdcage_maps(
+    n_coils: int,
+    shape_xyz,
+    object_mask: np.ndarray | None = None,
+    r: float = 1.5,
+) -> np.ndarray:
+    """Simulated birdcage-coil sensitivities (``sigpy.mri.birdcage_maps``), RSS-normalised.
+
+    sigpy places up to 8 coils per ring on a circle of relative radius ``r`` (1 = the half-width of
+    the field of view) in the (Y, Z) plane, i.e. around the two phase-encode axes so that coil
+    encoding helps where k-space is undersampled; further rings are stacked along X. Each coil has
+    a ``1 / distance`` magnitude and a rotating phase. With ``r = 1.5`` the coils sit just outside
+    the FOV corners and a single coil's normalised magnitude varies smoothly by about 3.5x inside
+    the sphere inscribed in the FOV (~20x between FOV corners), a realistic head-array profile;
+    smaller ``r`` gives sharper, surface-coil-like profiles, larger ``r`` flatter ones.
+
+    The maps are normalised so that ``sum_c |S_c|^2 = 1`` at every voxel of the grid (which includes
+    the object), so ``A^H A`` of a fully sampled multi-coil ``MRIOperator`` is the identity. If
+    ``object_mask`` is given the maps are then set to zero outside it (as estimated maps are), and
+    the normalisation holds over the object only.
+
+    Args:
+        n_coils: number of coils C >= 1.
+        shape_xyz: image grid ``(X, Y, Z)``.
+        object_mask: optional boolean ``(X, Y, Z)`` support of the object.
+        r: relative radius of the coil ring.
+
+    Returns:
+        ``(C, X, Y, Z)`` complex64.
+
+    Raises:
+        MissingDependencyError: sigpy is not installed.
+        ValueError: invalid arguments.
+    """
+    shape = tuple(int(s) for s in shape_xyz)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"shape_xyz must be three positive ints; got {shape_xyz}")
+    if int(n_coils) < 1:
+        raise ValueError(f"n_coils must be >= 1; got {n_coils}")
+    if not r > 0:
+        raise ValueError(f"r must be > 0; got {r}")
+    require_sigpy("birdcage coil maps")
+    import sigpy.mri
+
+    maps = sigpy.mri.birdcage_maps((int(n_coils), *shape), r=float(r), dtype=np.complex128)
+    # sigpy already divides by the RSS; redo it in double precision so the identity is exact in complex64
+    maps = maps / np.sqrt((np.abs(maps) ** 2).sum(axis=0, keepdims=True))
+    if object_mask is not None:
+        object_mask = np.asarray(object_mask)
+        if object_mask.shape != shape:
+            raise ValueError(f"object_mask shape {object_mask.shape} does not match the grid {shape}")
+        maps = maps * (object_mask != 0)
+    return maps.astype(np.complex64)
+
+
+def espirit_maps(
+    kspace,
+    calib: int = 12,
+    thresh: float = 0.02,
+    kernel_width: int = 6,
+    crop: float = 0.0,
+    max_iter: int = 100,
+) -> np.ndarray:
+    """Estimate sensitivity maps with ESPIRiT (``sigpy.mri.app.EspiritCalib``, one set of maps).
+
+    The calibration region is the centred ``calib`` cube of k-space: the readout X is fully
+    sampled, so ``calib`` applies to all three axes; the (Y, Z) centre must be fully sampled (e.g.
+    the calibration square of :func:`ldp_med.physics.masks.poisson_mask` with the same ``calib``).
+    The maps are normalised by ESPIRiT to ``sum_c |S_c|^2 = 1`` wherever they are kept, with the
+    phase referenced to coil 0.
+
+    ``crop`` zeroes the maps where the ESPIRiT eigenvalue (about 1 where the coil signal is
+    consistent with the calibration, lower in noise-only background) is below it. The default 0 keeps
+    unit-norm maps everywhere, so no voxel with signal can be put in the null space of ``A`` by a bad
+    threshold (low-SNR tissue, a small or noisy calibration region); the price is that the
+    data-consistency step reproduces the measured noise in the background instead of leaving it to
+    the prior. On a 32^3 Shepp-Logan with 8 birdcage coils the object eigenvalue stayed above 0.96
+    and the background median was about 0.5-0.6, so ``crop=0.8-0.95`` gives background-free maps on
+    clean data; choose it deliberately when that is wanted.
+
+    Args:
+        kspace: ``(C, X, Y, Z)`` complex k-space (np.ndarray or torch tensor), centred convention
+            (DC at ``n // 2``), undersampled entries zero.
+        calib: calibration width (<= every grid size, > ``kernel_width``).
+        thresh: singular-value threshold of the calibration matrix, relative to the largest.
+        kernel_width: ESPIRiT kernel width.
+        crop: eigenvalue threshold in [0, 1) below which maps are set to zero.
+        max_iter: power-iteration count.
+
+    Returns:
+        ``(C, X, Y, Z)`` complex64 maps.
+
+    Raises:
+        MissingDependencyError: sigpy is not installed.
+        ValueError: bad shape or parameters.
+    """
+    if hasattr(kspace, "detach"):  # torch tensor
+        kspace = kspace.detach().cpu().numpy()
+    ksp = np.asarray(kspace)
+    if ksp.ndim != 4 or not np.iscomplexobj(ksp):
+        raise ValueError(f"kspace must be complex with shape (C, X, Y, Z); got {ksp.dtype} {ksp.shape}")
+    if not np.isfinite(ksp).all():
+        raise ValueError("kspace contains non-finite values")
+    calib, kernel_width = int(calib), int(kernel_width)
+    if not 0 < kernel_width < calib <= min(ksp.shape[1:]):
+        raise ValueError(
+            f"need 0 < kernel_width < calib <= min(X, Y, Z); got kernel_width={kernel_width}, calib={calib}, "
+            f"grid {ksp.shape[1:]}"
+        )
+    if not 0 <= crop < 1:
+        raise ValueError(f"crop must be in [0, 1); got {crop}")
+    require_sigpy("ESPIRiT coil maps")
+    from sigpy.mri.app import EspiritCalib
+
+    ksp = np.ascontiguousarray(ksp, dtype=np.complex64)  # complex64 halves the (X*Y*Z, C, C) covariance
+    maps = EspiritCalib(
+        ksp,
+        calib_width=calib,
+        thresh=thresh,
+        kernel_width=kernel_width,
+        crop=crop,
+        max_iter=max_iter,
+        show_pbar=False,
+    ).run()
+    return np.asarray(maps).astype(np.complex64)

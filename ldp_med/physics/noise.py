@@ -1,0 +1,143 @@
+"""Seeded noise and phase simulation.
+
+Every function takes ``generator``: a ``torch.Generator``, an int seed (a fresh CPU generator is
+seeded with it) or None (torch's global RNG). Noise is drawn on the generator's device and moved
+to the data's device, so a given seed gives the same numbers whatever device the data is on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ldp_med.physics.fft import fftnc, ifftnc
+
+GeneratorLike = torch.Generator | int | None
+
+
+def as_generator(generator: GeneratorLike) -> torch.Generator | None:
+    """Return a ``torch.Generator`` for an int seed, the generator itself, or None (global RNG)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, bool) or not isinstance(generator, int):
+        raise TypeError(f"generator must be a torch.Generator, an int seed or None; got {type(generator).__name__}")
+    g = torch.Generator()
+    g.manual_seed(generator)
+    return g
+
+
+def _randn(shape, g: torch.Generator | None) -> torch.Tensor:
+    device = g.device if g is not None else None
+    return torch.randn(tuple(shape), generator=g, device=device, dtype=torch.float32)
+
+
+def _check_sigma(sigma: float) -> float:
+    sigma = float(sigma)
+    if not (sigma >= 0 and math.isfinite(sigma)):
+        raise ValueError(f"sigma must be finite and >= 0; got {sigma}")
+    return sigma
+
+
+def complex_gaussian_noise(shape, sigma: float, generator: GeneratorLike = None) -> torch.Tensor:
+    """Circular complex Gaussian noise whose real and imaginary parts each have std ``sigma``.
+
+    (So ``E|n|^2 = 2 sigma^2``; unlike ``torch.randn(dtype=complex64)``, which splits unit variance.)
+
+    Args:
+        shape: output shape.
+        sigma: per-component standard deviation (>= 0).
+        generator: see the module docstring.
+
+    Returns:
+        complex64 tensor of ``shape`` on the generator's device.
+    """
+    sigma = _check_sigma(sigma)
+    g = as_generator(generator)
+    return torch.view_as_complex(_randn((*tuple(shape), 2), g) * sigma).contiguous()
+
+
+def add_gaussian_noise(x: torch.Tensor, sigma: float, generator: GeneratorLike = None) -> torch.Tensor:
+    """Add white Gaussian noise: real ``x`` gets ``N(0, sigma^2)``; complex ``x`` gets
+    :func:`complex_gaussian_noise` (std ``sigma`` on each of the real and imaginary parts).
+
+    Args:
+        x: real or complex tensor, any shape.
+        sigma: per-component standard deviation.
+        generator: see the module docstring.
+
+    Returns:
+        ``x + noise``, same shape, dtype and device as ``x``.
+    """
+    sigma = _check_sigma(sigma)
+    g = as_generator(generator)
+    if x.is_complex():
+        n = complex_gaussian_noise(x.shape, sigma, g)
+    else:
+        n = _randn(x.shape, g) * sigma
+    return x + n.to(device=x.device, dtype=x.dtype)
+
+
+def add_rician_noise(mag: torch.Tensor, sigma: float, generator: GeneratorLike = None) -> torch.Tensor:
+    """Rician noise on a magnitude image: ``|mag + n1 + i n2|`` with ``n1, n2 ~ N(0, sigma^2)``.
+
+    This is what a magnitude image of complex data with Gaussian noise looks like: the mean is
+    biased upwards at low SNR (``sigma * sqrt(pi / 2)`` where ``mag = 0``).
+
+    Args:
+        mag: real, non-negative tensor, any shape.
+        sigma: per-component standard deviation.
+        generator: see the module docstring.
+
+    Returns:
+        Real tensor, same shape, dtype and device as ``mag``.
+    """
+    if mag.is_complex():
+        raise ValueError("add_rician_noise expects a real magnitude image; use add_gaussian_noise for complex data")
+    sigma = _check_sigma(sigma)
+    g = as_generator(generator)
+    n = complex_gaussian_noise(mag.shape, sigma, g).to(mag.device)
+    return (mag + n).abs().to(mag.dtype)
+
+
+def smooth_random_phase(
+    shape_xyz,
+    generator: GeneratorLike = None,
+    max_phase: float = math.pi,
+    cutoff: float = 1.0,
+) -> torch.Tensor:
+    """Smooth random phase map, so that simulated k-space is not that of a real-valued image.
+
+    Images simulated from magnitude data have Hermitian-symmetric k-space, which real acquisitions
+    never have; training or testing on it overstates what reconstruction can do (Shimron et al.,
+    PNAS 2022, "implicit data crimes"). This draws white Gaussian noise, low-pass filters it with a
+    Gaussian of std ``cutoff`` cycles per field of view in k-space (so the smoothness relative to the
+    FOV is independent of the grid size), and rescales it so that its largest magnitude is exactly
+    ``max_phase``. Use as ``x = mag * torch.exp(1j * phase)``.
+
+    Args:
+        shape_xyz: ``(X, Y, Z)``.
+        generator: see the module docstring.
+        max_phase: half-range of the phase in radians (> 0); values lie in ``[-max_phase, max_phase]``.
+        cutoff: k-space Gaussian std in cycles per FOV (> 0); the default 1 gives one or two smooth
+            lobes across the FOV (largest step about 0.3 rad per voxel on a 64^3 grid with max_phase=pi).
+
+    Returns:
+        float32 ``(X, Y, Z)`` phase in radians, on the generator's device.
+    """
+    shape = tuple(int(s) for s in shape_xyz)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"shape_xyz must be three positive ints; got {shape_xyz}")
+    if not (max_phase > 0 and cutoff > 0):
+        raise ValueError(f"max_phase and cutoff must be > 0; got {max_phase}, {cutoff}")
+    g = as_generator(generator)
+    white = _randn(shape, g)
+    device = white.device
+    axes = [torch.arange(n, device=device, dtype=torch.float32) - n // 2 for n in shape]
+    kx, ky, kz = torch.meshgrid(*axes, indexing="ij")
+    lowpass = torch.exp(-0.5 * (kx**2 + ky**2 + kz**2) / cutoff**2)
+    field = ifftnc(fftnc(white.to(torch.complex64)) * lowpass).real
+    peak = field.abs().max()
+    if peak == 0:  # only for degenerate 1-voxel grids
+        return torch.zeros(shape, dtype=torch.float32, device=device)
+    return (field * (max_phase / peak)).clamp(-max_phase, max_phase).to(torch.float32)

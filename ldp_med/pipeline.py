@@ -1,0 +1,94 @@
+"""File-level jobs behind the CLI: reconstruct inputs to files, evaluate a file against a reference."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ldp_med.config import ReconstructConfig
+from ldp_med.errors import InputError
+from ldp_med.io.atomic import check_output
+from ldp_med.io.kspace import load_kspace
+from ldp_med.io.loaders import is_kspace_file, load_volume
+from ldp_med.io.nifti import save_nifti
+from ldp_med.metrics import evaluate
+from ldp_med.reconstruct import output_name, reconstruct_file
+
+
+def _outputs(inputs: list[str], out: str, report: str | None) -> list[Path]:
+    """One output path per input: ``out`` itself for one input, ``out/<name>.nii.gz`` for several."""
+    for p in inputs:
+        if not os.path.exists(p):
+            raise InputError(p, "no such file or folder")
+    if len(inputs) == 1:
+        if not (out.endswith(".nii") or out.endswith(".nii.gz")):
+            raise InputError(out, "output must end in .nii or .nii.gz")
+        return [Path(out)]
+    if report:
+        raise InputError(report, "--report needs a single input")
+    if not os.path.isdir(out):
+        raise InputError(out, "with several inputs, -o must be an existing folder")
+    paths = [Path(out) / f"{output_name(p)}.nii.gz" for p in inputs]
+    if len(set(paths)) != len(paths):
+        raise InputError(out, "two inputs share a name; outputs would collide")
+    return paths
+
+
+def reconstruct_to_files(inputs: list[str], out: str, cfg: ReconstructConfig, method: str | None = None,
+                         volume_index: int | None = None, report: str | None = None, force: bool = False) -> list[Path]:
+    """Reconstruct each input and write ``<out>`` (one input) or ``<out>/<name>.nii.gz`` (several).
+
+    All destinations are checked before any work starts, so a refused overwrite costs nothing.
+    """
+    outs = _outputs(inputs, out, report)
+    for o in outs:
+        check_output(o, force)
+    if report:
+        check_output(report, force)
+    written = []
+    for path, dest in zip(tqdm(inputs, desc="files", disable=len(inputs) < 2), outs):
+        vol = reconstruct_file(path, cfg, method, volume_index, progress=len(inputs) == 1)
+        save_nifti(vol, dest, force=force)
+        written.append(dest)
+        if report:
+            _write_report(path, vol.data, report, force)
+            written.append(Path(report))
+    return written
+
+
+def _write_report(path: str, recon: np.ndarray, report: str, force: bool) -> None:
+    from ldp_med.report import save_slices_png
+
+    if is_kspace_file(path):
+        from ldp_med import baselines
+
+        ksp = load_kspace(path)
+        inp = np.abs(baselines.zero_filled(ksp.kspace, ksp.mask, ksp.sensitivity_maps))
+        name = "zero-filled"
+    else:
+        inp = load_volume(path).data
+        name = "input"
+    vols = {name: inp, "reconstruction": recon} if inp.shape == recon.shape else {"reconstruction": recon}
+    save_slices_png(report, vols, force=force, title=Path(path).name)
+
+
+def load_reference(path: str) -> np.ndarray:
+    """A reference magnitude volume: a NIfTI/DICOM volume or a k-space container's ``reference``."""
+    if is_kspace_file(path):
+        ksp = load_kspace(path)
+        if ksp.reference is None:
+            raise InputError(path, "k-space container has no `reference` dataset")
+        return ksp.reference
+    return load_volume(path).data
+
+
+def evaluate_files(recon: str, reference: str) -> dict[str, float]:
+    """PSNR/SSIM/NMSE of the volume in ``recon`` against ``reference`` (conventions: ldp_med.metrics)."""
+    r = load_volume(recon).data
+    ref = load_reference(reference)
+    if r.shape != ref.shape:
+        raise InputError(recon, f"shape {r.shape} does not match the reference's {ref.shape}")
+    return evaluate(r, ref)

@@ -1,0 +1,95 @@
+"""VAE training on random 3-D patches of the training images (whole volumes are far too slow on CPU)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ldp_med.config import VAETrainConfig
+from ldp_med.data.cohort import load_training_images
+from ldp_med.models.builders import build_vae
+from ldp_med.models.pretrained import save_pretrained
+from ldp_med.training.distributed import DistInfo
+from ldp_med.training.loop import Trainer
+
+
+def patch_sampler(images: torch.Tensor, patch: int, batch_size: int, fg_threshold: float = 0.05):
+    """A batch function drawing ``batch_size`` random ``patch``^3 crops that overlap the foreground.
+
+    Crop corners are drawn uniformly inside the bounding box of voxels above ``fg_threshold``
+    (over all images), so few patches are pure background.
+    """
+    n, _, *shape = images.shape
+    if any(patch > s for s in shape):
+        raise ValueError(f"patch {patch} larger than the image grid {shape}")
+    fg = (images[:, 0].float().amax(0) > fg_threshold).nonzero()
+    lo = [max(0, int(fg[:, i].min()) - patch // 2) if len(fg) else 0 for i in range(3)]
+    hi = [min(s - patch, int(fg[:, i].max()) - patch // 2) if len(fg) else s - patch for i, s in enumerate(shape)]
+    hi = [max(h, l_) for h, l_ in zip(hi, lo)]
+
+    def batch_fn(gen: torch.Generator) -> dict:
+        idx = torch.randint(n, (batch_size,), generator=gen)
+        crops = []
+        for i in idx.tolist():
+            c = [int(torch.randint(l_, h + 1, (1,), generator=gen)) for l_, h in zip(lo, hi)]
+            crops.append(images[i, :, c[0]:c[0] + patch, c[1]:c[1] + patch, c[2]:c[2] + patch])
+        return {"image": torch.stack(crops).float()}
+
+    return batch_fn
+
+
+def vae_loss(cfg: VAETrainConfig):
+    """``(model, batch) -> (loss, logs)``: weighted L1 + MSE reconstruction plus KL to N(0, I)."""
+
+    def loss_fn(model: torch.nn.Module, batch: dict):
+        x = batch["image"]
+        recon, mu, sigma = model(x)
+        l1 = (recon - x).abs().mean()
+        mse = ((recon - x) ** 2).mean()
+        kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-12) - 1).sum(dim=(1, 2, 3, 4)).mean()
+        loss = cfg.l1_weight * l1 + cfg.mse_weight * mse + cfg.kl_weight * kl
+        psnr = -10 * torch.log10(mse.detach().clamp_min(1e-12))
+        return loss, {"l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach(), "patch_psnr": psnr}
+
+    return loss_fn
+
+
+def model_affine(grid: tuple[int, ...], voxel_mm: float) -> tuple[tuple[float, ...], ...]:
+    """The model grid's affine: the synthetic cohort's MNI-like one on its grid, else RAS centred at 0."""
+    from ldp_med.data import synthetic
+
+    if tuple(grid) == synthetic.GRID and voxel_mm == synthetic.VOXEL_MM:
+        aff = synthetic.grid_affine()
+    else:
+        import numpy as np
+
+        aff = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
+        aff[:3, 3] = -voxel_mm * (np.asarray(grid) - 1) / 2
+    return tuple(tuple(float(v) for v in row) for row in aff)
+
+
+def train_vae(cfg: VAETrainConfig, out_dir: str | os.PathLike, info: DistInfo, resume: bool = False,
+              progress: bool = True, max_seconds: float | None = None, stop_after: int | None = None) -> Path | None:
+    """Train the VAE of ``cfg.model`` and write the model folder ``<out_dir>/model`` (VAE only).
+
+    Returns:
+        the model folder, or None when training stopped early (``max_seconds``/``stop_after``).
+    """
+    data = load_training_images(cfg.data, cfg.model, progress=progress and info.is_main)
+    torch.manual_seed(cfg.loop.seed)  # identical initial weights on every rank
+    vae = build_vae(cfg.model.vae)
+    trainer = Trainer(vae, patch_sampler(data.images, cfg.patch, cfg.loop.batch_size), vae_loss(cfg),
+                      cfg.loop, out_dir, info, progress=progress)
+    vae = trainer.run(resume=resume, max_seconds=max_seconds, stop_after=stop_after)
+    if not trainer.finished:
+        return None
+    folder = Path(out_dir) / "model"
+    if info.is_main:
+        from dataclasses import replace
+
+        affine = cfg.model.affine or model_affine(cfg.model.grid, cfg.model.voxel_mm)
+        model_cfg = replace(cfg.model, training_data=data.description, affine=affine)
+        save_pretrained(folder, model_cfg, vae, force=True)
+    return folder

@@ -1,0 +1,132 @@
+"""Tests of the synthetic healthy cohort (ldp_med.data.synthetic)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ldp_med.data import synthetic as S
+
+_CACHE: dict = {}
+
+
+def subject(seed: int, contrast: str | None = None) -> dict:
+    """make_subject, rendered once per (seed, contrast) for the whole module."""
+    key = (seed, contrast)
+    if key not in _CACHE:
+        _CACHE[key] = S.make_subject(seed, contrast=contrast, return_clean=True, return_tissue=True)
+    return _CACHE[key]
+
+
+def test_splits_disjoint_and_bounds():
+    tr, va, te = S.seeds("train"), S.seeds("val"), S.seeds("test")
+    assert (len(tr), len(va), len(te)) == (10000, 100, 100)
+    assert not (set(tr) & set(va)) and not (set(tr) & set(te)) and not (set(va) & set(te))
+    assert S.seeds("val", 3) == [10000, 10001, 10002]
+    assert S.split_of(0) == "train" and S.split_of(9999) == "train"
+    assert S.split_of(10000) == "val" and S.split_of(10099) == "val"
+    assert S.split_of(20000) == "test" and S.split_of(20099) == "test"
+    for bad in (-1, 10100, 19999, 20100, 15000):
+        with pytest.raises(ValueError):
+            S.split_of(bad)
+    with pytest.raises(ValueError):
+        S.seeds("holdout")
+    with pytest.raises(ValueError):
+        S.seeds("val", 101)
+
+
+def test_grid_affine_matches_template():
+    from nilearn import datasets
+
+    tpl = datasets.load_mni152_template(resolution=2)
+    a_t, a_g = np.asarray(tpl.affine), S.grid_affine()
+    assert a_g.shape == (4, 4)
+    starts = np.array([(t - g) // 2 for t, g in zip(tpl.shape, S.GRID)])
+    for ijk in ([0, 0, 0], [10, 20, 30], [95, 111, 95]):
+        g = np.array(ijk + [1.0])
+        t = np.concatenate([np.array(ijk) + starts, [1.0]])
+        np.testing.assert_allclose(a_g @ g, a_t @ t)
+    np.testing.assert_allclose(np.abs(np.diag(a_g)[:3]), S.VOXEL_MM)
+    # The data sits where the affine says: a voxel inside both grids holds the same template value.
+    vol, aff = S.template_volume()
+    np.testing.assert_array_equal(aff, a_g)
+    raw = np.asarray(tpl.get_fdata(), dtype=np.float32)
+    ijk = np.array([48, 56, 48])
+    scale = vol[tuple(ijk)] / raw[tuple(ijk + starts)]
+    box = ((40, 60), (50, 60), (40, 60))
+    raw_box = raw[tuple(slice(a + s, b + s) for (a, b), s in zip(box, starts))]
+    np.testing.assert_allclose(vol[tuple(slice(a, b) for a, b in box)], np.clip(raw_box * scale, 0, 1), rtol=1e-5, atol=1e-6)
+    assert vol.dtype == np.float32 and vol.shape == S.GRID and vol.min() >= 0 and vol.max() == 1.0
+
+
+def test_subject_shape_dtype_range_and_determinism():
+    a = subject(11, "T1w")
+    assert a["image"].shape == S.GRID and a["image"].dtype == np.float32
+    assert 0.0 <= a["image"].min() and a["image"].max() <= 1.0
+    assert a["clean"].shape == S.GRID and a["tissue"].shape == (3,) + S.GRID
+    np.testing.assert_array_equal(a["affine"], S.grid_affine())
+    assert a["label"] == 0 and a["contrast"] == "T1w" and a["seed"] == 11
+    assert isinstance(a["caption"], str) and a["caption"]
+    b = S.make_subject(11, contrast="T1w")
+    np.testing.assert_array_equal(a["image"], b["image"])
+    assert (a["label"], a["caption"]) == (b["label"], b["caption"])
+    # Another seed: other anatomy (the tissue maps do not depend on the contrast).
+    assert not np.allclose(a["tissue"], subject(13, "T2w")["tissue"])
+    # Background (outside every tissue map) is ~0 apart from noise.
+    bg = a["tissue"].sum(0) < 1e-3
+    assert a["clean"][bg].max() < 0.02 and a["image"][bg].mean() < 0.05
+
+
+def test_meta_matches_subject_and_unknown_contrast():
+    meta = S.subject_meta(11, "T1w")
+    a = subject(11, "T1w")
+    assert (meta["label"], meta["contrast"], meta["caption"]) == (a["label"], a["contrast"], a["caption"])
+    drawn = {S.subject_meta(s)["contrast"] for s in range(40)}
+    assert drawn == set(S.CLASSES)
+    with pytest.raises(ValueError):
+        S.make_subject(1, contrast="DWI")
+
+
+@pytest.mark.parametrize(
+    "contrast, order",
+    [("T1w", ("wm", "gm", "csf")), ("T2w", ("csf", "gm", "wm")), ("FLAIR", ("gm", "wm", "csf")), ("PD", ("gm", "wm"))],
+)
+def test_tissue_contrast_ordering(contrast, order):
+    seed = {"T1w": 11, "T2w": 13, "PD": 14, "FLAIR": 15}[contrast]
+    s = subject(seed, contrast)
+    gm, wm, csf = s["tissue"]
+    means = {k: float(s["image"][m > 0.8].mean()) for k, m in (("gm", gm), ("wm", wm), ("csf", csf))}
+    for hi, lo in zip(order[:-1], order[1:]):
+        assert means[hi] > means[lo], (contrast, means)
+
+
+def test_captions():
+    assert len(S.CAPTION_TEMPLATES) >= 5
+    rng = np.random.default_rng(0)
+    for c in S.CLASSES:
+        caps = {S.caption_for(c, rng) for _ in range(60)}
+        assert len(caps) >= 5
+        assert all(any(syn in cap for syn in S.CONTRAST_SYNONYMS[c]) for cap in caps)
+
+
+def test_build_cohort_writes_index_and_skips(tmp_path, monkeypatch):
+    index = S.build_cohort(tmp_path, [10000], progress=False)
+    entries = json.loads(index.read_text())
+    assert [e["seed"] for e in entries] == [10000]
+    e = entries[0]
+    assert e["split"] == "val" and e["file"] == "sub-10000.npz"
+    meta = S.subject_meta(10000)
+    assert (e["label"], e["contrast"], e["caption"]) == (meta["label"], meta["contrast"], meta["caption"])
+    img = S.load_subject(tmp_path, e)
+    assert img.shape == S.GRID and img.dtype == np.float32 and 0 <= img.min() and img.max() <= 1
+
+    def boom(*a, **k):
+        raise AssertionError("existing subject re-rendered")
+
+    monkeypatch.setattr(S, "make_subject", boom)
+    S.build_cohort(tmp_path, [10000], progress=False)  # skipped: no render
+    assert S.load_index(tmp_path) == entries
+    with pytest.raises(ValueError):
+        S.build_cohort(tmp_path, [15000], progress=False)

@@ -1,0 +1,210 @@
+"""Acquisition space <-> model space (ldp_med.data.transforms) on tiny odd-sized volumes."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged, ScaleIntensityRangePercentiles
+
+from ldp_med.data.transforms import ModelSpaceInfo, PercentileScaleIntensity, ToModelSpace, ToModelSpaced
+from ldp_med.errors import InputError
+from ldp_med.io.volume import Volume
+from tests.conftest import ellipsoid_phantom, oblique_affine
+
+GRID = (24, 28, 20)
+VOX = 2.0
+
+
+def _flipped_affine() -> np.ndarray:
+    """Anisotropic 1.2 x 0.9 x 3 mm voxels with x and z flipped (an LPI-like voxel order)."""
+    a = np.diag([-1.2, 0.9, -3.0, 1.0])
+    a[:3, 3] = [20.0, -15.0, 25.0]
+    return a
+
+
+def _fov_centre(shape, affine) -> np.ndarray:
+    return affine[:3, :3] @ ((np.asarray(shape) - 1) / 2) + affine[:3, 3]
+
+
+def _field(xyz: np.ndarray, centre: np.ndarray, radius: float = 13.0) -> np.ndarray:
+    """A smooth blob (flat top, soft edge, ramps along every world axis, so no mirror symmetry), ~0..1500."""
+    d = xyz - centre
+    r = np.linalg.norm(d / np.array([1.0, 1.15, 0.9]), axis=-1) / radius
+    ramp = 1 + 0.25 * (d[..., 0] + 0.7 * d[..., 1] - 0.5 * d[..., 2]) / radius
+    return 1000.0 * np.exp(-(r**4)) * ramp
+
+
+def _world(shape, affine) -> np.ndarray:
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    return ijk @ affine[:3, :3].T + affine[:3, 3]
+
+
+def _smooth_volume(shape, affine) -> Volume:
+    data = _field(_world(shape, affine), _fov_centre(shape, affine)).astype(np.float32)
+    return Volume(data, affine, {"source": "smooth-phantom"})
+
+
+GEOMETRIES = {
+    "oblique": ((27, 31, 23), oblique_affine()),
+    "flipped-anisotropic": ((31, 41, 15), _flipped_affine()),
+}
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_round_trip_is_interpolation_error_only(name):
+    shape, affine = GEOMETRIES[name]
+    vol = _smooth_volume(shape, affine)
+    x, info = ToModelSpace(GRID, VOX)(vol)
+
+    assert type(x) is torch.Tensor and x.dtype == torch.float32 and tuple(x.shape) == (1, *GRID)
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    back = info.to_acquisition(x)
+    assert back.shape == shape and back.dtype == np.float32
+    np.testing.assert_array_equal(info.original_affine, affine)  # save `back` with the input's affine
+
+    inside = vol.data > 0.5 * vol.data.max()
+    rel = np.abs(back - vol.data)[inside] / vol.data[inside]
+    assert rel.mean() < 0.05
+    assert np.abs(back - vol.data).max() < 0.1 * vol.data.max()
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_model_grid_is_ras_and_centred_and_geometrically_right(name):
+    shape, affine = GEOMETRIES[name]
+    vol = _smooth_volume(shape, affine)
+    x, info = ToModelSpace(GRID, VOX)(vol)
+
+    # RAS, isotropic, world-aligned; the field of view's centre is on the grid centre.
+    np.testing.assert_allclose(info.model_affine[:3, :3], np.eye(3) * VOX, atol=1e-6)
+    grid_centre = info.model_affine[:3, :3] @ ((np.asarray(GRID) - 1) / 2) + info.model_affine[:3, 3]
+    assert np.all(np.abs(grid_centre - _fov_centre(shape, affine)) <= VOX + 1e-6)
+
+    # Each model voxel holds the phantom at its world position (flips / rotation handled).
+    expected = _field(_world(GRID, info.model_affine), _fov_centre(shape, affine))
+    got = info.to_intensity(x[0].numpy())
+    inside = expected > 0.5 * expected.max()
+    assert np.abs(got - expected)[inside].mean() < 0.02 * expected.max()  # a flip or 1-voxel shift gives > 0.04
+
+
+def test_intensity_units_restored_and_scaling_matches_monai():
+    data = ellipsoid_phantom() * 1000.0
+    vol = Volume(data, oblique_affine())
+    x, info = ToModelSpace(GRID, VOX, upper_percentile=99.5)(vol)
+    assert info.offset == pytest.approx(float(data.min()))
+    assert info.scale == pytest.approx(float(np.percentile(data, 99.5)) - float(data.min()), rel=1e-5)
+    back = info.to_acquisition(x)
+    assert 500 < back.max() <= data.max() + 1e-3  # scanner units, not [0, 1]
+    bright = data > 700
+    assert abs(back[bright].mean() - data[bright].mean()) < 0.1 * data[bright].mean()
+
+    # Same numbers as MONAI's ScaleIntensityRangePercentiles, plus an exact inverse.
+    img = MetaTensor(torch.from_numpy(data[None].copy()))
+    scaler = PercentileScaleIntensity(0.0, 99.5)
+    ours = scaler(img)
+    ref = ScaleIntensityRangePercentiles(lower=0, upper=99.5, b_min=0, b_max=1, clip=True)(data[None])
+    np.testing.assert_allclose(ours.numpy(), np.asarray(ref), atol=1e-6)
+    undone = scaler.inverse(ours).numpy()[0]
+    kept = data <= np.percentile(data, 99.5)
+    np.testing.assert_allclose(undone[kept], data[kept], rtol=1e-5, atol=1e-3)
+
+
+def test_small_fov_is_padded_and_exactly_undone():
+    rng = np.random.default_rng(0)
+    data = (100 + 50 * rng.random((9, 11, 7))).astype(np.float32)
+    affine = np.diag([VOX, VOX, VOX, 1.0])
+    x, info = ToModelSpace(GRID, VOX, upper_percentile=100.0)(Volume(data, affine))
+    x = x[0].numpy()
+    # Same voxel grid: no interpolation, the data sit in a central box, zeros around it.
+    starts = [(g - n) // 2 for g, n in zip(GRID, data.shape)]
+    box = tuple(slice(s, s + n) for s, n in zip(starts, data.shape))
+    np.testing.assert_allclose(info.to_intensity(x[box]), data, rtol=1e-5)
+    outside = np.ones(GRID, bool)
+    outside[box] = False
+    assert np.all(x[outside] == 0)
+    np.testing.assert_allclose(info.to_acquisition(x), data, rtol=1e-5)
+
+
+def test_large_fov_is_cropped_centrally_and_the_rest_returns_as_background():
+    data = ellipsoid_phantom((31, 35, 25)) * 300.0 + 10.0
+    x, info = ToModelSpace(GRID, VOX, upper_percentile=100.0)(Volume(data, np.diag([VOX, VOX, VOX, 1.0])))
+    starts = [(n - g) // 2 for g, n in zip(GRID, data.shape)]
+    box = tuple(slice(s, s + g) for s, g in zip(starts, GRID))
+    np.testing.assert_allclose(info.to_intensity(x[0].numpy()), data[box], rtol=1e-5)
+    back = info.to_acquisition(x)
+    np.testing.assert_allclose(back[box], data[box], rtol=1e-5)
+    outside = np.ones(data.shape, bool)
+    outside[box] = False
+    np.testing.assert_allclose(back[outside], data.min())
+
+
+def test_crop_foreground_centres_an_off_centre_object():
+    data = np.zeros((35, 39, 27), np.float32)
+    data[2:14, 3:17, 2:12] = ellipsoid_phantom((12, 14, 10)) * 500  # in a corner
+    vol = Volume(data, np.diag([VOX, VOX, VOX, 1.0]))
+    centre = (np.asarray(GRID) - 1) / 2
+
+    def centre_of_mass(x):
+        w = x[0].numpy()
+        idx = np.stack(np.meshgrid(*[np.arange(n) for n in GRID], indexing="ij"), -1)
+        return (idx * w[..., None]).reshape(-1, 3).sum(0) / w.sum()
+
+    x_crop, _ = ToModelSpace(GRID, VOX, crop_foreground=True)(vol)
+    x_plain, _ = ToModelSpace(GRID, VOX)(vol)
+    assert np.all(np.abs(centre_of_mass(x_crop) - centre) < 1.5)
+    assert np.any(np.abs(centre_of_mass(x_plain) - centre) > 4)
+
+
+def test_bad_inputs_fail_loudly():
+    t = ToModelSpace(GRID, VOX)
+    bad = ellipsoid_phantom()
+    bad[3, 4, 5] = np.nan
+    with pytest.raises(InputError, match="scan.nii"):
+        t(Volume(bad, oblique_affine(), {"source": "scan.nii"}))
+    with pytest.raises(InputError, match="constant"):
+        t(Volume(np.full((5, 6, 7), 3.0, np.float32), np.eye(4), {"source": "flat.nii"}))
+    with pytest.raises(InputError, match="singular"):
+        t(Volume(ellipsoid_phantom(), np.diag([1.0, 0.0, 1.0, 1.0])))
+    x, info = t(Volume(ellipsoid_phantom(), oblique_affine()))
+    with pytest.raises(ValueError, match="shape"):
+        info.to_acquisition(torch.zeros(1, 5, 5, 5))
+    # A bare (*grid) array is accepted too, and the info can be reused.
+    a = info.to_acquisition(x[0].numpy())
+    b = info.to_acquisition(x)
+    np.testing.assert_array_equal(a, b)
+    assert isinstance(info, ModelSpaceInfo)
+
+
+@pytest.mark.filterwarnings("ignore:NvImgCodec")  # MONAI probes an optional GPU DICOM decoder
+@pytest.mark.parametrize("image_only", [True, False])
+def test_dictionary_pipeline_after_loadimaged(tmp_path, image_only):
+    vol = _smooth_volume(*GEOMETRIES["oblique"])
+    path = tmp_path / "scan.nii.gz"
+    img = nib.Nifti1Image(vol.data, vol.affine)
+    img.set_sform(vol.affine, code=1)
+    img.set_qform(vol.affine, code=1)
+    nib.save(img, str(path))
+
+    pipeline = Compose(
+        [
+            LoadImaged(keys="image", image_only=image_only, reader="NibabelReader"),
+            EnsureChannelFirstd(keys="image"),
+            ToModelSpaced(keys="image", grid=GRID, voxel_mm=VOX, info_postfix="model_space"),
+        ]
+    )
+    d = pipeline({"image": str(path)})
+    assert tuple(d["image"].shape) == (1, *GRID)
+    x_arr, _ = ToModelSpace(GRID, VOX)(vol)
+    np.testing.assert_allclose(d["image"].numpy(), x_arr.numpy(), atol=1e-4)
+
+    # Three ways back: the stored info, MONAI's Invertd on a prediction, Compose.inverse.
+    back_info = d["image_model_space"].to_acquisition(d["image"])
+    d["pred"] = d["image"].clone()
+    back_invertd = Invertd(keys="pred", transform=pipeline, orig_keys="image")(d)["pred"]
+    back_compose = pipeline.inverse({"image": d["image"]})["image"]
+    inside = vol.data > 0.5 * vol.data.max()
+    for back in (back_info, np.asarray(back_invertd)[0], np.asarray(back_compose)[0]):
+        assert back.shape == vol.shape
+        assert np.abs(back - vol.data)[inside].mean() < 0.05 * vol.data.max()

@@ -1,0 +1,233 @@
+"""NIfTI reading/writing: exact geometry round trips, 4-D handling, and one-line errors for bad files."""
+
+from __future__ import annotations
+
+import hashlib
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ldp_med.errors import InputError
+from ldp_med.io import Volume, check_volume_array, load_nifti, load_volume, save_nifti
+
+SHAPE = (9, 12, 10)
+
+
+def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
+    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+ZOOMS = np.array([0.9, 1.1, 2.5])
+# qform: oblique rotation times anisotropic zooms (a qform cannot hold shears).
+QFORM = np.eye(4)
+QFORM[:3, :3] = _rotation(0.3, -0.2, 0.5) * ZOOMS
+QFORM[:3, 3] = [-10.0, 20.0, 30.0]
+# sform: a different, sheared oblique matrix (NIfTI allows any affine there).
+SFORM = np.array([
+    [0.9, 0.2, 0.1, -8.0],
+    [-0.1, 1.1, 0.3, 17.0],
+    [0.05, -0.2, 2.5, 31.5],
+    [0.0, 0.0, 0.0, 1.0],
+])
+
+
+def _data(shape=SHAPE, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).random(shape, dtype=np.float32) * 100
+
+
+def _write(path, data, qform=QFORM, sform=SFORM, qcode=1, scode=4):
+    img = nib.Nifti1Image(data, None)
+    img.header.set_qform(qform, code=qcode)
+    img.header.set_sform(sform, code=scode)
+    img.to_filename(path)
+    return path
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def oblique(tmp_path):
+    return _write(tmp_path / "in.nii.gz", _data())
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_round_trip_is_exact(tmp_path, suffix):
+    src = _write(tmp_path / f"in{suffix}", _data())
+    first = load_nifti(src)
+    assert first.data.dtype == np.float32 and first.shape == SHAPE
+    np.testing.assert_allclose(first.affine, SFORM, atol=1e-5)  # sform wins (code 4 > 0)
+    assert (first.meta["qform_code"], first.meta["sform_code"]) == (1, 4)
+    np.testing.assert_allclose(first.meta["zooms"], ZOOMS, rtol=1e-6)
+
+    out = save_nifti(first, tmp_path / f"out{suffix}")
+    second = load_nifti(out)
+    np.testing.assert_array_equal(second.data, first.data)
+    np.testing.assert_array_equal(second.affine, first.affine)
+    np.testing.assert_array_equal(second.meta["qform"], first.meta["qform"])
+    np.testing.assert_array_equal(second.meta["sform"], first.meta["sform"])
+    assert second.meta["zooms"] == first.meta["zooms"]
+    assert (second.meta["qform_code"], second.meta["sform_code"]) == (1, 4)
+    assert nib.load(src).header.binaryblock == nib.load(out).header.binaryblock
+
+
+def test_qform_only_file_round_trips(tmp_path):
+    src = _write(tmp_path / "q.nii.gz", _data(), sform=np.zeros((4, 4)), qcode=2, scode=0)
+    first = load_nifti(src)
+    np.testing.assert_allclose(first.affine, QFORM, atol=1e-5)
+    second = load_nifti(save_nifti(first, tmp_path / "q2.nii.gz"))
+    np.testing.assert_array_equal(second.affine, first.affine)
+    assert (second.meta["qform_code"], second.meta["sform_code"]) == (2, 0)
+
+
+def test_volume_without_meta_gets_scanner_codes(tmp_path):
+    vol = Volume(_data(), SFORM)
+    back = load_nifti(save_nifti(vol, tmp_path / "v.nii.gz"))
+    assert (back.meta["qform_code"], back.meta["sform_code"]) == (1, 1)
+    np.testing.assert_allclose(back.affine, SFORM, atol=1e-5)
+    np.testing.assert_allclose(back.voxel_sizes, vol.voxel_sizes, rtol=1e-6)
+
+
+def test_stale_meta_is_ignored(oblique, tmp_path):
+    vol = load_nifti(oblique)
+    vol.affine = np.diag([2.0, 3.0, 4.0, 1.0])  # e.g. resampled; meta still describes the old grid
+    back = load_nifti(save_nifti(vol, tmp_path / "r.nii.gz"))
+    np.testing.assert_array_equal(back.affine, vol.affine)
+    assert (back.meta["qform_code"], back.meta["sform_code"]) == (1, 1)
+
+
+def test_scaling_is_applied(tmp_path):
+    raw = np.arange(np.prod(SHAPE), dtype=np.int16).reshape(SHAPE) % 300
+    img = nib.Nifti1Image(raw, np.eye(4), dtype=np.int16)
+    img.header.set_slope_inter(2.0, -10.0)
+    img.to_filename(tmp_path / "s.nii.gz")
+    vol = load_nifti(tmp_path / "s.nii.gz")
+    assert vol.data.dtype == np.float32
+    np.testing.assert_array_equal(vol.data, raw.astype(np.float32) * 2 - 10)
+
+
+def test_4d_needs_an_index(tmp_path):
+    data = np.stack([_data(seed=s) for s in range(3)], axis=-1)
+    path = _write(tmp_path / "f.nii.gz", data)
+    with pytest.raises(InputError, match="4-D data with 3 volumes; pass a volume index"):
+        load_nifti(path)
+    vol = load_nifti(path, volume_index=2)
+    np.testing.assert_array_equal(vol.data, data[..., 2])
+    assert vol.meta["volume_index"] == 2
+    with pytest.raises(InputError, match="out of range"):
+        load_nifti(path, volume_index=3)
+    with pytest.raises(InputError, match=">= 0"):
+        load_nifti(path, volume_index=-1)
+
+
+def test_trailing_singleton_is_3d(tmp_path):
+    data = _data()[..., None]
+    vol = load_nifti(_write(tmp_path / "t.nii.gz", data))
+    assert vol.shape == SHAPE
+    assert load_nifti(tmp_path / "t.nii.gz", volume_index=0).shape == SHAPE
+    with pytest.raises(InputError, match="out of range"):
+        load_nifti(tmp_path / "t.nii.gz", volume_index=1)
+
+
+@pytest.mark.parametrize("name", ["fake.nii.gz", "fake.nii"])
+def test_text_file_posing_as_nifti(tmp_path, name):
+    path = tmp_path / name
+    path.write_text("this is not an image\n" * 20)
+    with pytest.raises(InputError, match="not a readable NIfTI file") as info:
+        load_nifti(path)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_truncated_file(tmp_path, suffix):
+    good = _write(tmp_path / f"good{suffix}", _data())
+    bad = tmp_path / f"bad{suffix}"
+    blob = good.read_bytes()
+    bad.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(InputError, match="truncated") as info:
+        load_nifti(bad)
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_nan_voxel(tmp_path):
+    data = _data()
+    data[1, 2, 3] = np.nan
+    data[4, 5, 6] = np.inf
+    with pytest.raises(InputError, match="1 NaN and 1 Inf values"):
+        load_nifti(_write(tmp_path / "n.nii.gz", data))
+
+
+def test_empty_dimension(tmp_path):
+    with pytest.raises(InputError, match="size 0"):
+        load_nifti(_write(tmp_path / "e.nii.gz", np.zeros((9, 0, 10), np.float32)))
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        load_nifti(tmp_path / "nope.nii.gz")
+    folder = tmp_path / "dir.nii"
+    folder.mkdir()
+    with pytest.raises(InputError, match="is a folder"):
+        load_nifti(folder)
+
+
+def test_existing_output_needs_force(oblique, tmp_path):
+    vol = load_nifti(oblique)
+    out = tmp_path / "out.nii.gz"
+    out.write_bytes(b"old")
+    with pytest.raises(InputError, match="output exists"):
+        save_nifti(vol, out)
+    assert out.read_bytes() == b"old"
+    save_nifti(vol, out, force=True)
+    np.testing.assert_array_equal(load_nifti(out).data, vol.data)
+
+
+def test_input_never_modified_and_no_temp_files(oblique, tmp_path):
+    before = _sha(oblique)
+    vol = load_nifti(oblique)
+    save_nifti(vol, tmp_path / "out.nii.gz")
+    with pytest.raises(InputError, match="output exists"):
+        save_nifti(vol, oblique)
+    assert _sha(oblique) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz", "out.nii.gz"]
+
+
+def test_save_rejects_non_finite_and_writes_nothing(tmp_path):
+    data = _data()
+    data[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="1 NaN"):
+        save_nifti(Volume(data, np.eye(4)), tmp_path / "n.nii.gz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_rejects_bad_suffix(tmp_path):
+    with pytest.raises(InputError, match=r"\.nii or \.nii\.gz"):
+        save_nifti(Volume(_data(), np.eye(4)), tmp_path / "out.img")
+
+
+def test_check_volume_array_rejects_bad_arrays():
+    with pytest.raises(InputError, match="complex"):
+        check_volume_array(np.zeros(SHAPE, np.complex64), "x")
+    with pytest.raises(InputError, match="non-numeric"):
+        check_volume_array(np.full(SHAPE, "a"), "x")
+    with pytest.raises(InputError, match="expected 3-D"):
+        check_volume_array(np.zeros((4, 4)), "x")
+    assert check_volume_array(np.ones(SHAPE, np.int16), "x").dtype == np.float32
+
+
+def test_load_volume_dispatch(oblique, tmp_path):
+    assert load_volume(oblique).meta["format"] == "nifti"
+    other = tmp_path / "scan.mgz"
+    other.write_bytes(b"\0" * 400)
+    with pytest.raises(InputError, match="unrecognised format"):
+        load_volume(other)
+    h5 = tmp_path / "k.h5"
+    h5.write_bytes(b"\0")
+    with pytest.raises(InputError, match="load_kspace"):
+        load_volume(h5)

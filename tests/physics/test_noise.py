@@ -1,0 +1,75 @@
+"""Noise and phase simulation: statistics, determinism, smoothness."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ldp_med.physics.noise import (
+    add_gaussian_noise,
+    add_rician_noise,
+    complex_gaussian_noise,
+    smooth_random_phase,
+)
+
+N = (50, 40, 50)  # 100k samples: std estimates within ~1%
+
+
+def test_complex_gaussian_noise_stats_and_seed():
+    n = complex_gaussian_noise(N, 0.3, 0)
+    assert n.shape == N and n.dtype == torch.complex64
+    assert n.real.std().item() == pytest.approx(0.3, rel=0.02)
+    assert n.imag.std().item() == pytest.approx(0.3, rel=0.02)
+    assert abs(n.real.mean().item()) < 0.01
+    assert abs(torch.corrcoef(torch.stack([n.real.flatten(), n.imag.flatten()]))[0, 1]) < 0.02
+    torch.testing.assert_close(n, complex_gaussian_noise(N, 0.3, torch.Generator().manual_seed(0)))
+    assert not torch.equal(n, complex_gaussian_noise(N, 0.3, 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])
+def test_add_gaussian_noise(dtype):
+    x = torch.ones(N, dtype=dtype)
+    y = add_gaussian_noise(x, 0.5, 3)
+    assert y.dtype == dtype and y.shape == N
+    r = y - x
+    assert r.real.std().item() == pytest.approx(0.5, rel=0.02)
+    if dtype.is_complex:
+        assert r.imag.std().item() == pytest.approx(0.5, rel=0.02)
+    torch.testing.assert_close(y, add_gaussian_noise(x, 0.5, 3))
+
+
+def test_rician_statistics():
+    sigma = 0.2
+    zero = add_rician_noise(torch.zeros(N), sigma, 0)
+    assert zero.dtype == torch.float32 and bool((zero >= 0).all())
+    # magnitude of pure noise is Rayleigh: mean sigma sqrt(pi/2), second moment 2 sigma^2
+    assert zero.mean().item() == pytest.approx(sigma * math.sqrt(math.pi / 2), rel=0.02)
+    assert zero.pow(2).mean().item() == pytest.approx(2 * sigma**2, rel=0.02)
+    # high SNR: approximately Gaussian around sqrt(A^2 + sigma^2) with std sigma
+    a = 20 * sigma
+    high = add_rician_noise(torch.full(N, a), sigma, 1)
+    assert high.mean().item() == pytest.approx(math.sqrt(a**2 + sigma**2), rel=0.005)
+    assert high.std().item() == pytest.approx(sigma, rel=0.03)
+    # E[M^2] = A^2 + 2 sigma^2 holds at any SNR
+    mid = add_rician_noise(torch.full(N, sigma), sigma, 2)
+    assert mid.pow(2).mean().item() == pytest.approx(3 * sigma**2, rel=0.02)
+    with pytest.raises(ValueError, match="real"):
+        add_rician_noise(torch.zeros(3, dtype=torch.complex64), sigma, 0)
+
+
+def test_smooth_random_phase():
+    shape = (24, 22, 25)
+    p = smooth_random_phase(shape, 0, max_phase=2.0)
+    assert p.shape == shape and p.dtype == torch.float32
+    assert p.abs().max().item() == pytest.approx(2.0, rel=1e-5)
+    assert bool((p.abs() <= 2.0).all())
+    torch.testing.assert_close(p, smooth_random_phase(shape, 0, max_phase=2.0))
+    assert not torch.equal(p, smooth_random_phase(shape, 1, max_phase=2.0))
+    for dim in range(3):
+        d = p.diff(dim=dim)
+        assert d.abs().max().item() < 0.25 * 2.0 * 2  # < 1 rad per voxel for a 4 rad range
+        assert d.pow(2).mean().item() / p.var().item() < 0.1  # white noise would give ~2
+    default = smooth_random_phase((9, 12, 10), torch.Generator().manual_seed(4))
+    assert default.abs().max().item() <= math.pi + 1e-6

@@ -1,0 +1,171 @@
+"""CLI end to end with click's CliRunner, and the bad-input contract: one line, exit code 2."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ldp_med.cli import cli
+from tests.conftest import ellipsoid_phantom, oblique_affine
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def assert_one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip() if result.stderr else result.output.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in result.output
+    for n in needles:
+        assert str(n) in err, (n, err)
+
+
+def test_simulate_reconstruct_evaluate_cs_beats_zero_filled(tmp_path, phantom_nifti):
+    h5 = tmp_path / "scan.h5"
+    before = digest(phantom_nifti)
+    r = run("simulate", phantom_nifti, "-o", h5, "--task", "kspace", "--accel", 4, "--coils", 4, "--calib", 6, "--seed", 3)
+    assert r.exit_code == 0, r.output
+    assert digest(phantom_nifti) == before
+    scores = {}
+    for method in ("zero-filled", "cs"):
+        out = tmp_path / f"{method}.nii.gz"
+        r = run("reconstruct", h5, "-o", out, "--method", method, "--set", "baseline.cs_iters=40", "--set", "baseline.cs_lambda=0.001")
+        assert r.exit_code == 0, r.output
+        img = nib.load(str(out))
+        np.testing.assert_allclose(img.affine, oblique_affine(), atol=1e-6)
+        assert img.shape == ellipsoid_phantom().shape
+        r = run("evaluate", out, "--reference", h5, "--json")
+        assert r.exit_code == 0, r.output
+        scores[method] = json.loads(r.output)
+    assert scores["cs"]["psnr"] > scores["zero-filled"]["psnr"] + 1.0
+    assert scores["cs"]["ssim"] > scores["zero-filled"]["ssim"]
+
+
+def test_denoise_and_superres_round_trip(tmp_path, phantom_nifti):
+    noisy = tmp_path / "noisy.nii.gz"
+    assert run("simulate", phantom_nifti, "-o", noisy, "--task", "denoise", "--noise", 0.05).exit_code == 0
+    den = tmp_path / "den.nii.gz"
+    r = run("reconstruct", noisy, "-o", den, "--task", "denoise", "--report", tmp_path / "r.png")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "r.png").stat().st_size > 1000
+    s_noisy = json.loads(run("evaluate", noisy, "--reference", phantom_nifti, "--json").output)
+    s_den = json.loads(run("evaluate", den, "--reference", phantom_nifti, "--json").output)
+    assert s_den["psnr"] > s_noisy["psnr"]
+
+    thick = tmp_path / "thick.nii.gz"
+    assert run("simulate", phantom_nifti, "-o", thick, "--task", "superres", "--factor", 2, "--axis", 1).exit_code == 0
+    assert nib.load(str(thick)).shape == (21, 12, 19)
+    fine = tmp_path / "fine.nii.gz"
+    r = run("reconstruct", thick, "-o", fine, "--task", "superres", "--factor", 2, "--axis", 1)
+    assert r.exit_code == 0, r.output
+    img = nib.load(str(fine))
+    assert img.shape == (21, 24, 19)
+    np.testing.assert_allclose(img.affine, oblique_affine(), atol=1e-6)
+    assert json.loads(run("evaluate", fine, "--reference", phantom_nifti, "--json").output)["psnr"] > 20
+
+
+def test_existing_output_needs_force(tmp_path, phantom_nifti):
+    out = tmp_path / "noisy.nii.gz"
+    assert run("simulate", phantom_nifti, "-o", out, "--task", "denoise").exit_code == 0
+    before = digest(out)
+    r = run("simulate", phantom_nifti, "-o", out, "--task", "denoise", "--seed", 5)
+    assert_one_line_error(r, out, "--force")
+    assert digest(out) == before
+    assert run("simulate", phantom_nifti, "-o", out, "--task", "denoise", "--seed", 5, "--force").exit_code == 0
+    assert digest(out) != before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def _write_nifti(path, data):
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing", "text", "truncated", "nan", "four_d", "two_d", "empty"])
+def test_bad_volume_inputs(tmp_path, case):
+    p = tmp_path / "bad.nii.gz"
+    data = ellipsoid_phantom()
+    if case == "text":
+        p.write_text("this is not a NIfTI file\n")
+    elif case == "truncated":
+        _write_nifti(p, data)
+        raw = p.read_bytes()
+        p.write_bytes(raw[: len(raw) // 2])
+    elif case == "nan":
+        data[3, 4, 5] = np.nan
+        _write_nifti(p, data)
+    elif case == "four_d":
+        _write_nifti(p, np.stack([data, data], -1))
+    elif case == "two_d":
+        _write_nifti(p, data[:, :, 0])
+    elif case == "empty":
+        _write_nifti(p, np.zeros((4, 0, 3), np.float32))
+    r = run("simulate", p, "-o", tmp_path / "o.h5")
+    assert_one_line_error(r, p)
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_four_d_with_volume_index(tmp_path):
+    p = _write_nifti(tmp_path / "fourd.nii.gz", np.stack([ellipsoid_phantom(), ellipsoid_phantom()], -1))
+    r = run("simulate", p, "-o", tmp_path / "n.nii.gz", "--task", "denoise", "--volume-index", 1)
+    assert r.exit_code == 0, r.output
+
+
+def _good_container(tmp_path, phantom_nifti):
+    h5 = tmp_path / "scan.h5"
+    assert run("simulate", phantom_nifti, "-o", h5, "--coils", 2, "--calib", 6).exit_code == 0
+    return h5
+
+
+@pytest.mark.parametrize("dataset,bad", [
+    ("mask", np.ones((1, 5, 5), np.uint8)),
+    ("sensitivity_maps", np.ones((2, 3, 3, 3), np.complex64)),
+    ("kspace", np.ones((2, 21, 24, 19), np.float32)),
+])
+def test_bad_kspace_containers(tmp_path, phantom_nifti, dataset, bad):
+    h5 = _good_container(tmp_path, phantom_nifti)
+    with h5py.File(h5, "a") as f:
+        del f[dataset]
+        f[dataset] = bad
+    r = run("reconstruct", h5, "-o", tmp_path / "o.nii.gz", "--method", "zero-filled")
+    assert_one_line_error(r, h5)
+
+
+def test_text_file_posing_as_container(tmp_path):
+    p = tmp_path / "scan.h5"
+    p.write_text("hello")
+    assert_one_line_error(run("reconstruct", p, "-o", tmp_path / "o.nii.gz"), p)
+
+
+def test_output_folder_problems(tmp_path, phantom_nifti):
+    missing = tmp_path / "nope" / "o.h5"
+    assert_one_line_error(run("simulate", phantom_nifti, "-o", missing), "nope")
+    assert_one_line_error(run("simulate", phantom_nifti, "-o", "/sys/o.h5"), "/sys")
+
+
+def test_nifti_without_task_and_wrong_method(tmp_path, phantom_nifti):
+    assert_one_line_error(run("reconstruct", phantom_nifti, "-o", tmp_path / "o.nii.gz"), phantom_nifti, "--task")
+    r = run("reconstruct", phantom_nifti, "-o", tmp_path / "o.nii.gz", "--task", "denoise", "--method", "cs")
+    assert_one_line_error(r, "cs", "denoise")
+
+
+def test_evaluate_shape_mismatch(tmp_path, phantom_nifti):
+    other = _write_nifti(tmp_path / "other.nii.gz", np.zeros((5, 5, 5), np.float32))
+    assert_one_line_error(run("evaluate", other, "--reference", phantom_nifti), other)
+
+
+def test_bad_config_override(tmp_path, phantom_nifti):
+    h5 = _good_container(tmp_path, phantom_nifti)
+    assert_one_line_error(run("reconstruct", h5, "-o", tmp_path / "o.nii.gz", "--set", "baseline.cs_iters=x"), "cs_iters")
