@@ -229,5 +229,26 @@ def info(model_dir, as_json):
             click.echo(f"{k:22s} {v}")
 
 
+@cli.command()
+@click.argument("input_path", metavar="INPUT")
+@click.option("-o", "--out", required=True, help="Output NIfTI.")
+@click.option("--model", "model_dir", default=None, help="Model folder (default: the shipped model).")
+@click.option("--volume-index", type=int, default=None, help="Volume to use from 4-D input.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def autoencode(input_path, out, model_dir, volume_index, force):
+    """Encode and decode a volume through the VAE (model grid in, input grid out)."""
+    from ldp_med.io.atomic import check_output
+    from ldp_med.io.loaders import load_volume
+    from ldp_med.io.nifti import save_nifti
+    from ldp_med.models.autoencode import autoencode_volume
+    from ldp_med.models.pretrained import load_pretrained
+
+    check_output(out, force)
+    prior = load_pretrained(model_dir, with_unet=False)
+    vol = load_volume(input_path, volume_index)
+    save_nifti(autoencode_volume(prior, vol), out, force=force)
+    click.echo(f"wrote {out}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

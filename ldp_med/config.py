@@ -175,7 +175,7 @@ class BaselineConfig:
     cs_lambda: float = 0.002
     cs_iters: int = 60
     cs_wavelet: str = "db4"
-    tv_lambda: float = 0.002
+    tv_lambda: float = 0.005
     tv_iters: int = 60
     espirit_calib: int = 12
     nlm_patch_size: int = 3

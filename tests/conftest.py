@@ -37,6 +37,10 @@ def oblique_affine() -> np.ndarray:
     return aff
 
 
+# Tiny convolutions run faster on one thread, and two threads crawl when the cores are shared.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -22,6 +22,13 @@ class TrainingImages:
     description: str
 
 
+def model_units(image: np.ndarray) -> np.ndarray:
+    """Scale an image exactly as :class:`~ldp_med.data.transforms.ToModelSpace` does (0..99.5th percentile -> [0, 1])."""
+    from ldp_med.data.transforms import PercentileScaleIntensity
+
+    return np.asarray(PercentileScaleIntensity()(torch.from_numpy(image)[None]))[0].astype(np.float32)
+
+
 def load_training_images(data: DataConfig, model: ModelConfig, progress: bool = True) -> TrainingImages:
     """The training split only: synthetic seeds ``0 .. data.synthetic - 1`` or every scan of ``data.folder``."""
     if data.folder:
@@ -40,7 +47,8 @@ def load_training_images(data: DataConfig, model: ModelConfig, progress: bool = 
     seeds = synthetic.seeds("train", data.synthetic)
     synthetic.build_cohort(data.cache_dir, seeds, progress=progress)
     entries = {e["seed"]: e for e in synthetic.load_index(data.cache_dir)}
-    imgs = np.stack([synthetic.load_subject(data.cache_dir, entries[s]) for s in tqdm(seeds, desc="load cohort", disable=not progress)])
+    imgs = np.stack([model_units(synthetic.load_subject(data.cache_dir, entries[s]))
+                     for s in tqdm(seeds, desc="load cohort", disable=not progress)])
     labels = torch.tensor([entries[s]["label"] for s in seeds])
     return TrainingImages(torch.from_numpy(imgs).half()[:, None], labels, [entries[s]["caption"] for s in seeds],
                           f"synthetic healthy cohort (MNI152 2009a), training seeds 0-{data.synthetic - 1}")

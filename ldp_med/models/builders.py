@@ -6,7 +6,7 @@ from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 from ldp_med.config import ModelConfig, SchedulerConfig, UNetConfig, VAEConfig
-
+from ldp_med.errors import ConfigError
 
 def build_vae(cfg: VAEConfig) -> AutoencoderKL:
     """3-D ``AutoencoderKL``, 1 channel in/out, ``cfg.latent_channels`` latent channels."""
@@ -17,7 +17,6 @@ def build_vae(cfg: VAEConfig) -> AutoencoderKL:
         with_encoder_nonlocal_attn=cfg.with_nonlocal_attn, with_decoder_nonlocal_attn=cfg.with_nonlocal_attn,
         include_fc=False,
     )
-
 
 def build_unet(cfg: UNetConfig, latent_channels: int) -> DiffusionModelUNet:
     """3-D ``DiffusionModelUNet`` on ``latent_channels`` channels, class- (and optionally text-) conditioned."""
@@ -30,16 +29,13 @@ def build_unet(cfg: UNetConfig, latent_channels: int) -> DiffusionModelUNet:
         include_fc=False,
     )
 
-
 def _schedule_args(cfg: SchedulerConfig) -> dict:
     return dict(num_train_timesteps=cfg.num_train_timesteps, schedule=cfg.schedule, beta_start=cfg.beta_start,
                 beta_end=cfg.beta_end, prediction_type=cfg.prediction_type, clip_sample=False)
 
-
 def build_train_scheduler(cfg: SchedulerConfig) -> DDPMScheduler:
     """The DDPM scheduler the prior is trained with."""
     return DDPMScheduler(**_schedule_args(cfg))
-
 
 def build_ddim_scheduler(cfg: SchedulerConfig, steps: int) -> DDIMScheduler:
     """A DDIM scheduler with the training betas, set to ``steps`` inference steps."""
@@ -47,7 +43,18 @@ def build_ddim_scheduler(cfg: SchedulerConfig, steps: int) -> DDIMScheduler:
     sched.set_timesteps(steps)
     return sched
 
+def check_model_config(cfg: ModelConfig) -> None:
+    """Raise ConfigError when the grid does not fit the VAE and UNet down-sampling."""
+    f = cfg.vae_factor
+    g = 2 ** (len(cfg.unet.channels) - 1)
+    if any(n % f for n in cfg.grid):
+        raise ConfigError(f"model grid {tuple(cfg.grid)} is not divisible by the VAE factor {f}")
+    if any((n // f) % g for n in cfg.grid):
+        raise ConfigError(f"latent grid {cfg.latent_shape[1:]} is not divisible by the UNet factor {g}")
+    if len(cfg.vae.attention_levels) != len(cfg.vae.channels) or len(cfg.unet.attention_levels) != len(cfg.unet.channels):
+        raise ConfigError("attention_levels must have one entry per channels entry (vae and unet)")
 
 def build_models(cfg: ModelConfig) -> tuple[AutoencoderKL, DiffusionModelUNet]:
     """The VAE and the latent UNet of ``cfg``, freshly initialised."""
+    check_model_config(cfg)
     return build_vae(cfg.vae), build_unet(cfg.unet, cfg.vae.latent_channels)

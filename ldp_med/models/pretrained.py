@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 import ldp_med
 from ldp_med.config import ModelConfig, from_dict, to_dict
 from ldp_med.errors import ConfigError, InputError
-from ldp_med.models.builders import build_unet, build_vae
+from ldp_med.models.builders import build_unet, build_vae, check_model_config
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "default"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
@@ -90,7 +90,9 @@ def read_config(folder: str | os.PathLike) -> ModelConfig:
     if not isinstance(data, dict):
         raise InputError(path, "expected a JSON object")
     try:
-        return from_dict(ModelConfig, data)
+        cfg = from_dict(ModelConfig, data)
+        check_model_config(cfg)
+        return cfg
     except ConfigError as exc:
         raise InputError(path, str(exc)) from None
 

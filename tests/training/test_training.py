@@ -15,6 +15,7 @@ from ldp_med.training.prior import train_prior
 from ldp_med.training.vae import train_vae
 
 TINY_MODEL = ModelConfig(
+    grid=(24, 32, 24), voxel_mm=1.0,
     vae=VAEConfig(channels=(4, 8, 8), latent_channels=2, norm_num_groups=4),
     unet=UNetConfig(channels=(8, 8), attention_levels=(False, False), num_head_channels=8, norm_num_groups=4),
 )
@@ -22,21 +23,27 @@ TINY_MODEL = ModelConfig(
 
 @pytest.fixture(scope="session")
 def cohort_dir(tmp_path_factory):
-    from ldp_med.data.synthetic import build_cohort, seeds
+    """A folder of three small healthy-looking phantoms (NIfTI, 1 mm) standing in for a cohort."""
+    import nibabel as nib
+    import numpy as np
 
-    d = tmp_path_factory.mktemp("cohort")
-    build_cohort(d, seeds("train", 2), progress=False)
+    from tests.conftest import ellipsoid_phantom
+
+    d = tmp_path_factory.mktemp("scans")
+    for i in range(3):
+        vol = np.roll(ellipsoid_phantom(), i - 1, axis=i) * (100 + 50 * i)
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(d / f"scan{i}.nii.gz"))
     return d
 
 
 def vae_cfg(cohort_dir, **loop) -> VAETrainConfig:
     base = dict(steps=6, batch_size=2, lr=3e-3, warmup=2, checkpoint_every=3, log_every=1, seed=1)
     return VAETrainConfig(model=TINY_MODEL, loop=LoopConfig(**{**base, **loop}),
-                          data=DataConfig(synthetic=2, cache_dir=str(cohort_dir)), patch=16)
+                          data=DataConfig(folder=str(cohort_dir), cache_dir=str(cohort_dir / "cache")), patch=16)
 
 
 def test_vae_loss_falls_and_folder_loads(tmp_path, cohort_dir):
-    folder = train_vae(vae_cfg(cohort_dir, steps=30, checkpoint_every=30, log_every=1), tmp_path, DistInfo(), progress=False)
+    folder = train_vae(vae_cfg(cohort_dir, steps=25, checkpoint_every=25, log_every=1), tmp_path, DistInfo(), progress=False)
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     first = sum(r["loss"] for r in rows[:5]) / 5
     last = sum(r["loss"] for r in rows[-5:]) / 5
@@ -63,7 +70,7 @@ def test_resume_gives_identical_weights(tmp_path, cohort_dir):
 def test_prior_trains_on_cached_latents(tmp_path, cohort_dir):
     vae_folder = train_vae(vae_cfg(cohort_dir, steps=2), tmp_path / "vae", DistInfo(), progress=False)
     cfg = PriorTrainConfig(model=TINY_MODEL, loop=LoopConfig(steps=20, batch_size=2, lr=2e-3, warmup=2, checkpoint_every=20, log_every=1),
-                           data=DataConfig(synthetic=2, cache_dir=str(cohort_dir)))
+                           data=DataConfig(folder=str(cohort_dir), cache_dir=str(cohort_dir / "cache")))
     folder = train_prior(cfg, vae_folder, tmp_path / "prior", DistInfo(), progress=False)
     prior = load_pretrained(folder)
     assert prior.unet is not None and prior.config.latent_scale_factor > 0

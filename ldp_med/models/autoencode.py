@@ -1,0 +1,27 @@
+"""Encode and decode a volume through the VAE, on the model grid, and return it in acquisition space."""
+
+from __future__ import annotations
+
+import torch
+
+from ldp_med.data.transforms import ToModelSpace
+from ldp_med.errors import LdpError
+from ldp_med.io.volume import Volume
+from ldp_med.models.pretrained import Prior
+
+
+@torch.no_grad()
+def autoencode_volume(prior: Prior, volume: Volume) -> Volume:
+    """Preprocess ``volume`` to the model grid, encode (posterior mean), decode, and map back.
+
+    Returns:
+        a Volume with the input's shape, affine and intensity units.
+    """
+    device = next(prior.vae.parameters()).device
+    x, info = ToModelSpace.from_config(prior.config)(volume)
+    z = prior.vae.encode(x[None].to(device))[0]
+    rec = prior.vae.decode(z)[0].float().cpu()
+    if not torch.isfinite(rec).all():
+        raise LdpError(f"{volume.meta.get('source', 'volume')}: the VAE produced non-finite values")
+    data = info.to_acquisition(rec.clamp(0, None))
+    return Volume(data=data, affine=volume.affine, meta={**volume.meta, "method": "autoencode"})
