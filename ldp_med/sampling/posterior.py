@@ -1,0 +1,451 @@
+"""Latent posterior sampling: a diffusion prior in VAE latent space plus data consistency on the acquisition grid.
+
+A sampler is assembled from parts (design.md, convention 2):
+
+- the prior: VAE + latent UNet (:class:`Prior`) and MONAI's DDIM scheduler with the training betas
+  (every step, Tweedie estimate and re-noising is ``sched.step`` / ``sched.add_noise``);
+- a :class:`SpaceMap` between the acquisition grid and the model grid (:mod:`ldp_med.sampling.tasks`);
+- a data-consistency rule (:mod:`ldp_med.sampling.consistency`) holding ``A``, ``y`` and ``lam``;
+- an update rule that couples them at each step: :class:`DDSUpdate` or :class:`DPSUpdate`.
+
+Named methods are thin constructors (:func:`make_sampler`):
+
+- ``dds`` (default, alias ``prior``): DDIM in latent space; at a few steps the Tweedie estimate
+  ``z0`` is decoded, moved to the acquisition grid, pulled toward the data by the DC rule (a few CG
+  iterations of ``argmin ||A x - y||^2 + lam ||x - D(z0)||^2``), moved back, re-encoded, and the DDIM
+  step continues from the corrected ``z0`` with the network's noise estimate (DDS, Chung et al.,
+  ICLR 2024; ReSample, Song et al., ICLR 2024). No back-propagation through the networks.
+- ``dps``: latent DPS: after each DDIM step, a gradient step on ``z_t`` along
+  ``-grad ||A(D(z0(z_t))) - y||`` through the UNet and the decoder (Chung et al., ICLR 2023, in
+  latent space as in PSLD, Rout et al. 2023, without PSLD's gluing term). A decode and a backward
+  pass per step: much slower, kept for comparison.
+
+Both warm-start (Come-Closer-Diffuse-Faster, Chung et al., CVPR 2022): the pseudo-inverse image is
+encoded and noised to an intermediate step (``t_start``, a fraction of the schedule) instead of
+starting from pure noise, and both end with a DC solve on the final image. ``samples`` posterior
+samples run as one batch; the result is their mean and voxel-wise standard deviation.
+
+Cost accounting (:class:`PosteriorResult`): ``nfe``, ``decodes`` and ``encodes`` count full-volume
+network evaluations *per posterior sample* (a classifier-free-guided step counts 2 UNet evaluations).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ldp_med.data.transforms import ToModelSpace
+from ldp_med.errors import ConfigError, InputError, LdpError
+from ldp_med.io.volume import Volume
+from ldp_med.models.builders import build_ddim_scheduler, check_model_config
+from ldp_med.models.pretrained import Prior
+from ldp_med.sampling.consistency import ImageDC, KSpaceDC, dc_weight
+from ldp_med.sampling.generate import guided_prediction, null_class
+from ldp_med.sampling.tasks import Problem, SpaceMap
+
+__all__ = ["PosteriorConfig", "PosteriorResult", "PosteriorSampler", "DDSUpdate", "DPSUpdate",
+           "METHODS", "check_prior", "make_sampler", "reconstruct"]
+
+
+@dataclass
+class PosteriorConfig:
+    """Settings of the latent posterior sampler (plain types, for the strict config loader).
+
+    Attributes:
+        method: "dds" (default; "prior" is an alias) or "dps".
+        steps: DDIM steps of the full schedule (over ``num_train_timesteps``).
+        t_start: fraction of the schedule actually run, from the warm start (1 = from pure noise);
+            UNet evaluations per sample = ``round(steps * t_start)`` (x2 with guidance).
+        dc_steps: DDS data-consistency steps (each one decode + one encode per sample), spread
+            evenly over the run, excluding its first and last step (the closing solve covers the end).
+        dc_lam: multiplies the noise-derived DC weight (see :func:`dc_weight`).
+        prior_error: assumed relative error of the prior estimate, sets the DC weight with the noise.
+        cg_iters: CG iterations per DC step (multi-coil k-space; other operators have closed forms).
+        final_dc: closing DC solve on the final image.
+        final_cg_iters: CG iterations of the closing solve.
+        samples: posterior samples drawn as one batch (>1 gives a std map).
+        seed: seeds the warm-start noise and the DDIM noise.
+        eta: DDIM stochasticity (0 = deterministic DDIM; DDS uses 0.85).
+        label: class index to condition on; -1 = the null (unconditional) class.
+        guidance: classifier-free guidance weight (used only with a label).
+        dps_step: DPS step size on ``grad ||A x - y||`` (residual in model intensity units).
+        phase_sigma: smoothing (voxels) of the k-space phase estimate.
+        min_coverage: smallest fraction of the acquisition field of view the model grid must cover.
+        max_nfe: refuse settings that would need more UNet evaluations per sample.
+    """
+
+    method: str = "dds"
+    steps: int = 50
+    t_start: float = 0.5
+    dc_steps: int = 4
+    dc_lam: float = 1.0
+    prior_error: float = 0.03
+    cg_iters: int = 5
+    final_dc: bool = True
+    final_cg_iters: int = 20
+    samples: int = 1
+    seed: int = 0
+    eta: float = 0.85
+    label: int = -1
+    guidance: float = 1.0
+    dps_step: float = 1.0
+    phase_sigma: float = 1.5
+    min_coverage: float = 0.5
+    max_nfe: int = 50
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method {self.method!r} is not one of {sorted(METHODS)}")
+        checks = {
+            "steps": self.steps >= 1, "t_start": 0 < self.t_start <= 1, "dc_steps": self.dc_steps >= 0,
+            "dc_lam": self.dc_lam > 0, "prior_error": self.prior_error > 0, "cg_iters": self.cg_iters >= 0,
+            "final_cg_iters": self.final_cg_iters >= 0, "samples": self.samples >= 1, "eta": self.eta >= 0,
+            "label": self.label >= -1, "guidance": self.guidance >= 0, "dps_step": self.dps_step >= 0,
+            "phase_sigma": self.phase_sigma >= 0, "min_coverage": 0 <= self.min_coverage <= 1,
+            "max_nfe": self.max_nfe >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"posterior config: invalid value for {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+
+
+@dataclass
+class PosteriorResult:
+    """A posterior reconstruction on the acquisition grid.
+
+    Attributes:
+        mean: float32 (X, Y, Z) posterior mean magnitude, acquisition units.
+        std: float32 (X, Y, Z) voxel-wise std over samples (``samples > 1``), else None.
+        affine: (4, 4) RAS+ affine of the acquisition grid (the fine grid for superres).
+        nfe, decodes, encodes: network evaluations per posterior sample.
+        seconds: wall time of the whole run (all samples).
+        method: the update rule's name.
+        lam: DC weight used; noise_std: the noise level it came from.
+        image: complex64 (X, Y, Z) mean of the complex DC solutions (k-space only), else None.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray | None
+    affine: np.ndarray
+    nfe: int
+    decodes: int
+    encodes: int
+    seconds: float
+    method: str
+    lam: float
+    noise_std: float
+    image: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    def volume(self) -> Volume:
+        """The mean as a :class:`Volume` (acquisition grid and affine)."""
+        return Volume(self.mean, self.affine, {**self.meta, "method": self.method})
+
+    def std_volume(self) -> Volume | None:
+        """The std map as a :class:`Volume`, or None."""
+        return None if self.std is None else Volume(self.std, self.affine, {**self.meta, "method": f"{self.method}-std"})
+
+
+def check_prior(prior: Prior) -> None:
+    """Raise :class:`InputError` (naming the model folder) when the prior cannot reconstruct.
+
+    Checks: a UNet is present; the grid fits the VAE / UNet down-sampling; the VAE maps 1 channel to
+    1 channel; VAE latent channels, UNet channels and the config agree.
+    """
+    cfg, where = prior.config, prior.path
+    if prior.unet is None:
+        raise InputError(where, "the model has no diffusion UNet (unet.safetensors); train the prior first")
+    try:
+        check_model_config(cfg)
+    except ConfigError as exc:
+        raise InputError(where, f"model does not fit: {exc}") from None
+    enc_in = getattr(getattr(prior.vae, "encoder", None), "in_channels", 1)
+    dec_out = getattr(getattr(prior.vae, "decoder", None), "out_channels", 1)
+    if enc_in != 1 or dec_out != 1:
+        raise InputError(where, f"the VAE maps {enc_in} -> {dec_out} channels; reconstruction needs single-channel images")
+    lat = cfg.vae.latent_channels
+    got = {"VAE latent": getattr(prior.vae, "latent_channels", lat), "UNet input": getattr(prior.unet, "in_channels", lat),
+           "UNet output": getattr(prior.unet, "out_channels", lat)}
+    wrong = {k: v for k, v in got.items() if v != lat}
+    if wrong:
+        raise InputError(where, f"channels do not fit: config has {lat} latent channels, networks have "
+                                + ", ".join(f"{k} {v}" for k, v in wrong.items()))
+
+
+def _model_output(sched, z0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The network output that, for MONAI's DDIM step, means Tweedie estimate ``z0`` and noise ``eps``."""
+    kind = sched.prediction_type
+    if kind == "epsilon":
+        return eps
+    if kind == "sample":
+        return z0
+    return sched.get_velocity(z0, eps, t)  # v = sqrt(ab) eps - sqrt(1 - ab) z0
+
+
+@dataclass
+class _State:
+    """Per-run state shared by the sampler and its update rule."""
+
+    sched: object
+    gen: torch.Generator
+    labels: torch.Tensor
+    fallback: torch.Tensor  # acquisition-grid image(s) used where the model grid does not reach
+    nfe: int = 0
+    decodes: int = 0
+    encodes: int = 0
+
+
+class DDSUpdate:
+    """DDS / ReSample-style step: hard data consistency on the decoded Tweedie estimate at chosen steps.
+
+    Args:
+        dc_at: indices (into the run's timesteps) of the steps with a DC correction.
+    """
+
+    name = "dds"
+
+    def __init__(self, dc_at):
+        self.dc_at = frozenset(int(i) for i in dc_at)
+
+    @torch.no_grad()
+    def __call__(self, s: "PosteriorSampler", st: _State, i: int, t: int, z: torch.Tensor) -> torch.Tensor:
+        pred = s.predict(z, t, st)
+        if i not in self.dc_at:
+            return st.sched.step(pred, t, z, s.eta, st.gen)[0]
+        _, z0 = st.sched.step(pred, t, z)  # eta 0: the Tweedie estimate, no noise drawn
+        ab = st.sched.alphas_cumprod[t].to(z)
+        eps = (z - ab.sqrt() * z0) / (1 - ab).sqrt()
+        x = s.dc_rule(s.space.to_acq(s.decode(z0, st), st.fallback))
+        st.fallback = x
+        z0 = s.encode(s.space.to_model(x), st)
+        tt = torch.full((len(z),), t, device=z.device, dtype=torch.long)
+        # continue from the corrected z0 with the network's noise direction, MONAI doing the step
+        zt = st.sched.add_noise(z0, eps, tt)
+        return st.sched.step(_model_output(st.sched, z0, eps, tt), t, zt, s.eta, st.gen)[0]
+
+
+class DPSUpdate:
+    """Latent DPS step: DDIM step, then ``z_{t-1} -= step * grad_{z_t} ||A(D(z0(z_t))) - y|| / scale``.
+
+    The residual is measured in model intensity units (divided by the intensity scale), so ``step``
+    does not depend on the data's units. Samples are differentiated one at a time (decoder memory).
+    """
+
+    name = "dps"
+
+    def __init__(self, step: float):
+        self.step = float(step)
+
+    def __call__(self, s: "PosteriorSampler", st: _State, i: int, t: int, z: torch.Tensor) -> torch.Tensor:
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            pred = s.predict(z, t, st)
+            z_prev, z0 = st.sched.step(pred, t, z, s.eta, st.gen)
+            grad = torch.zeros_like(z)
+            for b in range(len(z)):
+                x = s.space.to_acq(s.decode(z0[b : b + 1], st, count=False), st.fallback)
+                loss = s.dc_rule.residual(x).flatten().norm() / s.space.scale
+                grad += torch.autograd.grad(loss, z, retain_graph=b < len(z) - 1)[0]
+            st.decodes += 1
+        if not torch.isfinite(grad).all():
+            raise LdpError(f"latent DPS: non-finite gradient at timestep {t}")
+        return (z_prev - self.step * grad).detach()
+
+
+@dataclass
+class PosteriorSampler:
+    """The posterior sampler, assembled from parts; :meth:`run` draws the samples.
+
+    Attributes:
+        prior: VAE + UNet + scheduler config (see :func:`check_prior`).
+        space: acquisition <-> model grid map.
+        dc_rule: data-consistency rule (operator, measurements, weight).
+        init: pseudo-inverse image (X, Y, Z) on the acquisition grid, acquisition units (warm start).
+        update: :class:`DDSUpdate` or :class:`DPSUpdate`.
+        steps, t_start, samples, eta, label, guidance, final_dc, final_cg_iters, seed, max_nfe:
+            as in :class:`PosteriorConfig`.
+        progress: show a progress bar over the steps.
+    """
+
+    prior: Prior
+    space: SpaceMap
+    dc_rule: ImageDC
+    init: torch.Tensor
+    update: DDSUpdate | DPSUpdate
+    steps: int = 50
+    t_start: float = 0.5
+    samples: int = 1
+    eta: float = 0.0
+    label: int = -1
+    guidance: float = 1.0
+    final_dc: bool = True
+    final_cg_iters: int = 20
+    seed: int = 0
+    max_nfe: int = 50
+    progress: bool = False
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_run(self) -> int:
+        """Number of DDIM steps run from the warm start."""
+        return max(1, min(self.steps, round(self.steps * self.t_start)))
+
+    @property
+    def planned_nfe(self) -> int:
+        """UNet evaluations per sample."""
+        guided = self.label >= 0 and self.guidance != 1.0
+        return self.n_run * (2 if guided else 1)
+
+    # --- counted, checked network calls -------------------------------------------------------
+    def predict(self, z: torch.Tensor, t: int, st: _State) -> torch.Tensor:
+        tt = torch.full((len(z),), int(t), device=z.device, dtype=torch.long)
+        pred = guided_prediction(self.prior, z, tt, st.labels, self.guidance)
+        st.nfe += self.planned_nfe // self.n_run
+        if not torch.isfinite(pred).all():
+            raise LdpError(f"the diffusion UNet produced NaN/Inf at timestep {int(t)}")
+        return pred
+
+    def decode(self, zs: torch.Tensor, st: _State, count: bool = True) -> torch.Tensor:
+        """Scaled latents (B, C, *latent) -> model images (B, 1, *grid) in [0, 1], one sample at a time."""
+        sf = self.prior.config.latent_scale_factor
+        out = torch.cat([self.prior.vae.decode(zs[b : b + 1] / sf) for b in range(len(zs))])
+        if count:
+            st.decodes += 1
+        if not torch.isfinite(out).all():
+            raise LdpError("the VAE decoder produced NaN/Inf")
+        return out.float().clamp(0, 1)
+
+    @torch.no_grad()
+    def encode(self, m: torch.Tensor, st: _State) -> torch.Tensor:
+        """Model images (B, 1, *grid) -> scaled latent means (B, C, *latent), one sample at a time."""
+        sf = self.prior.config.latent_scale_factor
+        z = torch.cat([self.prior.vae.encode(m[b : b + 1])[0] for b in range(len(m))]) * sf
+        st.encodes += 1
+        if not torch.isfinite(z).all():
+            raise LdpError("the VAE encoder produced NaN/Inf")
+        if tuple(z.shape[1:]) != tuple(self.prior.config.latent_shape):
+            raise InputError(self.prior.path, f"the VAE gives latents of shape {tuple(z.shape[1:])}, the config says "
+                                              f"{tuple(self.prior.config.latent_shape)}: the model does not fit its grid")
+        return z
+
+    # --- the run ------------------------------------------------------------------------------
+    def run(self) -> PosteriorResult:
+        """Draw ``samples`` posterior samples; return their mean, std and the costs.
+
+        Raises:
+            ConfigError: the settings need more than ``max_nfe`` UNet evaluations per sample.
+            LdpError: a network produced NaN/Inf (never returns NaN).
+        """
+        if self.planned_nfe > self.max_nfe:
+            raise ConfigError(f"{self.planned_nfe} UNet evaluations per sample exceed the budget max_nfe={self.max_nfe} "
+                              "(lower steps or t_start)")
+        start = time.perf_counter()
+        device = next(self.prior.unet.parameters()).device
+        sched = build_ddim_scheduler(self.prior.config.scheduler, self.steps)
+        timesteps = [int(t) for t in sched.timesteps[self.steps - self.n_run :]]
+        gen = torch.Generator(device=device).manual_seed(int(self.seed))
+        label = null_class(self.prior) if self.label < 0 else int(self.label)
+        b = int(self.samples)
+        self.dc_rule.reset()
+        init = self.init.to(device, torch.float32)[None]
+        st = _State(sched, gen, torch.full((b,), label, device=device, dtype=torch.long), init)
+
+        z0 = self.encode(self.space.to_model(init), st).expand(b, *self.prior.config.latent_shape)
+        noise = torch.randn(z0.shape, generator=gen, device=device)
+        z = sched.add_noise(z0, noise, torch.full((b,), timesteps[0], device=device, dtype=torch.long))
+        for i, t in enumerate(tqdm(timesteps, desc=self.update.name, disable=not self.progress)):
+            z = self.update(self, st, i, t, z)
+        with torch.no_grad():
+            x = self.space.to_acq(self.decode(z, st), st.fallback)
+            image = None
+            if isinstance(self.dc_rule, KSpaceDC):
+                xc = self.dc_rule.solve(x, self.final_cg_iters) if self.final_dc else self.dc_rule.complex_image(x)
+                image, x = xc.mean(0).cpu().numpy().astype(np.complex64), xc.abs()
+            elif self.final_dc:
+                x = self.dc_rule(x, self.final_cg_iters)
+        if not torch.isfinite(x).all():
+            raise LdpError("the reconstruction has NaN/Inf values")
+        x = x.float().cpu()
+        std = x.std(0, unbiased=True).numpy() if b > 1 else None
+        return PosteriorResult(
+            mean=x.mean(0).numpy().astype(np.float32), std=None if std is None else std.astype(np.float32),
+            affine=np.asarray(self.meta.get("affine", np.eye(4)), np.float64), nfe=st.nfe, decodes=st.decodes,
+            encodes=st.encodes, seconds=time.perf_counter() - start, method=self.update.name,
+            lam=float(self.dc_rule.lam), noise_std=float(self.meta.get("noise_std", float("nan"))), image=image,
+            meta={k: v for k, v in self.meta.items() if k not in ("affine", "noise_std")},
+        )
+
+
+def dc_indices(n_run: int, dc_steps: int) -> list[int]:
+    """Run-step indices of ``dc_steps`` DC corrections, evenly spread, first and last step excluded."""
+    if dc_steps <= 0 or n_run < 2:
+        return []
+    idx = {min(n_run - 1, max(1, round(k * n_run / (dc_steps + 1)))) for k in range(1, dc_steps + 1)}
+    return sorted(idx)
+
+
+def _dds(cfg: PosteriorConfig, n_run: int) -> DDSUpdate:
+    return DDSUpdate(dc_indices(n_run, cfg.dc_steps))
+
+
+def _dps(cfg: PosteriorConfig, n_run: int) -> DPSUpdate:
+    return DPSUpdate(cfg.dps_step)
+
+
+#: Named methods: thin constructors of the update rule (``prior`` is the CLI's name for the default).
+METHODS = {"dds": _dds, "prior": _dds, "dps": _dps}
+
+
+def make_sampler(name: str | None, prior: Prior, problem: Problem, cfg: PosteriorConfig | None = None,
+                 progress: bool = False) -> PosteriorSampler:
+    """Wire a named posterior sampler for ``problem``.
+
+    Moves the pseudo-inverse to model space with :class:`ToModelSpace` (geometry and intensity
+    scale of the :class:`SpaceMap`), sets the DC weight from the noise level, and picks the update.
+
+    Args:
+        name: "dds" / "prior" / "dps"; None means ``cfg.method``.
+        prior: the latent diffusion prior.
+        problem: from :mod:`ldp_med.sampling.tasks`.
+        cfg: sampler settings (defaults if None).
+
+    Raises:
+        InputError: the model does not fit (channels, grid, or it covers too little of the field of view).
+        ConfigError: unknown method, or label out of range.
+    """
+    cfg = cfg or PosteriorConfig()
+    name = name or cfg.method
+    if name not in METHODS:
+        raise ConfigError(f"unknown posterior method {name!r}; choose from {sorted(METHODS)}")
+    check_prior(prior)
+    if cfg.label >= len(prior.config.class_names):
+        raise ConfigError(f"label {cfg.label} out of range: the model has classes {list(prior.config.class_names)}")
+    _, info = ToModelSpace.from_config(prior.config)(problem.pinv)
+    space = SpaceMap.from_info(info)
+    if space.coverage_fraction < cfg.min_coverage:
+        raise InputError(problem.meta.get("source"), f"the model grid ({'x'.join(map(str, prior.config.grid))} at "
+                         f"{prior.config.voxel_mm} mm) covers only {space.coverage_fraction:.0%} of the field of view")
+    lam = dc_weight(problem.noise_std, info.scale, cfg.prior_error, cfg.dc_lam)
+    if problem.is_complex:
+        rule = KSpaceDC(problem.operator, problem.y, lam, cfg.cg_iters, phase_sigma=cfg.phase_sigma)
+    else:
+        rule = ImageDC(problem.operator, problem.y, lam, cfg.cg_iters)
+    sampler = PosteriorSampler(
+        prior=prior, space=space, dc_rule=rule, init=torch.from_numpy(np.ascontiguousarray(problem.pinv.data)),
+        update=None, steps=cfg.steps, t_start=cfg.t_start, samples=cfg.samples, eta=cfg.eta, label=cfg.label,
+        guidance=cfg.guidance, final_dc=cfg.final_dc, final_cg_iters=cfg.final_cg_iters, seed=cfg.seed,
+        max_nfe=cfg.max_nfe, progress=progress,
+        meta={**problem.meta, "task": problem.task, "affine": problem.affine, "noise_std": problem.noise_std},
+    )
+    sampler.update = METHODS[name](cfg, sampler.n_run)
+    return sampler
+
+
+def reconstruct(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = None, method: str | None = None,
+                progress: bool = False) -> PosteriorResult:
+    """``make_sampler(method or cfg.method, prior, problem, cfg).run()``."""
+    return make_sampler(method, prior, problem, cfg, progress).run()
