@@ -266,6 +266,7 @@ class LoopConfig:
     warmup: int = 100
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.0
+    beta2: float = 0.999
     grad_clip: float = 1.0
     checkpoint_every: int = 100
     log_every: int = 10
@@ -284,15 +285,21 @@ class DataConfig:
 
 @dataclass
 class VAETrainConfig:
-    """``ldp-med train vae``: random 3-D patches, L1 + MSE + KL."""
+    """``ldp-med train vae``: random 3-D patches, then (the last ``whole_volume_steps``) whole volumes.
+
+    GroupNorm normalises over the whole input, so a VAE trained on brain patches only sees different
+    statistics on a whole volume (75% background); a short whole-volume phase at the end fixes that.
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    patch: int = 48
+    patch: int = 32
+    foreground_fraction: float = 0.7
+    whole_volume_steps: int = 0
     l1_weight: float = 1.0
     mse_weight: float = 1.0
-    kl_weight: float = 1e-6
+    kl_weight: float = 1e-7
 
 
 @dataclass

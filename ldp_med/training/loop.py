@@ -27,7 +27,7 @@ from ldp_med.config import LoopConfig
 from ldp_med.errors import InputError
 from ldp_med.training.distributed import DistInfo, barrier
 
-BatchFn = Callable[[torch.Generator], dict]
+BatchFn = Callable[..., dict]  # (generator) or (generator, step) -> batch
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
 
 
@@ -75,11 +75,13 @@ class Trainer:
         self.cfg, self.info, self.out = cfg, info, Path(out_dir)
         self.batch_fn, self.loss_fn, self.progress = batch_fn, loss_fn, progress
         self.wrapped = DistributedDataParallel(self.model) if info.enabled else self.model
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                     betas=(0.9, cfg.beta2))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
         self.data_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + info.rank)
         torch.manual_seed(cfg.seed + 7919 * info.rank)
         self.step = 0
+        self.batch_takes_step = batch_fn.__code__.co_argcount == 2 if hasattr(batch_fn, "__code__") else False
 
     # -- checkpoints -------------------------------------------------------------------------
     @property
@@ -170,7 +172,8 @@ class Trainer:
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc="train", disable=not (self.progress and self.info.is_main))
         t0 = time.perf_counter()
         while self.step < self.cfg.steps:
-            batch = {k: v.to(self.info.device) if torch.is_tensor(v) else v for k, v in self.batch_fn(self.data_gen).items()}
+            raw = self.batch_fn(self.data_gen, self.step) if self.batch_takes_step else self.batch_fn(self.data_gen)
+            batch = {k: v.to(self.info.device) if torch.is_tensor(v) else v for k, v in raw.items()}
             loss, logs = self.loss_fn(self.wrapped, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {self.step}")

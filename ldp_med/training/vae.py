@@ -15,25 +15,35 @@ from ldp_med.training.distributed import DistInfo
 from ldp_med.training.loop import Trainer
 
 
-def patch_sampler(images: torch.Tensor, patch: int, batch_size: int, fg_threshold: float = 0.05):
-    """A batch function drawing ``batch_size`` random ``patch``^3 crops that overlap the foreground.
+def patch_sampler(images: torch.Tensor, patch: int, batch_size: int, foreground_fraction: float = 0.7,
+                  whole_from_step: int | None = None, fg_threshold: float = 0.1):
+    """A batch function ``(generator, step) -> {"image": (B, 1, p, p, p)}`` of random crops.
 
-    Crop corners are drawn uniformly inside the bounding box of voxels above ``fg_threshold``
-    (over all images), so few patches are pure background.
+    With probability ``foreground_fraction`` a crop is centred on a random voxel above
+    ``fg_threshold`` (of the mean image), otherwise its corner is uniform. From step
+    ``whole_from_step`` on it returns one whole volume per batch instead.
     """
     n, _, *shape = images.shape
     if any(patch > s for s in shape):
         raise ValueError(f"patch {patch} larger than the image grid {shape}")
-    fg = (images[:, 0].float().amax(0) > fg_threshold).nonzero()
-    lo = [max(0, int(fg[:, i].min()) - patch // 2) if len(fg) else 0 for i in range(3)]
-    hi = [min(s - patch, int(fg[:, i].max()) - patch // 2) if len(fg) else s - patch for i, s in enumerate(shape)]
-    hi = [max(h, l_) for h, l_ in zip(hi, lo)]
+    fg = (images[:, 0].float().mean(0) > fg_threshold).nonzero()
+    if len(fg) == 0:
+        foreground_fraction = 0.0
 
-    def batch_fn(gen: torch.Generator) -> dict:
+    def corner(gen: torch.Generator) -> list[int]:
+        if float(torch.rand(1, generator=gen)) < foreground_fraction:
+            centre = fg[int(torch.randint(len(fg), (1,), generator=gen))].tolist()
+            return [min(max(c - patch // 2, 0), s - patch) for c, s in zip(centre, shape)]
+        return [int(torch.randint(s - patch + 1, (1,), generator=gen)) for s in shape]
+
+    def batch_fn(gen: torch.Generator, step: int) -> dict:
+        if whole_from_step is not None and step >= whole_from_step:
+            i = int(torch.randint(n, (1,), generator=gen))
+            return {"image": images[i : i + 1].float()}
         idx = torch.randint(n, (batch_size,), generator=gen)
         crops = []
         for i in idx.tolist():
-            c = [int(torch.randint(l_, h + 1, (1,), generator=gen)) for l_, h in zip(lo, hi)]
+            c = corner(gen)
             crops.append(images[i, :, c[0]:c[0] + patch, c[1]:c[1] + patch, c[2]:c[2] + patch])
         return {"image": torch.stack(crops).float()}
 
@@ -80,7 +90,9 @@ def train_vae(cfg: VAETrainConfig, out_dir: str | os.PathLike, info: DistInfo, r
     data = load_training_images(cfg.data, cfg.model, progress=progress and info.is_main)
     torch.manual_seed(cfg.loop.seed)  # identical initial weights on every rank
     vae = build_vae(cfg.model.vae)
-    trainer = Trainer(vae, patch_sampler(data.images, cfg.patch, cfg.loop.batch_size), vae_loss(cfg),
+    whole_from = cfg.loop.steps - cfg.whole_volume_steps if cfg.whole_volume_steps > 0 else None
+    sampler = patch_sampler(data.images, cfg.patch, cfg.loop.batch_size, cfg.foreground_fraction, whole_from)
+    trainer = Trainer(vae, sampler, vae_loss(cfg),
                       cfg.loop, out_dir, info, progress=progress)
     vae = trainer.run(resume=resume, max_seconds=max_seconds, stop_after=stop_after)
     if not trainer.finished:
