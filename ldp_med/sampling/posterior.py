@@ -47,8 +47,11 @@ from ldp_med.sampling.consistency import ImageDC, KSpaceDC, dc_weight
 from ldp_med.sampling.generate import guided_prediction, null_class
 from ldp_med.sampling.tasks import Problem, SpaceMap
 
+#: Method names accepted by :class:`PosteriorConfig` and :func:`make_sampler` ("prior" = "dds").
+METHOD_NAMES = ("dds", "prior", "dps")
+
 __all__ = ["PosteriorConfig", "PosteriorResult", "PosteriorSampler", "DDSUpdate", "DPSUpdate",
-           "METHODS", "check_prior", "make_sampler", "reconstruct"]
+           "METHODS", "METHOD_NAMES", "dc_indices", "check_prior", "make_sampler", "reconstruct"]
 
 
 @dataclass
@@ -65,6 +68,7 @@ class PosteriorConfig:
         dc_lam: multiplies the noise-derived DC weight (see :func:`dc_weight`).
         prior_error: assumed relative error of the prior estimate, sets the DC weight with the noise.
         cg_iters: CG iterations per DC step (multi-coil k-space; other operators have closed forms).
+            Each costs one normal operator ``A^H A``: ~1.1 s for 8 coils at 2 mm on one thread.
         final_dc: closing DC solve on the final image.
         final_cg_iters: CG iterations of the closing solve.
         samples: posterior samples drawn as one batch (>1 gives a std map).
@@ -84,9 +88,9 @@ class PosteriorConfig:
     dc_steps: int = 4
     dc_lam: float = 1.0
     prior_error: float = 0.03
-    cg_iters: int = 5
+    cg_iters: int = 3
     final_dc: bool = True
-    final_cg_iters: int = 20
+    final_cg_iters: int = 10
     samples: int = 1
     seed: int = 0
     eta: float = 0.85
@@ -98,8 +102,8 @@ class PosteriorConfig:
     max_nfe: int = 50
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"method {self.method!r} is not one of {sorted(METHODS)}")
+        if self.method not in METHOD_NAMES:
+            raise ConfigError(f"method {self.method!r} is not one of {list(METHOD_NAMES)}")
         checks = {
             "steps": self.steps >= 1, "t_start": 0 < self.t_start <= 1, "dc_steps": self.dc_steps >= 0,
             "dc_lam": self.dc_lam > 0, "prior_error": self.prior_error > 0, "cg_iters": self.cg_iters >= 0,
@@ -283,7 +287,7 @@ class PosteriorSampler:
     label: int = -1
     guidance: float = 1.0
     final_dc: bool = True
-    final_cg_iters: int = 20
+    final_cg_iters: int = 10
     seed: int = 0
     max_nfe: int = 50
     progress: bool = False
@@ -398,6 +402,7 @@ def _dps(cfg: PosteriorConfig, n_run: int) -> DPSUpdate:
 
 #: Named methods: thin constructors of the update rule (``prior`` is the CLI's name for the default).
 METHODS = {"dds": _dds, "prior": _dds, "dps": _dps}
+assert tuple(METHODS) == METHOD_NAMES
 
 
 def make_sampler(name: str | None, prior: Prior, problem: Problem, cfg: PosteriorConfig | None = None,

@@ -1,0 +1,208 @@
+"""The latent posterior sampler on a tiny untrained prior and a tiny odd-sized phantom.
+
+The prior is untrained, so its estimates are as far from the data as the signal itself:
+``prior_error=1.0`` tells the DC weight so (the honest setting for such a prior).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from monai.networks.nets import AutoencoderKL
+
+from ldp_med.config import SimulateConfig, from_dict
+from ldp_med.data.transforms import ToModelSpace
+from ldp_med.errors import ConfigError, InputError, LdpError
+from ldp_med.io.volume import Volume
+from ldp_med.models.builders import build_ddim_scheduler, build_models
+from ldp_med.models.pretrained import Prior
+from ldp_med.physics.degradations import fine_affine
+from ldp_med.physics.simulate import simulate_denoise, simulate_kspace, simulate_superres
+from ldp_med.sampling.posterior import PosteriorConfig, _model_output, dc_indices, make_sampler, reconstruct
+from ldp_med.sampling.tasks import SpaceMap, denoise_problem, kspace_problem, superres_problem
+from tests.conftest import ellipsoid_phantom, oblique_affine
+from tests.training.test_training import TINY_MODEL
+
+FAST = PosteriorConfig(steps=8, t_start=0.5, dc_steps=2, prior_error=1.0, final_cg_iters=15)
+
+
+@pytest.fixture(scope="module")
+def prior():
+    torch.manual_seed(0)
+    vae, unet = build_models(TINY_MODEL)
+    return Prior(TINY_MODEL, vae.eval(), unet.eval())
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return Volume(ellipsoid_phantom() * 100.0, np.diag([1.0, 1.1, 0.9, 1.0]), {"source": "phantom"})
+
+
+@pytest.fixture(scope="module")
+def ksp(phantom):
+    return simulate_kspace(phantom, SimulateConfig(coils=3, calib=6, accel=3.0, noise=0.005, seed=1))
+
+
+@pytest.fixture(scope="module")
+def kproblem(ksp):
+    return kspace_problem(ksp)
+
+
+def residual(problem, x: np.ndarray) -> float:
+    return float((problem.operator.A(torch.from_numpy(x)[None]) - problem.y).norm())
+
+
+def test_kspace_output_is_finite_shaped_and_data_consistent(prior, kproblem, ksp):
+    res = reconstruct(prior, kproblem, FAST)
+    assert res.mean.shape == ksp.shape and res.mean.dtype == np.float32
+    assert np.isfinite(res.mean).all() and (res.mean >= 0).all()
+    np.testing.assert_allclose(res.affine, ksp.affine)
+    assert res.std is None and res.image is not None and res.image.dtype == np.complex64
+    zero_filled = kproblem.operator.A_adjoint(kproblem.y)[0].numpy()
+    assert residual(kproblem, res.image) < residual(kproblem, zero_filled)
+    assert kproblem.noise_source == "file" and res.noise_std == pytest.approx(0.005)
+    assert res.volume().shape == ksp.shape and res.method == "dds"
+
+
+def test_costs_are_counted_and_within_budget(prior, kproblem):
+    res = reconstruct(prior, kproblem, FAST)
+    assert res.nfe == 4 and res.decodes == FAST.dc_steps + 1 and res.encodes == FAST.dc_steps + 1
+    assert res.seconds > 0
+    default = make_sampler(None, prior, kproblem, PosteriorConfig())
+    assert default.planned_nfe <= 50 and default.n_run == 25
+    guided = make_sampler(None, prior, kproblem, PosteriorConfig(t_start=1.0, label=1, guidance=3.0))
+    with pytest.raises(ConfigError, match="budget"):
+        guided.run()
+
+
+def test_same_seed_same_output_different_seed_different(prior, kproblem):
+    cfg = dataclasses.replace(FAST, dc_steps=1)
+    a = reconstruct(prior, kproblem, cfg).mean
+    b = reconstruct(prior, kproblem, cfg).mean
+    c = reconstruct(prior, kproblem, dataclasses.replace(cfg, seed=7)).mean
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_samples_give_a_std_map(prior, kproblem):
+    res = reconstruct(prior, kproblem, dataclasses.replace(FAST, samples=2))
+    assert res.std is not None and res.std.shape == res.mean.shape
+    assert np.isfinite(res.std).all() and (res.std >= 0).all() and res.std.max() > 0
+    assert res.nfe == 4  # per sample: the batch shares each UNet call
+    assert res.std_volume().shape == res.mean.shape
+
+
+def test_dps_method(prior, kproblem):
+    res = reconstruct(prior, kproblem, dataclasses.replace(FAST, samples=2, dps_step=0.5), method="dps")
+    assert res.method == "dps" and np.isfinite(res.mean).all() and res.std is not None
+    assert res.nfe == 4 and res.decodes == 5 and res.encodes == 1
+
+
+def test_espirit_and_single_coil(prior, phantom):
+    ksp = simulate_kspace(phantom, SimulateConfig(coils=3, calib=6, accel=3.0, noise=0.005, seed=2))
+    ksp.sensitivity_maps = None
+    ksp.attrs["noise_std"] = None
+    problem = kspace_problem(ksp)
+    assert problem.noise_source == "estimated" and problem.noise_std > 0
+    assert problem.operator.maps is not None  # ESPIRiT
+    res = reconstruct(prior, problem, dataclasses.replace(FAST, dc_steps=1))
+    assert np.isfinite(res.mean).all() and res.mean.shape == phantom.shape
+    single = simulate_kspace(phantom, SimulateConfig(coils=1, calib=6, accel=2.0, noise=0.0, mask="random-lines", seed=3))
+    res = reconstruct(prior, kspace_problem(single), dataclasses.replace(FAST, dc_steps=1))
+    assert np.isfinite(res.mean).all()
+
+
+def test_denoise_path(prior, phantom):
+    noisy = simulate_denoise(phantom, SimulateConfig(task="denoise", noise=0.05, noise_kind="rician", seed=4))
+    problem = denoise_problem(noisy)
+    assert problem.noise_source == "estimated" and 2.0 < problem.noise_std < 8.0
+    res = reconstruct(prior, problem, FAST)
+    assert res.mean.shape == phantom.shape and np.isfinite(res.mean).all()
+    np.testing.assert_allclose(res.affine, phantom.affine)
+
+
+def test_superres_path_lives_on_the_fine_grid(prior, phantom):
+    thick = simulate_superres(phantom, SimulateConfig(task="superres", factor=2, axis=2, noise=0.0))
+    problem = superres_problem(thick, 2, 2, noise_std=0.0)
+    res = reconstruct(prior, problem, FAST)
+    assert res.mean.shape == (21, 24, 18) and np.isfinite(res.mean).all()
+    np.testing.assert_allclose(res.affine, fine_affine(thick.affine, 2, 2))
+    assert residual(problem, res.mean) < residual(problem, problem.pinv.data)
+    with pytest.raises(InputError, match="factor"):
+        superres_problem(thick, 1, 2)
+
+
+def test_oblique_anisotropic_geometry(prior):
+    vol = Volume(ellipsoid_phantom() * 50.0, oblique_affine())
+    problem = denoise_problem(vol, noise_std=1.0)
+    with pytest.raises(InputError, match="covers only"):
+        make_sampler(None, prior, problem, FAST)  # 1.5 x 1.2 x 2 mm voxels: larger than the tiny grid
+    res = reconstruct(prior, problem, dataclasses.replace(FAST, min_coverage=0.3))
+    assert res.mean.shape == vol.shape and np.isfinite(res.mean).all()
+
+
+def test_space_map_matches_the_monai_transform():
+    vol = Volume(ellipsoid_phantom() * 200.0 + 5.0, oblique_affine())
+    x, info = ToModelSpace.from_config(TINY_MODEL)(vol)
+    space = SpaceMap.from_info(info)
+    m = space.to_model(torch.from_numpy(vol.data)[None])
+    assert m.shape == (1, 1, *TINY_MODEL.grid)
+    assert float((m[0] - x).abs().mean()) < 1e-3
+    back = info.to_acquisition(x)
+    ours = space.to_acq(x[None], fallback=torch.from_numpy(vol.data)[None])[0].numpy()
+    inside = space.coverage.numpy() > 0.999
+    assert 0.3 < space.coverage_fraction < 1 and inside.any()
+    np.testing.assert_allclose(ours[inside], back[inside], atol=1e-2)
+
+
+def test_model_that_does_not_fit(prior, kproblem):
+    bad_grid = Prior(dataclasses.replace(TINY_MODEL, grid=(26, 32, 24)), prior.vae, prior.unet)
+    with pytest.raises(InputError, match="divisible"):
+        make_sampler(None, bad_grid, kproblem, FAST)
+    cfg3 = dataclasses.replace(TINY_MODEL, vae=dataclasses.replace(TINY_MODEL.vae, latent_channels=3))
+    with pytest.raises(InputError, match="channels"):
+        make_sampler(None, Prior(cfg3, prior.vae, prior.unet), kproblem, FAST)
+    with pytest.raises(InputError, match="UNet"):
+        make_sampler(None, Prior(TINY_MODEL, prior.vae, None), kproblem, FAST)
+    vae2 = AutoencoderKL(spatial_dims=3, in_channels=2, out_channels=2, channels=(4, 8, 8), latent_channels=2,
+                         num_res_blocks=1, norm_num_groups=4, attention_levels=(False, False, False),
+                         with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False, include_fc=False)
+    with pytest.raises(InputError, match="single-channel"):
+        make_sampler(None, Prior(TINY_MODEL, vae2, prior.unet), kproblem, FAST)
+
+
+def test_network_nan_is_an_error(prior, kproblem, monkeypatch):
+    monkeypatch.setattr(prior.unet, "forward", lambda z, *a, **k: torch.full_like(z, float("nan")))
+    with pytest.raises(LdpError, match="NaN"):
+        reconstruct(prior, kproblem, FAST)
+
+
+def test_config_is_plain_and_strict():
+    cfg = from_dict(PosteriorConfig, {"steps": 20, "t_start": 0.4, "method": "dps", "final_dc": False})
+    assert cfg.steps == 20 and cfg.method == "dps"
+    with pytest.raises(ConfigError):
+        from_dict(PosteriorConfig, {"stepz": 3})
+    with pytest.raises(ConfigError):
+        PosteriorConfig(method="magic")
+    with pytest.raises(ConfigError, match="t_start"):
+        PosteriorConfig(t_start=0.0)
+
+
+def test_dc_indices_are_spread_inside_the_run():
+    assert dc_indices(25, 4) == [5, 10, 15, 20]
+    assert dc_indices(4, 10) == [1, 2, 3]
+    assert dc_indices(10, 0) == [] and dc_indices(1, 3) == []
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_corrected_step_uses_the_corrected_estimate(kind):
+    sched = build_ddim_scheduler(dataclasses.replace(TINY_MODEL.scheduler, prediction_type=kind), 10)
+    z0, eps = torch.randn(2, 2, 3, 4, 3), torch.randn(2, 2, 3, 4, 3)
+    t = int(sched.timesteps[3])
+    tt = torch.full((2,), t)
+    zt = sched.add_noise(z0, eps, tt)
+    _, got = sched.step(_model_output(sched, z0, eps, tt), t, zt)
+    torch.testing.assert_close(got, z0, atol=1e-4, rtol=1e-4)
