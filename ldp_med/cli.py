@@ -69,6 +69,16 @@ def simulate(clean, out, task, accel, mask_kind, calib, coils, noise, noise_kind
     click.echo(f"wrote {out}")
 
 
+def _device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError(None, "--device cuda: no CUDA device is available")
+    return device
+
+
 def _check_args(out, accel, calib, coils, noise, factor, axis) -> None:
     if accel < 1:
         raise InputError(None, f"--accel must be >= 1, got {accel}")
@@ -83,22 +93,34 @@ def _check_args(out, accel, calib, coils, noise, factor, axis) -> None:
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--out", required=True, help="Output NIfTI (one input) or folder (several).")
-@click.option("--method", type=click.Choice(["zero-filled", "cs", "tv", "nlm", "cubic"]), default=None, help="Default: cs (kspace), nlm (denoise), cubic (superres).")
+@click.option("--method", type=click.Choice(["prior", "dps", "zero-filled", "cs", "tv", "nlm", "cubic"]), default=None, help="Default: cs (kspace), nlm (denoise), cubic (superres); prior = latent posterior sampling (DDS), dps = latent DPS.")
 @click.option("--task", type=click.Choice(["auto", "kspace", "denoise", "superres"]), default="auto", show_default=True)
 @click.option("--factor", type=int, default=2, show_default=True, help="superres: slice-thickness factor.")
 @click.option("--axis", type=int, default=2, show_default=True, help="superres: slice axis.")
 @click.option("--volume-index", type=int, default=None, help="Volume to use from 4-D input.")
 @click.option("--config", "config_path", default=None, help="YAML with ReconstructConfig fields.")
 @click.option("--set", "overrides", multiple=True, help="Override a config field, e.g. baseline.cs_lambda=0.004.")
-@click.option("--report", default=None, help="Write a PNG of orthogonal slices: input and reconstruction.")
+@click.option("--samples", type=int, default=None, help="prior/dps: posterior samples (mean -> OUT, std -> <name>_std.nii.gz).")
+@click.option("--steps", type=int, default=None, help="prior/dps: DDIM steps of the full schedule.")
+@click.option("--seed", type=int, default=None, help="prior/dps: random seed.")
+@click.option("--model", "model_dir", default=None, help="prior/dps: model folder (default: the shipped model).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--report", default=None, help="Write a PNG of orthogonal slices: input, reconstruction (, std).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-def reconstruct(inputs, out, method, task, factor, axis, volume_index, config_path, overrides, report, force):
+def reconstruct(inputs, out, method, task, factor, axis, volume_index, config_path, overrides, samples, steps, seed,
+                model_dir, device, report, force):
     """Reconstruct k-space (.h5), a noisy volume or a thick-slice volume."""
     from ldp_med.pipeline import reconstruct_to_files
 
     cfg = load_config(ReconstructConfig, config_path, overrides)
-    cfg = dataclasses.replace(cfg, task=task, factor=factor, axis=axis)
-    for path in reconstruct_to_files(list(inputs), out, cfg, method, volume_index, report, force):
+    post = {k: v for k, v in {"samples": samples, "steps": steps, "seed": seed}.items() if v is not None}
+    try:
+        posterior = dataclasses.replace(cfg.posterior, **post)
+    except LdpError as exc:
+        raise InputError(None, str(exc)) from None
+    cfg = dataclasses.replace(cfg, task=task, factor=factor, axis=axis, posterior=posterior)
+    for path in reconstruct_to_files(list(inputs), out, cfg, method, volume_index, report, force,
+                                     model=model_dir, device=_device(device)):
         click.echo(f"wrote {path}")
 
 

@@ -15,7 +15,7 @@ from ldp_med.io.kspace import load_kspace
 from ldp_med.io.loaders import is_kspace_file, load_volume
 from ldp_med.io.nifti import save_nifti
 from ldp_med.metrics import evaluate
-from ldp_med.reconstruct import output_name, reconstruct_file
+from ldp_med.reconstruct import PRIOR_METHODS, output_name, reconstruct_file_with_std
 
 
 def _outputs(inputs: list[str], out: str, report: str | None) -> list[Path]:
@@ -37,29 +37,48 @@ def _outputs(inputs: list[str], out: str, report: str | None) -> list[Path]:
     return paths
 
 
+def std_path(dest: Path) -> Path:
+    """``out.nii.gz`` -> ``out_std.nii.gz`` (the posterior standard deviation beside the mean)."""
+    name = output_name(dest)
+    return dest.with_name(f"{name}_std{dest.name[len(name):]}")
+
+
 def reconstruct_to_files(inputs: list[str], out: str, cfg: ReconstructConfig, method: str | None = None,
-                         volume_index: int | None = None, report: str | None = None, force: bool = False) -> list[Path]:
+                         volume_index: int | None = None, report: str | None = None, force: bool = False,
+                         model: str | None = None, device: str = "cpu") -> list[Path]:
     """Reconstruct each input and write ``<out>`` (one input) or ``<out>/<name>.nii.gz`` (several).
 
+    With a prior method and ``cfg.posterior.samples > 1`` the std map goes to ``<name>_std.nii.gz``.
     All destinations are checked before any work starts, so a refused overwrite costs nothing.
     """
     outs = _outputs(inputs, out, report)
+    with_std = method in PRIOR_METHODS and cfg.posterior.samples > 1
     for o in outs:
         check_output(o, force)
+        if with_std:
+            check_output(std_path(o), force)
     if report:
         check_output(report, force)
+    prior = None
+    if method in PRIOR_METHODS:
+        from ldp_med.models.pretrained import load_pretrained
+
+        prior = load_pretrained(model, device=device)
     written = []
     for path, dest in zip(tqdm(inputs, desc="files", disable=len(inputs) < 2), outs):
-        vol = reconstruct_file(path, cfg, method, volume_index, progress=len(inputs) == 1)
+        vol, std = reconstruct_file_with_std(path, cfg, method, volume_index, progress=len(inputs) == 1, prior=prior)
         save_nifti(vol, dest, force=force)
         written.append(dest)
+        if std is not None:
+            save_nifti(std, std_path(dest), force=force)
+            written.append(std_path(dest))
         if report:
-            _write_report(path, vol.data, report, force)
+            _write_report(path, vol.data, report, force, None if std is None else std.data)
             written.append(Path(report))
     return written
 
 
-def _write_report(path: str, recon: np.ndarray, report: str, force: bool) -> None:
+def _write_report(path: str, recon: np.ndarray, report: str, force: bool, std: np.ndarray | None = None) -> None:
     from ldp_med.report import save_slices_png
 
     if is_kspace_file(path):
@@ -72,6 +91,8 @@ def _write_report(path: str, recon: np.ndarray, report: str, force: bool) -> Non
         inp = load_volume(path).data
         name = "input"
     vols = {name: inp, "reconstruction": recon} if inp.shape == recon.shape else {"reconstruction": recon}
+    if std is not None:
+        vols["posterior std"] = std
     save_slices_png(report, vols, force=force, title=Path(path).name)
 
 

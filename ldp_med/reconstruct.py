@@ -15,10 +15,11 @@ from ldp_med.io.loaders import is_kspace_file, load_volume
 from ldp_med.io.volume import Volume
 from ldp_med.physics.degradations import fine_affine
 
+PRIOR_METHODS = ("prior", "dps")
 METHODS = {
-    "kspace": ("zero-filled", "cs", "tv"),
-    "denoise": ("nlm",),
-    "superres": ("cubic",),
+    "kspace": ("zero-filled", "cs", "tv", *PRIOR_METHODS),
+    "denoise": ("nlm", *PRIOR_METHODS),
+    "superres": ("cubic", *PRIOR_METHODS),
 }
 DEFAULT_METHOD = {"kspace": "cs", "denoise": "nlm", "superres": "cubic"}
 
@@ -69,16 +70,62 @@ def reconstruct_kspace(ksp: KSpaceData, method: str, cfg: ReconstructConfig, pro
     return np.abs(img).astype(np.float32)
 
 
+def reconstruct_with_prior(path, task: str, method: str, cfg: ReconstructConfig, prior, volume_index=None,
+                           progress: bool = False) -> tuple[Volume, Volume | None]:
+    """Posterior sampling with the latent prior (``prior`` = DDS, ``dps``); returns (mean, std or None)."""
+    from ldp_med.sampling import posterior, tasks
+
+    if task == "kspace":
+        problem = tasks.kspace_problem(load_kspace(path), espirit_calib=cfg.baseline.espirit_calib)
+    else:
+        vol = load_volume(path, volume_index)
+        if task == "denoise":
+            problem = tasks.denoise_problem(vol)
+        else:
+            _check_superres(path, cfg)
+            problem = tasks.superres_problem(vol, cfg.factor, cfg.axis)
+    result = posterior.reconstruct(prior, problem, cfg.posterior, method="dds" if method == "prior" else method,
+                                   progress=progress)
+    meta = {"source": str(path), "method": method, "nfe": result.nfe}
+    mean = result.volume()
+    mean.meta.update(meta)
+    return mean, result.std_volume()
+
+
+def _check_superres(path, cfg: ReconstructConfig) -> None:
+    if not 0 <= cfg.axis <= 2:
+        raise InputError(path, f"--axis must be 0, 1 or 2, got {cfg.axis}")
+    if cfg.factor < 2:
+        raise InputError(path, f"--factor must be an integer >= 2, got {cfg.factor}")
+
+
 def reconstruct_file(path: str | os.PathLike, cfg: ReconstructConfig, method: str | None = None,
-                     volume_index: int | None = None, progress: bool = False) -> Volume:
+                     volume_index: int | None = None, progress: bool = False, prior=None) -> Volume:
     """Read ``path``, reconstruct it with ``method`` and return the magnitude volume with its affine.
 
     kspace: output on the k-space grid with the container's affine, in ``reference`` units.
     denoise: same grid and units as the input. superres: the fine grid (``cfg.factor`` x thinner
     slices along ``cfg.axis``) with the fine grid's affine.
     """
+    return reconstruct_file_with_std(path, cfg, method, volume_index, progress, prior)[0]
+
+
+def reconstruct_file_with_std(path: str | os.PathLike, cfg: ReconstructConfig, method: str | None = None,
+                              volume_index: int | None = None, progress: bool = False,
+                              prior=None) -> tuple[Volume, Volume | None]:
+    """Like :func:`reconstruct_file`, also returning the posterior std map (prior methods, samples > 1)."""
     task = resolve_task(path, cfg.task)
     method = resolve_method(path, task, method)
+    if method in PRIOR_METHODS:
+        if prior is None:
+            from ldp_med.models.pretrained import load_pretrained
+
+            prior = load_pretrained()
+        return reconstruct_with_prior(path, task, method, cfg, prior, volume_index, progress)
+    return _reconstruct_classical(path, task, method, cfg, volume_index, progress), None
+
+
+def _reconstruct_classical(path, task: str, method: str, cfg: ReconstructConfig, volume_index, progress) -> Volume:
     if task == "kspace":
         ksp = load_kspace(path)
         data = reconstruct_kspace(ksp, method, cfg, progress)
@@ -89,10 +136,7 @@ def reconstruct_file(path: str | os.PathLike, cfg: ReconstructConfig, method: st
         b = cfg.baseline
         data = baselines.denoise_nlm(vol.data, b.nlm_patch_size, b.nlm_patch_distance, b.nlm_h_factor)
         return Volume(data=data, affine=vol.affine, meta={**vol.meta, **meta})
-    if not 0 <= cfg.axis <= 2:
-        raise InputError(path, f"--axis must be 0, 1 or 2, got {cfg.axis}")
-    if cfg.factor < 2:
-        raise InputError(path, f"--factor must be an integer >= 2, got {cfg.factor}")
+    _check_superres(path, cfg)
     data = baselines.cubic_upsample(vol.data, cfg.factor, cfg.axis)
     return Volume(data=data, affine=fine_affine(vol.affine, cfg.factor, cfg.axis), meta=meta)
 
