@@ -37,6 +37,11 @@ def _outputs(inputs: list[str], out: str, report: str | None) -> list[Path]:
     return paths
 
 
+def _shard() -> tuple[int, int]:
+    """(rank, world size) under torchrun, else (0, 1): inputs are split round-robin across ranks."""
+    return int(os.environ.get("RANK", "0")), max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
 def std_path(dest: Path) -> Path:
     """``out.nii.gz`` -> ``out_std.nii.gz`` (the posterior standard deviation beside the mean)."""
     name = output_name(dest)
@@ -51,9 +56,10 @@ def reconstruct_to_files(inputs: list[str], out: str, cfg: ReconstructConfig, me
     With a prior method and ``cfg.posterior.samples > 1`` the std map goes to ``<name>_std.nii.gz``.
     All destinations are checked before any work starts, so a refused overwrite costs nothing.
     """
-    outs = _outputs(inputs, out, report)
+    rank, world = _shard()
+    pairs = list(zip(inputs, _outputs(inputs, out, report)))[rank::world]  # this rank's share under torchrun
     with_std = method in PRIOR_METHODS and cfg.posterior.samples > 1
-    for o in outs:
+    for _, o in pairs:
         check_output(o, force)
         if with_std:
             check_output(std_path(o), force)
@@ -65,7 +71,7 @@ def reconstruct_to_files(inputs: list[str], out: str, cfg: ReconstructConfig, me
 
         prior = load_pretrained(model, device=device)
     written = []
-    for path, dest in zip(tqdm(inputs, desc="files", disable=len(inputs) < 2), outs):
+    for path, dest in tqdm(pairs, desc=f"files (rank {rank})" if world > 1 else "files", disable=len(pairs) < 2):
         vol, std = reconstruct_file_with_std(path, cfg, method, volume_index, progress=len(inputs) == 1, prior=prior)
         save_nifti(vol, dest, force=force)
         written.append(dest)
