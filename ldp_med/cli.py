@@ -272,5 +272,44 @@ def autoencode(input_path, out, model_dir, volume_index, force):
     click.echo(f"wrote {out}")
 
 
+@cli.command()
+@click.option("-o", "--out", "out_dir", required=True, help="Output folder (created if its parent exists).")
+@click.option("--contrast", default=None, help="Contrast class, e.g. T1w, T2w, PD, FLAIR.")
+@click.option("--prompt", default=None, help="Free-text prompt (needs a text-conditioned model and ldp-med[text]).")
+@click.option("-n", "count", type=int, default=1, show_default=True, help="Number of volumes.")
+@click.option("--guidance", type=float, default=3.0, show_default=True, help="Classifier-free guidance weight.")
+@click.option("--steps", type=int, default=50, show_default=True, help="DDIM steps.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--model", "model_dir", default=None, help="Model folder (default: the shipped model).")
+@click.option("--preview", default=None, help="Write a contact sheet PNG of central slices.")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+def generate(out_dir, contrast, prompt, count, guidance, steps, seed, device, model_dir, preview, force):
+    """Generate volumes from the prior (class-conditional, or unconditional without --contrast)."""
+    from pathlib import Path
+
+    from ldp_med.io.atomic import check_output
+    from ldp_med.io.nifti import save_nifti
+    from ldp_med.io.volume import Volume
+    from ldp_med.sampling.generate import generate as run_generate
+
+    out = Path(out_dir)
+    if not out.parent.is_dir():
+        raise InputError(out, f"parent folder {out.parent} does not exist")
+    out.mkdir(exist_ok=True)
+    names = [out / f"sample_{i:03d}.nii.gz" for i in range(count)]
+    for p in names + ([Path(preview)] if preview else []):
+        check_output(p, force)
+    imgs, affine = run_generate(count, contrast, prompt, guidance, steps, seed, _device(device), model_dir)
+    for p, img in zip(names, imgs.numpy()):
+        save_nifti(Volume(img, affine, {"contrast": contrast or "unconditional"}), p, force=force)
+    if preview:
+        from ldp_med.report import save_slices_png
+
+        save_slices_png(preview, {p.name: img for p, img in zip(names, imgs.numpy())}, force=force,
+                        scales={p.name: (0.0, 1.0) for p in names}, title=f"{contrast or 'unconditional'}, guidance {guidance:g}")
+    click.echo(f"wrote {count} volume(s) to {out}/")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -55,3 +55,41 @@ def decode(prior: Prior, latents: torch.Tensor) -> torch.Tensor:
     """Decode latents one at a time (memory) to images (B, X, Y, Z), clamped to [0, 1]."""
     out = [prior.vae.decode(latents[i : i + 1])[0, 0] for i in range(len(latents))]
     return torch.stack(out).clamp(0, 1).cpu()
+
+
+def generate(n: int = 1, contrast: str | None = None, prompt: str | None = None, guidance: float = 3.0,
+             steps: int = 50, seed: int = 0, device: str = "cpu", model: str | None = None,
+             prior: Prior | None = None, progress: bool = True) -> tuple[torch.Tensor, "np.ndarray"]:
+    """Generate ``n`` volumes of the prior: class-conditional (``contrast``) or unconditional.
+
+    Returns:
+        (images float32 (n, X, Y, Z) in [0, 1] on the model grid, the model grid's affine (4, 4)).
+
+    Raises:
+        InputError: unknown contrast, both contrast and prompt, or a prompt for a model without text conditioning.
+    """
+    import numpy as np
+
+    from ldp_med.errors import InputError
+    from ldp_med.models.pretrained import load_pretrained
+
+    if n < 1:
+        raise InputError(None, f"-n must be >= 1, got {n}")
+    if contrast and prompt:
+        raise InputError(None, "give --contrast or --prompt, not both")
+    prior = prior or load_pretrained(model, device=device)
+    names = prior.config.class_names
+    if prompt:
+        raise InputError(None, "this model has no text conditioning; use --contrast (text prompts need a prior trained with captions)")
+    if contrast is not None and contrast not in names:
+        raise InputError(None, f"unknown contrast {contrast!r}; the model knows {', '.join(names)}")
+    label = names.index(contrast) if contrast is not None else null_class(prior)
+    gen = torch.Generator().manual_seed(seed)
+    z = sample_latents(prior, torch.full((n,), label, dtype=torch.long), steps, guidance, gen, progress)
+    imgs = decode(prior, z)
+    if not torch.isfinite(imgs).all():
+        from ldp_med.errors import LdpError
+
+        raise LdpError("the prior produced non-finite values")
+    affine = np.asarray(prior.config.affine, dtype=np.float64) if prior.config.affine else np.eye(4)
+    return imgs, affine

@@ -41,3 +41,29 @@ def test_guidance_combines_conditional_and_unconditional(prior):
     got = guided_prediction(prior, z, t, labels, 3.0)
     torch.testing.assert_close(got, uncond + 3.0 * (cond - uncond), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(guided_prediction(prior, z, t, labels, 1.0), cond)
+
+
+def test_generate_cli_contrast_null_and_errors(tmp_path):
+    import dataclasses
+
+    import nibabel as nib
+    from click.testing import CliRunner
+
+    from ldp_med.cli import cli
+    from ldp_med.models.pretrained import save_pretrained
+
+    cfg = dataclasses.replace(TINY_MODEL, affine=tuple(tuple(float(v) for v in r) for r in torch.eye(4).tolist()))
+    vae, unet = build_models(cfg)
+    model = save_pretrained(tmp_path / "m", cfg, vae, unet)
+    run = lambda *a: CliRunner().invoke(cli, [str(x) for x in a])  # noqa: E731
+    r = run("generate", "-o", tmp_path / "g", "--contrast", "T2w", "-n", 2, "--steps", 3, "--model", model,
+            "--preview", tmp_path / "p.png")
+    assert r.exit_code == 0, r.output
+    img = nib.load(str(tmp_path / "g" / "sample_001.nii.gz"))
+    assert img.shape == TINY_MODEL.grid and (tmp_path / "p.png").is_file()
+    assert run("generate", "-o", tmp_path / "u", "--steps", 3, "--model", model).exit_code == 0  # null condition
+    for args in (["--contrast", "T3w"], ["--contrast", "T1w", "--prompt", "x"], ["-n", 0]):
+        r = run("generate", "-o", tmp_path / "e", "--steps", 3, "--model", model, *args)
+        assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.output)
+    r = run("generate", "-o", tmp_path / "g", "--contrast", "T2w", "--steps", 3, "--model", model)
+    assert r.exit_code == 2 and "--force" in r.stderr
