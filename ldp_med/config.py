@@ -310,6 +310,7 @@ class ModelConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     latent_scale_factor: float = 1.0
     class_names: tuple[str, ...] = ("T1w", "T2w", "PD", "FLAIR")
+    text_encoder: str = ""  # the sentence encoder a text-conditioned UNet was trained with ("" = none)
     training_data: str = ""
     ldp_med_version: str = ""
 
@@ -371,9 +372,15 @@ class VAETrainConfig:
 
 @dataclass
 class PriorTrainConfig:
-    """``ldp-med train prior``: latent DDPM on cached latents, class condition dropped for CFG."""
+    """``ldp-med train prior``: latent DDPM on cached latents, class condition dropped for CFG.
+
+    With ``model.unet.with_conditioning`` the captions' sentence embeddings also enter through
+    cross-attention: ``cond_dropout`` drops class and caption together (the null condition of CFG),
+    and ``text_only`` of the remaining samples drop only the class, so a prompt alone is in distribution.
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     data: DataConfig = field(default_factory=DataConfig)
     cond_dropout: float = 0.15
+    text_only: float = 0.5

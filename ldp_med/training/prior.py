@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ldp_med.config import PriorTrainConfig
 from ldp_med.data.cohort import load_training_images
-from ldp_med.errors import InputError
+from ldp_med.errors import ConfigError, InputError
 from ldp_med.models.builders import build_train_scheduler, build_unet
 from ldp_med.models.pretrained import load_pretrained, save_pretrained
 from ldp_med.training.distributed import DistInfo, barrier
@@ -40,16 +41,46 @@ def cached_latents(vae: torch.nn.Module, images: torch.Tensor, labels: torch.Ten
     return latents, labels
 
 
+def cached_caption_embeddings(captions: list[str], path: Path) -> tuple[torch.Tensor, str]:
+    """Sentence embeddings (N, dim) of ``captions`` and the encoder's name, cached in ``path``.
+
+    The cache is keyed on the captions only, so a resumed run does not load the text encoder again;
+    delete ``path`` to re-embed with another encoder. Empty captions get the null embedding (zeros).
+    """
+    key = hashlib.sha256("\n".join(captions).encode()).hexdigest()[:32]
+    as_bytes = lambda s: torch.tensor(list(s.encode()), dtype=torch.uint8)  # noqa: E731
+    if path.is_file():
+        cached = load_file(path)
+        if bytes(cached["key"].tolist()).decode() == key:
+            return cached["embeddings"], bytes(cached["encoder"].tolist()).decode()
+    from ldp_med.models.text import embed_captions, load_text_encoder
+
+    encoder = load_text_encoder()
+    emb = embed_captions(encoder, captions)
+    save_file({"embeddings": emb.contiguous(), "key": as_bytes(key), "encoder": as_bytes(encoder.name)}, path)
+    return emb, encoder.name
+
+
 def diffusion_loss(cfg: PriorTrainConfig, null_class: int):
-    """``(unet, batch) -> (loss, logs)``: DDPM noise-prediction MSE with class-condition dropout."""
+    """``(unet, batch) -> (loss, logs)``: DDPM noise-prediction MSE with condition dropout.
+
+    A batch with ``context`` (B, 1, dim) (text-conditioned priors) passes it to the UNet's
+    cross-attention; ``drop`` replaces both the class and the context by the null condition (null
+    class, zero embedding), ``text_only`` replaces the class only.
+    """
     scheduler = build_train_scheduler(cfg.model.scheduler)
 
     def loss_fn(unet: torch.nn.Module, batch: dict):
         z0, labels, gen_noise = batch["latent"], batch["label"], batch["noise"]
         t, drop = batch["timesteps"], batch["drop"]
-        labels = torch.where(drop | (labels < 0), torch.full_like(labels, null_class), labels)
+        context = batch.get("context")
+        null_label = drop | (labels < 0)
+        if context is not None:
+            null_label = null_label | batch["text_only"]
+            context = torch.where(drop[:, None, None], torch.zeros_like(context), context)
+        labels = torch.where(null_label, torch.full_like(labels, null_class), labels)
         zt = scheduler.add_noise(z0, gen_noise, t)
-        pred = unet(zt, t, class_labels=labels)
+        pred = unet(zt, t, class_labels=labels) if context is None else unet(zt, t, context=context, class_labels=labels)
         if cfg.model.scheduler.prediction_type == "v_prediction":
             target = scheduler.get_velocity(z0, gen_noise, t)
         elif cfg.model.scheduler.prediction_type == "sample":
@@ -62,19 +93,28 @@ def diffusion_loss(cfg: PriorTrainConfig, null_class: int):
     return loss_fn
 
 
-def latent_sampler(latents: torch.Tensor, labels: torch.Tensor, batch_size: int, num_timesteps: int, dropout: float):
-    """A batch function drawing latents, their labels, noise, timesteps and condition-dropout flags."""
+def latent_sampler(latents: torch.Tensor, labels: torch.Tensor, batch_size: int, num_timesteps: int, dropout: float,
+                   context: torch.Tensor | None = None, text_only: float = 0.0):
+    """A batch function drawing latents, their labels, noise, timesteps and condition-dropout flags.
+
+    With ``context`` (N, 1, dim) (caption embeddings of the latents) the batch also holds ``context``
+    and ``text_only`` flags (drop the class, keep the caption); the draws of class-only priors are unchanged.
+    """
 
     def batch_fn(gen: torch.Generator) -> dict:
         idx = torch.randint(len(latents), (batch_size,), generator=gen)
         z0 = latents[idx]
-        return {
+        batch = {
             "latent": z0,
             "label": labels[idx],
             "noise": torch.randn(z0.shape, generator=gen),
             "timesteps": torch.randint(num_timesteps, (batch_size,), generator=gen),
             "drop": torch.rand(batch_size, generator=gen) < dropout,
         }
+        if context is not None:
+            batch["context"] = context[idx]
+            batch["text_only"] = torch.rand(batch_size, generator=gen) < text_only
+        return batch
 
     return batch_fn
 
@@ -100,17 +140,45 @@ def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str 
     null_class = len(cfg.model.class_names)
     if cfg.model.unet.num_class_embeds is not None and cfg.model.unet.num_class_embeds != null_class + 1:
         raise InputError(None, f"unet.num_class_embeds must be {null_class + 1} (classes + the null class)")
+    context, extras, text_encoder = None, {}, ""
+    if cfg.model.unet.with_conditioning:
+        context, extras, text_encoder = _caption_context(cfg, data.captions, labels, out / "captions.safetensors", info)
     torch.manual_seed(cfg.loop.seed)
     unet = build_unet(cfg.model.unet, cfg.model.vae.latent_channels)
     sampler = latent_sampler(latents * scale, labels, cfg.loop.batch_size, cfg.model.scheduler.num_train_timesteps,
-                             cfg.cond_dropout)
+                             cfg.cond_dropout, context, cfg.text_only)
     trainer = Trainer(unet, sampler, diffusion_loss(cfg, null_class), cfg.loop, out, info, progress=progress)
     unet = trainer.run(resume=resume, max_seconds=max_seconds, stop_after=stop_after)
     if not trainer.finished:
         return None
     folder = out / "model"
     if info.is_main:
-        model_cfg = replace(cfg.model, latent_scale_factor=scale, affine=vcfg.affine,
+        model_cfg = replace(cfg.model, latent_scale_factor=scale, affine=vcfg.affine, text_encoder=text_encoder,
                             training_data=vcfg.training_data or data.description)
-        save_pretrained(folder, model_cfg, vae_prior.vae, unet, force=True)
+        save_pretrained(folder, model_cfg, vae_prior.vae, unet, extras=extras, force=True)
     return folder
+
+
+def _caption_context(cfg: PriorTrainConfig, captions: list[str], labels: torch.Tensor, path: Path,
+                     info: DistInfo) -> tuple[torch.Tensor, dict[str, torch.Tensor], str]:
+    """Caption embeddings as UNet context (N, 1, dim), the ``class_context`` extra and the encoder name.
+
+    ``class_context`` (n_classes + 1, 1, dim): per class the re-normalised mean of its caption
+    embeddings, then the null row (zeros); sampling with ``--contrast`` uses it, so it needs no encoder.
+    """
+    from ldp_med.models.text import class_context
+
+    if not 0 <= cfg.text_only <= 1 or not 0 <= cfg.cond_dropout <= 1:
+        raise ConfigError("cond_dropout and text_only must lie in [0, 1]")
+    if not any(c.strip() for c in captions):
+        raise InputError(None, "unet.with_conditioning needs captioned training images (the synthetic cohort); "
+                               "these have none")
+    if info.is_main:
+        cached_caption_embeddings(captions, path)
+    barrier(info)
+    emb, name = cached_caption_embeddings(captions, path)
+    if emb.shape[1] != cfg.model.unet.cross_attention_dim:
+        raise ConfigError(f"unet.cross_attention_dim is {cfg.model.unet.cross_attention_dim}, "
+                          f"but the text encoder {name!r} gives {emb.shape[1]}-d embeddings")
+    ctx = class_context(emb, labels, len(cfg.model.class_names))
+    return emb[:, None].contiguous(), {"class_context": ctx}, name

