@@ -5,7 +5,7 @@
 #   MAX_MINUTES=60 bash scripts/train_default.sh   # time-boxed piece; run again to continue (--resume)
 #
 # Measured on the 2-core development machine (1 thread each, docs/model-card.md): cohort of 120
-# training subjects ~3 min, VAE 4200 steps ~55 min, latents ~2 min, prior 1500 steps ~35 min.
+# training subjects ~3 min, VAE 4200 steps ~55 min, latents ~2 min, prior 1200 steps ~27 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/default}
