@@ -168,6 +168,7 @@ def _train_common(f):
     f = click.option("--set", "overrides", multiple=True, help="Override a config field, e.g. loop.steps=100.")(f)
     f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
     f = click.option("--max-minutes", type=float, default=None, help="Checkpoint and stop after this long; continue with --resume.")(f)
+    f = click.option("--init", "init_dir", default=None, help="Start from this model folder's weights (fine-tune).")(f)
     return f
 
 
@@ -203,7 +204,7 @@ def _report_training(info, folder, out_dir):
 
 @train.command("vae")
 @_train_common
-def train_vae_cmd(config_path, data_dir, synthetic, out_dir, resume, overrides, device, max_minutes):
+def train_vae_cmd(config_path, data_dir, synthetic, out_dir, resume, overrides, device, max_minutes, init_dir):
     """Train the 3-D VAE on random patches (L1 + MSE + KL)."""
     from ldp_med.config import VAETrainConfig
     from ldp_med.training.distributed import shutdown
@@ -212,7 +213,7 @@ def train_vae_cmd(config_path, data_dir, synthetic, out_dir, resume, overrides, 
     cfg = _train_config(VAETrainConfig, config_path, overrides, data_dir, synthetic)
     info = _setup(cfg, device)
     try:
-        folder = train_vae(cfg, out_dir, info, resume=resume, max_seconds=_seconds(max_minutes))
+        folder = train_vae(cfg, out_dir, info, resume=resume, max_seconds=_seconds(max_minutes), init=init_dir)
     finally:
         shutdown(info)
     _report_training(info, folder, out_dir)
@@ -221,7 +222,7 @@ def train_vae_cmd(config_path, data_dir, synthetic, out_dir, resume, overrides, 
 @train.command("prior")
 @_train_common
 @click.option("--vae", "vae_dir", required=True, help="Model folder holding the trained VAE.")
-def train_prior_cmd(config_path, data_dir, synthetic, out_dir, resume, overrides, device, max_minutes, vae_dir):
+def train_prior_cmd(config_path, data_dir, synthetic, out_dir, resume, overrides, device, max_minutes, init_dir, vae_dir):
     """Train the latent diffusion UNet on cached latents of the training images."""
     from ldp_med.config import PriorTrainConfig
     from ldp_med.training.distributed import shutdown
@@ -230,7 +231,7 @@ def train_prior_cmd(config_path, data_dir, synthetic, out_dir, resume, overrides
     cfg = _train_config(PriorTrainConfig, config_path, overrides, data_dir, synthetic)
     info = _setup(cfg, device)
     try:
-        folder = train_prior(cfg, vae_dir, out_dir, info, resume=resume, max_seconds=_seconds(max_minutes))
+        folder = train_prior(cfg, vae_dir, out_dir, info, resume=resume, max_seconds=_seconds(max_minutes), init=init_dir)
     finally:
         shutdown(info)
     _report_training(info, folder, out_dir)

@@ -121,7 +121,7 @@ def latent_sampler(latents: torch.Tensor, labels: torch.Tensor, batch_size: int,
 
 def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str | os.PathLike, info: DistInfo,
                 resume: bool = False, progress: bool = True, max_seconds: float | None = None,
-                stop_after: int | None = None) -> Path | None:
+                stop_after: int | None = None, init: str | os.PathLike | None = None) -> Path | None:
     """Train the latent UNet on top of the VAE in ``vae_dir``; writes the full model folder ``<out_dir>/model``."""
     vae_prior = load_pretrained(vae_dir, with_unet=False)
     vcfg = vae_prior.config
@@ -145,6 +145,8 @@ def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str 
         context, extras, text_encoder = _caption_context(cfg, data.captions, labels, out / "captions.safetensors", info)
     torch.manual_seed(cfg.loop.seed)
     unet = build_unet(cfg.model.unet, cfg.model.vae.latent_channels)
+    if init and not resume:  # fine-tune from a model folder's UNet (same architecture)
+        unet.load_state_dict(load_pretrained(init).unet.state_dict())
     sampler = latent_sampler(latents * scale, labels, cfg.loop.batch_size, cfg.model.scheduler.num_train_timesteps,
                              cfg.cond_dropout, context, cfg.text_only)
     trainer = Trainer(unet, sampler, diffusion_loss(cfg, null_class), cfg.loop, out, info, progress=progress)

@@ -81,7 +81,8 @@ def model_affine(grid: tuple[int, ...], voxel_mm: float) -> tuple[tuple[float, .
 
 
 def train_vae(cfg: VAETrainConfig, out_dir: str | os.PathLike, info: DistInfo, resume: bool = False,
-              progress: bool = True, max_seconds: float | None = None, stop_after: int | None = None) -> Path | None:
+              progress: bool = True, max_seconds: float | None = None, stop_after: int | None = None,
+              init: str | os.PathLike | None = None) -> Path | None:
     """Train the VAE of ``cfg.model`` and write the model folder ``<out_dir>/model`` (VAE only).
 
     Returns:
@@ -90,6 +91,10 @@ def train_vae(cfg: VAETrainConfig, out_dir: str | os.PathLike, info: DistInfo, r
     data = load_training_images(cfg.data, cfg.model, progress=progress and info.is_main)
     torch.manual_seed(cfg.loop.seed)  # identical initial weights on every rank
     vae = build_vae(cfg.model.vae)
+    if init and not resume:  # fine-tune from a model folder's VAE (same architecture) instead of from scratch
+        from ldp_med.models.pretrained import load_pretrained
+
+        vae.load_state_dict(load_pretrained(init, with_unet=False).vae.state_dict())
     whole_from = cfg.loop.steps - cfg.whole_volume_steps if cfg.whole_volume_steps > 0 else None
     sampler = patch_sampler(data.images, cfg.patch, cfg.loop.batch_size, cfg.foreground_fraction, whole_from)
     trainer = Trainer(vae, sampler, vae_loss(cfg),

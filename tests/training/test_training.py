@@ -89,3 +89,13 @@ def test_patch_sampler_switches_to_whole_volumes():
     g = torch.Generator().manual_seed(0)
     assert fn(g, 0)["image"].shape == (4, 1, 8, 8, 8)
     assert fn(g, 10)["image"].shape == (1, 1, 20, 24, 18)
+
+
+def test_init_starts_from_a_model_folder(tmp_path, cohort_dir):
+    first = train_vae(vae_cfg(cohort_dir, steps=2), tmp_path / "a", DistInfo(), progress=False)
+    cfg = vae_cfg(cohort_dir, steps=1, lr=1e-12, warmup=1)
+    second = train_vae(cfg, tmp_path / "b", DistInfo(), progress=False, init=first)
+    a = load_pretrained(first, with_unet=False).vae.state_dict()
+    b = load_pretrained(second, with_unet=False).vae.state_dict()
+    for k in a:  # one step at lr ~0 keeps the initial weights: they came from `first`
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
