@@ -27,7 +27,7 @@ from ldp_med.config import LoopConfig
 from ldp_med.errors import InputError
 from ldp_med.training.distributed import DistInfo, barrier
 
-BatchFn = Callable[..., dict]  # (generator) or (generator, step) -> batch
+BatchFn = Callable[[torch.Generator, int], dict]  # (generator, step) -> batch
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
 
 
@@ -60,11 +60,12 @@ def params_digest(model: torch.nn.Module) -> str:
 
 
 class Trainer:
-    """Runs ``cfg.steps`` optimisation steps of ``loss_fn(model, batch_fn(gen))`` with checkpoints.
+    """Runs ``cfg.steps`` optimisation steps of ``loss_fn(model, batch_fn(gen, step))`` with checkpoints.
 
     Args:
         model: the network to train (unwrapped); wrapped in DDP when ``info.enabled``.
-        batch_fn: draws one batch from a seeded generator (each rank has its own stream).
+        batch_fn: ``(generator, step) -> batch``; the generator is seeded per rank, the step lets a
+            sampler change phase (e.g. whole volumes at the end of VAE training).
         loss_fn: ``(model, batch) -> (loss, logs)``.
         out_dir: where ``checkpoint/``, ``log.jsonl`` and ``loss.png`` go.
     """
@@ -81,7 +82,6 @@ class Trainer:
         self.data_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + info.rank)
         torch.manual_seed(cfg.seed + 7919 * info.rank)
         self.step = 0
-        self.batch_takes_step = batch_fn.__code__.co_argcount == 2 if hasattr(batch_fn, "__code__") else False
 
     # -- checkpoints -------------------------------------------------------------------------
     @property
@@ -124,7 +124,6 @@ class Trainer:
         self.model.load_state_dict(load_file(d / "model.safetensors"))
         _restore_optimizer(self.opt, load_file(d / "optimizer.safetensors"), meta)
         self.step = int(meta["step"])
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.cfg), last_epoch=-1)
         for group, lr in zip(self.opt.param_groups, self.sched.base_lrs):
             group["lr"] = lr * lr_factor(self.step, self.cfg)
         self.sched.last_epoch = self.step
@@ -172,7 +171,7 @@ class Trainer:
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc="train", disable=not (self.progress and self.info.is_main))
         t0 = time.perf_counter()
         while self.step < self.cfg.steps:
-            raw = self.batch_fn(self.data_gen, self.step) if self.batch_takes_step else self.batch_fn(self.data_gen)
+            raw = self.batch_fn(self.data_gen, self.step)
             batch = {k: v.to(self.info.device) if torch.is_tensor(v) else v for k, v in raw.items()}
             loss, logs = self.loss_fn(self.wrapped, batch)
             if not torch.isfinite(loss):

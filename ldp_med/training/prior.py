@@ -101,7 +101,7 @@ def latent_sampler(latents: torch.Tensor, labels: torch.Tensor, batch_size: int,
     and ``text_only`` flags (drop the class, keep the caption); the draws of class-only priors are unchanged.
     """
 
-    def batch_fn(gen: torch.Generator) -> dict:
+    def batch_fn(gen: torch.Generator, step: int) -> dict:
         idx = torch.randint(len(latents), (batch_size,), generator=gen)
         z0 = latents[idx]
         batch = {
