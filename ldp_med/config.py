@@ -212,6 +212,8 @@ class PosteriorConfig:
         phase_sigma: smoothing (voxels) of the k-space phase estimate.
         min_coverage: smallest fraction of the acquisition field of view the model grid must cover.
         max_nfe: refuse settings that would need more UNet evaluations per sample.
+        coil_energy: multi-coil k-space is compressed to the fewest virtual coils that hold this fraction
+            of the data's energy (SVD coil compression) for speed; 1 keeps every coil.
     """
 
     method: str = "dds"
@@ -232,6 +234,7 @@ class PosteriorConfig:
     phase_sigma: float = 1.5
     min_coverage: float = 0.5
     max_nfe: int = 50
+    coil_energy: float = 0.99
 
     def __post_init__(self) -> None:
         if self.method not in METHOD_NAMES:
@@ -242,7 +245,7 @@ class PosteriorConfig:
             "final_cg_iters": self.final_cg_iters >= 0, "samples": self.samples >= 1, "eta": self.eta >= 0,
             "label": self.label >= -1, "guidance": self.guidance >= 0, "dps_step": self.dps_step >= 0,
             "phase_sigma": self.phase_sigma >= 0, "min_coverage": 0 <= self.min_coverage <= 1,
-            "max_nfe": self.max_nfe >= 1,
+            "max_nfe": self.max_nfe >= 1, "coil_energy": 0 < self.coil_energy <= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -377,6 +380,9 @@ class PriorTrainConfig:
     With ``model.unet.with_conditioning`` the captions' sentence embeddings also enter through
     cross-attention: ``cond_dropout`` drops class and caption together (the null condition of CFG),
     and ``text_only`` of the remaining samples drop only the class, so a prompt alone is in distribution.
+    ``caption_within_class``: each draw takes the caption of a random training image of the same class
+    (captions that describe the class only, like the synthetic cohort's), so the UNet sees every wording
+    with every image instead of one fixed caption per image.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -384,3 +390,4 @@ class PriorTrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     cond_dropout: float = 0.15
     text_only: float = 0.5
+    caption_within_class: bool = True

@@ -76,7 +76,8 @@ def reconstruct_with_prior(path, task: str, method: str, cfg: ReconstructConfig,
     from ldp_med.sampling import posterior, tasks
 
     if task == "kspace":
-        problem = tasks.kspace_problem(load_kspace(path), espirit_calib=cfg.baseline.espirit_calib)
+        problem = tasks.kspace_problem(load_kspace(path), espirit_calib=cfg.baseline.espirit_calib,
+                                       coil_energy=cfg.posterior.coil_energy)
     else:
         vol = load_volume(path, volume_index)
         if task == "denoise":

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchlib import emit
 from ldp_med.config import ReconstructConfig, SimulateConfig
 from ldp_med.data.template import mni152_template
 from ldp_med.io.kspace import load_kspace
@@ -58,10 +59,7 @@ def main() -> None:
     lines = ["| R requested | R realised | method | PSNR (dB) | SSIM | NMSE | time (s) |", "|---|---|---|---|---|---|---|"]
     for accel, real, name, s, sec in rows:
         lines.append(f"| {accel:g} | {real:.2f} | {name} | {s['psnr']:.2f} | {s['ssim']:.4f} | {s['nmse']:.5f} | {sec:.1f} |")
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        Path(args.out).write_text(table + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ class LatentPriorReconstruct(Transform):
         if self.task == "kspace":
             if not isinstance(data, KSpaceData):
                 raise TypeError(f"task kspace needs KSpaceData, got {type(data).__name__}")
-            problem = kspace_problem(data, self.noise_std)
+            problem = kspace_problem(data, self.noise_std, coil_energy=self.config.coil_energy)
         elif isinstance(data, KSpaceData):
             raise TypeError(f"task {self.task} needs an image, got KSpaceData")
         elif self.task == "denoise":

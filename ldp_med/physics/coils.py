@@ -136,3 +136,37 @@ def espirit_maps(
         show_pbar=False,
     ).run()
     return np.asarray(maps).astype(np.complex64)
+
+
+def compress_coils(kspace: np.ndarray, maps: np.ndarray | None, energy: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """SVD coil compression: project ``C`` coils onto the fewest virtual coils holding ``energy`` of the data.
+
+    The virtual coils are the leading eigenvectors ``U`` (C x n) of the coil covariance of the acquired
+    k-space; k-space and maps are both projected (``U^H y``, ``U^H S``), so ``A`` keeps its form and white
+    noise of equal variance per coil stays white with the same variance. Costs per operator application
+    fall by ``C / n``; the data term loses only the discarded ``1 - energy`` of the signal.
+
+    Args:
+        kspace: (C, X, Y, Z) complex k-space (unsampled points zero).
+        maps: (C, X, Y, Z) complex sensitivity maps, or None (then only k-space is projected).
+        energy: fraction in (0, 1]; 1 keeps every coil (returns the inputs unchanged).
+
+    Returns:
+        (kspace (n, X, Y, Z), maps (n, X, Y, Z) or None), complex64.
+    """
+    if not 0 < energy <= 1:
+        raise ValueError(f"coil compression energy must lie in (0, 1], got {energy}")
+    n_coils = kspace.shape[0]
+    if energy >= 1 or n_coils == 1:
+        return kspace, maps
+    flat = kspace.reshape(n_coils, -1)
+    cov = flat @ flat.conj().T
+    vals, vecs = np.linalg.eigh(cov)  # ascending
+    vals, vecs = vals[::-1].clip(min=0), vecs[:, ::-1]
+    n = int(np.searchsorted(np.cumsum(vals) / max(vals.sum(), 1e-30), energy) + 1)
+    u = np.ascontiguousarray(vecs[:, : min(n, n_coils)].conj().T).astype(np.complex64)  # (n, C) = U^H
+
+    def project(a: np.ndarray) -> np.ndarray:
+        return (u @ a.reshape(n_coils, -1)).reshape(len(u), *a.shape[1:]).astype(np.complex64)
+
+    return project(kspace), None if maps is None else project(maps)

@@ -100,6 +100,23 @@ def add_rician_noise(mag: torch.Tensor, sigma: float, generator: GeneratorLike =
     return (mag + n).abs().to(mag.dtype)
 
 
+def rician_mean(mag: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``E[|mag + n1 + i n2|]``: the noise-free expectation of a Rician-noisy magnitude image.
+
+    ``sigma sqrt(pi/2) L_{1/2}(-mag^2 / 2 sigma^2)``, written with exponentially scaled Bessel functions
+    (``u = mag^2 / 4 sigma^2``: ``sigma sqrt(pi/2) ((1 + 2u) i0e(u) + 2u i1e(u))``), so it is finite at
+    every SNR: ``sigma sqrt(pi / 2)`` at ``mag = 0``, tending to ``mag`` at high SNR. This is the best an
+    image-to-image model that cannot predict the noise itself can reproduce of a noisy input.
+    """
+    sigma = _check_sigma(sigma)
+    x = torch.as_tensor(mag, dtype=torch.float64)
+    if sigma == 0:
+        return x.abs().to(torch.as_tensor(mag).dtype)
+    u = x.square() / (4 * sigma**2)
+    m = sigma * math.sqrt(math.pi / 2) * ((1 + 2 * u) * torch.special.i0e(u) + 2 * u * torch.special.i1e(u))
+    return m.to(torch.as_tensor(mag).dtype)
+
+
 def smooth_random_phase(
     shape_xyz,
     generator: GeneratorLike = None,

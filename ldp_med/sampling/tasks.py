@@ -87,14 +87,17 @@ def _noise(given: float | None, file_value, estimate) -> tuple[float, str]:
     return float(estimate()), "estimated"
 
 
-def kspace_problem(ksp: KSpaceData, noise_std: float | None = None, espirit_calib: int | None = None) -> Problem:
+def kspace_problem(ksp: KSpaceData, noise_std: float | None = None, espirit_calib: int | None = None,
+                   coil_energy: float = 1.0) -> Problem:
     """Cartesian MRI problem from a k-space container.
 
     Maps come from the file; multi-coil data without maps gets ESPIRiT maps from the calibration
     region (``espirit_calib``, default the file's ``calib`` attribute or 12; kernel width 6, or
     ``calib - 1`` for a smaller region); single-coil data without
     maps uses identity maps. The noise level is ``noise_std`` if given, else the file's ``noise_std``
-    attribute, else :func:`estimate_kspace_noise`.
+    attribute, else :func:`estimate_kspace_noise`. ``coil_energy`` < 1 compresses the coils to the fewest
+    virtual coils holding that fraction of the data (:func:`ldp_med.physics.coils.compress_coils`) after
+    the noise estimate and the maps; the pseudo-inverse comes from the full data.
 
     Returns:
         Problem with ``y`` (1, C, X, Y, Z) complex64 and the zero-filled magnitude as pseudo-inverse,
@@ -113,14 +116,22 @@ def kspace_problem(ksp: KSpaceData, noise_std: float | None = None, espirit_cali
         except ValueError as exc:
             raise InputError(source, f"cannot estimate coil maps with ESPIRiT: {exc}") from None
     mask = torch.from_numpy(np.ascontiguousarray(ksp.mask).astype(np.float32))
-    op = MRIOperator(mask, None if maps is None else torch.from_numpy(np.ascontiguousarray(maps))[None])
-    y = torch.from_numpy(np.ascontiguousarray(ksp.kspace))[None]
+
+    def operator(kspace, maps):
+        op = MRIOperator(mask, None if maps is None else torch.from_numpy(np.ascontiguousarray(maps))[None])
+        return op, torch.from_numpy(np.ascontiguousarray(kspace))[None]
+
+    op, y = operator(ksp.kspace, maps)
     zf = op.A_adjoint(y)[0]
     if not torch.isfinite(zf).all():
         raise InputError(source, "the zero-filled image has NaN/Inf values (check the coil maps)")
     pinv = Volume(zf.abs().numpy().astype(np.float32), ksp.affine, {"source": source} if source else {})
     sigma, how = _noise(noise_std, ksp.attrs.get("noise_std"), lambda: estimate_kspace_noise(ksp.kspace, ksp.mask))
-    return Problem("kspace", op, y, pinv, sigma, how, {"source": source} if source else {})
+    if coil_energy < 1 and maps is not None:
+        from ldp_med.physics.coils import compress_coils
+
+        op, y = operator(*compress_coils(ksp.kspace, maps, coil_energy))
+    return Problem("kspace", op, y, pinv, sigma, how, {"source": source, "coils": int(y.shape[1])} if source else {"coils": int(y.shape[1])})
 
 
 def _image(volume: Volume) -> np.ndarray:

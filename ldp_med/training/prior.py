@@ -94,12 +94,14 @@ def diffusion_loss(cfg: PriorTrainConfig, null_class: int):
 
 
 def latent_sampler(latents: torch.Tensor, labels: torch.Tensor, batch_size: int, num_timesteps: int, dropout: float,
-                   context: torch.Tensor | None = None, text_only: float = 0.0):
+                   context: torch.Tensor | None = None, text_only: float = 0.0, caption_within_class: bool = False):
     """A batch function drawing latents, their labels, noise, timesteps and condition-dropout flags.
 
     With ``context`` (N, 1, dim) (caption embeddings of the latents) the batch also holds ``context``
     and ``text_only`` flags (drop the class, keep the caption); the draws of class-only priors are unchanged.
+    With ``caption_within_class`` an item's caption is that of a random image of the same label.
     """
+    same_label = [torch.nonzero(labels == labels[i]).flatten() for i in range(len(labels))]
 
     def batch_fn(gen: torch.Generator, step: int) -> dict:
         idx = torch.randint(len(latents), (batch_size,), generator=gen)
@@ -112,7 +114,11 @@ def latent_sampler(latents: torch.Tensor, labels: torch.Tensor, batch_size: int,
             "drop": torch.rand(batch_size, generator=gen) < dropout,
         }
         if context is not None:
-            batch["context"] = context[idx]
+            cidx = idx
+            if caption_within_class:
+                cidx = torch.stack([same_label[i][torch.randint(len(same_label[i]), (1,), generator=gen)][0]
+                                    for i in idx.tolist()])
+            batch["context"] = context[cidx]
             batch["text_only"] = torch.rand(batch_size, generator=gen) < text_only
         return batch
 
@@ -148,7 +154,7 @@ def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str 
     if init and not resume:  # fine-tune from a model folder's UNet (same architecture)
         unet.load_state_dict(load_pretrained(init).unet.state_dict())
     sampler = latent_sampler(latents * scale, labels, cfg.loop.batch_size, cfg.model.scheduler.num_train_timesteps,
-                             cfg.cond_dropout, context, cfg.text_only)
+                             cfg.cond_dropout, context, cfg.text_only, cfg.caption_within_class)
     trainer = Trainer(unet, sampler, diffusion_loss(cfg, null_class), cfg.loop, out, info, progress=progress)
     unet = trainer.run(resume=resume, max_seconds=max_seconds, stop_after=stop_after)
     if not trainer.finished:

@@ -78,3 +78,29 @@ def test_espirit_validation():
         espirit_maps(ksp[0], calib=8)
     with pytest.raises(ValueError, match="crop"):
         espirit_maps(ksp, calib=8, kernel_width=4, crop=1.5)
+
+
+def test_coil_compression_keeps_the_data_term_and_fewer_coils():
+    import torch
+
+    from ldp_med.physics.coils import compress_coils
+    from ldp_med.physics.fft import fftnc
+    from ldp_med.physics.masks import make_mask
+    from ldp_med.physics.mri import MRIOperator
+
+    shape = (11, 14, 13)
+    maps = birdcage_maps(8, shape)
+    rng = np.random.default_rng(0)
+    x = (rng.random(shape) + 1j * rng.random(shape)).astype(np.complex64)
+    mask = make_mask("poisson", shape[1:], 2, 4, seed=0).astype(np.float32)
+    y = (mask * fftnc(torch.from_numpy(maps * x)).numpy()).astype(np.complex64)
+    same_y, same_maps = compress_coils(y, maps, 1.0)
+    assert same_y is y and same_maps is maps
+    cy, cmaps = compress_coils(y, maps, 0.99)
+    assert 1 <= cy.shape[0] < 8 and cmaps.shape == (cy.shape[0], *shape)
+    assert np.linalg.norm(cy) ** 2 >= 0.99 * np.linalg.norm(y) ** 2 - 1e-3  # kept energy
+    op = MRIOperator(torch.from_numpy(mask), torch.from_numpy(cmaps)[None])
+    # the exact image still fits the compressed data: A' x = U^H A x = y'
+    torch.testing.assert_close(op.A(torch.from_numpy(x)[None])[0], torch.from_numpy(cy), rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError):
+        compress_coils(y, maps, 0.0)

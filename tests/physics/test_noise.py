@@ -10,6 +10,7 @@ import torch
 from ldp_med.physics.noise import (
     add_gaussian_noise,
     add_rician_noise,
+    rician_mean,
     complex_gaussian_noise,
     smooth_random_phase,
 )
@@ -73,3 +74,11 @@ def test_smooth_random_phase():
         assert d.pow(2).mean().item() / p.var().item() < 0.1  # white noise would give ~2
     default = smooth_random_phase((9, 12, 10), torch.Generator().manual_seed(4))
     assert default.abs().max().item() <= math.pi + 1e-6
+
+
+def test_rician_mean_matches_monte_carlo_at_every_snr():
+    sigma = 0.02
+    mags = torch.tensor([0.0, 0.5 * sigma, sigma, 3 * sigma, 20 * sigma])
+    draws = add_rician_noise(mags[:, None].expand(5, 400_000).contiguous(), sigma, 0).mean(1)
+    torch.testing.assert_close(rician_mean(mags, sigma), draws, rtol=2e-3, atol=2e-5)
+    assert float(rician_mean(torch.tensor([0.0]), sigma)) == pytest.approx(sigma * (math.pi / 2) ** 0.5)

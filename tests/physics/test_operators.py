@@ -62,6 +62,17 @@ def test_mri_adjointness_shared_maps_and_3d_mask():
     assert_adjoint(op, crandn(B, *SHAPE, seed=4), crandn(B, 3, *SHAPE, seed=5))
 
 
+@pytest.mark.parametrize("coils", [None, 3])
+@pytest.mark.parametrize("mask3d", [False, True])
+def test_fast_normal_equals_adjoint_of_forward(coils, mask3d):
+    mask = MASKS["poisson"](SHAPE[1:])
+    if mask3d:
+        mask = np.broadcast_to(mask, SHAPE).copy()
+    op = MRIOperator(torch.as_tensor(mask), None if coils is None else random_maps(coils, SHAPE, batch=B))
+    x = crandn(B, *SHAPE, seed=6)
+    torch.testing.assert_close(op.normal(x), op.A_adjoint(op.A(x)), rtol=1e-5, atol=1e-5)
+
+
 def test_fully_sampled_normal_is_identity():
     x = crandn(B, *SHAPE, seed=6)
     ones = np.ones(SHAPE[1:], np.float32)

@@ -99,3 +99,22 @@ def test_init_starts_from_a_model_folder(tmp_path, cohort_dir):
     b = load_pretrained(second, with_unet=False).vae.state_dict()
     for k in a:  # one step at lr ~0 keeps the initial weights: they came from `first`
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_caption_draws_stay_within_the_class():
+    from ldp_med.training.prior import latent_sampler
+
+    labels = torch.tensor([0, 1, 0, 1, 2, 0])
+    context = torch.arange(6.0)[:, None, None].expand(6, 1, 3).contiguous()  # caption row i holds i
+    latents = torch.arange(6.0)[:, None, None, None, None].expand(6, 2, 3, 3, 3).contiguous()  # latent i holds i
+
+    def draw(within):
+        fn = latent_sampler(latents, labels, 64, 10, 0.0, context, 0.0, caption_within_class=within)
+        batch = fn(torch.Generator().manual_seed(0), 0)
+        return batch["latent"][:, 0, 0, 0, 0].long(), batch["context"][:, 0, 0].long(), batch["label"]
+
+    image, caption, label = draw(False)
+    assert torch.equal(image, caption)  # one fixed caption per image
+    image, caption, label = draw(True)
+    assert torch.equal(labels[caption], label)  # captions come from the item's class...
+    assert (image != caption).any()  # ...but not only from the item itself

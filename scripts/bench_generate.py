@@ -1,0 +1,138 @@
+"""Generation benchmark: speed, contrast fidelity and diversity of `ldp-med generate` at several guidance scales.
+
+    OMP_NUM_THREADS=1 python scripts/bench_generate.py --out docs/results_generate.md
+
+- Contrast classifier (ldp_med.generation_metrics): tissue-intensity features + logistic regression,
+  fitted on the synthetic cohort's *training* split only (cache/cohort, as training used), checked on
+  validation subjects.
+- Fidelity: the share of generated volumes the classifier assigns to the requested contrast, for
+  `--contrast` (the class's stored caption embedding), for training captions, and for paraphrased
+  prompts that never occur in training (PARAPHRASES below; checked against every training caption).
+- Diversity: mean pairwise MS-SSIM among N generated volumes of one class, against the same figure
+  among N real held-out *test* subjects of that class (seeds from 20000).
+- Time: seconds per volume (DDIM sampling + decode, excluding model loading), batch of N and batch of 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from benchlib import emit
+from ldp_med.data import synthetic
+from ldp_med.generation_metrics import ContrastClassifier, mean_pairwise_ms_ssim
+from ldp_med.models.pretrained import load_pretrained
+from ldp_med.sampling.generate import decode, null_class, sample_latents
+
+#: Prompts never used in training (the cohort's captions come from synthetic.CAPTION_TEMPLATES).
+PARAPHRASES: dict[str, tuple[str, ...]] = {
+    "T1w": ("T1 weighted MR image of a healthy adult brain", "spin-lattice weighted brain scan of a volunteer",
+            "T1-weighted anatomical head scan", "MPRAGE-like T1 image of a normal brain"),
+    "T2w": ("T2 weighted MR image of a healthy adult brain", "T2-weighted turbo spin echo of the head",
+            "spin-spin relaxation weighted brain MRI", "T2 image of a normal adult brain"),
+    "PD": ("proton density MR image of a healthy adult brain", "PD weighted scan of the head",
+           "proton-density-weighted brain image of a volunteer", "brain MRI with proton density contrast"),
+    "FLAIR": ("fluid-attenuated inversion recovery scan", "FLAIR MR image of a healthy adult brain",
+              "T2 FLAIR image of a normal brain", "dark-fluid inversion recovery brain MRI"),
+}
+
+
+def fit_classifier(cache: str, n_val: int) -> tuple[ContrastClassifier, float]:
+    idx = [e for e in synthetic.load_index(cache) if e["split"] == "train"]
+    clf = ContrastClassifier(synthetic.CLASSES).fit([synthetic.load_subject(cache, e) for e in idx],
+                                                    [e["label"] for e in idx])
+    val = [synthetic.make_subject(s) for s in synthetic.seeds("val", n_val)]
+    pred = clf.predict([v["image"] for v in val])
+    acc = float(np.mean([synthetic.CLASSES[p] == v["contrast"] for p, v in zip(pred, val)]))
+    return clf, acc
+
+
+def real_test_subjects(per_class: int) -> dict[str, list[np.ndarray]]:
+    out: dict[str, list[np.ndarray]] = {c: [] for c in synthetic.CLASSES}
+    for seed in synthetic.seeds("test"):
+        c = synthetic.subject_meta(seed)["contrast"]
+        if len(out[c]) < per_class:
+            out[c].append(synthetic.make_subject(seed)["image"])
+        if all(len(v) == per_class for v in out.values()):
+            return out
+    raise RuntimeError("not enough test subjects of every class")
+
+
+def sample(prior, labels, context, steps, guidance, seed) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    z = sample_latents(prior, labels, steps, guidance, torch.Generator().manual_seed(seed), False, context)
+    imgs = decode(prior, z).numpy()
+    return imgs, (time.perf_counter() - t0) / len(labels)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    ap.add_argument("--n", type=int, default=8, help="volumes per class for --contrast fidelity and diversity")
+    ap.add_argument("--per-prompt", type=int, default=2, help="volumes per caption / paraphrase")
+    ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 7.0])
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--cache", default="cache/cohort", help="the training cohort cache (its train split fits the classifier)")
+    ap.add_argument("--out", default=None, help="Markdown file for the tables")
+    args = ap.parse_args()
+
+    clf, val_acc = fit_classifier(args.cache, 20)
+    real = real_test_subjects(args.n)
+    real_div = {c: mean_pairwise_ms_ssim(v) for c, v in real.items()}
+    prior = load_pretrained(args.model)
+    names = prior.config.class_names
+    train_caps = {e["caption"] for e in synthetic.load_index(args.cache) if e["split"] == "train"}
+    leaked = [p for ps in PARAPHRASES.values() for p in ps if p in train_caps]
+    if leaked:
+        raise SystemExit(f"paraphrases occur in training captions: {leaked}")
+    captions = {c: sorted({e["caption"] for e in synthetic.load_index(args.cache)
+                           if e["split"] == "train" and e["contrast"] == c})[:4] for c in names}
+    from ldp_med.models.text import load_text_encoder
+
+    encoder = load_text_encoder()
+    dim = prior.config.unet.cross_attention_dim
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        return encoder.embed(texts).float().reshape(len(texts), 1, dim)
+
+    _, t_single = sample(prior, torch.tensor([0]), None, args.steps, 3.0, 0)
+    rows = []
+    for g in args.guidance:
+        for ci, c in enumerate(tqdm(names, desc=f"guidance {g:g}")):
+            imgs, t_batch = sample(prior, torch.full((args.n,), ci), None, args.steps, g, 1000 + ci)
+            pred = clf.predict(list(imgs))
+            rows.append({"g": g, "source": "--contrast", "class": c, "hits": int((pred == ci).sum()), "n": len(imgs),
+                         "div": mean_pairwise_ms_ssim(list(imgs)), "sec": t_batch})
+            for source, texts in (("training captions", captions[c]), ("unseen paraphrases", list(PARAPHRASES[c]))):
+                ctx = embed(texts).repeat_interleave(args.per_prompt, 0)
+                labels = torch.full((len(ctx),), null_class(prior))
+                imgs, _ = sample(prior, labels, ctx, args.steps, g, 2000 + ci)
+                pred = clf.predict(list(imgs))
+                rows.append({"g": g, "source": source, "class": c, "hits": int((pred == ci).sum()), "n": len(imgs)})
+            print(rows[-3:], flush=True)
+
+    lines = [f"Contrast classifier: fitted on {len([e for e in synthetic.load_index(args.cache) if e['split'] == 'train'])} "
+             f"training-split subjects, accuracy on 20 validation subjects {val_acc:.0%}.", "",
+             "| guidance | condition | volumes | fidelity | " + " | ".join(f"MS-SSIM {c} gen / real" for c in names) + " |",
+             "|---|---|---|---|" + "---|" * len(names)]
+    for g in args.guidance:
+        for source in ("--contrast", "training captions", "unseen paraphrases"):
+            sel = [r for r in rows if r["g"] == g and r["source"] == source]
+            hits, n = sum(r["hits"] for r in sel), sum(r["n"] for r in sel)
+            div = " | ".join(f"{r['div']:.3f} / {real_div[r['class']]:.3f}" if "div" in r else "" for r in sel)
+            lines.append(f"| {g:g} | {source} | {n} | {hits / n:.1%} | {div} |")
+    per_class = [r for r in rows if r["source"] == "--contrast"]
+    worst = max(abs(r["div"] - real_div[r["class"]]) for r in per_class)
+    lines += ["", f"Largest |MS-SSIM gen - real| over classes and guidance: {worst:.3f} "
+                  f"(MS-SSIM: MONAI, 4 scales, kernel 7; {args.n} volumes per class, {args.n} real test subjects).",
+              "", "| steps | s/volume, batch 1 | s/volume, batch of {} | torch threads |".format(args.n), "|---|---|---|---|",
+              f"| {args.steps} | {t_single:.1f} | {np.mean([r['sec'] for r in per_class]):.1f} | {torch.get_num_threads()} |"]
+    emit(lines, args.out)
+
+
+if __name__ == "__main__":
+    main()
