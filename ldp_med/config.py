@@ -312,6 +312,10 @@ class ModelConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     latent_scale_factor: float = 1.0
+    # per-channel standardisation of the latents the UNet sees: (z - latent_shift[c]) * latent_channel_scale[c]
+    # * latent_scale_factor; empty tuples mean no shift / unit scale (models saved before these fields)
+    latent_shift: tuple[float, ...] = ()
+    latent_channel_scale: tuple[float, ...] = ()
     class_names: tuple[str, ...] = ("T1w", "T2w", "PD", "FLAIR")
     text_encoder: str = ""  # the sentence encoder a text-conditioned UNet was trained with ("" = none)
     training_data: str = ""

@@ -37,6 +37,27 @@ class Prior:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     path: Path | None = None
 
+    def _latent_norm(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shift, scale) broadcastable to latents (B, C, ...): diffusion space = (z - shift) * scale."""
+        cfg, c = self.config, z.shape[1]
+        shift = torch.tensor(cfg.latent_shift or (0.0,) * c, dtype=z.dtype, device=z.device)
+        scale = torch.tensor(cfg.latent_channel_scale or (1.0,) * c, dtype=z.dtype, device=z.device)
+        if len(shift) != c or len(scale) != c:
+            raise InputError(self.path, f"latent_shift / latent_channel_scale have {len(shift)} / {len(scale)} "
+                                        f"entries for {c} latent channels")
+        view = (1, c) + (1,) * (z.ndim - 2)
+        return shift.view(view), (scale * cfg.latent_scale_factor).view(view)
+
+    def to_diffusion(self, z: torch.Tensor) -> torch.Tensor:
+        """VAE latents -> the standardised latents the UNet models."""
+        shift, scale = self._latent_norm(z)
+        return (z - shift) * scale
+
+    def from_diffusion(self, zn: torch.Tensor) -> torch.Tensor:
+        """Standardised latents -> VAE latents (inverse of :meth:`to_diffusion`)."""
+        shift, scale = self._latent_norm(zn)
+        return zn / scale + shift
+
     def to(self, device: torch.device | str) -> "Prior":
         self.vae.to(device)
         if self.unet is not None:

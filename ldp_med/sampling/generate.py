@@ -95,7 +95,7 @@ def sample_latents(prior: Prior, labels: torch.Tensor, steps: int = 50, guidance
         tt = torch.full((len(labels),), int(t), device=device, dtype=torch.long)
         pred = guided_prediction(prior, z, tt, labels, guidance, context)
         z, _ = sched.step(pred, int(t), z)
-    return z / prior.config.latent_scale_factor
+    return prior.from_diffusion(z)
 
 
 @torch.no_grad()

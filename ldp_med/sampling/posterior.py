@@ -250,8 +250,8 @@ class PosteriorSampler:
 
     def decode(self, zs: torch.Tensor, st: _State, count: bool = True) -> torch.Tensor:
         """Scaled latents (B, C, *latent) -> model images (B, 1, *grid) in [0, 1], one sample at a time."""
-        sf = self.prior.config.latent_scale_factor
-        out = torch.cat([self.prior.vae.decode(zs[b : b + 1] / sf) for b in range(len(zs))])
+        zs = self.prior.from_diffusion(zs)
+        out = torch.cat([self.prior.vae.decode(zs[b : b + 1]) for b in range(len(zs))])
         if count:
             st.decodes += 1
         if not torch.isfinite(out).all():
@@ -261,8 +261,7 @@ class PosteriorSampler:
     @torch.no_grad()
     def encode(self, m: torch.Tensor, st: _State) -> torch.Tensor:
         """Model images (B, 1, *grid) -> scaled latent means (B, C, *latent), one sample at a time."""
-        sf = self.prior.config.latent_scale_factor
-        z = torch.cat([self.prior.vae.encode(m[b : b + 1])[0] for b in range(len(m))]) * sf
+        z = self.prior.to_diffusion(torch.cat([self.prior.vae.encode(m[b : b + 1])[0] for b in range(len(m))]))
         st.encodes += 1
         if not torch.isfinite(z).all():
             raise LdpError("the VAE encoder produced NaN/Inf")

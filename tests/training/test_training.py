@@ -76,6 +76,12 @@ def test_prior_trains_on_cached_latents(tmp_path, cohort_dir):
     folder = train_prior(cfg, vae_folder, tmp_path / "prior", DistInfo(), progress=False)
     prior = load_pretrained(folder)
     assert prior.unet is not None and prior.config.latent_scale_factor > 0
+    # the UNet sees per-channel standardised latents, and the map inverts exactly
+    latents = load_file(tmp_path / "prior" / "latents.safetensors")["latents"]
+    zn = prior.to_diffusion(latents)
+    torch.testing.assert_close(zn.mean(dim=(0, 2, 3, 4)), torch.zeros(latents.shape[1]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(zn.std(dim=(0, 2, 3, 4)), torch.ones(latents.shape[1]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(prior.from_diffusion(zn), latents, atol=1e-5, rtol=1e-5)
     rows = [json.loads(line) for line in (tmp_path / "prior" / "log.jsonl").read_text().splitlines()]
     assert sum(r["loss"] for r in rows[-5:]) < sum(r["loss"] for r in rows[:5])
     assert (tmp_path / "prior" / "latents.safetensors").is_file()
