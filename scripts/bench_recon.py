@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python scripts/bench_recon.py --out docs/results_recon.md            # the full set
     OMP_NUM_THREADS=1 python scripts/bench_recon.py --subjects 2 --cases kspace-r8 --out /tmp/r8.md   # a subset
+    python scripts/bench_recon.py --merge /tmp/a.jsonl /tmp/b.jsonl --out docs/results_recon.md  # join runs
 
 Volumes: the 2 mm MNI152 template and synthetic *test* subjects (seeds 20000-; their noise-free image
 is the reference). Cases: kspace-r4 / kspace-r8 (8 birdcage coils, complex noise 0.005, Poisson mask,
@@ -137,11 +138,17 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8, help="posterior samples of the prior methods")
     ap.add_argument("--steps", type=int, default=None, help="override PosteriorConfig.steps")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSONL",
+                    help="only build the table from the rows of earlier runs (their --out .jsonl files)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--input"), ap.add_argument("--reference"), ap.add_argument("--case"), ap.add_argument("--method")
     args = ap.parse_args()
     if args.worker:
         return worker(args)
+    if args.merge:
+        rows = [json.loads(line) for f in args.merge for line in Path(f).read_text().splitlines() if line.strip()]
+        names = list(dict.fromkeys(r["volume"] for r in rows))
+        return emit(table(rows) + f"\n\nVolumes: {', '.join(names)}; merged from {', '.join(args.merge)}.", args.out)
     from ldp_med.data import synthetic
 
     names = ([] if args.no_template else ["template"]) + [str(s) for s in synthetic.seeds("test", args.subjects)]
