@@ -73,7 +73,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     ap.add_argument("--n", type=int, default=8, help="volumes per class for --contrast fidelity and diversity")
-    ap.add_argument("--per-prompt", type=int, default=2, help="volumes per caption / paraphrase")
+    ap.add_argument("--per-prompt", type=int, default=1, help="volumes per caption / paraphrase")
+    ap.add_argument("--prompts-at", type=float, nargs="+", default=[3.0],
+                    help="guidance values at which captions and paraphrases are also evaluated")
+    ap.add_argument("--samples-png", default=None, help="also save 2 --contrast volumes per class at the first "
+                                                         "--prompts-at guidance as a contact sheet")
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 7.0])
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--cache", default="cache/cohort", help="the training cohort cache (its train split fits the classifier)")
@@ -100,20 +104,29 @@ def main() -> None:
         return encoder.embed(texts).float().reshape(len(texts), 1, dim)
 
     _, t_single = sample(prior, torch.tensor([0]), None, args.steps, 3.0, 0)
-    rows = []
+    rows, sheet = [], {}
     for g in args.guidance:
         for ci, c in enumerate(tqdm(names, desc=f"guidance {g:g}")):
             imgs, t_batch = sample(prior, torch.full((args.n,), ci), None, args.steps, g, 1000 + ci)
             pred = clf.predict(list(imgs))
             rows.append({"g": g, "source": "--contrast", "class": c, "hits": int((pred == ci).sum()), "n": len(imgs),
                          "div": mean_pairwise_ms_ssim(list(imgs)), "sec": t_batch})
+            if g == args.prompts_at[0]:
+                sheet.update({f"{c} #{k + 1} ({names[p]})": imgs[k] for k, p in enumerate(pred[:2])})
+            if g not in args.prompts_at:
+                continue
             for source, texts in (("training captions", captions[c]), ("unseen paraphrases", list(PARAPHRASES[c]))):
                 ctx = embed(texts).repeat_interleave(args.per_prompt, 0)
                 labels = torch.full((len(ctx),), null_class(prior))
                 imgs, _ = sample(prior, labels, ctx, args.steps, g, 2000 + ci)
                 pred = clf.predict(list(imgs))
                 rows.append({"g": g, "source": source, "class": c, "hits": int((pred == ci).sum()), "n": len(imgs)})
-            print(rows[-3:], flush=True)
+            print([r for r in rows if r["g"] == g and r["class"] == c], flush=True)
+    if args.samples_png and sheet:
+        from ldp_med.report import save_slices_png
+
+        save_slices_png(args.samples_png, sheet, force=True, scales={k: (0.0, 1.0) for k in sheet},
+                        title=f"DDIM {args.steps} steps, guidance {args.prompts_at[0]:g} (classifier's call in brackets)")
 
     lines = [f"Contrast classifier: fitted on {len([e for e in synthetic.load_index(args.cache) if e['split'] == 'train'])} "
              f"training-split subjects, accuracy on 20 validation subjects {val_acc:.0%}.", "",
@@ -122,6 +135,8 @@ def main() -> None:
     for g in args.guidance:
         for source in ("--contrast", "training captions", "unseen paraphrases"):
             sel = [r for r in rows if r["g"] == g and r["source"] == source]
+            if not sel:
+                continue
             hits, n = sum(r["hits"] for r in sel), sum(r["n"] for r in sel)
             div = " | ".join(f"{r['div']:.3f} / {real_div[r['class']]:.3f}" if "div" in r else "" for r in sel)
             lines.append(f"| {g:g} | {source} | {n} | {hits / n:.1%} | {div} |")

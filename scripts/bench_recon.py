@@ -38,8 +38,8 @@ METHODS = {"kspace": ("zero-filled", "cs", "tv", "prior", "dps"), "denoise": ("n
            "superres": ("cubic", "prior", "dps")}
 
 
-def volume_of(name: str):
-    """``template`` or a test seed: (noise-free Volume used as the reference, description)."""
+def volume_of(name: str, split: str = "test"):
+    """``template`` or a seed of ``split``: (noise-free Volume used as the reference, description)."""
     from ldp_med.data import synthetic
     from ldp_med.data.template import mni152_template
     from ldp_med.io.volume import Volume
@@ -47,18 +47,18 @@ def volume_of(name: str):
     if name == "template":
         return mni152_template(2), "MNI152 2 mm template"
     seed = int(name)
-    if synthetic.split_of(seed) != "test":
-        raise SystemExit(f"seed {seed} is not a test subject")
+    if synthetic.split_of(seed) != split:
+        raise SystemExit(f"seed {seed} is not a {split} subject")
     subj = synthetic.make_subject(seed, return_clean=True)
     return Volume(subj["clean"], subj["affine"], {}), f"test subject {seed} ({subj['contrast']})"
 
 
-def simulate(name: str, case: str, path: Path) -> np.ndarray:
+def simulate(name: str, case: str, path: Path, split: str = "test") -> np.ndarray:
     """Write the simulated input of (volume, case) to ``path``; return the reference on the output grid."""
     from ldp_med.config import SimulateConfig
     from ldp_med.physics.simulate import simulate_volume
 
-    vol, _ = volume_of(name)
+    vol, _ = volume_of(name, split)
     cfg = SimulateConfig(seed=0, **CASES[case])
     simulate_volume(vol, cfg, path)
     ref = vol.data
@@ -135,7 +135,7 @@ def main() -> None:
     ap.add_argument("--no-template", action="store_true")
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--methods", nargs="+", default=None, help="subset of methods (default: all of each task)")
-    ap.add_argument("--samples", type=int, default=8, help="posterior samples of the prior methods")
+    ap.add_argument("--samples", type=int, default=1, help="posterior samples of the prior methods (> 1: std map and Spearman)")
     ap.add_argument("--steps", type=int, default=None, help="override PosteriorConfig.steps")
     ap.add_argument("--out", default=None)
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSONL",
@@ -163,11 +163,12 @@ def main() -> None:
                 for method in METHODS[task]:
                     if args.methods and method not in args.methods:
                         continue
-                    row = {"volume": name, "case": case, "method": method,
+                    label = f"{method} ({args.samples} samples)" if method in ("prior", "dps") and args.samples > 1 else method
+                    row = {"volume": name, "case": case, "method": label,
                            **run_one(inp, ref, case, method, args.samples, args.steps)}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-    text = table(rows) + (f"\n\nVolumes: {', '.join(names)}; prior methods with --samples {args.samples}; "
+    text = table(rows) + (f"\n\nVolumes: {', '.join(names)}; "
                           f"torch threads per worker: OMP_NUM_THREADS or torch's default.")
     emit(text, args.out)
     if args.out:

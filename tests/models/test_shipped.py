@@ -22,5 +22,10 @@ def test_shipped_model_loads_and_fits_the_budget():
 def test_shipped_unet_runs_on_the_latent_grid():
     prior = load_pretrained()
     z = torch.zeros(1, *prior.config.latent_shape)
-    out = prior.unet(z, torch.tensor([500]), class_labels=torch.tensor([len(prior.config.class_names)]))
+    null = torch.tensor([len(prior.config.class_names)])
+    assert prior.config.unet.with_conditioning  # the default takes caption embeddings too
+    table = prior.extras["class_context"]
+    assert table.shape == (len(prior.config.class_names) + 1, 1, prior.config.unet.cross_attention_dim)
+    assert not table[-1].any() and bool((table[:-1].norm(dim=-1) > 0).all())  # null row zero, classes not
+    out = prior.unet(z, torch.tensor([500]), context=table[null], class_labels=null)
     assert out.shape == z.shape and torch.isfinite(out).all()
