@@ -41,10 +41,9 @@ PARAPHRASES: dict[str, tuple[str, ...]] = {
 }
 
 
-def fit_classifier(cache: str, n_val: int) -> tuple[ContrastClassifier, float]:
-    idx = [e for e in synthetic.load_index(cache) if e["split"] == "train"]
-    clf = ContrastClassifier(synthetic.CLASSES).fit([synthetic.load_subject(cache, e) for e in idx],
-                                                    [e["label"] for e in idx])
+def fit_classifier(cache: str, train: list[dict], n_val: int) -> tuple[ContrastClassifier, float]:
+    clf = ContrastClassifier(synthetic.CLASSES).fit([synthetic.load_subject(cache, e) for e in train],
+                                                    [e["label"] for e in train])
     val = [synthetic.make_subject(s) for s in synthetic.seeds("val", n_val)]
     pred = clf.predict([v["image"] for v in val])
     acc = float(np.mean([synthetic.CLASSES[p] == v["contrast"] for p, v in zip(pred, val)]))
@@ -84,17 +83,17 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="Markdown file for the tables")
     args = ap.parse_args()
 
-    clf, val_acc = fit_classifier(args.cache, 20)
+    train = [e for e in synthetic.load_index(args.cache) if e["split"] == "train"]
+    clf, val_acc = fit_classifier(args.cache, train, 20)
     real = real_test_subjects(args.n)
     real_div = {c: mean_pairwise_ms_ssim(v) for c, v in real.items()}
     prior = load_pretrained(args.model)
     names = prior.config.class_names
-    train_caps = {e["caption"] for e in synthetic.load_index(args.cache) if e["split"] == "train"}
+    train_caps = {e["caption"] for e in train}
     leaked = [p for ps in PARAPHRASES.values() for p in ps if p in train_caps]
     if leaked:
         raise SystemExit(f"paraphrases occur in training captions: {leaked}")
-    captions = {c: sorted({e["caption"] for e in synthetic.load_index(args.cache)
-                           if e["split"] == "train" and e["contrast"] == c})[:4] for c in names}
+    captions = {c: sorted({e["caption"] for e in train if e["contrast"] == c})[:4] for c in names}
     from ldp_med.models.text import load_text_encoder
 
     encoder = load_text_encoder()
@@ -128,7 +127,7 @@ def main() -> None:
         save_slices_png(args.samples_png, sheet, force=True, scales={k: (0.0, 1.0) for k in sheet},
                         title=f"DDIM {args.steps} steps, guidance {args.prompts_at[0]:g} (classifier's call in brackets)")
 
-    lines = [f"Contrast classifier: fitted on {len([e for e in synthetic.load_index(args.cache) if e['split'] == 'train'])} "
+    lines = [f"Contrast classifier: fitted on {len(train)} "
              f"training-split subjects, accuracy on 20 validation subjects {val_acc:.0%}.", "",
              "| guidance | condition | volumes | fidelity | " + " | ".join(f"MS-SSIM {c} gen / real" for c in names) + " |",
              "|---|---|---|---|" + "---|" * len(names)]

@@ -68,17 +68,24 @@ def simulate(name: str, case: str, path: Path, split: str = "test") -> np.ndarra
     return ref
 
 
+def recon_config(case: str):
+    """The ReconstructConfig that matches the simulation of ``case`` (task, slice factor and axis)."""
+    from ldp_med.config import ReconstructConfig, SimulateConfig
+
+    sim = SimulateConfig(**CASES[case])
+    return ReconstructConfig(task=sim.task, factor=sim.factor, axis=sim.axis)
+
+
 def worker(args) -> None:
     """One reconstruction in this process; prints a JSON line."""
     from scipy.stats import spearmanr
 
-    from ldp_med.config import ReconstructConfig
     from ldp_med.io.kspace import load_kspace
     from ldp_med.metrics import evaluate
     from ldp_med.reconstruct import reconstruct_file_with_std
 
     ref = np.load(args.reference)
-    cfg = ReconstructConfig(task=CASES[args.case]["task"], factor=2, axis=2)
+    cfg = recon_config(args.case)
     cfg.posterior.samples = args.samples
     if args.steps:
         cfg.posterior.steps = args.steps

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 from benchlib import emit
-from bench_recon import CASES, simulate
+from bench_recon import CASES, recon_config, simulate
 
-from ldp_med.config import ReconstructConfig, apply_overrides
+from ldp_med.config import apply_overrides
 from ldp_med.data import synthetic
 from ldp_med.io.kspace import load_kspace
 from ldp_med.metrics import evaluate
@@ -50,7 +50,7 @@ def main() -> None:
             ref = simulate(str(s), args.case, path, split="val")
             files.append((path, load_kspace(path).reference if task == "kspace" else ref))
         for values in itertools.product(*grid.values()):
-            cfg = ReconstructConfig(task=task, factor=2, axis=2)
+            cfg = recon_config(args.case)
             cfg.posterior = apply_overrides(cfg.posterior, [f"{k}={v}" for k, v in zip(grid, values)])
             scores, secs = [], []
             for path, ref in files:

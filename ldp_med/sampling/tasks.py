@@ -125,13 +125,14 @@ def kspace_problem(ksp: KSpaceData, noise_std: float | None = None, espirit_cali
     zf = op.A_adjoint(y)[0]
     if not torch.isfinite(zf).all():
         raise InputError(source, "the zero-filled image has NaN/Inf values (check the coil maps)")
-    pinv = Volume(zf.abs().numpy().astype(np.float32), ksp.affine, {"source": source} if source else {})
+    meta = {"source": source} if source else {}
+    pinv = Volume(zf.abs().numpy().astype(np.float32), ksp.affine, dict(meta))
     sigma, how = _noise(noise_std, ksp.attrs.get("noise_std"), lambda: estimate_kspace_noise(ksp.kspace, ksp.mask))
     if coil_energy < 1 and maps is not None:
         from ldp_med.physics.coils import compress_coils
 
         op, y = operator(*compress_coils(ksp.kspace, maps, coil_energy))
-    return Problem("kspace", op, y, pinv, sigma, how, {"source": source, "coils": int(y.shape[1])} if source else {"coils": int(y.shape[1])})
+    return Problem("kspace", op, y, pinv, sigma, how, {**meta, "coils": int(y.shape[1])})
 
 
 def _image(volume: Volume) -> np.ndarray:

@@ -144,10 +144,10 @@ def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str 
     latents, labels = cached_latents(vae_prior.vae, data.images, data.labels, latent_path, False)
     # per-channel standardisation (the VAE's channels differ several-fold in mean and spread)
     dims = (0, *range(2, latents.ndim))
-    shift, channel_scale = latents.mean(dim=dims), 1.0 / latents.std(dim=dims).clamp_min(1e-6)
-    norm = {"latent_shift": tuple(float(v) for v in shift), "latent_channel_scale": tuple(float(v) for v in channel_scale),
+    norm = {"latent_shift": tuple(latents.mean(dim=dims).tolist()),
+            "latent_channel_scale": tuple((1.0 / latents.std(dim=dims).clamp_min(1e-6)).tolist()),
             "latent_scale_factor": 1.0}
-    view = (1, -1) + (1,) * (latents.ndim - 2)
+    standardised = replace(vae_prior, config=replace(vcfg, **norm)).to_diffusion(latents)
     null_class = len(cfg.model.class_names)
     if cfg.model.unet.num_class_embeds is not None and cfg.model.unet.num_class_embeds != null_class + 1:
         raise InputError(None, f"unet.num_class_embeds must be {null_class + 1} (classes + the null class)")
@@ -158,7 +158,7 @@ def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str 
     unet = build_unet(cfg.model.unet, cfg.model.vae.latent_channels)
     if init and not resume:  # fine-tune from a model folder's UNet (same architecture)
         unet.load_state_dict(load_pretrained(init).unet.state_dict())
-    sampler = latent_sampler((latents - shift.view(view)) * channel_scale.view(view), labels, cfg.loop.batch_size, cfg.model.scheduler.num_train_timesteps,
+    sampler = latent_sampler(standardised, labels, cfg.loop.batch_size, cfg.model.scheduler.num_train_timesteps,
                              cfg.cond_dropout, context, cfg.text_only, cfg.caption_within_class)
     trainer = Trainer(unet, sampler, diffusion_loss(cfg, null_class), cfg.loop, out, info, progress=progress)
     unet = trainer.run(resume=resume, max_seconds=max_seconds, stop_after=stop_after)
