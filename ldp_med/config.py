@@ -278,7 +278,12 @@ class VAEConfig:
 
 @dataclass
 class UNetConfig:
-    """MONAI ``DiffusionModelUNet`` on the latent grid; ``num_class_embeds`` counts the null class."""
+    """MONAI ``DiffusionModelUNet`` on the latent grid; ``num_class_embeds`` counts the null class.
+
+    ``text_in_time_embedding``: the caption embedding also enters every residual block, through a linear
+    map added to the class embedding (:class:`ldp_med.models.builders.TextEmbeddingUNet`), not only
+    through the cross-attention of the attention levels.
+    """
 
     channels: tuple[int, ...] = (64, 128, 128)
     attention_levels: tuple[bool, ...] = (False, True, True)
@@ -288,6 +293,7 @@ class UNetConfig:
     num_class_embeds: int | None = 5
     with_conditioning: bool = False
     cross_attention_dim: int | None = None
+    text_in_time_embedding: bool = False
 
 
 @dataclass
@@ -384,9 +390,10 @@ class PriorTrainConfig:
     With ``model.unet.with_conditioning`` the captions' sentence embeddings also enter through
     cross-attention: ``cond_dropout`` drops class and caption together (the null condition of CFG),
     and ``text_only`` of the remaining samples drop only the class, so a prompt alone is in distribution.
-    ``caption_within_class``: each draw takes the caption of a random training image of the same class
-    (captions that describe the class only, like the synthetic cohort's), so the UNet sees every wording
-    with every image instead of one fixed caption per image.
+    ``caption_within_class``: each draw takes a random caption of the item's class (captions that describe
+    the class only, like the synthetic cohort's: its pool is every wording the cohort can carry; other
+    data: the distinct captions of each class), so the UNet sees every wording with every image instead
+    of one fixed caption per image.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -6,8 +6,9 @@
   fitted on the synthetic cohort's *training* split only (cache/cohort, as training used), checked on
   validation subjects.
 - Fidelity: the share of generated volumes the classifier assigns to the requested contrast, for
-  `--contrast` (the class's stored caption embedding), for training captions, and for paraphrased
-  prompts that never occur in training (PARAPHRASES below; checked against every training caption).
+  `--contrast` (the class's stored caption embedding), for training captions (random draws from the
+  cohort's caption pool, synthetic.caption_pool), and for two sets of paraphrased prompts that never occur
+  in training (PARAPHRASES and PARAPHRASES_B below; checked against every caption of the pool).
 - Diversity: mean pairwise MS-SSIM among N generated volumes of one class, against the same figure
   among N real held-out *test* subjects of that class (seeds from 20000).
 - Time: seconds per volume (DDIM sampling + decode, excluding model loading), batch of N and batch of 1.
@@ -28,7 +29,10 @@ from ldp_med.generation_metrics import ContrastClassifier, mean_pairwise_ms_ssim
 from ldp_med.models.pretrained import load_pretrained
 from ldp_med.sampling.generate import decode, null_class, sample_latents
 
-#: Prompts never used in training (the cohort's captions come from synthetic.CAPTION_TEMPLATES).
+#: Prompts never used in training (the cohort's captions come from synthetic.caption_pool). Set A was
+#: written in session 2; the training vocabulary (synthetic.CONTRAST_SYNONYMS) was widened in session 3
+#: after A's failures showed names the encoder could not place (e.g. "spin-lattice"), so set B was
+#: written together with that vocabulary, before any model trained on it was evaluated.
 PARAPHRASES: dict[str, tuple[str, ...]] = {
     "T1w": ("T1 weighted MR image of a healthy adult brain", "spin-lattice weighted brain scan of a volunteer",
             "T1-weighted anatomical head scan", "MPRAGE-like T1 image of a normal brain"),
@@ -38,6 +42,16 @@ PARAPHRASES: dict[str, tuple[str, ...]] = {
            "proton-density-weighted brain image of a volunteer", "brain MRI with proton density contrast"),
     "FLAIR": ("fluid-attenuated inversion recovery scan", "FLAIR MR image of a healthy adult brain",
               "T2 FLAIR image of a normal brain", "dark-fluid inversion recovery brain MRI"),
+}
+PARAPHRASES_B: dict[str, tuple[str, ...]] = {
+    "T1w": ("healthy brain, T1-weighted sequence, 2 mm", "structural T1 MRI of an adult volunteer",
+            "T1 contrast head MRI without pathology", "magnetization-prepared T1 scan of a healthy brain"),
+    "T2w": ("healthy brain, T2-weighted sequence, 2 mm", "T2 contrast head MRI without pathology",
+            "fast spin echo T2 image of an adult volunteer", "transverse-relaxation-weighted scan of a normal brain"),
+    "PD": ("healthy brain, proton-density-weighted sequence, 2 mm", "PD contrast head MRI without pathology",
+           "spin density image of an adult volunteer", "intermediate-weighted proton density brain scan"),
+    "FLAIR": ("healthy brain, FLAIR sequence, 2 mm", "FLAIR contrast head MRI without pathology",
+              "fluid-suppressed T2 image of an adult volunteer", "inversion recovery scan with dark CSF of a normal brain"),
 }
 
 
@@ -89,11 +103,15 @@ def main() -> None:
     real_div = {c: mean_pairwise_ms_ssim(v) for c, v in real.items()}
     prior = load_pretrained(args.model)
     names = prior.config.class_names
-    train_caps = {e["caption"] for e in train}
-    leaked = [p for ps in PARAPHRASES.values() for p in ps if p in train_caps]
+    pool = synthetic.caption_pool()
+    train_caps = {c for _, c in pool} | {e["caption"] for e in train}
+    leaked = [p for ps in (PARAPHRASES, PARAPHRASES_B) for pp in ps.values() for p in pp if p in train_caps]
     if leaked:
         raise SystemExit(f"paraphrases occur in training captions: {leaked}")
-    captions = {c: sorted({e["caption"] for e in train if e["contrast"] == c})[:4] for c in names}
+    rng = np.random.default_rng(0)
+    prompts = {"training captions": {c: [str(x) for x in rng.choice([t for k, t in pool if k == ci], 4, replace=False)]
+                                     for ci, c in enumerate(names)},
+               "unseen paraphrases A": PARAPHRASES, "unseen paraphrases B": PARAPHRASES_B}
     from ldp_med.models.text import load_text_encoder
 
     encoder = load_text_encoder()
@@ -114,12 +132,14 @@ def main() -> None:
                 sheet.update({f"{c} #{k + 1} ({names[p]})": imgs[k] for k, p in enumerate(pred[:2])})
             if g not in args.prompts_at:
                 continue
-            for source, texts in (("training captions", captions[c]), ("unseen paraphrases", list(PARAPHRASES[c]))):
+            for source, by_class in prompts.items():
+                texts = list(by_class[c])
                 ctx = embed(texts).repeat_interleave(args.per_prompt, 0)
                 labels = torch.full((len(ctx),), null_class(prior))
                 imgs, _ = sample(prior, labels, ctx, args.steps, g, 2000 + ci)
                 pred = clf.predict(list(imgs))
-                rows.append({"g": g, "source": source, "class": c, "hits": int((pred == ci).sum()), "n": len(imgs)})
+                rows.append({"g": g, "source": source, "class": c, "hits": int((pred == ci).sum()), "n": len(imgs),
+                             "misses": [(t, names[p]) for t, p in zip(np.repeat(texts, args.per_prompt), pred) if p != ci]})
             print([r for r in rows if r["g"] == g and r["class"] == c], flush=True)
     if args.samples_png and sheet:
         from ldp_med.report import save_slices_png
@@ -132,13 +152,17 @@ def main() -> None:
              "| guidance | condition | volumes | fidelity | " + " | ".join(f"MS-SSIM {c} gen / real" for c in names) + " |",
              "|---|---|---|---|" + "---|" * len(names)]
     for g in args.guidance:
-        for source in ("--contrast", "training captions", "unseen paraphrases"):
+        for source in ("--contrast", *prompts):
             sel = [r for r in rows if r["g"] == g and r["source"] == source]
             if not sel:
                 continue
             hits, n = sum(r["hits"] for r in sel), sum(r["n"] for r in sel)
             div = " | ".join(f"{r['div']:.3f} / {real_div[r['class']]:.3f}" if "div" in r else "" for r in sel)
             lines.append(f"| {g:g} | {source} | {n} | {hits / n:.1%} | {div} |")
+    misses = [f"{r['g']:g}: \"{t}\" ({r['class']}) -> {got}" for r in rows for t, got in r.get("misses", [])]
+    if misses:
+        lines += ["", "Prompts whose volume the classifier assigned to another contrast (guidance: prompt (asked) -> got):",
+                  "", *[f"- {m}" for m in misses]]
     per_class = [r for r in rows if r["source"] == "--contrast"]
     worst = max(abs(r["div"] - real_div[r["class"]]) for r in per_class)
     lines += ["", f"Largest |MS-SSIM gen - real| over classes and guidance: {worst:.3f} "

@@ -8,7 +8,8 @@
 #   1. vae        configs/vae_default.yaml   4200 steps: 4000 on 32^3 patches + 200 whole volumes   ~55 min
 #   2a. vae_ft    configs/vae_finetune.yaml  800 whole-volume steps from stage 1, lr restarted 5e-4     ~78 min
 #   2b. prior_pre configs/prior_default.yaml 3000 steps on stage-1 latents (class + caption context)   ~70 min
-#   3. prior      configs/prior_finetune.yaml 400 steps from 2b on the fine-tuned VAE latents           ~10 min (5 min with 2 threads)
+#   3. prior      configs/prior_finetune.yaml 2000 steps from 2b on the fine-tuned VAE latents, every
+#                 caption wording of synthetic.caption_pool, 70% caption-only                         ~43 min
 # Measured wall times are from the 2-core development machine with both cores busy (docs/model-card.md).
 # Seeds: the cohort is seeds 0-119 of the training split; every config fixes loop.seed.
 set -euo pipefail

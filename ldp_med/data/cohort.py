@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -14,12 +14,17 @@ from ldp_med.errors import InputError
 
 @dataclass
 class TrainingImages:
-    """``images`` float16 (N, 1, X, Y, Z) in [0, 1] on the model grid; ``labels`` int64 (N,) (-1: unknown)."""
+    """``images`` float16 (N, 1, X, Y, Z) in [0, 1] on the model grid; ``labels`` int64 (N,) (-1: unknown).
+
+    ``caption_pool``: (label, caption) pairs that describe a class rather than one image (every wording
+    the synthetic cohort's captions can take); empty where captions belong to their images.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     captions: list[str]
     description: str
+    caption_pool: list[tuple[int, str]] = field(default_factory=list)
 
 
 def model_units(image: np.ndarray) -> np.ndarray:
@@ -51,4 +56,5 @@ def load_training_images(data: DataConfig, model: ModelConfig, progress: bool = 
                      for s in tqdm(seeds, desc="load cohort", disable=not progress)])
     labels = torch.tensor([entries[s]["label"] for s in seeds])
     return TrainingImages(torch.from_numpy(imgs).half()[:, None], labels, [entries[s]["caption"] for s in seeds],
-                          f"synthetic healthy cohort (MNI152 2009a), training seeds 0-{data.synthetic - 1}")
+                          f"synthetic healthy cohort (MNI152 2009a), training seeds 0-{data.synthetic - 1}",
+                          synthetic.caption_pool())

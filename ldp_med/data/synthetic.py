@@ -43,6 +43,7 @@ __all__ = [
     "template_volume",
     "tissue_maps",
     "caption_for",
+    "caption_pool",
     "subject_meta",
     "make_subject",
     "build_cohort",
@@ -68,6 +69,7 @@ _JITTER = 0.05
 _NOISE_SIGMA = (0.005, 0.015)
 _ATROPHY = (0.0, 0.8)  # fraction of the dilation-driven CSF growth applied
 
+#: Sentence patterns of the captions; ``{c}`` takes a name of the contrast from ``CONTRAST_SYNONYMS``.
 CAPTION_TEMPLATES: tuple[str, ...] = (
     "axial {c} brain MRI of a healthy adult",
     "{c} MR scan of a normal brain",
@@ -76,12 +78,26 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
     "normal {c} brain MRI volume",
     "3D {c} MRI of a healthy human brain",
     "{c} brain scan, no abnormality",
+    "{c} image of the head",
+    "{c} scan of a healthy volunteer",
+    "MRI of the brain, {c} sequence",
+    "a {c} head scan",
+    "{c}",
+    "whole-brain {c} acquisition in a healthy subject",
+    "{c} neuroimaging of a normal adult",
 )
+#: Names of each contrast as people write them: weighting, relaxation physics, sequence names, abbreviations.
 CONTRAST_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "T1w": ("T1-weighted", "T1w", "T1 weighted", "T1"),
-    "T2w": ("T2-weighted", "T2w", "T2 weighted", "T2"),
-    "PD": ("proton density weighted", "PD-weighted", "PD", "proton-density"),
-    "FLAIR": ("FLAIR", "T2-FLAIR", "fluid-attenuated inversion recovery", "T2 FLAIR"),
+    "T1w": ("T1-weighted", "T1w", "T1 weighted", "T1", "spin-lattice relaxation weighted",
+            "longitudinal relaxation weighted", "MPRAGE", "MP-RAGE T1", "spoiled gradient echo T1", "SPGR",
+            "T1 gradient echo", "anatomical T1"),
+    "T2w": ("T2-weighted", "T2w", "T2 weighted", "T2", "spin-spin relaxation weighted",
+            "transverse relaxation weighted", "turbo spin echo T2", "fast spin echo T2", "T2 TSE", "T2 FSE"),
+    "PD": ("proton density weighted", "PD-weighted", "PD", "proton-density", "proton density", "PDw",
+           "spin density weighted", "PD TSE", "proton density fast spin echo"),
+    "FLAIR": ("FLAIR", "T2-FLAIR", "fluid-attenuated inversion recovery", "T2 FLAIR", "dark-fluid",
+              "fluid-suppressed T2", "dark-fluid inversion recovery", "FLAIR inversion recovery",
+              "CSF-suppressed T2"),
 }
 
 
@@ -192,6 +208,16 @@ def caption_for(contrast: str, rng: np.random.Generator) -> str:
     tpl = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
     syn = CONTRAST_SYNONYMS[contrast]
     return tpl.format(c=syn[int(rng.integers(len(syn)))])
+
+
+def caption_pool() -> list[tuple[int, str]]:
+    """Every caption the cohort can carry, as (label, caption): each template with each name of each class.
+
+    Captions describe the class only, so a text-conditioned prior draws an image's caption from its
+    class's pool (``PriorTrainConfig.caption_within_class``) and sees every wording with every image.
+    """
+    return [(k, tpl.format(c=syn)) for k, c in enumerate(CLASSES) for tpl in CAPTION_TEMPLATES
+            for syn in CONTRAST_SYNONYMS[c]]
 
 
 # ----------------------------------------------------------------------------- subjects

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
@@ -18,9 +19,54 @@ def build_vae(cfg: VAEConfig) -> AutoencoderKL:
         include_fc=False,
     )
 
+class TextAndClassEmbedding(torch.nn.Embedding):
+    """MONAI's class embedding (same weights) plus a linear map of the caption embedding.
+
+    The map starts at zero, so a UNet fine-tuned from one without it starts as that UNet. The caption
+    (``context`` (N, L, dim), mean over tokens) is set by :class:`TextEmbeddingUNet` for one forward.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, context_dim: int):
+        super().__init__(num_embeddings, embedding_dim)
+        self.text_proj = torch.nn.Linear(context_dim, embedding_dim)
+        torch.nn.init.zeros_(self.text_proj.weight)
+        torch.nn.init.zeros_(self.text_proj.bias)
+        self.context: torch.Tensor | None = None
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        out = super().forward(labels)
+        if self.context is not None:
+            out = out + self.text_proj(self.context.mean(1).to(out.dtype))
+        return out
+
+
+class TextEmbeddingUNet(DiffusionModelUNet):
+    """``DiffusionModelUNet`` whose caption embedding also joins the class embedding (added to the time
+    embedding of every residual block), beside the cross-attention. MONAI's forward is unchanged."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        old = self.class_embedding
+        self.class_embedding = TextAndClassEmbedding(old.num_embeddings, old.embedding_dim,
+                                                     kwargs["cross_attention_dim"])
+        self.class_embedding.weight.data.copy_(old.weight.data)
+
+    def forward(self, x, timesteps, context=None, class_labels=None, *args, **kwargs):
+        self.class_embedding.context = context
+        try:
+            return super().forward(x, timesteps, context, class_labels, *args, **kwargs)
+        finally:
+            self.class_embedding.context = None
+
+
 def build_unet(cfg: UNetConfig, latent_channels: int) -> DiffusionModelUNet:
     """3-D ``DiffusionModelUNet`` on ``latent_channels`` channels, class- (and optionally text-) conditioned."""
-    return DiffusionModelUNet(
+    cls = DiffusionModelUNet
+    if cfg.text_in_time_embedding:
+        if not (cfg.with_conditioning and cfg.num_class_embeds and cfg.cross_attention_dim):
+            raise ConfigError("unet.text_in_time_embedding needs with_conditioning, cross_attention_dim and num_class_embeds")
+        cls = TextEmbeddingUNet
+    return cls(
         spatial_dims=3, in_channels=latent_channels, out_channels=latent_channels,
         channels=tuple(cfg.channels), attention_levels=tuple(cfg.attention_levels),
         num_res_blocks=cfg.num_res_blocks, num_head_channels=cfg.num_head_channels,

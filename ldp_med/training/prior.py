@@ -94,14 +94,19 @@ def diffusion_loss(cfg: PriorTrainConfig, null_class: int):
 
 
 def latent_sampler(latents: torch.Tensor, labels: torch.Tensor, batch_size: int, num_timesteps: int, dropout: float,
-                   context: torch.Tensor | None = None, text_only: float = 0.0, caption_within_class: bool = False):
+                   context: torch.Tensor | None = None, text_only: float = 0.0,
+                   context_labels: torch.Tensor | None = None):
     """A batch function drawing latents, their labels, noise, timesteps and condition-dropout flags.
 
-    With ``context`` (N, 1, dim) (caption embeddings of the latents) the batch also holds ``context``
-    and ``text_only`` flags (drop the class, keep the caption); the draws of class-only priors are unchanged.
-    With ``caption_within_class`` an item's caption is that of a random image of the same label.
+    With ``context`` (M, 1, dim) (caption embeddings) the batch also holds ``context`` and ``text_only``
+    flags (drop the class, keep the caption); the draws of class-only priors are unchanged. Without
+    ``context_labels`` row i of ``context`` is latent i's caption; with them (M,) ``context`` is a pool
+    of class captions and each item takes a random caption of its own label.
     """
-    same_label = [torch.nonzero(labels == labels[i]).flatten() for i in range(len(labels))]
+    if context_labels is not None:
+        pool = {int(c): torch.nonzero(context_labels == c).flatten() for c in labels.unique()}
+        if any(len(v) == 0 for v in pool.values()):
+            raise ValueError("the caption pool has no caption for some training label")
 
     def batch_fn(gen: torch.Generator, step: int) -> dict:
         idx = torch.randint(len(latents), (batch_size,), generator=gen)
@@ -115,9 +120,9 @@ def latent_sampler(latents: torch.Tensor, labels: torch.Tensor, batch_size: int,
         }
         if context is not None:
             cidx = idx
-            if caption_within_class:
-                cidx = torch.stack([same_label[i][torch.randint(len(same_label[i]), (1,), generator=gen)][0]
-                                    for i in idx.tolist()])
+            if context_labels is not None:
+                rows = [pool[int(labels[i])] for i in idx.tolist()]
+                cidx = torch.stack([r[torch.randint(len(r), (1,), generator=gen)][0] for r in rows])
             batch["context"] = context[cidx]
             batch["text_only"] = torch.rand(batch_size, generator=gen) < text_only
         return batch
@@ -151,15 +156,16 @@ def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str 
     null_class = len(cfg.model.class_names)
     if cfg.model.unet.num_class_embeds is not None and cfg.model.unet.num_class_embeds != null_class + 1:
         raise InputError(None, f"unet.num_class_embeds must be {null_class + 1} (classes + the null class)")
-    context, extras, text_encoder = None, {}, ""
+    context, context_labels, extras, text_encoder = None, None, {}, ""
     if cfg.model.unet.with_conditioning:
-        context, extras, text_encoder = _caption_context(cfg, data.captions, labels, out / "captions.safetensors", info)
+        context, context_labels, extras, text_encoder = _caption_context(cfg, data, labels,
+                                                                         out / "captions.safetensors", info)
     torch.manual_seed(cfg.loop.seed)
     unet = build_unet(cfg.model.unet, cfg.model.vae.latent_channels)
-    if init and not resume:  # fine-tune from a model folder's UNet (same architecture)
-        unet.load_state_dict(load_pretrained(init).unet.state_dict())
+    if init and not resume:  # fine-tune from a model folder's UNet (same architecture, or this one's minus new parts)
+        _load_init(unet, load_pretrained(init).unet.state_dict(), init)
     sampler = latent_sampler(standardised, labels, cfg.loop.batch_size, cfg.model.scheduler.num_train_timesteps,
-                             cfg.cond_dropout, context, cfg.text_only, cfg.caption_within_class)
+                             cfg.cond_dropout, context, cfg.text_only, context_labels)
     trainer = Trainer(unet, sampler, diffusion_loss(cfg, null_class), cfg.loop, out, info, progress=progress)
     unet = trainer.run(resume=resume, max_seconds=max_seconds, stop_after=stop_after)
     if not trainer.finished:
@@ -172,10 +178,23 @@ def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str 
     return folder
 
 
-def _caption_context(cfg: PriorTrainConfig, captions: list[str], labels: torch.Tensor, path: Path,
-                     info: DistInfo) -> tuple[torch.Tensor, dict[str, torch.Tensor], str]:
-    """Caption embeddings as UNet context (N, 1, dim), the ``class_context`` extra and the encoder name.
+def _load_init(unet: torch.nn.Module, state: dict[str, torch.Tensor], init) -> None:
+    """Load ``state`` into ``unet``; parameters ``unet`` has beyond it (e.g. a zero-initialised text map)
+    keep their initialisation. Anything of ``state`` that does not fit is an error."""
+    own = unet.state_dict()
+    bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    if bad:
+        raise InputError(init, f"its UNet does not fit the config's ({len(bad)} tensors differ, e.g. {bad[0]})")
+    unet.load_state_dict(state, strict=False)
 
+
+def _caption_context(cfg: PriorTrainConfig, data, labels: torch.Tensor, path: Path, info: DistInfo
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor], str]:
+    """Caption embeddings as UNet context (M, 1, dim), their labels, the ``class_context`` extra, the encoder name.
+
+    Without ``caption_within_class`` the rows are the images' own captions (labels None). With it they
+    are a pool of class captions: ``data.caption_pool`` where the data has one (the synthetic cohort:
+    every wording), else the distinct captions of each labelled class.
     ``class_context`` (n_classes + 1, 1, dim): per class the re-normalised mean of its caption
     embeddings, then the null row (zeros); sampling with ``--contrast`` uses it, so it needs no encoder.
     """
@@ -183,6 +202,11 @@ def _caption_context(cfg: PriorTrainConfig, captions: list[str], labels: torch.T
 
     if not 0 <= cfg.text_only <= 1 or not 0 <= cfg.cond_dropout <= 1:
         raise ConfigError("cond_dropout and text_only must lie in [0, 1]")
+    captions, cap_labels = list(data.captions), labels
+    if cfg.caption_within_class:
+        pool = data.caption_pool or sorted({(int(lab), c) for lab, c in zip(labels.tolist(), data.captions)
+                                            if lab >= 0 and c.strip()})
+        captions, cap_labels = [c for _, c in pool], torch.tensor([lab for lab, _ in pool], dtype=torch.long)
     if not any(c.strip() for c in captions):
         raise InputError(None, "unet.with_conditioning needs captioned training images (the synthetic cohort); "
                                "these have none")
@@ -193,5 +217,6 @@ def _caption_context(cfg: PriorTrainConfig, captions: list[str], labels: torch.T
     if emb.shape[1] != cfg.model.unet.cross_attention_dim:
         raise ConfigError(f"unet.cross_attention_dim is {cfg.model.unet.cross_attention_dim}, "
                           f"but the text encoder {name!r} gives {emb.shape[1]}-d embeddings")
-    ctx = class_context(emb, labels, len(cfg.model.class_names))
-    return emb[:, None].contiguous(), {"class_context": ctx}, name
+    ctx = class_context(emb, cap_labels, len(cfg.model.class_names))
+    return (emb[:, None].contiguous(), cap_labels if cfg.caption_within_class else None,
+            {"class_context": ctx}, name)

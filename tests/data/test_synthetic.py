@@ -111,6 +111,16 @@ def test_captions():
         assert all(any(syn in cap for syn in S.CONTRAST_SYNONYMS[c]) for cap in caps)
 
 
+def test_caption_pool_holds_every_caption_once_with_its_class():
+    pool = S.caption_pool()
+    assert len({c for _, c in pool}) == len(pool)  # no wording names two classes
+    assert len(pool) == len(S.CAPTION_TEMPLATES) * sum(len(v) for v in S.CONTRAST_SYNONYMS.values())
+    label_of = {c: lab for lab, c in pool}
+    for seed in (0, 1, 2, 3, 20000):
+        meta = S.subject_meta(seed)
+        assert label_of[meta["caption"]] == meta["label"]
+
+
 def test_build_cohort_writes_index_and_skips(tmp_path, monkeypatch):
     index = S.build_cohort(tmp_path, [10000], progress=False)
     entries = json.loads(index.read_text())

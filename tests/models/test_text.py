@@ -20,7 +20,7 @@ from ldp_med.cli import cli
 from ldp_med.config import DataConfig, LoopConfig, PriorTrainConfig
 from ldp_med.errors import LdpError
 from ldp_med.models import text
-from ldp_med.models.builders import build_models
+from ldp_med.models.builders import TextEmbeddingUNet, build_models, build_unet
 from ldp_med.models.pretrained import Prior, load_pretrained
 from ldp_med.training.distributed import DistInfo
 from tests.training.test_training import TINY_MODEL, cohort_dir, vae_cfg  # noqa: F401  (cohort_dir: fixture)
@@ -46,10 +46,10 @@ class FakeEncoder:
         return torch.nn.functional.normalize(out, dim=1)
 
 
-def text_model(dim: int = FAKE_DIM):
+def text_model(dim: int = FAKE_DIM, text_in_time_embedding: bool = False):
     """TINY_MODEL with cross-attention (at the second level and in the middle block) on ``dim``-d text."""
     unet = dataclasses.replace(TINY_MODEL.unet, attention_levels=(False, True), with_conditioning=True,
-                               cross_attention_dim=dim)
+                               cross_attention_dim=dim, text_in_time_embedding=text_in_time_embedding)
     return dataclasses.replace(TINY_MODEL, unet=unet)
 
 
@@ -106,7 +106,7 @@ def test_text_prior_trains_and_generates(tmp_path, cohort_dir, monkeypatch, fake
         return imgs
 
     monkeypatch.setattr(prior_mod, "load_training_images", captioned)
-    cfg_model = text_model()
+    cfg_model = text_model(text_in_time_embedding=True)
     vae_folder = train_vae(vae_cfg(cohort_dir, steps=2), tmp_path / "vae", DistInfo(), progress=False)
     cfg = PriorTrainConfig(model=cfg_model, loop=LoopConfig(steps=6, batch_size=2, lr=2e-3, warmup=2,
                                                             checkpoint_every=6, log_every=1),
@@ -115,6 +115,7 @@ def test_text_prior_trains_and_generates(tmp_path, cohort_dir, monkeypatch, fake
     assert (tmp_path / "prior" / "captions.safetensors").is_file() and fake_encoder.calls == 1
     prior = load_pretrained(folder)
     assert prior.config.text_encoder == FakeEncoder.name and prior.config.unet.with_conditioning
+    assert isinstance(prior.unet, TextEmbeddingUNet)
     ctx = prior.extras["class_context"]
     assert ctx.shape == (5, 1, FAKE_DIM) and ctx[[2, 4]].abs().sum() == 0  # no PD captions; null row
     torch.testing.assert_close(ctx[[0, 1, 3], 0].norm(dim=1), torch.ones(3))
@@ -175,3 +176,30 @@ def test_real_encoder_offline_and_generation(monkeypatch):
     prior = Prior(cfg, vae.eval(), unet.eval())
     imgs, _ = generate(n=1, prompt="T2 weighted MR image of a healthy adult brain", steps=2, prior=prior, progress=False)
     assert imgs.shape == (1, *cfg.grid) and torch.isfinite(imgs).all()
+
+
+def test_text_in_time_embedding_starts_as_the_plain_unet_and_then_follows_the_caption():
+    from ldp_med.errors import ConfigError, InputError
+    from ldp_med.training.prior import _load_init
+
+    torch.manual_seed(0)
+    cfg = text_model()
+    plain = build_unet(cfg.unet, cfg.vae.latent_channels).eval()
+    tt = build_unet(dataclasses.replace(cfg.unet, text_in_time_embedding=True), cfg.vae.latent_channels).eval()
+    with torch.no_grad():  # MONAI zero-initialises the output convolutions: make every path count
+        for w in plain.parameters():
+            w.normal_(0.0, 0.1)
+    _load_init(tt, plain.state_dict(), "init")  # the zero-initialised text map is the only new part
+    x = torch.randn(2, *cfg.latent_shape)
+    t, labels = torch.tensor([3, 700]), torch.tensor([0, 4])
+    ctx = torch.randn(2, 1, FAKE_DIM)
+    with torch.no_grad():
+        torch.testing.assert_close(tt(x, t, context=ctx, class_labels=labels), plain(x, t, context=ctx, class_labels=labels))
+        torch.nn.init.normal_(tt.class_embedding.text_proj.weight)
+        moved = tt(x, t, context=ctx, class_labels=labels)
+    assert not torch.allclose(moved, plain(x, t, context=ctx, class_labels=labels))
+    assert tt.class_embedding.context is None  # the caption is held for one forward only
+    with pytest.raises(InputError, match="does not fit"):
+        _load_init(plain, tt.state_dict(), "init")  # extra tensors the config has no place for
+    with pytest.raises(ConfigError, match="text_in_time_embedding"):
+        build_unet(dataclasses.replace(TINY_MODEL.unet, text_in_time_embedding=True), 4)

@@ -114,13 +114,20 @@ def test_caption_draws_stay_within_the_class():
     context = torch.arange(6.0)[:, None, None].expand(6, 1, 3).contiguous()  # caption row i holds i
     latents = torch.arange(6.0)[:, None, None, None, None].expand(6, 2, 3, 3, 3).contiguous()  # latent i holds i
 
-    def draw(within):
-        fn = latent_sampler(latents, labels, 64, 10, 0.0, context, 0.0, caption_within_class=within)
+    def draw(ctx, ctx_labels):
+        fn = latent_sampler(latents, labels, 64, 10, 0.0, ctx, 0.0, ctx_labels)
         batch = fn(torch.Generator().manual_seed(0), 0)
         return batch["latent"][:, 0, 0, 0, 0].long(), batch["context"][:, 0, 0].long(), batch["label"]
 
-    image, caption, label = draw(False)
+    image, caption, label = draw(context, None)
     assert torch.equal(image, caption)  # one fixed caption per image
-    image, caption, label = draw(True)
+    image, caption, label = draw(context, labels)
     assert torch.equal(labels[caption], label)  # captions come from the item's class...
     assert (image != caption).any()  # ...but not only from the item itself
+    pool = torch.arange(9.0)[:, None, None].expand(9, 1, 3).contiguous()  # a class pool larger than the data
+    pool_labels = torch.tensor([2, 0, 1, 0, 2, 1, 0, 1, 2])
+    image, caption, label = draw(pool, pool_labels)
+    assert torch.equal(pool_labels[caption], label)
+    assert len(set(caption[label == 0].tolist())) == 3  # every wording of class 0 is drawn
+    with pytest.raises(ValueError, match="no caption"):
+        draw(pool[:2], pool_labels[:2])  # no caption of class 1 in the pool
