@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ldp_med.config import PriorTrainConfig
-from ldp_med.data.cohort import load_training_images
+from ldp_med.data.cohort import TrainingImages, load_training_images
 from ldp_med.errors import ConfigError, InputError
 from ldp_med.models.builders import build_train_scheduler, build_unet
 from ldp_med.models.pretrained import load_pretrained, save_pretrained
@@ -188,7 +188,7 @@ def _load_init(unet: torch.nn.Module, state: dict[str, torch.Tensor], init) -> N
     unet.load_state_dict(state, strict=False)
 
 
-def _caption_context(cfg: PriorTrainConfig, data, labels: torch.Tensor, path: Path, info: DistInfo
+def _caption_context(cfg: PriorTrainConfig, data: TrainingImages, labels: torch.Tensor, path: Path, info: DistInfo
                      ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor], str]:
     """Caption embeddings as UNet context (M, 1, dim), their labels, the ``class_context`` extra, the encoder name.
 
