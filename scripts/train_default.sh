@@ -10,6 +10,8 @@
 #   2b. prior_pre configs/prior_default.yaml 3000 steps on stage-1 latents (class + caption context)   ~70 min
 #   3. prior      configs/prior_finetune.yaml 2000 steps from 2b on the fine-tuned VAE latents, every
 #                 caption wording of synthetic.caption_pool, 70% caption-only                         ~43 min
+#   4. prior_text configs/prior_text.yaml, TEXT_CYCLES (2) runs of 1000 steps, each from the last (warm
+#                 restarts of the learning rate), 90% caption-only                               ~21 min each
 # Measured wall times are from the 2-core development machine with both cores busy (docs/model-card.md).
 # Seeds: the cohort is seeds 0-119 of the training split; every config fixes loop.seed.
 set -euo pipefail
@@ -37,6 +39,12 @@ wait
 done_or_stop "$OUT/vae_ft" "$OUT/prior_pre"
 stage prior "$OUT/prior" --config configs/prior_finetune.yaml --vae "$OUT/vae_ft/model" --init "$OUT/prior_pre/model"
 done_or_stop "$OUT/prior"
+last="$OUT/prior"
+for cycle in $(seq 1 "${TEXT_CYCLES:-2}"); do
+  stage prior "$OUT/prior_text$cycle" --config configs/prior_text.yaml --vae "$OUT/vae_ft/model" --init "$last/model"
+  done_or_stop "$OUT/prior_text$cycle"
+  last="$OUT/prior_text$cycle"
+done
 rm -rf ldp_med/weights/default
-cp -r "$OUT/prior/model" ldp_med/weights/default
+cp -r "$last/model" ldp_med/weights/default
 echo "shipped: ldp_med/weights/default"

@@ -30,3 +30,18 @@ def test_int_accepted_for_float_but_not_bool_for_int():
     assert from_dict(SimulateConfig, {"accel": 8}).accel == 8.0
     with pytest.raises(ConfigError):
         from_dict(SimulateConfig, {"coils": True})
+
+
+def test_shipped_configs_load_and_the_last_stage_matches_the_shipped_weights():
+    from pathlib import Path
+
+    from ldp_med.config import PriorTrainConfig, VAETrainConfig, load_config
+    from ldp_med.models.pretrained import load_pretrained
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for p in sorted(configs.glob("*.yaml")):
+        load_config(VAETrainConfig if p.name.startswith("vae") else PriorTrainConfig, p)
+    last = load_config(PriorTrainConfig, configs / "prior_text.yaml")  # scripts/train_default.sh's last stage
+    shipped = load_pretrained(with_unet=False).config
+    assert (last.model.vae, last.model.unet, last.model.scheduler) == (shipped.vae, shipped.unet, shipped.scheduler)
+    assert tuple(last.model.grid) == tuple(shipped.grid)

@@ -207,6 +207,12 @@ def _caption_context(cfg: PriorTrainConfig, data: TrainingImages, labels: torch.
         pool = data.caption_pool or sorted({(int(lab), c) for lab, c in zip(labels.tolist(), data.captions)
                                             if lab >= 0 and c.strip()})
         captions, cap_labels = [c for _, c in pool], torch.tensor([lab for lab, _ in pool], dtype=torch.long)
+        missing = sorted(set(labels.unique().tolist()) - set(cap_labels.tolist()))
+        if missing:
+            names = ", ".join(cfg.model.class_names[m] if 0 <= m < len(cfg.model.class_names) else "unlabelled"
+                              for m in missing)
+            raise InputError(cfg.data.folder or None, f"caption_within_class needs a caption for every training "
+                                                      f"class; none for {names} (set caption_within_class: false)")
     if not any(c.strip() for c in captions):
         raise InputError(None, "unet.with_conditioning needs captioned training images (the synthetic cohort); "
                                "these have none")

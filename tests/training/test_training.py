@@ -131,3 +131,16 @@ def test_caption_draws_stay_within_the_class():
     assert len(set(caption[label == 0].tolist())) == 3  # every wording of class 0 is drawn
     with pytest.raises(ValueError, match="no caption"):
         draw(pool[:2], pool_labels[:2])  # no caption of class 1 in the pool
+
+
+def test_caption_pool_missing_a_class_is_a_one_line_input_error(tmp_path):
+    from ldp_med.data.cohort import TrainingImages
+    from ldp_med.errors import InputError
+    from ldp_med.training.prior import _caption_context
+
+    labels = torch.tensor([0, 1, -1])  # a folder cohort: one scan without a contrast label
+    data = TrainingImages(torch.zeros(3, 1, 2, 2, 2), labels, ["a T1w scan", "a T2w scan", ""], "folder")
+    cfg = PriorTrainConfig(data=DataConfig(folder=str(tmp_path)), caption_within_class=True)
+    with pytest.raises(InputError, match="none for unlabelled") as err:
+        _caption_context(cfg, data, labels, tmp_path / "captions.safetensors", DistInfo())
+    assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
