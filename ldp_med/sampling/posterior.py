@@ -154,7 +154,7 @@ class DDSUpdate:
     def __call__(self, s: "PosteriorSampler", st: _State, i: int, t: int, z: torch.Tensor) -> torch.Tensor:
         pred = s.predict(z, t, st)
         if i not in self.dc_at:
-            return st.sched.step(pred, t, z, s.eta, st.gen)[0]
+            return st.sched.step(pred, t, z, s.cfg.eta, st.gen)[0]
         _, z0 = st.sched.step(pred, t, z)  # eta 0: the Tweedie estimate, no noise drawn
         ab = st.sched.alphas_cumprod[t].to(z)
         eps = (z - ab.sqrt() * z0) / (1 - ab).sqrt()
@@ -164,7 +164,7 @@ class DDSUpdate:
         tt = torch.full((len(z),), t, device=z.device, dtype=torch.long)
         # continue from the corrected z0 with the network's noise direction, MONAI doing the step
         zt = st.sched.add_noise(z0, eps, tt)
-        return st.sched.step(_model_output(st.sched, z0, eps, tt), t, zt, s.eta, st.gen)[0]
+        return st.sched.step(_model_output(st.sched, z0, eps, tt), t, zt, s.cfg.eta, st.gen)[0]
 
 
 class DPSUpdate:
@@ -183,7 +183,7 @@ class DPSUpdate:
         z = z.detach().requires_grad_(True)
         with torch.enable_grad():
             pred = s.predict(z, t, st)
-            z_prev, z0 = st.sched.step(pred, t, z, s.eta, st.gen)
+            z_prev, z0 = st.sched.step(pred, t, z, s.cfg.eta, st.gen)
             grad = torch.zeros_like(z)
             for b in range(len(z)):
                 x = s.space.to_acq(s.decode(z0[b : b + 1], st, count=False), st.fallback)
@@ -205,8 +205,8 @@ class PosteriorSampler:
         dc_rule: data-consistency rule (operator, measurements, weight).
         init: pseudo-inverse image (X, Y, Z) on the acquisition grid, acquisition units (warm start).
         update: :class:`DDSUpdate` or :class:`DPSUpdate`.
-        steps, t_start, samples, eta, label, guidance, final_dc, final_cg_iters, seed, max_nfe:
-            as in :class:`PosteriorConfig`.
+        cfg: the settings (steps, t_start, samples, eta, label, guidance, final solve, seed, max_nfe);
+            the DC weight and the update rule read theirs when :func:`make_sampler` builds them.
         progress: show a progress bar over the steps.
     """
 
@@ -215,34 +215,25 @@ class PosteriorSampler:
     dc_rule: ImageDC
     init: torch.Tensor
     update: DDSUpdate | DPSUpdate
-    steps: int = 50
-    t_start: float = 0.5
-    samples: int = 1
-    eta: float = 0.0
-    label: int = -1
-    guidance: float = 1.0
-    final_dc: bool = True
-    final_cg_iters: int = 10
-    seed: int = 0
-    max_nfe: int = 50
+    cfg: PosteriorConfig = field(default_factory=PosteriorConfig)
     progress: bool = False
     meta: dict = field(default_factory=dict)
 
     @property
     def n_run(self) -> int:
         """Number of DDIM steps run from the warm start."""
-        return max(1, min(self.steps, round(self.steps * self.t_start)))
+        return max(1, min(self.cfg.steps, round(self.cfg.steps * self.cfg.t_start)))
 
     @property
     def planned_nfe(self) -> int:
         """UNet evaluations per sample."""
-        guided = self.label >= 0 and self.guidance != 1.0
+        guided = self.cfg.label >= 0 and self.cfg.guidance != 1.0
         return self.n_run * (2 if guided else 1)
 
     # --- counted, checked network calls -------------------------------------------------------
     def predict(self, z: torch.Tensor, t: int, st: _State) -> torch.Tensor:
         tt = torch.full((len(z),), int(t), device=z.device, dtype=torch.long)
-        pred = guided_prediction(self.prior, z, tt, st.labels, self.guidance)
+        pred = guided_prediction(self.prior, z, tt, st.labels, self.cfg.guidance)
         st.nfe += self.planned_nfe // self.n_run
         if not torch.isfinite(pred).all():
             raise LdpError(f"the diffusion UNet produced NaN/Inf at timestep {int(t)}")
@@ -278,16 +269,16 @@ class PosteriorSampler:
             ConfigError: the settings need more than ``max_nfe`` UNet evaluations per sample.
             LdpError: a network produced NaN/Inf (never returns NaN).
         """
-        if self.planned_nfe > self.max_nfe:
-            raise ConfigError(f"{self.planned_nfe} UNet evaluations per sample exceed the budget max_nfe={self.max_nfe} "
+        if self.planned_nfe > self.cfg.max_nfe:
+            raise ConfigError(f"{self.planned_nfe} UNet evaluations per sample exceed the budget max_nfe={self.cfg.max_nfe} "
                               "(lower steps or t_start)")
         start = time.perf_counter()
         device = next(self.prior.unet.parameters()).device
-        sched = build_ddim_scheduler(self.prior.config.scheduler, self.steps)
-        timesteps = [int(t) for t in sched.timesteps[self.steps - self.n_run :]]
-        gen = torch.Generator(device=device).manual_seed(int(self.seed))
-        label = null_class(self.prior) if self.label < 0 else int(self.label)
-        b = int(self.samples)
+        sched = build_ddim_scheduler(self.prior.config.scheduler, self.cfg.steps)
+        timesteps = [int(t) for t in sched.timesteps[self.cfg.steps - self.n_run :]]
+        gen = torch.Generator(device=device).manual_seed(int(self.cfg.seed))
+        label = null_class(self.prior) if self.cfg.label < 0 else int(self.cfg.label)
+        b = int(self.cfg.samples)
         self.dc_rule.reset()
         init = self.init.to(device, torch.float32)[None]
         st = _State(sched, gen, torch.full((b,), label, device=device, dtype=torch.long), init)
@@ -301,10 +292,10 @@ class PosteriorSampler:
             x = self.space.to_acq(self.decode(z, st), st.fallback)
             image = None
             if isinstance(self.dc_rule, KSpaceDC):
-                xc = self.dc_rule.solve(x, self.final_cg_iters) if self.final_dc else self.dc_rule.complex_image(x)
+                xc = self.dc_rule.solve(x, self.cfg.final_cg_iters) if self.cfg.final_dc else self.dc_rule.complex_image(x)
                 image, x = xc.mean(0).cpu().numpy().astype(np.complex64), xc.abs()
-            elif self.final_dc:
-                x = self.dc_rule(x, self.final_cg_iters)
+            elif self.cfg.final_dc:
+                x = self.dc_rule(x, self.cfg.final_cg_iters)
         if not torch.isfinite(x).all():
             raise LdpError("the reconstruction has NaN/Inf values")
         x = x.float().cpu()
@@ -375,9 +366,7 @@ def make_sampler(name: str | None, prior: Prior, problem: Problem, cfg: Posterio
         rule = ImageDC(problem.operator, problem.y, lam, cfg.cg_iters)
     sampler = PosteriorSampler(
         prior=prior, space=space, dc_rule=rule, init=torch.from_numpy(np.ascontiguousarray(problem.pinv.data)),
-        update=None, steps=cfg.steps, t_start=cfg.t_start, samples=cfg.samples, eta=cfg.eta, label=cfg.label,
-        guidance=cfg.guidance, final_dc=cfg.final_dc, final_cg_iters=cfg.final_cg_iters, seed=cfg.seed,
-        max_nfe=cfg.max_nfe, progress=progress,
+        update=None, cfg=cfg, progress=progress,
         meta={**problem.meta, "task": problem.task, "affine": problem.affine, "noise_std": problem.noise_std},
     )
     sampler.update = METHODS[name](cfg, sampler.n_run)
