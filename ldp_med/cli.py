@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from ldp_med.config import ReconstructConfig, SimulateConfig, load_config
+from ldp_med.config import DEFAULT_GUIDANCE, ReconstructConfig, SimulateConfig, load_config
 from ldp_med.errors import InputError, LdpError
 
 
@@ -278,7 +278,7 @@ def autoencode(input_path, out, model_dir, volume_index, force):
 @click.option("--contrast", default=None, help="Contrast class, e.g. T1w, T2w, PD, FLAIR.")
 @click.option("--prompt", default=None, help="Free-text prompt (needs a text-conditioned model and ldp-med[text]).")
 @click.option("-n", "count", type=int, default=1, show_default=True, help="Number of volumes.")
-@click.option("--guidance", type=float, default=3.0, show_default=True, help="Classifier-free guidance weight.")
+@click.option("--guidance", type=float, default=DEFAULT_GUIDANCE, show_default=True, help="Classifier-free guidance weight.")
 @click.option("--steps", type=int, default=50, show_default=True, help="DDIM steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)

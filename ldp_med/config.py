@@ -307,6 +307,10 @@ class SchedulerConfig:
     prediction_type: typing.Literal["epsilon", "v_prediction", "sample"] = "epsilon"
 
 
+#: Classifier-free guidance weight of `ldp-med generate` and :func:`ldp_med.generate` (docs/results.md, issue 5).
+DEFAULT_GUIDANCE = 3.0
+
+
 @dataclass
 class ModelConfig:
     """Everything a model folder's ``config.json`` holds: architecture, model grid, scale factor, classes."""

@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from benchlib import emit
+from ldp_med.config import DEFAULT_GUIDANCE
 from ldp_med.data import synthetic
 from ldp_med.generation_metrics import ContrastClassifier, mean_pairwise_ms_ssim
 from ldp_med.models.pretrained import load_pretrained
@@ -120,7 +121,7 @@ def main() -> None:
     def embed(texts: list[str]) -> torch.Tensor:
         return encoder.embed(texts).float().reshape(len(texts), 1, dim)
 
-    _, t_single = sample(prior, torch.tensor([0]), None, args.steps, 3.0, 0)
+    _, t_single = sample(prior, torch.tensor([0]), None, args.steps, DEFAULT_GUIDANCE, 0)
     rows, sheet = [], {}
     for g in args.guidance:
         for ci, c in enumerate(tqdm(names, desc=f"guidance {g:g}")):

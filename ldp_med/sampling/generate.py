@@ -9,9 +9,11 @@ embedding from the model folder's ``class_context`` extra (for a class label), o
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ldp_med.config import DEFAULT_GUIDANCE
 from ldp_med.models.builders import build_ddim_scheduler
 from ldp_med.models.pretrained import Prior
 
@@ -76,7 +78,7 @@ def guided_prediction(prior: Prior, z: torch.Tensor, t: torch.Tensor, labels: to
 
 
 @torch.no_grad()
-def sample_latents(prior: Prior, labels: torch.Tensor, steps: int = 50, guidance: float = 3.0,
+def sample_latents(prior: Prior, labels: torch.Tensor, steps: int = 50, guidance: float = DEFAULT_GUIDANCE,
                    generator: torch.Generator | None = None, progress: bool = True,
                    context: torch.Tensor | None = None) -> torch.Tensor:
     """DDIM (eta 0) samples of the latent prior; returns unscaled latents (B, C, x, y, z) for the decoder.
@@ -105,9 +107,9 @@ def decode(prior: Prior, latents: torch.Tensor) -> torch.Tensor:
     return torch.stack(out).clamp(0, 1).cpu()
 
 
-def generate(n: int = 1, contrast: str | None = None, prompt: str | None = None, guidance: float = 3.0,
+def generate(n: int = 1, contrast: str | None = None, prompt: str | None = None, guidance: float = DEFAULT_GUIDANCE,
              steps: int = 50, seed: int = 0, device: str = "cpu", model: str | None = None,
-             prior: Prior | None = None, progress: bool = True) -> tuple[torch.Tensor, "np.ndarray"]:
+             prior: Prior | None = None, progress: bool = True) -> tuple[torch.Tensor, np.ndarray]:
     """Generate ``n`` volumes of the prior: class-conditional (``contrast``), text-conditional
     (``prompt``, text-conditioned priors only) or unconditional (neither).
 
@@ -123,8 +125,6 @@ def generate(n: int = 1, contrast: str | None = None, prompt: str | None = None,
             without text conditioning.
         LdpError: a prompt without the ``text`` extra installed (the message names the extra).
     """
-    import numpy as np
-
     from ldp_med.errors import InputError
     from ldp_med.models.pretrained import load_pretrained
 
