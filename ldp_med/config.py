@@ -308,7 +308,7 @@ class SchedulerConfig:
 
 
 #: Classifier-free guidance weight of `ldp-med generate` and :func:`ldp_med.generate` (docs/results.md, issue 5).
-DEFAULT_GUIDANCE = 3.0
+DEFAULT_GUIDANCE = 7.0
 
 
 @dataclass

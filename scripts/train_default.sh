@@ -4,14 +4,14 @@
 #   bash scripts/train_default.sh                   # all stages, then copy into the package
 #   MAX_MINUTES=60 bash scripts/train_default.sh    # time-boxed pieces; run again to continue (--resume)
 #
-# Stages (1 torch thread each; the two middle stages run side by side, one per core):
+# Stages (1 torch thread each for 1-2, side by side in 2; 3 and 4 alone with 2 threads):
 #   1. vae        configs/vae_default.yaml   4200 steps: 4000 on 32^3 patches + 200 whole volumes   ~55 min
 #   2a. vae_ft    configs/vae_finetune.yaml  800 whole-volume steps from stage 1, lr restarted 5e-4     ~78 min
 #   2b. prior_pre configs/prior_default.yaml 3000 steps on stage-1 latents (class + caption context)   ~70 min
 #   3. prior      configs/prior_finetune.yaml 2000 steps from 2b on the fine-tuned VAE latents, every
-#                 caption wording of synthetic.caption_pool, 70% caption-only                         ~43 min
+#                 caption wording of synthetic.caption_pool, 70% caption-only               ~23 min (2 threads)
 #   4. prior_text configs/prior_text.yaml, TEXT_CYCLES (2) runs of 1000 steps, each from the last (warm
-#                 restarts of the learning rate), 90% caption-only                               ~21 min each
+#                 restarts of the learning rate), 90% caption-only                    ~35 min each (2 threads)
 # Measured wall times are from the 2-core development machine with both cores busy (docs/model-card.md).
 # Seeds: the cohort is seeds 0-119 of the training split; every config fixes loop.seed.
 set -euo pipefail
@@ -37,11 +37,14 @@ stage vae "$OUT/vae_ft" --config configs/vae_finetune.yaml --init "$OUT/vae/mode
 stage prior "$OUT/prior_pre" --config configs/prior_default.yaml --vae "$OUT/vae/model" &
 wait
 done_or_stop "$OUT/vae_ft" "$OUT/prior_pre"
-stage prior "$OUT/prior" --config configs/prior_finetune.yaml --vae "$OUT/vae_ft/model" --init "$OUT/prior_pre/model"
+# stages 3 and 4 run alone: both cores
+stage prior "$OUT/prior" --config configs/prior_finetune.yaml --vae "$OUT/vae_ft/model" --init "$OUT/prior_pre/model" \
+  --set loop.threads=2
 done_or_stop "$OUT/prior"
 last="$OUT/prior"
 for cycle in $(seq 1 "${TEXT_CYCLES:-2}"); do
-  stage prior "$OUT/prior_text$cycle" --config configs/prior_text.yaml --vae "$OUT/vae_ft/model" --init "$last/model"
+  stage prior "$OUT/prior_text$cycle" --config configs/prior_text.yaml --vae "$OUT/vae_ft/model" --init "$last/model" \
+    --set loop.threads=2
   done_or_stop "$OUT/prior_text$cycle"
   last="$OUT/prior_text$cycle"
 done
