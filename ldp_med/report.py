@@ -32,7 +32,7 @@ def save_slices_png(
 
     scales = scales or {}
     n = len(volumes)
-    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False, layout="constrained")  # keeps the title clear
     for row, (name, vol) in enumerate(volumes.items()):
         vmin, vmax = scales.get(name, (0.0, float(np.percentile(vol, 99.5)) or 1.0))
         for col, sl in enumerate(orthogonal_slices(np.asarray(vol, np.float32))):
@@ -44,7 +44,6 @@ def save_slices_png(
                 ax.set_ylabel(name, fontsize=10)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
     with atomic_path(path, force) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
