@@ -132,19 +132,43 @@ def apply_overrides(cfg: T, overrides: list[str] | tuple[str, ...]) -> T:
     return from_dict(type(cfg), data)
 
 
+def _merge(base: dict, top: dict) -> dict:
+    """``top`` over ``base``: mappings merge key by key, anything else in ``top`` replaces."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> dict:
+    """The mapping of a YAML config file, with its ``base:`` file (relative to it) merged underneath.
+
+    ``base: other.yaml`` makes a file a difference to another recipe: the other file's keys hold
+    wherever this one does not set them (nested sections merge key by key). Bases may chain.
+    """
+    key = os.path.realpath(path)
+    if key in _seen:
+        raise ConfigError(f"{path}: base cycle ({' -> '.join(_seen + (key,))})")
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a file name, got {base!r}")
+    return _merge(_read_yaml(os.path.join(os.path.dirname(path), base), _seen + (key,)), data)
+
+
 def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides=()) -> T:
-    """Defaults of ``cls``, filled from a YAML file (if given), then ``overrides``."""
-    data: dict = {}
-    if path is not None:
-        try:
-            with open(path) as fh:
-                data = yaml.safe_load(fh) or {}
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+    """Defaults of ``cls``, filled from a YAML file (if given, with its ``base:`` chain), then ``overrides``."""
+    data = _read_yaml(path) if path is not None else {}
     try:
         cfg = from_dict(cls, data)
     except ConfigError as exc:

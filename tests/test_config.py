@@ -45,3 +45,21 @@ def test_shipped_configs_load_and_the_last_stage_matches_the_shipped_weights():
     shipped = load_pretrained(with_unet=False).config
     assert (last.model.vae, last.model.unet, last.model.scheduler) == (shipped.vae, shipped.unet, shipped.scheduler)
     assert tuple(last.model.grid) == tuple(shipped.grid)
+
+
+def test_base_file_is_merged_underneath_section_by_section(tmp_path):
+    (tmp_path / "a.yaml").write_text("method: tv\nbaseline:\n  cs_lambda: 0.01\n  cs_iters: 5\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nbaseline:\n  cs_iters: 7\n")
+    (tmp_path / "c.yaml").write_text("base: sub/b.yaml\nmethod: cs\n")
+    cfg = load_config(ReconstructConfig, tmp_path / "c.yaml")
+    assert (cfg.method, cfg.baseline.cs_lambda, cfg.baseline.cs_iters) == ("cs", 0.01, 7)
+
+
+@pytest.mark.parametrize("text, match", [("base: self.yaml\n", "cycle"), ("base: missing.yaml\n", "missing.yaml"),
+                                         ("base: [a]\n", "file name")])
+def test_bad_base_is_a_config_error(tmp_path, text, match):
+    p = tmp_path / "self.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(SimulateConfig, p)
