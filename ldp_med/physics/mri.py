@@ -184,11 +184,13 @@ class MRIOperator(LinearOperator):
         return torch.fft.fftshift(v, dim=DIMS3)
 
     def _shifted_on(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The ifftshifted mask and maps on ``t``'s device, recomputed whenever ``mask`` or ``maps`` is replaced."""
         mask = self._mask_on(t)
+        maps = None if self.maps is None else self._maps_on(t)
         cached = getattr(self, "_shifted", None)
-        if cached is None or cached[0].device != t.device or cached[2] is not mask:
-            maps = None if self.maps is None else torch.fft.ifftshift(self._maps_on(t), dim=DIMS3)
-            self._shifted = (torch.fft.ifftshift(mask, dim=DIMS3), maps, mask)
+        if cached is None or cached[2] is not mask or cached[3] is not maps:
+            shifted_maps = None if maps is None else torch.fft.ifftshift(maps, dim=DIMS3)
+            self._shifted = (torch.fft.ifftshift(mask, dim=DIMS3), shifted_maps, mask, maps)
         return self._shifted[0], self._shifted[1]
 
     def dc_solve(self, y: torch.Tensor, x0: torch.Tensor, lam: Lam, n_iter: int = 10) -> torch.Tensor:

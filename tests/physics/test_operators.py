@@ -73,6 +73,17 @@ def test_fast_normal_equals_adjoint_of_forward(coils, mask3d):
     torch.testing.assert_close(op.normal(x), op.A_adjoint(op.A(x)), rtol=1e-5, atol=1e-5)
 
 
+def test_normal_follows_replaced_maps_and_mask():
+    """The pre-shifted operands of ``normal`` are cached; replacing maps or mask must not reuse them."""
+    op = MRIOperator(torch.as_tensor(MASKS["poisson"](SHAPE[1:])), random_maps(3, SHAPE, batch=B))
+    x = crandn(B, *SHAPE, seed=6)
+    op.normal(x)
+    op.maps = random_maps(3, SHAPE, batch=B, seed=9)
+    torch.testing.assert_close(op.normal(x), op.A_adjoint(op.A(x)), rtol=1e-5, atol=1e-5)
+    op.mask = MRIOperator(MASKS["random-lines"](SHAPE[1:])).mask
+    torch.testing.assert_close(op.normal(x), op.A_adjoint(op.A(x)), rtol=1e-5, atol=1e-5)
+
+
 def test_fully_sampled_normal_is_identity():
     x = crandn(B, *SHAPE, seed=6)
     ones = np.ones(SHAPE[1:], np.float32)
