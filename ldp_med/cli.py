@@ -34,6 +34,9 @@ def cli() -> None:
 
 
 def main() -> None:  # console-script entry point
+    from ldp_med.startup import install
+
+    install()  # MONAI without transformers / pandas: seconds off every command's start (ldp_med.startup)
     cli(prog_name="ldp-med")
 
 
