@@ -76,10 +76,16 @@ def recon_config(case: str):
     return ReconstructConfig(task=sim.task, factor=sim.factor, axis=sim.axis)
 
 
-def worker(args) -> None:
-    """One reconstruction in this process; prints a JSON line."""
+def spearman_in_head(std: np.ndarray, recon: np.ndarray, ref: np.ndarray) -> float:
+    """Spearman correlation of the std map with the absolute error, inside the head (ref > 5% of its max)."""
     from scipy.stats import spearmanr
 
+    head = ref > 0.05 * ref.max()
+    return float(spearmanr(std[head], np.abs(recon - ref)[head]).statistic)
+
+
+def worker(args) -> None:
+    """One reconstruction in this process; prints a JSON line."""
     from ldp_med.io.kspace import load_kspace
     from ldp_med.metrics import evaluate
     from ldp_med.reconstruct import reconstruct_file_with_std
@@ -97,8 +103,7 @@ def worker(args) -> None:
     row = {**evaluate(vol.data, ref), "sec": sec, "nfe": vol.meta.get("nfe", 0),
            "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
     if std is not None:
-        head = ref > 0.05 * ref.max()
-        row["spearman"] = float(spearmanr(std.data[head], np.abs(vol.data - ref)[head]).statistic)
+        row["spearman"] = spearman_in_head(std.data, vol.data, ref)
     print("RESULT " + json.dumps(row), flush=True)
 
 
