@@ -1,4 +1,4 @@
-"""Shared tail of the benchmark scripts: print a Markdown table and write it, with its command, to --out."""
+"""Shared parts of the benchmark scripts: the validation-only guard of tuning, and the Markdown table with its command."""
 
 from __future__ import annotations
 
@@ -6,6 +6,15 @@ import os
 import shlex
 import sys
 from pathlib import Path
+
+
+def require_validation(seeds) -> None:
+    """Exit with a one-line message unless every seed is a synthetic *validation* subject (tuning never sees test)."""
+    from ldp_med.data import synthetic
+
+    for seed in seeds:
+        if synthetic.split_of(seed) != "val":
+            raise SystemExit(f"seed {seed} is not a validation subject")
 
 
 def emit(table: str | list[str], out: str | None) -> None:

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import torch
-from benchlib import emit
+from benchlib import emit, require_validation
 
 from ldp_med.data import synthetic
 from ldp_med.models.pretrained import load_pretrained
@@ -36,9 +36,7 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    for s in args.seeds:
-        if synthetic.split_of(s) != "val":
-            raise SystemExit(f"seed {s} is not a validation subject")
+    require_validation(args.seeds)
     vae = load_pretrained(args.model, with_unet=False).vae.float()
     vae.requires_grad_(False)
     marks = sorted({m for m in (10, 30, args.steps) if m <= args.steps})

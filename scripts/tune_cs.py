@@ -13,6 +13,8 @@ import argparse
 import time
 from collections import defaultdict
 
+from benchlib import require_validation
+
 from ldp_med import baselines
 from ldp_med.config import SimulateConfig
 from ldp_med.data import synthetic
@@ -30,9 +32,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=60)
     args = ap.parse_args()
     scores = defaultdict(list)
+    require_validation(args.seeds)
     for seed in args.seeds:
-        if synthetic.split_of(seed) != "val":
-            raise SystemExit(f"seed {seed} is not a validation seed")
         subj = synthetic.make_subject(seed)
         vol = Volume(subj["image"], subj["affine"])
         for accel in args.accels:

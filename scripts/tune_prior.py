@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import emit
+from benchlib import emit, require_validation
 from bench_recon import CASES, recon_config, simulate, spearman_in_head
 
 from ldp_med.config import apply_overrides
-from ldp_med.data import synthetic
 from ldp_med.io.kspace import load_kspace
 from ldp_med.metrics import evaluate
 from ldp_med.models.pretrained import load_pretrained
@@ -40,9 +39,7 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    for s in args.seeds:
-        if synthetic.split_of(s) != "val":
-            raise SystemExit(f"seed {s} is not a validation subject")
+    require_validation(args.seeds)
     grid = {k: v.split(",") for k, v in (g.split("=", 1) for g in args.grid)}
     prior = load_pretrained(args.model)
     task = CASES[args.case]["task"]
