@@ -36,7 +36,7 @@ def cli() -> None:
 def main() -> None:  # console-script entry point
     from ldp_med.startup import install
 
-    install()  # MONAI without transformers / pandas: seconds off every command's start (ldp_med.startup)
+    install()  # MONAI without the optional packages it would load for unused models (ldp_med.startup)
     cli(prog_name="ldp-med")
 
 

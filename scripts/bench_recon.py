@@ -76,11 +76,16 @@ def recon_config(case: str):
     return ReconstructConfig(task=sim.task, factor=sim.factor, axis=sim.axis)
 
 
+def head_mask(ref: np.ndarray) -> np.ndarray:
+    """The head: reference voxels above 5% of its maximum (where the std map is scored)."""
+    return ref > 0.05 * ref.max()
+
+
 def spearman_in_head(std: np.ndarray, recon: np.ndarray, ref: np.ndarray) -> float:
-    """Spearman correlation of the std map with the absolute error, inside the head (ref > 5% of its max)."""
+    """Spearman correlation of the std map with the absolute error, inside :func:`head_mask`."""
     from scipy.stats import spearmanr
 
-    head = ref > 0.05 * ref.max()
+    head = head_mask(ref)
     return float(spearmanr(std[head], np.abs(recon - ref)[head]).statistic)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from benchlib import emit, require_validation
-from bench_recon import CASES, recon_config, simulate, spearman_in_head
+from bench_recon import CASES, head_mask, recon_config, simulate, spearman_in_head
 
 from ldp_med.config import apply_overrides
 from ldp_med.io.kspace import load_kspace
@@ -62,7 +62,7 @@ def main() -> None:
                 scores.append(evaluate(vol.data, ref))
                 if std is not None:
                     rho.append(spearman_in_head(std.data, vol.data, ref))
-                    head = ref > 0.05 * ref.max()
+                    head = head_mask(ref)
                     ratio.append(np.median(std.data[head]) / np.median(np.abs(vol.data - ref)[head]))
             row = f"| {' | '.join(values)} | {np.mean([s['psnr'] for s in scores]):.2f} | " \
                   f"{np.mean([s['ssim'] for s in scores]):.4f} | {np.mean(secs):.1f} |" + (f" {np.mean(rho):.3f} | {np.mean(ratio):.2f} |" if rho else "")
