@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python scripts/probe_vae.py --seeds 10000 10001 10002 --steps 100 --out /tmp/probe.md
 
-Per subject (model units, ``ldp_med.data.cohort.model_units``' scaling): PSNR against the noise-free input
+Per subject (model units: ``PercentileScaleIntensity``'s range, as ``ToModelSpace`` scales): PSNR against the noise-free input
 (bench_vae's target) of the autoencoded image ``D(E(x))`` and of ``D(z*)``, where
 ``z* = argmin_z ||D(z) - x||^2`` is found by Adam from ``E(x)`` (lr 0.05, cosine decay; the decoder
 frozen). ``D(z*)`` bounds what a better encoder could give this decoder; what is left to the target is
@@ -20,6 +20,7 @@ import torch
 from benchlib import emit, require_validation
 
 from ldp_med.data import synthetic
+from ldp_med.data.transforms import PercentileScaleIntensity
 from ldp_med.models.pretrained import load_pretrained
 from ldp_med.physics.noise import rician_mean
 
@@ -45,9 +46,14 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         subj = synthetic.make_subject(seed, return_clean=True)
-        hi = float(np.percentile(subj["image"], 99.5))
-        x = torch.from_numpy(np.clip(subj["image"].astype(np.float32) / hi, 0, 1))[None, None]
-        free = (rician_mean(torch.from_numpy(subj["clean"]), subj["noise_sigma"]).float() / hi).clamp(0, 1)[None, None]
+        image = torch.from_numpy(subj["image"].astype(np.float32))
+        a_min, a_max = PercentileScaleIntensity().range_of(image)  # model units, as ToModelSpace scales
+
+        def units(v: torch.Tensor) -> torch.Tensor:
+            return ((v.float() - a_min) / (a_max - a_min)).clamp(0, 1)[None, None]
+
+        x = units(image)
+        free = units(rician_mean(torch.from_numpy(subj["clean"]), subj["noise_sigma"]))
         with torch.no_grad():
             z0 = vae.encode(x)[0]
             row = [psnr(vae.decode(z0).clamp(0, 1), free)]
