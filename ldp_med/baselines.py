@@ -10,16 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ldp_med.errors import LdpError
-
-
-def _sigpy():
-    try:
-        import sigpy
-        import sigpy.mri.app  # noqa: F401
-    except ImportError:  # pragma: no cover - exercised only without the extra
-        raise LdpError("sigpy is required for this method: pip install 'ldp-med[eval]'") from None
-    return sigpy
+from ldp_med.errors import LdpError, require
+from ldp_med.physics.noise import estimate_image_noise
 
 
 def zero_filled(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray | None) -> np.ndarray:
@@ -49,26 +41,26 @@ def cs_l1_wavelet(
     wavelet: str = "db4", progress: bool = False,
 ) -> np.ndarray:
     """L1-wavelet compressed sensing (sigpy ``L1WaveletRecon``); returns the complex image (X, Y, Z)."""
-    sp = _sigpy()
+    app = require("sigpy.mri.app", feature="L1-wavelet compressed sensing")
     maps = _maps_or_ones(kspace, maps)
     weights = np.broadcast_to(mask.astype(np.float32), kspace.shape[1:])
-    app = sp.mri.app.L1WaveletRecon(
+    recon = app.L1WaveletRecon(
         kspace * weights, maps, lam, weights=weights, wave_name=wavelet, max_iter=iters, show_pbar=progress
     )
-    return np.asarray(app.run(), dtype=np.complex64)
+    return np.asarray(recon.run(), dtype=np.complex64)
 
 
 def cs_total_variation(
     kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray | None, lam: float, iters: int, progress: bool = False
 ) -> np.ndarray:
     """Total-variation compressed sensing (sigpy ``TotalVariationRecon``); complex image (X, Y, Z)."""
-    sp = _sigpy()
+    app = require("sigpy.mri.app", feature="total-variation compressed sensing")
     maps = _maps_or_ones(kspace, maps)
     weights = np.broadcast_to(mask.astype(np.float32), kspace.shape[1:])
-    app = sp.mri.app.TotalVariationRecon(
+    recon = app.TotalVariationRecon(
         kspace * weights, maps, lam, weights=weights, max_iter=iters, show_pbar=progress
     )
-    return np.asarray(app.run(), dtype=np.complex64)
+    return np.asarray(recon.run(), dtype=np.complex64)
 
 
 def denoise_nlm(volume: np.ndarray, patch_size: int = 3, patch_distance: int = 3, h_factor: float = 0.8) -> np.ndarray:
@@ -78,10 +70,10 @@ def denoise_nlm(volume: np.ndarray, patch_size: int = 3, patch_distance: int = 3
         volume: float (X, Y, Z) noisy magnitude.
         h_factor: filter strength as a multiple of the estimated noise sigma.
     """
-    from skimage.restoration import denoise_nl_means, estimate_sigma
+    from skimage.restoration import denoise_nl_means
 
     vol = np.asarray(volume, np.float32)
-    sigma = float(estimate_sigma(vol, channel_axis=None))
+    sigma = estimate_image_noise(vol)
     out = denoise_nl_means(
         vol, patch_size=patch_size, patch_distance=patch_distance, h=h_factor * sigma,
         sigma=sigma, fast_mode=True, channel_axis=None,

@@ -13,6 +13,7 @@ import click
 
 from ldp_med.config import DEFAULT_GUIDANCE, ReconstructConfig, SimulateConfig, load_config
 from ldp_med.errors import InputError, LdpError
+from ldp_med.tasks import ALL_METHODS, TASKS
 
 
 class _Group(click.Group):
@@ -43,7 +44,7 @@ def main() -> None:  # console-script entry point
 @cli.command()
 @click.argument("clean")
 @click.option("-o", "--out", required=True, help="Output: .h5 for kspace, NIfTI otherwise.")
-@click.option("--task", type=click.Choice(["kspace", "denoise", "superres"]), default="kspace", show_default=True)
+@click.option("--task", type=click.Choice(TASKS), default="kspace", show_default=True)
 @click.option("--accel", type=float, default=4.0, show_default=True, help="Requested acceleration R.")
 @click.option("--mask", "mask_kind", type=click.Choice(["poisson", "random-lines", "equispaced-lines"]), default="poisson", show_default=True)
 @click.option("--calib", type=int, default=12, show_default=True, help="Calibration square side (Poisson) or centre lines.")
@@ -58,8 +59,8 @@ def main() -> None:  # console-script entry point
 def simulate(clean, out, task, accel, mask_kind, calib, coils, noise, noise_kind, factor, axis, seed, volume_index, force):
     """Degrade a clean volume: multi-coil k-space (.h5), noise, or thick slices."""
     from ldp_med.io.atomic import check_output
-    from ldp_med.io.loaders import load_volume
-    from ldp_med.physics.simulate import DEFAULT_NOISE, simulate_volume
+    from ldp_med.io.loaders import load_volume, save_output
+    from ldp_med.physics.simulate import DEFAULT_NOISE, simulate as simulate_data
 
     if noise is None:
         noise = DEFAULT_NOISE[task]
@@ -68,7 +69,7 @@ def simulate(clean, out, task, accel, mask_kind, calib, coils, noise, noise_kind
     cfg = SimulateConfig(task=task, accel=accel, mask=mask_kind, calib=calib, coils=coils, noise=noise,
                          noise_kind=noise_kind, factor=factor, axis=axis, seed=seed)
     vol = load_volume(clean, volume_index)
-    simulate_volume(vol, cfg, out, force=force, source=clean)
+    save_output(simulate_data(vol, cfg, source=clean), out, force=force)
     click.echo(f"wrote {out}")
 
 
@@ -96,12 +97,12 @@ def _check_args(out, accel, calib, coils, noise, factor, axis) -> None:
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--out", required=True, help="Output NIfTI (one input) or folder (several).")
-@click.option("--method", type=click.Choice(["prior", "dps", "zero-filled", "cs", "tv", "nlm", "cubic"]), default=None, help="Default: cs (kspace), nlm (denoise), cubic (superres); prior = latent posterior sampling (DDS), dps = latent DPS.")
-@click.option("--task", type=click.Choice(["auto", "kspace", "denoise", "superres"]), default="auto", show_default=True)
-@click.option("--factor", type=int, default=2, show_default=True, help="superres: slice-thickness factor.")
-@click.option("--axis", type=int, default=2, show_default=True, help="superres: slice axis.")
+@click.option("--method", type=click.Choice(ALL_METHODS), default=None, help="Default: cs (kspace), nlm (denoise), cubic (superres); prior = latent posterior sampling (the config's posterior.method, DDS by default), dps = latent DPS.")
+@click.option("--task", type=click.Choice(["auto", *TASKS]), default=None, help="Default: auto (kspace for .h5; other inputs need --task).")
+@click.option("--factor", type=int, default=None, help="superres: slice-thickness factor [2].")
+@click.option("--axis", type=int, default=None, help="superres: slice axis [2].")
 @click.option("--volume-index", type=int, default=None, help="Volume to use from 4-D input.")
-@click.option("--config", "config_path", default=None, help="YAML with ReconstructConfig fields.")
+@click.option("--config", "config_path", default=None, help="YAML with ReconstructConfig fields (options given here override it).")
 @click.option("--set", "overrides", multiple=True, help="Override a config field, e.g. baseline.cs_lambda=0.004.")
 @click.option("--samples", type=int, default=None, help="prior/dps: posterior samples (mean -> OUT, std -> <name>_std.nii.gz).")
 @click.option("--steps", type=int, default=None, help="prior/dps: DDIM steps of the full schedule.")
@@ -115,14 +116,15 @@ def reconstruct(inputs, out, method, task, factor, axis, volume_index, config_pa
     """Reconstruct k-space (.h5), a noisy volume or a thick-slice volume."""
     from ldp_med.pipeline import reconstruct_to_files
 
+    given = {"method": method, "task": task, "factor": factor, "axis": axis}
+    post = {"samples": samples, "steps": steps, "seed": seed}
     cfg = load_config(ReconstructConfig, config_path, overrides)
-    post = {k: v for k, v in {"samples": samples, "steps": steps, "seed": seed}.items() if v is not None}
-    try:
-        posterior = dataclasses.replace(cfg.posterior, **post)
+    try:  # options the user gave override the config; replace() re-validates
+        posterior = dataclasses.replace(cfg.posterior, **{k: v for k, v in post.items() if v is not None})
+        cfg = dataclasses.replace(cfg, posterior=posterior, **{k: v for k, v in given.items() if v is not None})
     except LdpError as exc:
         raise InputError(None, str(exc)) from None
-    cfg = dataclasses.replace(cfg, task=task, factor=factor, axis=axis, posterior=posterior)
-    for path in reconstruct_to_files(list(inputs), out, cfg, method, volume_index, report, force,
+    for path in reconstruct_to_files(list(inputs), out, cfg, volume_index, report, force,
                                      model=model_dir, device=_device(device)):
         click.echo(f"wrote {path}")
 

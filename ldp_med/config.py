@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import yaml
 
 from ldp_med.errors import ConfigError
+from ldp_med.tasks import ALL_METHODS, SAMPLERS, TASKS
 
 T = TypeVar("T")
 
@@ -180,7 +181,7 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides=(
 class SimulateConfig:
     """How ``ldp-med simulate`` degrades a clean volume."""
 
-    task: typing.Literal["kspace", "denoise", "superres"] = "kspace"
+    task: str = "kspace"
     accel: float = 4.0
     mask: typing.Literal["poisson", "random-lines", "equispaced-lines"] = "poisson"
     calib: int = 12
@@ -190,6 +191,10 @@ class SimulateConfig:
     factor: int = 2
     axis: int = 2
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"task {self.task!r} is not one of {list(TASKS)}")
 
 
 @dataclass
@@ -201,14 +206,15 @@ class BaselineConfig:
     cs_wavelet: str = "db4"
     tv_lambda: float = 0.005
     tv_iters: int = 60
-    espirit_calib: int = 12
+    espirit_calib: int | None = None  # None: the k-space file's calib attribute, else 12
     nlm_patch_size: int = 3
     nlm_patch_distance: int = 3
     nlm_h_factor: float = 0.8
 
+    def __post_init__(self) -> None:
+        if self.espirit_calib is not None and self.espirit_calib < 2:
+            raise ConfigError(f"baseline.espirit_calib must be >= 2 (or null for the file's calib), got {self.espirit_calib}")
 
-#: Method names accepted by :class:`PosteriorConfig` and :func:`make_sampler` ("prior" = "dds").
-METHOD_NAMES = ("dds", "prior", "dps")
 
 @dataclass
 class PosteriorConfig:
@@ -261,8 +267,8 @@ class PosteriorConfig:
     coil_energy: float = 0.99
 
     def __post_init__(self) -> None:
-        if self.method not in METHOD_NAMES:
-            raise ConfigError(f"method {self.method!r} is not one of {list(METHOD_NAMES)}")
+        if self.method not in SAMPLERS:
+            raise ConfigError(f"posterior.method {self.method!r} is not one of {list(SAMPLERS)}")
         checks = {
             "steps": self.steps >= 1, "t_start": 0 < self.t_start <= 1, "dc_steps": self.dc_steps >= 0,
             "dc_lam": self.dc_lam > 0, "prior_error": self.prior_error > 0, "cg_iters": self.cg_iters >= 0,
@@ -278,26 +284,47 @@ class PosteriorConfig:
 
 @dataclass
 class ReconstructConfig:
-    """What ``ldp-med reconstruct`` does with one input."""
+    """What ``ldp-med reconstruct`` does with one input (``ldp_med.tasks`` names the tasks and methods).
 
-    method: str = "cs"
-    task: typing.Literal["auto", "kspace", "denoise", "superres"] = "auto"
+    Attributes:
+        method: a method of the task; None means the task's default (``ldp_med.tasks.DEFAULT_METHOD``).
+            ``prior`` runs the sampler ``posterior.method`` names; ``dps`` always runs latent DPS.
+        task: a task, or "auto" (k-space for an .h5 container; other inputs need it given).
+        factor, axis: slice-thickness factor and slice axis (superres).
+    """
+
+    method: str | None = None
+    task: str = "auto"
     factor: int = 2
     axis: int = 2
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
 
+    def __post_init__(self) -> None:
+        if self.task not in ("auto", *TASKS):
+            raise ConfigError(f"task {self.task!r} is not one of {['auto', *TASKS]}")
+        if self.method is not None and self.method not in ALL_METHODS:
+            raise ConfigError(f"method {self.method!r} is not one of {list(ALL_METHODS)}")
+        if self.factor < 2 or self.axis not in (0, 1, 2):
+            raise ConfigError(f"factor must be >= 2 and axis 0, 1 or 2 (got {self.factor}, {self.axis})")
+
 
 @dataclass
 class VAEConfig:
-    """MONAI ``AutoencoderKL`` (3-D, one channel in/out); ``len(channels) - 1`` halvings per axis."""
+    """MONAI ``AutoencoderKL`` (3-D, one channel in/out); ``len(channels) - 1`` halvings per axis.
 
-    channels: tuple[int, ...] = (16, 32, 64)
+    ``num_res_blocks``: one count for every level, or one per level. ``shortcut``: the encoder and decoder
+    learn residuals around space-to-channel maps (:class:`ldp_med.models.shortcut.ShortcutAutoencoderKL`);
+    absent from model folders saved before it existed, which therefore load as plain ``AutoencoderKL``.
+    """
+
+    channels: tuple[int, ...] = (8, 16, 32)
     latent_channels: int = 4
-    num_res_blocks: int = 1
+    num_res_blocks: int | tuple[int, ...] = 1
     norm_num_groups: int = 8
     attention_levels: tuple[bool, ...] = (False, False, False)
     with_nonlocal_attn: bool = False
+    shortcut: bool = False
 
 
 @dataclass
@@ -309,15 +336,15 @@ class UNetConfig:
     through the cross-attention of the attention levels.
     """
 
-    channels: tuple[int, ...] = (64, 128, 128)
-    attention_levels: tuple[bool, ...] = (False, True, True)
+    channels: tuple[int, ...] = (16, 32, 32)
+    attention_levels: tuple[bool, ...] = (False, False, True)
     num_res_blocks: int = 1
-    num_head_channels: int = 32
-    norm_num_groups: int = 16
+    num_head_channels: int = 16
+    norm_num_groups: int = 8
     num_class_embeds: int | None = 5
-    with_conditioning: bool = False
-    cross_attention_dim: int | None = None
-    text_in_time_embedding: bool = False
+    with_conditioning: bool = True
+    cross_attention_dim: int | None = 384
+    text_in_time_embedding: bool = True
 
 
 @dataclass
@@ -328,7 +355,7 @@ class SchedulerConfig:
     schedule: str = "scaled_linear_beta"
     beta_start: float = 0.0015
     beta_end: float = 0.0195
-    prediction_type: typing.Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+    prediction_type: typing.Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
 
 
 #: Classifier-free guidance weight of `ldp-med generate` and :func:`ldp_med.generate` (docs/results.md, issue 5).
@@ -351,7 +378,7 @@ class ModelConfig:
     latent_shift: tuple[float, ...] = ()
     latent_channel_scale: tuple[float, ...] = ()
     class_names: tuple[str, ...] = ("T1w", "T2w", "PD", "FLAIR")
-    text_encoder: str = ""  # the sentence encoder a text-conditioned UNet was trained with ("" = none)
+    text_encoder: str = "sentence-transformers/all-MiniLM-L6-v2"  # the sentence encoder a text-conditioned UNet was trained with ("" = none)
     training_data: str = ""
     ldp_med_version: str = ""
 

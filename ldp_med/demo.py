@@ -14,11 +14,11 @@ from ldp_med.config import ReconstructConfig, SimulateConfig
 from ldp_med.data.template import mni152_template
 from ldp_med.errors import InputError
 from ldp_med.io.atomic import atomic_path, check_output
-from ldp_med.io.kspace import load_kspace
+from ldp_med.io.kspace import load_kspace, save_kspace
 from ldp_med.io.nifti import save_nifti
 from ldp_med.io.volume import Volume
 from ldp_med.metrics import evaluate
-from ldp_med.physics.simulate import simulate_volume
+from ldp_med.physics.simulate import simulate_kspace
 from ldp_med.reconstruct import reconstruct_file
 from ldp_med.report import save_slices_png
 
@@ -45,14 +45,13 @@ def run_demo(out_dir: str | os.PathLike, accel: float = 4.0, seed: int = 0, forc
     clean = mni152_template(2)
     save_nifti(clean, out / "clean.nii.gz", force=force)
     sim = SimulateConfig(task="kspace", accel=accel, mask="poisson", calib=12, coils=8, noise=0.005, seed=seed)
-    simulate_volume(clean, sim, out / "scan.h5", force=force)
+    save_kspace(simulate_kspace(clean, sim), out / "scan.h5", force=force)
     ksp = load_kspace(out / "scan.h5")
-    cfg = ReconstructConfig()
     rows: dict[str, dict[str, float]] = {}
     images = {"reference": ksp.reference}
     for method in methods:
         t0 = time.perf_counter()
-        img = reconstruct_file(out / "scan.h5", cfg, method, progress=True).data
+        img = reconstruct_file(out / "scan.h5", ReconstructConfig(method=method), progress=True).volume.data
         seconds = time.perf_counter() - t0
         save_nifti(Volume(img, ksp.affine, {"method": method}), out / f"{method}.nii.gz", force=force)
         rows[method] = {**evaluate(img, ksp.reference), "seconds": seconds}

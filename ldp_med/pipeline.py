@@ -15,7 +15,8 @@ from ldp_med.io.kspace import load_kspace
 from ldp_med.io.loaders import is_kspace_file, load_volume
 from ldp_med.io.nifti import save_nifti
 from ldp_med.metrics import evaluate
-from ldp_med.reconstruct import PRIOR_METHODS, output_name, reconstruct_file_with_std
+from ldp_med.reconstruct import Reconstruction, output_name, reconstruct_file
+from ldp_med.tasks import PRIOR_METHODS
 
 
 def _outputs(inputs: list[str], out: str, report: str | None) -> list[Path]:
@@ -48,57 +49,52 @@ def std_path(dest: Path) -> Path:
     return dest.with_name(f"{name}_std{dest.name[len(name):]}")
 
 
-def reconstruct_to_files(inputs: list[str], out: str, cfg: ReconstructConfig, method: str | None = None,
-                         volume_index: int | None = None, report: str | None = None, force: bool = False,
-                         model: str | None = None, device: str = "cpu") -> list[Path]:
-    """Reconstruct each input and write ``<out>`` (one input) or ``<out>/<name>.nii.gz`` (several).
+def reconstruct_to_files(inputs: list[str], out: str, cfg: ReconstructConfig, volume_index: int | None = None,
+                         report: str | None = None, force: bool = False, model: str | None = None,
+                         device: str = "cpu") -> list[Path]:
+    """Reconstruct each input with ``cfg`` and write ``<out>`` (one input) or ``<out>/<name>.nii.gz`` (several).
 
     With a prior method and ``cfg.posterior.samples > 1`` the std map goes to ``<name>_std.nii.gz``.
     All destinations are checked before any work starts, so a refused overwrite costs nothing.
     """
     rank, world = _shard()
     pairs = list(zip(inputs, _outputs(inputs, out, report)))[rank::world]  # this rank's share under torchrun
-    with_std = method in PRIOR_METHODS and cfg.posterior.samples > 1
+    with_prior = cfg.method in PRIOR_METHODS
     for _, o in pairs:
         check_output(o, force)
-        if with_std:
+        if with_prior and cfg.posterior.samples > 1:
             check_output(std_path(o), force)
     if report:
         check_output(report, force)
     prior = None
-    if method in PRIOR_METHODS:
+    if with_prior:
         from ldp_med.models.pretrained import load_pretrained
 
         prior = load_pretrained(model, device=device)
     written = []
     for path, dest in tqdm(pairs, desc=f"files (rank {rank})" if world > 1 else "files", disable=len(pairs) < 2):
-        vol, std = reconstruct_file_with_std(path, cfg, method, volume_index, progress=len(inputs) == 1, prior=prior)
-        save_nifti(vol, dest, force=force)
+        rec = reconstruct_file(path, cfg, volume_index, progress=len(inputs) == 1, prior=prior)
+        save_nifti(rec.volume, dest, force=force)
         written.append(dest)
-        if std is not None:
-            save_nifti(std, std_path(dest), force=force)
+        if rec.std is not None:
+            save_nifti(rec.std, std_path(dest), force=force)
             written.append(std_path(dest))
         if report:
-            _write_report(path, vol.data, report, force, None if std is None else std.data)
+            _write_report(path, rec, report, force)
             written.append(Path(report))
     return written
 
 
-def _write_report(path: str, recon: np.ndarray, report: str, force: bool, std: np.ndarray | None = None) -> None:
+#: How the report names each task's pseudo-inverse (the image the data alone gives).
+_PINV_NAMES = {"kspace": "zero-filled", "denoise": "input", "superres": "cubic"}
+
+
+def _write_report(path: str, rec: Reconstruction, report: str, force: bool) -> None:
     from ldp_med.report import save_slices_png
 
-    if is_kspace_file(path):
-        from ldp_med import baselines
-
-        ksp = load_kspace(path)
-        inp = np.abs(baselines.zero_filled(ksp.kspace, ksp.mask, ksp.sensitivity_maps))
-        name = "zero-filled"
-    else:
-        inp = load_volume(path).data
-        name = "input"
-    vols = {name: inp, "reconstruction": recon} if inp.shape == recon.shape else {"reconstruction": recon}
-    if std is not None:
-        vols["posterior std"] = std
+    vols = {_PINV_NAMES[rec.problem.task]: rec.problem.pinv.data, "reconstruction": rec.volume.data}
+    if rec.std is not None:
+        vols["posterior std"] = rec.std.data
     save_slices_png(report, vols, force=force, title=Path(path).name)
 
 

@@ -1,8 +1,17 @@
-"""Reconstruct one input file: pick the task, run the method, return a magnitude volume on the acquisition grid."""
+"""Reconstruct one input: settle the task and method once, load the input once, build its problem once,
+and dispatch through one (task, method) table. The CLI, the Python API and the MONAI integration all
+come through :func:`reconstruct`.
+
+    data = load_input(path, task)                  # KSpaceData or Volume, read once
+    problem = build_problem(data, task, cfg)       # operator, measurements, pseudo-inverse, coil maps
+    result = SOLVERS[task, method](problem, cfg, prior, progress)
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +22,20 @@ from ldp_med.errors import InputError
 from ldp_med.io.kspace import KSpaceData, load_kspace
 from ldp_med.io.loaders import is_kspace_file, load_volume
 from ldp_med.io.volume import Volume
-from ldp_med.physics.degradations import fine_affine
+from ldp_med.problems import Problem, denoise_problem, kspace_problem, superres_problem
+from ldp_med.tasks import DEFAULT_METHOD, METHODS, PRIOR_METHODS
 
-PRIOR_METHODS = ("prior", "dps")
-METHODS = {
-    "kspace": ("zero-filled", "cs", "tv", *PRIOR_METHODS),
-    "denoise": ("nlm", *PRIOR_METHODS),
-    "superres": ("cubic", *PRIOR_METHODS),
-}
-DEFAULT_METHOD = {"kspace": "cs", "denoise": "nlm", "superres": "cubic"}
+__all__ = ["Reconstruction", "resolve_task", "resolve_method", "load_input", "build_problem", "SOLVERS",
+           "reconstruct", "reconstruct_file", "output_name"]
+
+
+@dataclasses.dataclass
+class Reconstruction:
+    """A reconstruction on the acquisition grid: the image, the std map (prior with samples > 1), the problem."""
+
+    volume: Volume
+    std: Volume | None
+    problem: Problem
 
 
 def resolve_task(path: str | os.PathLike, task: str) -> str:
@@ -38,7 +52,7 @@ def resolve_task(path: str | os.PathLike, task: str) -> str:
     return task
 
 
-def resolve_method(path: str | os.PathLike, task: str, method: str | None) -> str:
+def resolve_method(path: str | os.PathLike | None, task: str, method: str | None) -> str:
     """The method to run for ``task`` (its default when ``method`` is None); unknown pairs are errors."""
     method = method or DEFAULT_METHOD[task]
     if method not in METHODS[task]:
@@ -46,100 +60,122 @@ def resolve_method(path: str | os.PathLike, task: str, method: str | None) -> st
     return method
 
 
-def coil_maps(ksp: KSpaceData, calib: int) -> np.ndarray | None:
-    """The file's sensitivity maps; ESPIRiT estimates from the calibration region when it has none."""
-    if ksp.sensitivity_maps is not None or ksp.kspace.shape[0] == 1:
-        return ksp.sensitivity_maps
-    from ldp_med.physics.coils import espirit_maps
-
-    return espirit_maps(ksp.kspace, calib=calib)
-
-
-def reconstruct_kspace(ksp: KSpaceData, method: str, cfg: ReconstructConfig, progress: bool = False) -> np.ndarray:
-    """Magnitude image (X, Y, Z) float32 in the container's ``reference`` units."""
-    b = cfg.baseline
-    maps = coil_maps(ksp, b.espirit_calib)
-    if method == "zero-filled":
-        img = baselines.zero_filled(ksp.kspace, ksp.mask, maps)
-    elif method == "cs":
-        img = baselines.cs_l1_wavelet(ksp.kspace, ksp.mask, maps, b.cs_lambda, b.cs_iters, b.cs_wavelet, progress)
-    elif method == "tv":
-        img = baselines.cs_total_variation(ksp.kspace, ksp.mask, maps, b.tv_lambda, b.tv_iters, progress)
-    else:  # pragma: no cover - resolve_method guards this
-        raise ValueError(method)
-    return np.abs(img).astype(np.float32)
-
-
-def reconstruct_with_prior(path, task: str, method: str, cfg: ReconstructConfig, prior, volume_index=None,
-                           progress: bool = False) -> tuple[Volume, Volume | None]:
-    """Posterior sampling with the latent prior (``prior`` = DDS, ``dps``); returns (mean, std or None)."""
-    from ldp_med.sampling import posterior, tasks
-
+def load_input(path: str | os.PathLike, task: str, volume_index: int | None = None) -> KSpaceData | Volume:
+    """Read ``path`` once: a k-space container for ``kspace``, else a volume (NIfTI / DICOM)."""
     if task == "kspace":
-        problem = tasks.kspace_problem(load_kspace(path), espirit_calib=cfg.baseline.espirit_calib,
-                                       coil_energy=cfg.posterior.coil_energy)
-    else:
-        vol = load_volume(path, volume_index)
-        if task == "denoise":
-            problem = tasks.denoise_problem(vol)
-        else:
-            _check_superres(path, cfg)
-            problem = tasks.superres_problem(vol, cfg.factor, cfg.axis)
-    result = posterior.reconstruct(prior, problem, cfg.posterior, method="dds" if method == "prior" else method,
-                                   progress=progress)
-    meta = {"source": str(path), "method": method, "nfe": result.nfe}
-    mean = result.volume()
-    mean.meta.update(meta)
-    return mean, result.std_volume()
+        if volume_index is not None:
+            raise InputError(path, "a volume index applies to 4-D NIfTI only, not to k-space")
+        return load_kspace(path)
+    return load_volume(path, volume_index)
 
 
-def _check_superres(path, cfg: ReconstructConfig) -> None:
-    if not 0 <= cfg.axis <= 2:
-        raise InputError(path, f"--axis must be 0, 1 or 2, got {cfg.axis}")
-    if cfg.factor < 2:
-        raise InputError(path, f"--factor must be an integer >= 2, got {cfg.factor}")
+def build_problem(data: KSpaceData | Volume, task: str, cfg: ReconstructConfig, noise_std: float | None = None,
+                  source: str | os.PathLike | None = None) -> Problem:
+    """The one builder of each task (every method of the task solves the problem it returns).
+
+    Args:
+        data: k-space container (kspace) or volume (denoise, superres).
+        noise_std: measurement noise std in the data's units; None reads the file's or estimates it.
+        source: the file the data came from (named in errors); a volume's own ``source`` otherwise.
+    """
+    if task == "kspace":
+        if not isinstance(data, KSpaceData):
+            raise TypeError(f"task kspace needs KSpaceData, got {type(data).__name__}")
+        return kspace_problem(data, noise_std, cfg.baseline.espirit_calib, source)
+    if not isinstance(data, Volume):
+        raise TypeError(f"task {task} needs a Volume, got {type(data).__name__}")
+    if source is not None:
+        data = Volume(data.data, data.affine, {**data.meta, "source": str(source)})
+    if task == "denoise":
+        return denoise_problem(data, noise_std)
+    return superres_problem(data, cfg.factor, cfg.axis, noise_std)
 
 
-def reconstruct_file(path: str | os.PathLike, cfg: ReconstructConfig, method: str | None = None,
-                     volume_index: int | None = None, progress: bool = False, prior=None) -> Volume:
-    """Read ``path``, reconstruct it with ``method`` and return the magnitude volume with its affine.
+#: ``(problem, cfg, prior, progress) -> (image, std or None, meta)`` on the problem's acquisition grid.
+Solver = Callable[[Problem, ReconstructConfig, object, bool], tuple[np.ndarray, np.ndarray | None, dict]]
+
+
+def _pinv(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
+    """The problem's pseudo-inverse: zero-filled for kspace, cubic interpolation for superres (``problems``)."""
+    return problem.pinv.data, None, {}
+
+
+def _cs(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
+    b, k = cfg.baseline, problem.kspace
+    img = baselines.cs_l1_wavelet(k.kspace, k.mask, k.sensitivity_maps, b.cs_lambda, b.cs_iters, b.cs_wavelet, progress)
+    return np.abs(img).astype(np.float32), None, {}
+
+
+def _tv(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
+    b, k = cfg.baseline, problem.kspace
+    img = baselines.cs_total_variation(k.kspace, k.mask, k.sensitivity_maps, b.tv_lambda, b.tv_iters, progress)
+    return np.abs(img).astype(np.float32), None, {}
+
+
+def _nlm(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
+    b = cfg.baseline
+    return baselines.denoise_nlm(problem.pinv.data, b.nlm_patch_size, b.nlm_patch_distance, b.nlm_h_factor), None, {}
+
+
+def _posterior(sampler: str | None) -> Solver:
+    """Latent posterior sampling with the sampler ``sampler`` (None: the one ``cfg.posterior.method`` names)."""
+
+    def solve(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
+        from ldp_med.sampling.posterior import reconstruct as sample
+
+        post = cfg.posterior if sampler is None else dataclasses.replace(cfg.posterior, method=sampler)
+        res = sample(prior, problem, post, progress=progress)
+        return res.mean, res.std, {"nfe": res.nfe, "sampler": res.method}
+
+    return solve
+
+
+#: One (task, method) table: every pair the registry (``ldp_med.tasks``) allows, and nothing else.
+SOLVERS: dict[tuple[str, str], Solver] = {
+    ("kspace", "zero-filled"): _pinv, ("kspace", "cs"): _cs, ("kspace", "tv"): _tv,
+    ("denoise", "nlm"): _nlm, ("superres", "cubic"): _pinv,
+    **{(t, "prior"): _posterior(None) for t in METHODS},
+    **{(t, "dps"): _posterior("dps") for t in METHODS},
+}
+assert set(SOLVERS) == {(t, m) for t, ms in METHODS.items() for m in ms}
+
+
+def reconstruct(data: KSpaceData | Volume, task: str, cfg: ReconstructConfig | None = None, prior=None,
+                progress: bool = False, noise_std: float | None = None,
+                source: str | os.PathLike | None = None) -> Reconstruction:
+    """Reconstruct in-memory data with ``cfg.method`` (the task's default when None).
 
     kspace: output on the k-space grid with the container's affine, in ``reference`` units.
     denoise: same grid and units as the input. superres: the fine grid (``cfg.factor`` x thinner
     slices along ``cfg.axis``) with the fine grid's affine.
+
+    Args:
+        prior: a loaded :class:`~ldp_med.models.pretrained.Prior` for the prior methods (None loads the
+            shipped one when needed).
     """
-    return reconstruct_file_with_std(path, cfg, method, volume_index, progress, prior)[0]
+    cfg = cfg or ReconstructConfig()
+    method = resolve_method(source, task, cfg.method)
+    problem = build_problem(data, task, cfg, noise_std, source)
+    if method in PRIOR_METHODS and prior is None:
+        from ldp_med.models.pretrained import load_pretrained
+
+        prior = load_pretrained()
+    mean, std, extra = SOLVERS[task, method](problem, cfg, prior, progress)
+    meta = {**problem.meta, "method": method, **extra}
+    if task == "superres":  # a new grid: the input's header fields no longer describe it
+        meta = {k: v for k, v in meta.items() if k not in ("qform", "sform", "zooms")}
+    vol = Volume(np.asarray(mean, np.float32), problem.affine, meta)
+    std_vol = None if std is None else Volume(np.asarray(std, np.float32), problem.affine, {**meta, "method": f"{method}-std"})
+    return Reconstruction(vol, std_vol, problem)
 
 
-def reconstruct_file_with_std(path: str | os.PathLike, cfg: ReconstructConfig, method: str | None = None,
-                              volume_index: int | None = None, progress: bool = False,
-                              prior=None) -> tuple[Volume, Volume | None]:
-    """Like :func:`reconstruct_file`, also returning the posterior std map (prior methods, samples > 1)."""
+def reconstruct_file(path: str | os.PathLike, cfg: ReconstructConfig | None = None, volume_index: int | None = None,
+                     progress: bool = False, prior=None) -> Reconstruction:
+    """Settle the task for ``path``, read it once and :func:`reconstruct` it."""
+    cfg = cfg or ReconstructConfig()
     task = resolve_task(path, cfg.task)
-    method = resolve_method(path, task, method)
-    if method in PRIOR_METHODS:
-        if prior is None:
-            from ldp_med.models.pretrained import load_pretrained
-
-            prior = load_pretrained()
-        return reconstruct_with_prior(path, task, method, cfg, prior, volume_index, progress)
-    return _reconstruct_classical(path, task, method, cfg, volume_index, progress), None
-
-
-def _reconstruct_classical(path, task: str, method: str, cfg: ReconstructConfig, volume_index, progress) -> Volume:
-    if task == "kspace":
-        ksp = load_kspace(path)
-        data = reconstruct_kspace(ksp, method, cfg, progress)
-        return Volume(data=data, affine=ksp.affine, meta={"source": str(path), "method": method})
-    vol = load_volume(path, volume_index)
-    meta = {"source": str(path), "method": method}
-    if task == "denoise":
-        b = cfg.baseline
-        data = baselines.denoise_nlm(vol.data, b.nlm_patch_size, b.nlm_patch_distance, b.nlm_h_factor)
-        return Volume(data=data, affine=vol.affine, meta={**vol.meta, **meta})
-    _check_superres(path, cfg)
-    data = baselines.cubic_upsample(vol.data, cfg.factor, cfg.axis)
-    return Volume(data=data, affine=fine_affine(vol.affine, cfg.factor, cfg.axis), meta=meta)
+    resolve_method(path, task, cfg.method)  # a wrong pair fails before anything is read
+    return reconstruct(load_input(path, task, volume_index), task, cfg, prior, progress, source=path)
 
 
 def output_name(path: str | os.PathLike) -> str:

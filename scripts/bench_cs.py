@@ -10,6 +10,7 @@ file path (simulate -> .h5 -> reconstruct_file), and sigpy.mri.app.L1WaveletReco
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -19,9 +20,9 @@ import numpy as np
 from benchlib import emit
 from ldp_med.config import ReconstructConfig, SimulateConfig
 from ldp_med.data.template import mni152_template
-from ldp_med.io.kspace import load_kspace
+from ldp_med.io.kspace import load_kspace, save_kspace
 from ldp_med.metrics import evaluate
-from ldp_med.physics.simulate import simulate_volume
+from ldp_med.physics.simulate import simulate_kspace
 from ldp_med.reconstruct import reconstruct_file
 
 
@@ -44,11 +45,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for accel in args.accels:
             h5 = Path(tmp) / f"r{accel:g}.h5"
-            simulate_volume(clean, SimulateConfig(accel=accel, coils=8, noise=0.005, mask="poisson", calib=12, seed=0), h5)
+            sim = SimulateConfig(accel=accel, coils=8, noise=0.005, mask="poisson", calib=12, seed=0)
+            save_kspace(simulate_kspace(clean, sim), h5)
             ksp = load_kspace(h5)
             for method in args.methods:
                 t0 = time.perf_counter()
-                vol = reconstruct_file(h5, cfg, method)
+                vol = reconstruct_file(h5, dataclasses.replace(cfg, method=method)).volume
                 rows.append((accel, ksp.attrs["acceleration"], f"ldp-med {method}", evaluate(vol.data, ksp.reference), time.perf_counter() - t0))
                 print(rows[-1], flush=True)
             for lam in sorted({0.002, cfg.baseline.cs_lambda}):

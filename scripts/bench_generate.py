@@ -8,7 +8,7 @@
 - Fidelity: the share of generated volumes the classifier assigns to the requested contrast, for
   `--contrast` (the class's stored caption embedding), for training captions (random draws from the
   cohort's caption pool, synthetic.caption_pool), and for two sets of paraphrased prompts that never occur
-  in training (PARAPHRASES and PARAPHRASES_B below; checked against every caption of the pool).
+  in training (PARAPHRASES and PARAPHRASES_B of scripts/benchlib.py; checked against every caption of the pool).
 - Diversity: mean pairwise MS-SSIM among N generated volumes of one class, against the same figure
   among N real held-out *test* subjects of that class (seeds from 20000).
 - Time: seconds per volume (DDIM sampling + decode, excluding model loading), batch of N and batch of 1.
@@ -23,38 +23,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchlib import emit
+from benchlib import PARAPHRASES, PARAPHRASES_B, emit
 from ldp_med.config import DEFAULT_GUIDANCE
 from ldp_med.data import synthetic
 from ldp_med.generation_metrics import ContrastClassifier, mean_pairwise_ms_ssim
 from ldp_med.models.pretrained import load_pretrained
-from ldp_med.sampling.generate import decode, null_class, sample_latents
-
-#: Prompts never used in training (the cohort's captions come from synthetic.caption_pool). Set A was
-#: written in session 2; the training vocabulary (synthetic.CONTRAST_SYNONYMS) was widened in session 3
-#: after A's failures showed names the encoder could not place (e.g. "spin-lattice"), so set B was
-#: written together with that vocabulary, before any model trained on it was evaluated.
-PARAPHRASES: dict[str, tuple[str, ...]] = {
-    "T1w": ("T1 weighted MR image of a healthy adult brain", "spin-lattice weighted brain scan of a volunteer",
-            "T1-weighted anatomical head scan", "MPRAGE-like T1 image of a normal brain"),
-    "T2w": ("T2 weighted MR image of a healthy adult brain", "T2-weighted turbo spin echo of the head",
-            "spin-spin relaxation weighted brain MRI", "T2 image of a normal adult brain"),
-    "PD": ("proton density MR image of a healthy adult brain", "PD weighted scan of the head",
-           "proton-density-weighted brain image of a volunteer", "brain MRI with proton density contrast"),
-    "FLAIR": ("fluid-attenuated inversion recovery scan", "FLAIR MR image of a healthy adult brain",
-              "T2 FLAIR image of a normal brain", "dark-fluid inversion recovery brain MRI"),
-}
-PARAPHRASES_B: dict[str, tuple[str, ...]] = {
-    "T1w": ("healthy brain, T1-weighted sequence, 2 mm", "structural T1 MRI of an adult volunteer",
-            "T1 contrast head MRI without pathology", "magnetization-prepared T1 scan of a healthy brain"),
-    "T2w": ("healthy brain, T2-weighted sequence, 2 mm", "T2 contrast head MRI without pathology",
-            "fast spin echo T2 image of an adult volunteer", "transverse-relaxation-weighted scan of a normal brain"),
-    "PD": ("healthy brain, proton-density-weighted sequence, 2 mm", "PD contrast head MRI without pathology",
-           "spin density image of an adult volunteer", "intermediate-weighted proton density brain scan"),
-    "FLAIR": ("healthy brain, FLAIR sequence, 2 mm", "FLAIR contrast head MRI without pathology",
-              "fluid-suppressed T2 image of an adult volunteer", "inversion recovery scan with dark CSF of a normal brain"),
-}
-
+from ldp_med.models.conditioning import null_class
+from ldp_med.sampling.generate import decode, sample_latents
 
 def fit_classifier(cache: str, train: list[dict], n_val: int) -> tuple[ContrastClassifier, float]:
     clf = ContrastClassifier(synthetic.CLASSES).fit([synthetic.load_subject(cache, e) for e in train],

@@ -6,9 +6,10 @@
 
 Volumes: the 2 mm MNI152 template and synthetic *test* subjects (seeds 20000-; their noise-free image
 is the reference). Cases: kspace-r4 / kspace-r8 (8 birdcage coils, complex noise 0.005, Poisson mask,
-12x12 calibration), denoise (Rician 5%), superres (x2 slice thickness along axis 2). Every (volume, case,
-method) runs `reconstruct_file_with_std` on the simulated file in a fresh worker process (this script
-with --worker), which reports PSNR / SSIM / NMSE against the reference (ldp_med.metrics), wall seconds
+12x12 calibration), denoise (Rician 5%), superres (x2 slice thickness along axis 2); the cases, their
+simulation and the Spearman score live in scripts/benchlib.py, shared with tune_prior. Every
+(volume, case, method) runs `ldp_med.reconstruct.reconstruct_file` on the simulated file in a fresh worker process
+(this script with --worker), which reports PSNR / SSIM / NMSE against the reference (ldp_med.metrics), wall seconds
 (model loading included), UNet evaluations (NFE) and its own peak RSS. Prior methods with --samples > 1
 also report the Spearman correlation between the std map and the absolute error inside the head
 (reference > 5% of its maximum).
@@ -26,82 +27,24 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import emit
 
-CASES = {
-    "kspace-r4": dict(task="kspace", accel=4.0, coils=8, noise=0.005, mask="poisson", calib=12),
-    "kspace-r8": dict(task="kspace", accel=8.0, coils=8, noise=0.005, mask="poisson", calib=12),
-    "denoise": dict(task="denoise", noise=0.05, noise_kind="rician"),
-    "superres": dict(task="superres", factor=2, axis=2, noise=0.0),
-}
-METHODS = {"kspace": ("zero-filled", "cs", "tv", "prior", "dps"), "denoise": ("nlm", "prior", "dps"),
-           "superres": ("cubic", "prior", "dps")}
-
-
-def volume_of(name: str, split: str = "test"):
-    """``template`` or a seed of ``split``: (noise-free Volume used as the reference, description)."""
-    from ldp_med.data import synthetic
-    from ldp_med.data.template import mni152_template
-    from ldp_med.io.volume import Volume
-
-    if name == "template":
-        return mni152_template(2), "MNI152 2 mm template"
-    seed = int(name)
-    if synthetic.split_of(seed) != split:
-        raise SystemExit(f"seed {seed} is not a {split} subject")
-    subj = synthetic.make_subject(seed, return_clean=True)
-    return Volume(subj["clean"], subj["affine"], {}), f"test subject {seed} ({subj['contrast']})"
-
-
-def simulate(name: str, case: str, path: Path, split: str = "test") -> np.ndarray:
-    """Write the simulated input of (volume, case) to ``path``; return the reference on the output grid."""
-    from ldp_med.config import SimulateConfig
-    from ldp_med.physics.simulate import simulate_volume
-
-    vol, _ = volume_of(name, split)
-    cfg = SimulateConfig(seed=0, **CASES[case])
-    simulate_volume(vol, cfg, path)
-    ref = vol.data
-    if cfg.task == "superres":  # the fine grid covers the first factor * (n // factor) slices
-        n = ref.shape[cfg.axis] // cfg.factor * cfg.factor
-        ref = np.take(ref, np.arange(n), axis=cfg.axis)
-    return ref
-
-
-def recon_config(case: str):
-    """The ReconstructConfig that matches the simulation of ``case`` (task, slice factor and axis)."""
-    from ldp_med.config import ReconstructConfig, SimulateConfig
-
-    sim = SimulateConfig(**CASES[case])
-    return ReconstructConfig(task=sim.task, factor=sim.factor, axis=sim.axis)
-
-
-def head_mask(ref: np.ndarray) -> np.ndarray:
-    """The head: reference voxels above 5% of its maximum (where the std map is scored)."""
-    return ref > 0.05 * ref.max()
-
-
-def spearman_in_head(std: np.ndarray, recon: np.ndarray, ref: np.ndarray) -> float:
-    """Spearman correlation of the std map with the absolute error, inside :func:`head_mask`."""
-    from scipy.stats import spearmanr
-
-    head = head_mask(ref)
-    return float(spearmanr(std[head], np.abs(recon - ref)[head]).statistic)
+from benchlib import CASES, emit, recon_config, simulate, spearman_in_head
+from ldp_med.tasks import METHODS
 
 
 def worker(args) -> None:
     """One reconstruction in this process; prints a JSON line."""
+    from ldp_med.config import PosteriorConfig
     from ldp_med.io.kspace import load_kspace
     from ldp_med.metrics import evaluate
-    from ldp_med.reconstruct import reconstruct_file_with_std
+    from ldp_med.reconstruct import reconstruct_file
 
     ref = np.load(args.reference)
-    cfg = recon_config(args.case)
-    cfg.posterior.samples = args.samples
-    if args.steps:
-        cfg.posterior.steps = args.steps
+    posterior = PosteriorConfig(samples=args.samples, **({"steps": args.steps} if args.steps else {}))
+    cfg = recon_config(args.case, args.method, posterior)
     t0 = time.perf_counter()
-    vol, std = reconstruct_file_with_std(args.input, cfg, args.method)
+    rec = reconstruct_file(args.input, cfg)
+    vol, std = rec.volume, rec.std
     sec = time.perf_counter() - t0
     if args.input.endswith(".h5"):
         ref = load_kspace(args.input).reference

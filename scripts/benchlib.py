@@ -1,4 +1,10 @@
-"""Shared parts of the benchmark scripts: the validation-only guard of tuning, and the Markdown table with its command."""
+"""Shared parts of the benchmark scripts (they import ldp_med and this module, never each other).
+
+- the validation-only guard of tuning, and the Markdown table with its command;
+- the reconstruction cases of bench_recon / tune_prior: the acquisitions (``CASES``), the simulated input
+  of a (volume, case), the matching ReconstructConfig, and the std-map score inside the head;
+- the unseen paraphrase prompts of bench_generate / probe_captions.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ import os
 import shlex
 import sys
 from pathlib import Path
+
+import numpy as np
 
 
 def require_validation(seeds) -> None:
@@ -25,3 +33,102 @@ def emit(table: str | list[str], out: str | None) -> None:
         threads = os.environ.get("OMP_NUM_THREADS")
         cmd = ("OMP_NUM_THREADS=" + threads + " " if threads else "") + "python " + shlex.join(sys.argv)
         Path(out).write_text(f"{text}\n\nProduced by: `{cmd}`\n")
+
+
+# --- reconstruction cases (bench_recon, tune_prior) ---------------------------------------------------
+
+#: Acquisitions, as SimulateConfig fields: 8 birdcage coils, complex noise 0.005, Poisson mask, 12x12
+#: calibration at R = 4 / 8; Rician 5% noise; x2 slice thickness along axis 2.
+CASES = {
+    "kspace-r4": dict(task="kspace", accel=4.0, coils=8, noise=0.005, mask="poisson", calib=12),
+    "kspace-r8": dict(task="kspace", accel=8.0, coils=8, noise=0.005, mask="poisson", calib=12),
+    "denoise": dict(task="denoise", noise=0.05, noise_kind="rician"),
+    "superres": dict(task="superres", factor=2, axis=2, noise=0.0),
+}
+
+
+def volume_of(name: str, split: str = "test"):
+    """``template`` or a seed of ``split``: (noise-free Volume used as the reference, description)."""
+    from ldp_med.data import synthetic
+    from ldp_med.data.template import mni152_template
+    from ldp_med.io.volume import Volume
+
+    if name == "template":
+        return mni152_template(2), "MNI152 2 mm template"
+    seed = int(name)
+    if synthetic.split_of(seed) != split:
+        raise SystemExit(f"seed {seed} is not a {split} subject")
+    subj = synthetic.make_subject(seed, return_clean=True)
+    return Volume(subj["clean"], subj["affine"], {}), f"test subject {seed} ({subj['contrast']})"
+
+
+def simulate(name: str, case: str, path: Path, split: str = "test") -> np.ndarray:
+    """Write the simulated input of (volume, case) to ``path``; return the reference on the output grid."""
+    from ldp_med.config import SimulateConfig
+    from ldp_med.io import save_output
+    from ldp_med.physics.simulate import simulate as simulate_data
+
+    vol, _ = volume_of(name, split)
+    cfg = SimulateConfig(seed=0, **CASES[case])
+    save_output(simulate_data(vol, cfg), path)  # k-space -> .h5, a volume -> NIfTI
+    ref = vol.data
+    if cfg.task == "superres":  # the fine grid covers the first factor * (n // factor) slices
+        n = ref.shape[cfg.axis] // cfg.factor * cfg.factor
+        ref = np.take(ref, np.arange(n), axis=cfg.axis)
+    return ref
+
+
+def recon_config(case: str, method: str | None = None, posterior=None):
+    """The ReconstructConfig that matches the simulation of ``case`` (task, slice factor and axis).
+
+    Args:
+        case: a key of :data:`CASES`.
+        method: the method to run (None: the task's default).
+        posterior: the PosteriorConfig to carry (default: PosteriorConfig's defaults).
+    """
+    from ldp_med.config import PosteriorConfig, ReconstructConfig, SimulateConfig
+
+    sim = SimulateConfig(**CASES[case])
+    return ReconstructConfig(method=method, task=sim.task, factor=sim.factor, axis=sim.axis,
+                             posterior=PosteriorConfig() if posterior is None else posterior)
+
+
+def head_mask(ref: np.ndarray) -> np.ndarray:
+    """The head: reference voxels above 5% of its maximum (where the std map is scored)."""
+    return ref > 0.05 * ref.max()
+
+
+def spearman_in_head(std: np.ndarray, recon: np.ndarray, ref: np.ndarray) -> float:
+    """Spearman correlation of the std map with the absolute error, inside :func:`head_mask`."""
+    from scipy.stats import spearmanr
+
+    head = head_mask(ref)
+    return float(spearmanr(std[head], np.abs(recon - ref)[head]).statistic)
+
+
+# --- prompts never used in training (bench_generate, probe_captions) ----------------------------------
+
+#: Prompts never used in training (the cohort's captions come from synthetic.caption_pool). Set A was
+#: written in session 2; the training vocabulary (synthetic.CONTRAST_SYNONYMS) was widened in session 3
+#: after A's failures showed names the encoder could not place (e.g. "spin-lattice"), so set B was
+#: written together with that vocabulary, before any model trained on it was evaluated.
+PARAPHRASES: dict[str, tuple[str, ...]] = {
+    "T1w": ("T1 weighted MR image of a healthy adult brain", "spin-lattice weighted brain scan of a volunteer",
+            "T1-weighted anatomical head scan", "MPRAGE-like T1 image of a normal brain"),
+    "T2w": ("T2 weighted MR image of a healthy adult brain", "T2-weighted turbo spin echo of the head",
+            "spin-spin relaxation weighted brain MRI", "T2 image of a normal adult brain"),
+    "PD": ("proton density MR image of a healthy adult brain", "PD weighted scan of the head",
+           "proton-density-weighted brain image of a volunteer", "brain MRI with proton density contrast"),
+    "FLAIR": ("fluid-attenuated inversion recovery scan", "FLAIR MR image of a healthy adult brain",
+              "T2 FLAIR image of a normal brain", "dark-fluid inversion recovery brain MRI"),
+}
+PARAPHRASES_B: dict[str, tuple[str, ...]] = {
+    "T1w": ("healthy brain, T1-weighted sequence, 2 mm", "structural T1 MRI of an adult volunteer",
+            "T1 contrast head MRI without pathology", "magnetization-prepared T1 scan of a healthy brain"),
+    "T2w": ("healthy brain, T2-weighted sequence, 2 mm", "T2 contrast head MRI without pathology",
+            "fast spin echo T2 image of an adult volunteer", "transverse-relaxation-weighted scan of a normal brain"),
+    "PD": ("healthy brain, proton-density-weighted sequence, 2 mm", "PD contrast head MRI without pathology",
+           "spin density image of an adult volunteer", "intermediate-weighted proton density brain scan"),
+    "FLAIR": ("healthy brain, FLAIR sequence, 2 mm", "FLAIR contrast head MRI without pathology",
+              "fluid-suppressed T2 image of an adult volunteer", "inversion recovery scan with dark CSF of a normal brain"),
+}

@@ -3,8 +3,9 @@
     python scripts/probe_captions.py
 
 Fits a logistic regression (scikit-learn, C = 1) on the all-MiniLM-L6-v2 embeddings of every caption
-of synthetic.caption_pool and reports its accuracy on bench_generate's unseen paraphrase sets: the
-ceiling for a prior whose text path is a linear map of the embedding (needs ldp-med[eval,text]).
+of synthetic.caption_pool and reports its accuracy on bench_generate's unseen paraphrase sets (kept in
+scripts/benchlib.py): the ceiling for a prior whose text path is a linear map of the embedding (needs
+ldp-med[eval,text]).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from bench_generate import PARAPHRASES, PARAPHRASES_B
+from benchlib import PARAPHRASES, PARAPHRASES_B
 from ldp_med.data import synthetic
 from ldp_med.models.text import load_text_encoder
 

@@ -20,7 +20,7 @@ import torch
 from benchlib import emit, require_validation
 
 from ldp_med.data import synthetic
-from ldp_med.data.transforms import PercentileScaleIntensity
+from ldp_med.space import PercentileScaleIntensity
 from ldp_med.models.pretrained import load_pretrained
 from ldp_med.physics.noise import rician_mean
 

@@ -3,9 +3,9 @@
     OMP_NUM_THREADS=1 python scripts/tune_prior.py --seeds 10000 10001 --case kspace-r8 \\
         --grid prior_error=0.02,0.03,0.05 t_start=0.3,0.5 --out docs/tune_prior_r8.md
 
-Each grid point runs `reconstruct_file_with_std` (method prior, --samples posterior samples, default
-one) on the simulated file of each seed (the acquisitions of scripts/bench_recon.py) and reports mean
-PSNR / SSIM and seconds; with --samples > 1 also the Spearman correlation of the std map with the
+Each grid point runs `reconstruct_file` (method prior, --samples posterior samples, default
+one) on the simulated file of each seed (bench_recon's acquisitions, scripts/benchlib.py) and reports
+mean PSNR / SSIM and seconds; with --samples > 1 also the Spearman correlation of the std map with the
 absolute error inside the head (bench_recon's definition) and the ratio of the median std to the median
 absolute error there (how much of the error the samples' spread shows).
 """
@@ -19,14 +19,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import emit, require_validation
-from bench_recon import CASES, head_mask, recon_config, simulate, spearman_in_head
-
-from ldp_med.config import apply_overrides
+from benchlib import CASES, emit, head_mask, recon_config, require_validation, simulate, spearman_in_head
+from ldp_med.config import PosteriorConfig, apply_overrides
 from ldp_med.io.kspace import load_kspace
 from ldp_med.metrics import evaluate
 from ldp_med.models.pretrained import load_pretrained
-from ldp_med.reconstruct import reconstruct_file_with_std
+from ldp_med.reconstruct import reconstruct_file
 
 
 def main() -> None:
@@ -52,12 +50,13 @@ def main() -> None:
             ref = simulate(str(s), args.case, path, split="val")
             files.append((path, load_kspace(path).reference if task == "kspace" else ref))
         for values in itertools.product(*grid.values()):
-            cfg = recon_config(args.case)
-            cfg.posterior = apply_overrides(cfg.posterior, [f"{k}={v}" for k, v in zip(grid, values)] + [f"samples={args.samples}"])
+            posterior = apply_overrides(PosteriorConfig(), [f"{k}={v}" for k, v in zip(grid, values)] + [f"samples={args.samples}"])
+            cfg = recon_config(args.case, "prior", posterior)
             scores, secs, rho, ratio = [], [], [], []
             for path, ref in files:
                 t0 = time.perf_counter()
-                vol, std = reconstruct_file_with_std(path, cfg, "prior", prior=prior)
+                rec = reconstruct_file(path, cfg, prior=prior)
+                vol, std = rec.volume, rec.std
                 secs.append(time.perf_counter() - t0)
                 scores.append(evaluate(vol.data, ref))
                 if std is not None:

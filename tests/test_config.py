@@ -63,3 +63,12 @@ def test_bad_base_is_a_config_error(tmp_path, text, match):
     p.write_text(text)
     with pytest.raises(ConfigError, match=match):
         load_config(SimulateConfig, p)
+
+
+def test_model_config_defaults_describe_the_shipped_model():
+    from ldp_med.config import ModelConfig, to_dict
+    from ldp_med.models.pretrained import DEFAULT_MODEL_DIR, read_config
+
+    shipped, default = to_dict(read_config(DEFAULT_MODEL_DIR)), to_dict(ModelConfig())
+    for key in ("grid", "voxel_mm", "vae", "unet", "scheduler", "class_names", "text_encoder"):
+        assert default[key] == shipped[key], key

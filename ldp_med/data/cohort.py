@@ -28,8 +28,8 @@ class TrainingImages:
 
 
 def model_units(image: np.ndarray) -> np.ndarray:
-    """Scale an image exactly as :class:`~ldp_med.data.transforms.ToModelSpace` does (0..99.5th percentile -> [0, 1])."""
-    from ldp_med.data.transforms import PercentileScaleIntensity
+    """Scale an image exactly as :class:`~ldp_med.space.ToModelSpace` does (0..99.5th percentile -> [0, 1])."""
+    from ldp_med.space import PercentileScaleIntensity
 
     return np.asarray(PercentileScaleIntensity()(torch.from_numpy(image)[None]))[0].astype(np.float32)
 

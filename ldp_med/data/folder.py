@@ -10,7 +10,7 @@ A *source* is one of:
   ``{"image": path}`` objects. Relative paths are resolved against the list file's folder.
 
 :func:`load_folder` moves every scan to the model grid with
-``ToModelSpaced(crop_foreground=True)`` (see :mod:`ldp_med.data.transforms`) and caches the result
+``ToModelSpaced(crop_foreground=True)`` (see :mod:`ldp_med.space`) and caches the result
 per scan in ``cache_dir/folder-<hash>/``, where ``<hash>`` covers the model-space settings (grid,
 voxel size, percentile, cropping) and the MONAI version. Each scan's cache file name is MONAI's
 hash of ``{"image": path, "stamp": size and mtime}``, so an edited or replaced file is re-read
@@ -31,7 +31,7 @@ import torch
 from monai.data import PersistentDataset
 from monai.transforms import Compose, MapTransform
 
-from ldp_med.data.transforms import DEFAULT_UPPER_PERCENTILE, ToModelSpaced
+from ldp_med.space import DEFAULT_UPPER_PERCENTILE, ToModelSpaced
 from ldp_med.errors import InputError, LdpError
 from ldp_med.io.loaders import is_dicom_file, load_volume
 from ldp_med.io.nifti import is_nifti_path

@@ -24,16 +24,16 @@ from monai.data.utils import collate_meta_tensor
 from monai.inferers import Inferer
 from monai.transforms import MapTransform, Transform
 
+from ldp_med.config import BaselineConfig, PosteriorConfig, ReconstructConfig
 from ldp_med.errors import InputError
 from ldp_med.io.kspace import KSpaceData
 from ldp_med.io.volume import Volume
 from ldp_med.models.pretrained import Prior
-from ldp_med.sampling.posterior import PosteriorConfig, PosteriorResult, reconstruct
-from ldp_med.sampling.tasks import denoise_problem, kspace_problem, superres_problem
+from ldp_med.reconstruct import Reconstruction, reconstruct
+from ldp_med.tasks import TASKS
 
 __all__ = ["LatentPriorReconstruct", "LatentPriorReconstructd", "LatentPosteriorInferer"]
 
-TASKS = ("denoise", "superres", "kspace")
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -42,40 +42,32 @@ def _is_lps(meta: Mapping) -> bool:
 
 
 class LatentPriorReconstruct(Transform):
-    """Reconstruct one image with the latent posterior sampler.
+    """Reconstruct one image with the latent posterior sampler (the same path as ``ldp-med reconstruct``).
 
     Args:
         prior: the latent diffusion prior.
         task: "denoise" or "superres" for images ("kspace" takes a :class:`KSpaceData`).
         config: sampler settings (:class:`PosteriorConfig`; defaults if None).
         factor, axis: slice-thickness factor and axis (superres).
-        noise_std: measurement noise std in the image's units; None estimates it.
+        noise_std: measurement noise std in the image's units; None reads the file's or estimates it.
         return_std: return ``(mean, std)`` (std None for one sample) instead of the mean.
         progress: progress bar over the steps.
+        baseline: classical settings the problem builder reads (ESPIRiT calibration width); defaults if None.
     """
 
     def __init__(self, prior: Prior, task: str = "denoise", config: PosteriorConfig | None = None, factor: int = 2,
-                 axis: int = 2, noise_std: float | None = None, return_std: bool = False, progress: bool = False):
+                 axis: int = 2, noise_std: float | None = None, return_std: bool = False, progress: bool = False,
+                 baseline: BaselineConfig | None = None):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-        self.prior, self.task, self.config = prior, task, config or PosteriorConfig()
-        self.factor, self.axis, self.noise_std = factor, axis, noise_std
-        self.return_std, self.progress = return_std, progress
+        self.prior, self.task = prior, task
+        self.cfg = ReconstructConfig(method="prior", task=task, factor=factor, axis=axis,
+                                     baseline=baseline or BaselineConfig(), posterior=config or PosteriorConfig())
+        self.noise_std, self.return_std, self.progress = noise_std, return_std, progress
 
-    def result(self, data: Volume | KSpaceData, prior: Prior | None = None) -> PosteriorResult:
+    def result(self, data: Volume | KSpaceData, prior: Prior | None = None) -> Reconstruction:
         """Run the sampler on a :class:`Volume` (denoise / superres) or :class:`KSpaceData` (kspace)."""
-        prior = prior or self.prior
-        if self.task == "kspace":
-            if not isinstance(data, KSpaceData):
-                raise TypeError(f"task kspace needs KSpaceData, got {type(data).__name__}")
-            problem = kspace_problem(data, self.noise_std, coil_energy=self.config.coil_energy)
-        elif isinstance(data, KSpaceData):
-            raise TypeError(f"task {self.task} needs an image, got KSpaceData")
-        elif self.task == "denoise":
-            problem = denoise_problem(data, self.noise_std)
-        else:
-            problem = superres_problem(data, self.factor, self.axis, self.noise_std)
-        return reconstruct(prior, problem, self.config, progress=self.progress)
+        return reconstruct(data, self.task, self.cfg, prior or self.prior, self.progress, self.noise_std)
 
     def __call__(self, img, prior: Prior | None = None):
         """Channel-first MetaTensor (1, X, Y, Z) (or a KSpaceData for kspace) -> MetaTensor (1, X', Y', Z').
@@ -85,8 +77,8 @@ class LatentPriorReconstruct(Transform):
         """
         if isinstance(img, KSpaceData):
             res = self.result(img, prior)
-            mean = MetaTensor(torch.from_numpy(res.mean)[None], affine=torch.as_tensor(res.affine))
-            std = None if res.std is None else MetaTensor(torch.from_numpy(res.std)[None], affine=torch.as_tensor(res.affine))
+            mean, std = (None if v is None else MetaTensor(torch.from_numpy(v.data)[None], affine=torch.as_tensor(v.affine))
+                         for v in (res.volume, res.std))
             return (mean, std) if self.return_std else mean
         if not isinstance(img, MetaTensor):
             raise TypeError(f"expected a channel-first MetaTensor with an affine (LoadImage + EnsureChannelFirst), "
@@ -99,9 +91,9 @@ class LatentPriorReconstruct(Transform):
         affine = _LPS @ affine if lps else affine
         vol = Volume(img[0].detach().cpu().numpy().astype(np.float32), affine, {"source": source} if source else {})
         res = self.result(vol, prior)
-        out_affine = _LPS @ res.affine if lps else res.affine
-        mean = self._wrap(res.mean, out_affine, img)
-        std = None if res.std is None else self._wrap(res.std, out_affine, img)
+        out_affine = _LPS @ res.volume.affine if lps else res.volume.affine
+        mean = self._wrap(res.volume.data, out_affine, img)
+        std = None if res.std is None else self._wrap(res.std.data, out_affine, img)
         return (mean, std) if self.return_std else mean
 
     @staticmethod

@@ -2,7 +2,7 @@
 
 from ldp_med.io.dicom import load_dicom
 from ldp_med.io.kspace import KSpaceData, load_kspace, save_kspace
-from ldp_med.io.loaders import is_kspace_file, load_volume
+from ldp_med.io.loaders import is_kspace_file, load_volume, save_output
 from ldp_med.io.nifti import load_nifti, save_nifti
 from ldp_med.io.volume import Volume, check_volume_array
 
@@ -13,6 +13,7 @@ __all__ = [
     "save_nifti",
     "load_dicom",
     "load_volume",
+    "save_output",
     "is_kspace_file",
     "KSpaceData",
     "load_kspace",

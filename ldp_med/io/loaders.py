@@ -1,4 +1,5 @@
-"""Format dispatch: pick the reader for a path from what it is (folder, suffix, DICOM marker)."""
+"""Format dispatch: pick the reader for a path from what it is (folder, suffix, DICOM marker), and the
+writer for data from its kind (k-space container or volume)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from pathlib import Path
 
 from ldp_med.errors import InputError
 from ldp_med.io.dicom import load_dicom
-from ldp_med.io.nifti import is_nifti_path, load_nifti
+from ldp_med.io.kspace import KSpaceData, save_kspace
+from ldp_med.io.nifti import is_nifti_path, load_nifti, save_nifti
 from ldp_med.io.volume import Volume
 
-__all__ = ["load_volume", "is_kspace_file", "is_dicom_file"]
+__all__ = ["load_volume", "save_output", "is_kspace_file", "is_dicom_file"]
 
 _DICOM_SUFFIXES = (".dcm", ".ima")
 _KSPACE_SUFFIXES = (".h5", ".hdf5")
@@ -63,3 +65,22 @@ def load_volume(path: str | os.PathLike, volume_index: int | None = None) -> Vol
     if is_kspace_file(path):
         raise InputError(path, "is a k-space container (HDF5), not a volume; read it with load_kspace")
     raise InputError(path, "unrecognised format (expected NIfTI .nii/.nii.gz or a DICOM folder)")
+
+
+def save_output(data: KSpaceData | Volume, path: str | os.PathLike, force: bool = False) -> Path:
+    """Write k-space with :func:`~ldp_med.io.kspace.save_kspace`, a volume with :func:`~ldp_med.io.nifti.save_nifti`.
+
+    Args:
+        data: a k-space container (``path`` ``.h5``/``.hdf5``) or a volume (``path`` ``.nii``/``.nii.gz``).
+        path: destination.
+        force: overwrite an existing file.
+
+    Returns:
+        The destination path.
+
+    Raises:
+        InputError: naming ``path``, as raised by the writer.
+    """
+    if isinstance(data, KSpaceData):
+        return save_kspace(data, path, force=force)
+    return save_nifti(data, path, force=force)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ldp_med.data.transforms import ToModelSpace
+from ldp_med.space import ToModelSpace
 from ldp_med.errors import LdpError
 from ldp_med.io.volume import Volume
 from ldp_med.models.pretrained import Prior

@@ -8,16 +8,21 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 from ldp_med.config import ModelConfig, SchedulerConfig, UNetConfig, VAEConfig
 from ldp_med.errors import ConfigError
+from ldp_med.models.shortcut import ShortcutAutoencoderKL
 
 def build_vae(cfg: VAEConfig) -> AutoencoderKL:
-    """3-D ``AutoencoderKL``, 1 channel in/out, ``cfg.latent_channels`` latent channels."""
-    return AutoencoderKL(
+    """3-D ``AutoencoderKL`` (with residual shortcuts if ``cfg.shortcut``), 1 channel in/out."""
+    nrb = cfg.num_res_blocks if isinstance(cfg.num_res_blocks, int) else tuple(cfg.num_res_blocks)
+    args = dict(
         spatial_dims=3, in_channels=1, out_channels=1, channels=tuple(cfg.channels),
-        latent_channels=cfg.latent_channels, num_res_blocks=cfg.num_res_blocks,
+        latent_channels=cfg.latent_channels, num_res_blocks=nrb,
         norm_num_groups=cfg.norm_num_groups, attention_levels=tuple(cfg.attention_levels),
         with_encoder_nonlocal_attn=cfg.with_nonlocal_attn, with_decoder_nonlocal_attn=cfg.with_nonlocal_attn,
         include_fc=False,
     )
+    if cfg.shortcut:
+        return ShortcutAutoencoderKL(factor=2 ** (len(cfg.channels) - 1), **args)
+    return AutoencoderKL(**args)
 
 class TextAndClassEmbedding(torch.nn.Embedding):
     """MONAI's class embedding (same weights) plus a linear map of the caption embedding.
@@ -97,6 +102,11 @@ def check_model_config(cfg: ModelConfig) -> None:
         raise ConfigError(f"model grid {tuple(cfg.grid)} is not divisible by the VAE factor {f}")
     if any((n // f) % g for n in cfg.grid):
         raise ConfigError(f"latent grid {cfg.latent_shape[1:]} is not divisible by the UNet factor {g}")
+    nrb = cfg.vae.num_res_blocks
+    if not isinstance(nrb, int) and len(nrb) != len(cfg.vae.channels):
+        raise ConfigError(f"vae.num_res_blocks {tuple(nrb)} needs one entry per channels entry {tuple(cfg.vae.channels)}")
+    if cfg.vae.shortcut and f**3 % cfg.vae.latent_channels:
+        raise ConfigError(f"vae.shortcut needs latent_channels dividing {f}^3 = {f**3}, got {cfg.vae.latent_channels}")
     if len(cfg.vae.attention_levels) != len(cfg.vae.channels) or len(cfg.unet.attention_levels) != len(cfg.unet.channels):
         raise ConfigError("attention_levels must have one entry per channels entry (vae and unet)")
 

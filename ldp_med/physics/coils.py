@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ldp_med.physics.masks import require_sigpy
+from ldp_med.errors import require
 
 
 def birdcage_maps(
@@ -42,7 +42,7 @@ def birdcage_maps(
         ``(C, X, Y, Z)`` complex64.
 
     Raises:
-        MissingDependencyError: sigpy is not installed.
+        MissingDependencyError: sigpy (the eval extra) is not installed or does not import.
         ValueError: invalid arguments.
     """
     shape = tuple(int(s) for s in shape_xyz)
@@ -52,8 +52,7 @@ def birdcage_maps(
         raise ValueError(f"n_coils must be >= 1; got {n_coils}")
     if not r > 0:
         raise ValueError(f"r must be > 0; got {r}")
-    require_sigpy("birdcage coil maps")
-    import sigpy.mri
+    sigpy = require("sigpy", "sigpy.mri", feature="birdcage coil maps")
 
     maps = sigpy.mri.birdcage_maps((int(n_coils), *shape), r=float(r), dtype=np.complex128)
     # sigpy already divides by the RSS; redo it in double precision so the identity is exact in complex64
@@ -104,7 +103,7 @@ def espirit_maps(
         ``(C, X, Y, Z)`` complex64 maps.
 
     Raises:
-        MissingDependencyError: sigpy is not installed.
+        MissingDependencyError: sigpy (the eval extra) is not installed or does not import.
         ValueError: bad shape or parameters.
     """
     if hasattr(kspace, "detach"):  # torch tensor
@@ -122,8 +121,7 @@ def espirit_maps(
         )
     if not 0 <= crop < 1:
         raise ValueError(f"crop must be in [0, 1); got {crop}")
-    require_sigpy("ESPIRiT coil maps")
-    from sigpy.mri.app import EspiritCalib
+    EspiritCalib = require("sigpy.mri.app", feature="ESPIRiT coil maps").EspiritCalib
 
     ksp = np.ascontiguousarray(ksp, dtype=np.complex64)  # complex64 halves the (X*Y*Z, C, C) covariance
     maps = EspiritCalib(

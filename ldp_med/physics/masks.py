@@ -12,26 +12,11 @@ import warnings
 
 import numpy as np
 
-from ldp_med.errors import LdpError
+from ldp_med.errors import require
 
 Seed = int | np.random.Generator
 
 MASK_KINDS = ("poisson", "random-lines", "equispaced-lines")
-
-
-class MissingDependencyError(LdpError, ImportError):
-    """An optional dependency (e.g. sigpy) is needed for this feature but is not installed."""
-
-
-def require_sigpy(feature: str):
-    """Import sigpy lazily; raise :class:`MissingDependencyError` with an install hint if absent."""
-    try:
-        import sigpy  # noqa: F401
-        import sigpy.mri  # noqa: F401
-        import sigpy.mri.app  # noqa: F401
-    except ImportError as e:
-        raise MissingDependencyError(f"sigpy is required for {feature}: pip install 'ldp-med[eval]'") from e
-    return sigpy
 
 
 def realised_acceleration(mask: np.ndarray) -> float:
@@ -91,7 +76,7 @@ def poisson_mask(shape_yz, accel: float, calib: int = 12, seed: Seed = 0) -> np.
         float32 ``(Y, Z)`` mask of 0/1.
 
     Raises:
-        MissingDependencyError: sigpy is not installed.
+        MissingDependencyError: sigpy (the eval extra) is not installed or does not import.
         ValueError: invalid arguments, e.g. a calibration square larger than the sample budget.
     """
     shape = _check_shape(shape_yz)
@@ -106,8 +91,7 @@ def poisson_mask(shape_yz, accel: float, calib: int = 12, seed: Seed = 0) -> np.
         raise ValueError(f"seed must be in [0, 2**32); got {seed}")
     if accel == 1:
         return np.ones(shape, np.float32)
-    require_sigpy("Poisson masks")
-    import sigpy.mri
+    sigpy = require("sigpy", "sigpy.mri", feature="Poisson masks")
 
     cs = (_centre_slice(shape[0], calib), _centre_slice(shape[1], calib))
     kernel = getattr(getattr(sigpy.mri, "samp", None), "_poisson", None)

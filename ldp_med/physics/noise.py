@@ -1,14 +1,16 @@
-"""Seeded noise and phase simulation.
+"""Seeded noise and phase simulation, and noise-level estimation from data.
 
-Every function takes ``generator``: a ``torch.Generator``, an int seed (a fresh CPU generator is
-seeded with it) or None (torch's global RNG). Noise is drawn on the generator's device and moved
-to the data's device, so a given seed gives the same numbers whatever device the data is on.
+Every simulating function takes ``generator``: a ``torch.Generator``, an int seed (a fresh CPU
+generator is seeded with it) or None (torch's global RNG). Noise is drawn on the generator's device
+and moved to the data's device, so a given seed gives the same numbers whatever device the data is on.
+The estimators (:func:`estimate_kspace_noise`, :func:`estimate_image_noise`) are deterministic numpy code.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ldp_med.physics.fft import fftnc, ifftnc
@@ -158,3 +160,57 @@ def smooth_random_phase(
     if peak == 0:  # only for degenerate 1-voxel grids
         return torch.zeros(shape, dtype=torch.float32, device=device)
     return (field * (max_phase / peak)).clamp(-max_phase, max_phase).to(torch.float32)
+
+
+def _robust_std(v: np.ndarray) -> float:
+    """Std of zero-mean Gaussian samples from the median absolute value (robust to a little signal)."""
+    return float(1.482602 * np.median(np.abs(v))) if v.size else 0.0
+
+
+def estimate_kspace_noise(kspace: np.ndarray, mask: np.ndarray, fraction: float = 0.05) -> float:
+    """Noise std per real / imaginary component from the outermost sampled k-space.
+
+    The sampled entries farthest from the k-space centre (the outermost ``fraction`` of them by
+    normalised radius, 1 being the edge of each axis) carry the least signal; the robust
+    (median-based) std of their real and imaginary parts estimates the noise. Residual signal biases
+    it upwards: on the simulated 2 mm MNI template (8 coils, R=4) it gave 0.0075 for a true 0.005 and
+    0.021 for 0.02; sharp-edged phantoms are worse. Prefer the file's ``noise_std`` when it exists.
+
+    Args:
+        kspace: complex (C, X, Y, Z), centred convention (DC at ``n // 2``), zeros where unsampled.
+        mask: 0/1 array broadcastable to (X, Y, Z), typically (1, Y, Z).
+        fraction: share of the sampled entries (the outermost) used, in (0, 1].
+
+    Returns:
+        The estimated sigma (>= 0) in k-space units (0 when nothing is sampled).
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    k = np.asarray(kspace)
+    shape = k.shape[1:]
+    sampled = np.broadcast_to(np.asarray(mask) != 0, shape)
+    axes = [((np.arange(n) - n // 2) / max(n / 2, 1)) ** 2 for n in shape]
+    radius = np.sqrt(axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :])
+    valid = radius[sampled]
+    if valid.size == 0:
+        return 0.0
+    pick = sampled & (radius >= np.quantile(valid, 1 - fraction))
+    v = k[:, pick]
+    return _robust_std(np.concatenate([v.real.ravel(), v.imag.ravel()]))
+
+
+def estimate_image_noise(volume: np.ndarray) -> float:
+    """Gaussian noise std of a real image, scikit-image ``estimate_sigma`` (wavelet MAD).
+
+    For Rician (magnitude) noise this is close to the underlying Gaussian sigma where the signal is
+    well above the noise.
+
+    Args:
+        volume: real (X, Y, Z) image (any N-D array works); cast to float32 first.
+
+    Returns:
+        The estimated sigma (>= 0) in the image's units.
+    """
+    from skimage.restoration import estimate_sigma
+
+    return float(estimate_sigma(np.asarray(volume, np.float32), channel_axis=None))

@@ -4,9 +4,14 @@ Intensity convention (docs/formats.md): k-space is simulated from the clean volu
 99.9th percentile (``scale``), multiplied by a smooth random phase, so that the stored
 ``reference`` is ~[0, 1] and k-space is complex-valued; denoise and superres keep the input's units
 and the noise sigma is relative to the clean 99.9th percentile.
+
+Nothing here writes files: :func:`simulate` returns the data and the caller saves it
+(``ldp_med.io.save_output``).
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import torch
@@ -104,17 +109,25 @@ def simulate_superres(volume: Volume, cfg: SimulateConfig) -> Volume:
     return Volume(data=np.asarray(coarse, np.float32), affine=affine, meta=meta)
 
 
-def simulate_volume(volume: Volume, cfg: SimulateConfig, out, force: bool = False, source=None) -> None:
-    """Simulate ``cfg.task`` from ``volume`` and write it atomically to ``out`` (.h5 or NIfTI)."""
-    from ldp_med.io.kspace import save_kspace
-    from ldp_med.io.nifti import save_nifti
+def simulate(volume: Volume, cfg: SimulateConfig, source: str | os.PathLike | None = None) -> KSpaceData | Volume:
+    """Simulate ``cfg.task`` from ``volume``; nothing is written (the caller saves the result).
 
+    Args:
+        volume: the clean volume, data (X, Y, Z).
+        cfg: the simulation settings; ``cfg.task`` picks :func:`simulate_kspace` (``"kspace"``),
+            :func:`simulate_denoise` (``"denoise"``) or :func:`simulate_superres` (``"superres"``).
+        source: the clean volume's file, recorded as ``attrs["source"]`` of k-space (kspace only).
+
+    Returns:
+        KSpaceData for ``"kspace"`` (save with ``ldp_med.io.kspace.save_kspace``), else a Volume of
+        shape (X, Y, Z), or thick-slice (X, Y, Z // factor along ``cfg.axis``) for superres (save with
+        ``ldp_med.io.nifti.save_nifti``); ``ldp_med.io.save_output`` writes either.
+    """
     if cfg.task == "kspace":
         ksp = simulate_kspace(volume, cfg)
         if source is not None:
             ksp.attrs["source"] = str(source)
-        save_kspace(ksp, out, force=force)
-    elif cfg.task == "denoise":
-        save_nifti(simulate_denoise(volume, cfg), out, force=force)
-    else:
-        save_nifti(simulate_superres(volume, cfg), out, force=force)
+        return ksp
+    if cfg.task == "denoise":
+        return simulate_denoise(volume, cfg)
+    return simulate_superres(volume, cfg)

@@ -16,14 +16,14 @@ over the batch of posterior samples.
   applies DC to ``|x_prior| * exp(i phase)``.
 
 The weight follows the noise level, :func:`dc_weight`; the noise level comes from the file
-(``noise_std``) or from the data (:func:`estimate_kspace_noise`, :func:`estimate_image_noise`).
+(``noise_std``) or from the data (:func:`ldp_med.physics.noise.estimate_kspace_noise`,
+:func:`ldp_med.physics.noise.estimate_image_noise`).
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from monai.networks.layers import GaussianFilter
 
@@ -32,8 +32,6 @@ from ldp_med.physics.operators import LinearOperator, check_lam
 
 __all__ = [
     "dc_weight",
-    "estimate_kspace_noise",
-    "estimate_image_noise",
     "smooth_phase",
     "ImageDC",
     "KSpaceDC",
@@ -70,54 +68,6 @@ def dc_weight(noise_std: float, signal_scale: float, prior_error: float = 0.03, 
             raise ValueError(f"{name} must be finite and {'>= 0' if name == 'noise_std' else '> 0'}, got {v}")
     ratio = float(noise_std) / (float(prior_error) * float(signal_scale))
     return float(lam_scale) * max(ratio * ratio, float(floor))
-
-
-def _robust_std(v: np.ndarray) -> float:
-    """Std of zero-mean Gaussian samples from the median absolute value (robust to a little signal)."""
-    return float(1.482602 * np.median(np.abs(v))) if v.size else 0.0
-
-
-def estimate_kspace_noise(kspace: np.ndarray, mask: np.ndarray, fraction: float = 0.05) -> float:
-    """Noise std per real / imaginary component from the outermost sampled k-space.
-
-    The sampled entries farthest from the k-space centre (the outermost ``fraction`` of them by
-    normalised radius, 1 being the edge of each axis) carry the least signal; the robust
-    (median-based) std of their real and imaginary parts estimates the noise. Residual signal biases
-    it upwards: on the simulated 2 mm MNI template (8 coils, R=4) it gave 0.0075 for a true 0.005 and
-    0.021 for 0.02; sharp-edged phantoms are worse. Prefer the file's ``noise_std`` when it exists.
-
-    Args:
-        kspace: complex (C, X, Y, Z), centred convention (DC at ``n // 2``), zeros where unsampled.
-        mask: 0/1 array broadcastable to (X, Y, Z), typically (1, Y, Z).
-        fraction: share of the sampled entries (the outermost) used, in (0, 1].
-
-    Returns:
-        The estimated sigma (>= 0) in k-space units (0 when nothing is sampled).
-    """
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    k = np.asarray(kspace)
-    shape = k.shape[1:]
-    sampled = np.broadcast_to(np.asarray(mask) != 0, shape)
-    axes = [((np.arange(n) - n // 2) / max(n / 2, 1)) ** 2 for n in shape]
-    radius = np.sqrt(axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :])
-    valid = radius[sampled]
-    if valid.size == 0:
-        return 0.0
-    pick = sampled & (radius >= np.quantile(valid, 1 - fraction))
-    v = k[:, pick]
-    return _robust_std(np.concatenate([v.real.ravel(), v.imag.ravel()]))
-
-
-def estimate_image_noise(volume: np.ndarray) -> float:
-    """Gaussian noise std of a real image, scikit-image ``estimate_sigma`` (wavelet MAD).
-
-    For Rician (magnitude) noise this is close to the underlying Gaussian sigma where the signal is
-    well above the noise.
-    """
-    from skimage.restoration import estimate_sigma
-
-    return float(estimate_sigma(np.asarray(volume, np.float32), channel_axis=None))
 
 
 def smooth_phase(x: torch.Tensor, sigma: float) -> torch.Tensor:

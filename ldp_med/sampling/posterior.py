@@ -4,7 +4,7 @@ A sampler is assembled from parts (design.md, convention 2):
 
 - the prior: VAE + latent UNet (:class:`Prior`) and MONAI's DDIM scheduler with the training betas
   (every step, Tweedie estimate and re-noising is ``sched.step`` / ``sched.add_noise``);
-- a :class:`SpaceMap` between the acquisition grid and the model grid (:mod:`ldp_med.sampling.tasks`);
+- a :class:`SpaceMap` between the acquisition grid and the model grid (:mod:`ldp_med.space`);
 - a data-consistency rule (:mod:`ldp_med.sampling.consistency`) holding ``A``, ``y`` and ``lam``;
 - an update rule that couples them at each step: :class:`DDSUpdate` or :class:`DPSUpdate`.
 
@@ -38,18 +38,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ldp_med.data.transforms import ToModelSpace
-from ldp_med.config import METHOD_NAMES, PosteriorConfig
+from ldp_med.config import PosteriorConfig
 from ldp_med.errors import ConfigError, InputError, LdpError
 from ldp_med.io.volume import Volume
 from ldp_med.models.builders import build_ddim_scheduler, check_model_config
+from ldp_med.models.conditioning import guided_prediction, null_class
 from ldp_med.models.pretrained import Prior
+from ldp_med.problems import Problem
 from ldp_med.sampling.consistency import ImageDC, KSpaceDC, dc_weight
-from ldp_med.sampling.generate import guided_prediction, null_class
-from ldp_med.sampling.tasks import Problem, SpaceMap
+from ldp_med.space import SpaceMap
+from ldp_med.tasks import SAMPLERS
 
-__all__ = ["PosteriorConfig", "PosteriorResult", "PosteriorSampler", "DDSUpdate", "DPSUpdate",
-           "METHODS", "METHOD_NAMES", "dc_indices", "check_prior", "make_sampler", "reconstruct"]
+__all__ = ["PosteriorConfig", "PosteriorResult", "PosteriorSampler", "LatentNets", "DDSUpdate", "DPSUpdate",
+           "UPDATES", "dc_indices", "run_length", "check_prior", "make_sampler", "reconstruct"]
 
 
 @dataclass
@@ -125,6 +126,11 @@ def _model_output(sched, z0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -
     return sched.get_velocity(z0, eps, t)  # v = sqrt(ab) eps - sqrt(1 - ab) z0
 
 
+def run_length(cfg: PosteriorConfig) -> int:
+    """Number of DDIM steps run from the warm start: ``round(steps * t_start)``, at least 1."""
+    return max(1, min(cfg.steps, round(cfg.steps * cfg.t_start)))
+
+
 @dataclass
 class _State:
     """Per-run state shared by the sampler and its update rule."""
@@ -138,103 +144,24 @@ class _State:
     encodes: int = 0
 
 
-class DDSUpdate:
-    """DDS / ReSample-style step: hard data consistency on the decoded Tweedie estimate at chosen steps.
-
-    Args:
-        dc_at: indices (into the run's timesteps) of the steps with a DC correction.
-    """
-
-    name = "dds"
-
-    def __init__(self, dc_at):
-        self.dc_at = frozenset(int(i) for i in dc_at)
-
-    @torch.no_grad()
-    def __call__(self, s: "PosteriorSampler", st: _State, i: int, t: int, z: torch.Tensor) -> torch.Tensor:
-        pred = s.predict(z, t, st)
-        if i not in self.dc_at:
-            return st.sched.step(pred, t, z, s.cfg.eta, st.gen)[0]
-        _, z0 = st.sched.step(pred, t, z)  # eta 0: the Tweedie estimate, no noise drawn
-        ab = st.sched.alphas_cumprod[t].to(z)
-        eps = (z - ab.sqrt() * z0) / (1 - ab).sqrt()
-        x = s.dc_rule(s.space.to_acq(s.decode(z0, st), st.fallback))
-        st.fallback = x
-        z0 = s.encode(s.space.to_model(x), st)
-        tt = torch.full((len(z),), t, device=z.device, dtype=torch.long)
-        # continue from the corrected z0 with the network's noise direction, MONAI doing the step
-        zt = st.sched.add_noise(z0, eps, tt)
-        return st.sched.step(_model_output(st.sched, z0, eps, tt), t, zt, s.cfg.eta, st.gen)[0]
-
-
-class DPSUpdate:
-    """Latent DPS step: DDIM step, then ``z_{t-1} -= step * grad_{z_t} ||A(D(z0(z_t))) - y|| / scale``.
-
-    The residual is measured in model intensity units (divided by the intensity scale), so ``step``
-    does not depend on the data's units. Samples are differentiated one at a time (decoder memory).
-    """
-
-    name = "dps"
-
-    def __init__(self, step: float):
-        self.step = float(step)
-
-    def __call__(self, s: "PosteriorSampler", st: _State, i: int, t: int, z: torch.Tensor) -> torch.Tensor:
-        z = z.detach().requires_grad_(True)
-        with torch.enable_grad():
-            pred = s.predict(z, t, st)
-            z_prev, z0 = st.sched.step(pred, t, z, s.cfg.eta, st.gen)
-            grad = torch.zeros_like(z)
-            for b in range(len(z)):
-                x = s.space.to_acq(s.decode(z0[b : b + 1], st, count=False), st.fallback)
-                loss = s.dc_rule.residual(x).flatten().norm() / s.space.scale
-                grad += torch.autograd.grad(loss, z, retain_graph=b < len(z) - 1)[0]
-            st.decodes += 1
-        if not torch.isfinite(grad).all():
-            raise LdpError(f"latent DPS: non-finite gradient at timestep {t}")
-        return (z_prev - self.step * grad).detach()
-
-
 @dataclass
-class PosteriorSampler:
-    """The posterior sampler, assembled from parts; :meth:`run` draws the samples.
+class LatentNets:
+    """The prior's network calls as update rules see them: counted, checked, one sample at a time.
 
     Attributes:
-        prior: VAE + UNet + scheduler config (see :func:`check_prior`).
-        space: acquisition <-> model grid map.
-        dc_rule: data-consistency rule (operator, measurements, weight).
-        init: pseudo-inverse image (X, Y, Z) on the acquisition grid, acquisition units (warm start).
-        update: :class:`DDSUpdate` or :class:`DPSUpdate`.
-        cfg: the settings (steps, t_start, samples, eta, label, guidance, final solve, seed, max_nfe);
-            the DC weight and the update rule read theirs when :func:`make_sampler` builds them.
-        progress: show a progress bar over the steps.
+        prior: VAE + UNet + config.
+        guidance: classifier-free guidance weight (used with a class label).
+        evals_per_step: UNet evaluations one guided or unguided step costs (1 or 2).
     """
 
     prior: Prior
-    space: SpaceMap
-    dc_rule: ImageDC
-    init: torch.Tensor
-    update: DDSUpdate | DPSUpdate
-    cfg: PosteriorConfig = field(default_factory=PosteriorConfig)
-    progress: bool = False
-    meta: dict = field(default_factory=dict)
+    guidance: float = 1.0
+    evals_per_step: int = 1
 
-    @property
-    def n_run(self) -> int:
-        """Number of DDIM steps run from the warm start."""
-        return max(1, min(self.cfg.steps, round(self.cfg.steps * self.cfg.t_start)))
-
-    @property
-    def planned_nfe(self) -> int:
-        """UNet evaluations per sample."""
-        guided = self.cfg.label >= 0 and self.cfg.guidance != 1.0
-        return self.n_run * (2 if guided else 1)
-
-    # --- counted, checked network calls -------------------------------------------------------
     def predict(self, z: torch.Tensor, t: int, st: _State) -> torch.Tensor:
         tt = torch.full((len(z),), int(t), device=z.device, dtype=torch.long)
-        pred = guided_prediction(self.prior, z, tt, st.labels, self.cfg.guidance)
-        st.nfe += self.planned_nfe // self.n_run
+        pred = guided_prediction(self.prior, z, tt, st.labels, self.guidance)
+        st.nfe += self.evals_per_step
         if not torch.isfinite(pred).all():
             raise LdpError(f"the diffusion UNet produced NaN/Inf at timestep {int(t)}")
         return pred
@@ -261,6 +188,102 @@ class PosteriorSampler:
                                               f"{tuple(self.prior.config.latent_shape)}: the model does not fit its grid")
         return z
 
+
+class DDSUpdate:
+    """DDS / ReSample-style step: hard data consistency on the decoded Tweedie estimate at chosen steps.
+
+    Args:
+        dc_at: indices (into the run's timesteps) of the steps with a DC correction.
+        space: acquisition <-> model grid map.
+        dc_rule: the data-consistency rule.
+        eta: DDIM stochasticity.
+    """
+
+    name = "dds"
+
+    def __init__(self, dc_at, space: SpaceMap, dc_rule: ImageDC, eta: float):
+        self.dc_at = frozenset(int(i) for i in dc_at)
+        self.space, self.dc_rule, self.eta = space, dc_rule, float(eta)
+
+    @torch.no_grad()
+    def __call__(self, net: LatentNets, st: _State, i: int, t: int, z: torch.Tensor) -> torch.Tensor:
+        pred = net.predict(z, t, st)
+        if i not in self.dc_at:
+            return st.sched.step(pred, t, z, self.eta, st.gen)[0]
+        _, z0 = st.sched.step(pred, t, z)  # eta 0: the Tweedie estimate, no noise drawn
+        ab = st.sched.alphas_cumprod[t].to(z)
+        eps = (z - ab.sqrt() * z0) / (1 - ab).sqrt()
+        x = self.dc_rule(self.space.to_acq(net.decode(z0, st), st.fallback))
+        st.fallback = x
+        z0 = net.encode(self.space.to_model(x), st)
+        tt = torch.full((len(z),), t, device=z.device, dtype=torch.long)
+        # continue from the corrected z0 with the network's noise direction, MONAI doing the step
+        zt = st.sched.add_noise(z0, eps, tt)
+        return st.sched.step(_model_output(st.sched, z0, eps, tt), t, zt, self.eta, st.gen)[0]
+
+
+class DPSUpdate:
+    """Latent DPS step: DDIM step, then ``z_{t-1} -= step * grad_{z_t} ||A(D(z0(z_t))) - y|| / scale``.
+
+    The residual is measured in model intensity units (divided by the intensity scale), so ``step``
+    does not depend on the data's units. Samples are differentiated one at a time (decoder memory).
+    """
+
+    name = "dps"
+
+    def __init__(self, step: float, space: SpaceMap, dc_rule: ImageDC, eta: float):
+        self.step = float(step)
+        self.space, self.dc_rule, self.eta = space, dc_rule, float(eta)
+
+    def __call__(self, net: LatentNets, st: _State, i: int, t: int, z: torch.Tensor) -> torch.Tensor:
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            pred = net.predict(z, t, st)
+            z_prev, z0 = st.sched.step(pred, t, z, self.eta, st.gen)
+            grad = torch.zeros_like(z)
+            for b in range(len(z)):
+                x = self.space.to_acq(net.decode(z0[b : b + 1], st, count=False), st.fallback)
+                loss = self.dc_rule.residual(x).flatten().norm() / self.space.scale
+                grad += torch.autograd.grad(loss, z, retain_graph=b < len(z) - 1)[0]
+            st.decodes += 1
+        if not torch.isfinite(grad).all():
+            raise LdpError(f"latent DPS: non-finite gradient at timestep {t}")
+        return (z_prev - self.step * grad).detach()
+
+
+@dataclass
+class PosteriorSampler:
+    """The posterior sampler, assembled whole from parts by :func:`make_sampler`; :meth:`run` draws the samples.
+
+    Attributes:
+        net: the prior's network calls (:class:`LatentNets`).
+        space: acquisition <-> model grid map.
+        dc_rule: data-consistency rule (operator, measurements, weight).
+        init: pseudo-inverse image (X, Y, Z) on the acquisition grid, acquisition units (warm start).
+        update: :class:`DDSUpdate` or :class:`DPSUpdate` (holding the same space and DC rule).
+        cfg: the settings (steps, t_start, samples, label, final solve, seed, max_nfe).
+        progress: show a progress bar over the steps.
+    """
+
+    net: LatentNets
+    space: SpaceMap
+    dc_rule: ImageDC
+    init: torch.Tensor
+    update: DDSUpdate | DPSUpdate
+    cfg: PosteriorConfig = field(default_factory=PosteriorConfig)
+    progress: bool = False
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_run(self) -> int:
+        """Number of DDIM steps run from the warm start."""
+        return run_length(self.cfg)
+
+    @property
+    def planned_nfe(self) -> int:
+        """UNet evaluations per sample."""
+        return self.n_run * self.net.evals_per_step
+
     # --- the run ------------------------------------------------------------------------------
     def run(self) -> PosteriorResult:
         """Draw ``samples`` posterior samples; return their mean, std and the costs.
@@ -273,23 +296,24 @@ class PosteriorSampler:
             raise ConfigError(f"{self.planned_nfe} UNet evaluations per sample exceed the budget max_nfe={self.cfg.max_nfe} "
                               "(lower steps or t_start)")
         start = time.perf_counter()
-        device = next(self.prior.unet.parameters()).device
-        sched = build_ddim_scheduler(self.prior.config.scheduler, self.cfg.steps)
+        prior = self.net.prior
+        device = next(prior.unet.parameters()).device
+        sched = build_ddim_scheduler(prior.config.scheduler, self.cfg.steps)
         timesteps = [int(t) for t in sched.timesteps[self.cfg.steps - self.n_run :]]
         gen = torch.Generator(device=device).manual_seed(int(self.cfg.seed))
-        label = null_class(self.prior) if self.cfg.label < 0 else int(self.cfg.label)
+        label = null_class(prior) if self.cfg.label < 0 else int(self.cfg.label)
         b = int(self.cfg.samples)
         self.dc_rule.reset()
         init = self.init.to(device, torch.float32)[None]
         st = _State(sched, gen, torch.full((b,), label, device=device, dtype=torch.long), init)
 
-        z0 = self.encode(self.space.to_model(init), st).expand(b, *self.prior.config.latent_shape)
+        z0 = self.net.encode(self.space.to_model(init), st).expand(b, *prior.config.latent_shape)
         noise = torch.randn(z0.shape, generator=gen, device=device)
         z = sched.add_noise(z0, noise, torch.full((b,), timesteps[0], device=device, dtype=torch.long))
         for i, t in enumerate(tqdm(timesteps, desc=self.update.name, disable=not self.progress)):
-            z = self.update(self, st, i, t, z)
+            z = self.update(self.net, st, i, t, z)
         with torch.no_grad():
-            x = self.space.to_acq(self.decode(z, st), st.fallback)
+            x = self.space.to_acq(self.net.decode(z, st), st.fallback)
             image = None
             if isinstance(self.dc_rule, KSpaceDC):
                 xc = self.dc_rule.solve(x, self.cfg.final_cg_iters) if self.cfg.final_dc else self.dc_rule.complex_image(x)
@@ -317,63 +341,65 @@ def dc_indices(n_run: int, dc_steps: int) -> list[int]:
     return sorted(idx)
 
 
-def _dds(cfg: PosteriorConfig, n_run: int) -> DDSUpdate:
-    return DDSUpdate(dc_indices(n_run, cfg.dc_steps))
+def _dds(cfg: PosteriorConfig, space: SpaceMap, rule: ImageDC) -> DDSUpdate:
+    return DDSUpdate(dc_indices(run_length(cfg), cfg.dc_steps), space, rule, cfg.eta)
 
 
-def _dps(cfg: PosteriorConfig, n_run: int) -> DPSUpdate:
-    return DPSUpdate(cfg.dps_step)
+def _dps(cfg: PosteriorConfig, space: SpaceMap, rule: ImageDC) -> DPSUpdate:
+    return DPSUpdate(cfg.dps_step, space, rule, cfg.eta)
 
 
-#: Named methods: thin constructors of the update rule (``prior`` is the CLI's name for the default).
-METHODS = {"dds": _dds, "prior": _dds, "dps": _dps}
-assert tuple(METHODS) == METHOD_NAMES
+#: Named samplers: thin constructors of the update rule (``prior`` is the CLI's name for the default).
+UPDATES = {"dds": _dds, "prior": _dds, "dps": _dps}
+assert tuple(UPDATES) == SAMPLERS
 
 
-def make_sampler(name: str | None, prior: Prior, problem: Problem, cfg: PosteriorConfig | None = None,
+def _dc_rule(problem: Problem, lam: float, cfg: PosteriorConfig) -> ImageDC:
+    """The DC rule of ``problem``; multi-coil k-space is first compressed to ``cfg.coil_energy`` of its energy."""
+    if not problem.is_complex:
+        return ImageDC(problem.operator, problem.y, lam, cfg.cg_iters)
+    op, y = problem.operator, problem.y
+    maps = None if problem.kspace is None else problem.kspace.sensitivity_maps
+    if cfg.coil_energy < 1 and maps is not None:
+        from ldp_med.physics.coils import compress_coils
+        from ldp_med.physics.mri import MRIOperator
+
+        kspace, maps = compress_coils(problem.kspace.kspace, maps, cfg.coil_energy)
+        op = MRIOperator(op.mask, torch.from_numpy(np.ascontiguousarray(maps))[None])
+        y = torch.from_numpy(np.ascontiguousarray(kspace))[None]
+    return KSpaceDC(op, y, lam, cfg.cg_iters, phase_sigma=cfg.phase_sigma)
+
+
+def make_sampler(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = None,
                  progress: bool = False) -> PosteriorSampler:
-    """Wire a named posterior sampler for ``problem``.
+    """Wire the posterior sampler that ``cfg.method`` names for ``problem``, whole.
 
-    Moves the pseudo-inverse to model space with :class:`ToModelSpace` (geometry and intensity
-    scale of the :class:`SpaceMap`), sets the DC weight from the noise level, and picks the update.
-
-    Args:
-        name: "dds" / "prior" / "dps"; None means ``cfg.method``.
-        prior: the latent diffusion prior.
-        problem: from :mod:`ldp_med.sampling.tasks`.
-        cfg: sampler settings (defaults if None).
+    The :class:`SpaceMap` comes from the pseudo-inverse's geometry (:meth:`SpaceMap.for_volume`), the DC
+    weight from the noise level and the intensity scale, the update rule from ``cfg``.
 
     Raises:
         InputError: the model does not fit (channels, grid, or it covers too little of the field of view).
-        ConfigError: unknown method, or label out of range.
+        ConfigError: label out of range.
     """
     cfg = cfg or PosteriorConfig()
-    name = name or cfg.method
-    if name not in METHODS:
-        raise ConfigError(f"unknown posterior method {name!r}; choose from {sorted(METHODS)}")
     check_prior(prior)
     if cfg.label >= len(prior.config.class_names):
         raise ConfigError(f"label {cfg.label} out of range: the model has classes {list(prior.config.class_names)}")
-    _, info = ToModelSpace.from_config(prior.config)(problem.pinv)
-    space = SpaceMap.from_info(info)
+    space = SpaceMap.for_volume(problem.pinv, prior.config)
     if space.coverage_fraction < cfg.min_coverage:
-        raise InputError(problem.meta.get("source"), f"the model grid ({'x'.join(map(str, prior.config.grid))} at "
+        raise InputError(problem.source, f"the model grid ({'x'.join(map(str, prior.config.grid))} at "
                          f"{prior.config.voxel_mm} mm) covers only {space.coverage_fraction:.0%} of the field of view")
-    lam = dc_weight(problem.noise_std, info.scale, cfg.prior_error, cfg.dc_lam)
-    if problem.is_complex:
-        rule = KSpaceDC(problem.operator, problem.y, lam, cfg.cg_iters, phase_sigma=cfg.phase_sigma)
-    else:
-        rule = ImageDC(problem.operator, problem.y, lam, cfg.cg_iters)
-    sampler = PosteriorSampler(
-        prior=prior, space=space, dc_rule=rule, init=torch.from_numpy(np.ascontiguousarray(problem.pinv.data)),
-        update=None, cfg=cfg, progress=progress,
+    rule = _dc_rule(problem, dc_weight(problem.noise_std, space.scale, cfg.prior_error, cfg.dc_lam), cfg)
+    guided = cfg.label >= 0 and cfg.guidance != 1.0
+    return PosteriorSampler(
+        net=LatentNets(prior, cfg.guidance, 2 if guided else 1), space=space, dc_rule=rule,
+        init=torch.from_numpy(np.ascontiguousarray(problem.pinv.data)), update=UPDATES[cfg.method](cfg, space, rule),
+        cfg=cfg, progress=progress,
         meta={**problem.meta, "task": problem.task, "affine": problem.affine, "noise_std": problem.noise_std},
     )
-    sampler.update = METHODS[name](cfg, sampler.n_run)
-    return sampler
 
 
-def reconstruct(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = None, method: str | None = None,
+def reconstruct(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = None,
                 progress: bool = False) -> PosteriorResult:
-    """``make_sampler(method or cfg.method, prior, problem, cfg).run()``."""
-    return make_sampler(method, prior, problem, cfg, progress).run()
+    """``make_sampler(prior, problem, cfg).run()``: the sampler ``cfg.method`` names."""
+    return make_sampler(prior, problem, cfg, progress).run()

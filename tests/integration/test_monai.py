@@ -18,8 +18,7 @@ from ldp_med.models.pretrained import Prior
 from ldp_med.physics.degradations import fine_affine
 from ldp_med.physics.simulate import simulate_kspace
 from ldp_med.sampling.posterior import PosteriorConfig
-from tests.conftest import ellipsoid_phantom
-from tests.training.test_training import TINY_MODEL
+from tests.conftest import TINY_MODEL, ellipsoid_phantom
 
 CFG = PosteriorConfig(steps=6, t_start=0.5, dc_steps=1, prior_error=1.0, samples=2, min_coverage=0.3)
 

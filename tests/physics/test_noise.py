@@ -1,9 +1,10 @@
-"""Noise and phase simulation: statistics, determinism, smoothness."""
+"""Noise and phase simulation: statistics, determinism, smoothness; noise estimation from data."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,8 +13,11 @@ from ldp_med.physics.noise import (
     add_rician_noise,
     rician_mean,
     complex_gaussian_noise,
+    estimate_image_noise,
+    estimate_kspace_noise,
     smooth_random_phase,
 )
+from tests.conftest import ellipsoid_phantom
 
 N = (50, 40, 50)  # 100k samples: std estimates within ~1%
 
@@ -82,3 +86,17 @@ def test_rician_mean_matches_monte_carlo_at_every_snr():
     draws = add_rician_noise(mags[:, None].expand(5, 400_000).contiguous(), sigma, 0).mean(1)
     torch.testing.assert_close(rician_mean(mags, sigma), draws, rtol=2e-3, atol=2e-5)
     assert float(rician_mean(torch.tensor([0.0]), sigma)) == pytest.approx(sigma * (math.pi / 2) ** 0.5)
+
+
+def test_kspace_noise_estimate_on_pure_noise():
+    g = torch.Generator().manual_seed(3)
+    k = complex_gaussian_noise((2, 15, 16, 14), 0.02, g).numpy()
+    mask = (np.random.default_rng(0).random((1, 16, 14)) < 0.5).astype(np.uint8)
+    assert estimate_kspace_noise(k * mask, mask) == pytest.approx(0.02, rel=0.15)
+    assert estimate_kspace_noise(k * 0, np.zeros((1, 16, 14))) == 0.0
+
+
+def test_image_noise_estimate():
+    rng = np.random.default_rng(1)
+    vol = ellipsoid_phantom((21, 24, 19)) * 100 + rng.normal(0, 5.0, (21, 24, 19)).astype(np.float32)
+    assert estimate_image_noise(vol) == pytest.approx(5.0, rel=0.3)

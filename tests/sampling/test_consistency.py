@@ -1,4 +1,4 @@
-"""Data-consistency rules, the noise-driven DC weight and the noise estimators, on odd-sized volumes."""
+"""Data-consistency rules and the noise-driven DC weight, on odd-sized volumes."""
 
 from __future__ import annotations
 
@@ -10,15 +10,12 @@ from ldp_med.config import SimulateConfig
 from ldp_med.io.volume import Volume
 from ldp_med.physics.degradations import SliceAverageOperator
 from ldp_med.physics.mri import MRIOperator
-from ldp_med.physics.noise import complex_gaussian_noise
 from ldp_med.physics.operators import DenoiseOperator
 from ldp_med.physics.simulate import simulate_kspace
 from ldp_med.sampling.consistency import (
     ImageDC,
     KSpaceDC,
     dc_weight,
-    estimate_image_noise,
-    estimate_kspace_noise,
     smooth_phase,
 )
 from tests.conftest import ellipsoid_phantom
@@ -37,20 +34,6 @@ def test_dc_weight_follows_the_noise():
         args = {"noise_std": 0.01, "signal_scale": 1.0, **bad}
         with pytest.raises(ValueError):
             dc_weight(**args)
-
-
-def test_kspace_noise_estimate_on_pure_noise():
-    g = torch.Generator().manual_seed(3)
-    k = complex_gaussian_noise((2, 15, 16, 14), 0.02, g).numpy()
-    mask = (np.random.default_rng(0).random((1, 16, 14)) < 0.5).astype(np.uint8)
-    assert estimate_kspace_noise(k * mask, mask) == pytest.approx(0.02, rel=0.15)
-    assert estimate_kspace_noise(k * 0, np.zeros((1, 16, 14))) == 0.0
-
-
-def test_image_noise_estimate():
-    rng = np.random.default_rng(1)
-    vol = ellipsoid_phantom((21, 24, 19)) * 100 + rng.normal(0, 5.0, (21, 24, 19)).astype(np.float32)
-    assert estimate_image_noise(vol) == pytest.approx(5.0, rel=0.3)
 
 
 def test_smooth_phase_keeps_a_constant_phase():

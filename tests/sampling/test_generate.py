@@ -7,8 +7,9 @@ import torch
 
 from ldp_med.models.builders import build_models
 from ldp_med.models.pretrained import Prior
-from ldp_med.sampling.generate import decode, guided_prediction, sample_latents
-from tests.training.test_training import TINY_MODEL
+from ldp_med.models.conditioning import guided_prediction
+from ldp_med.sampling.generate import decode, sample_latents
+from tests.conftest import TINY_MODEL
 
 
 @pytest.fixture
@@ -75,8 +76,8 @@ def test_text_prior_gets_context_in_both_guidance_branches(tmp_path, monkeypatch
 
     from ldp_med.cli import cli
     from ldp_med.models.pretrained import save_pretrained
-    from ldp_med.sampling.generate import prompt_context
-    from tests.models.test_text import FAKE_DIM, FakeEncoder, text_model
+    from ldp_med.models.conditioning import prompt_context
+    from tests.conftest import FAKE_DIM, FakeEncoder, text_model
 
     cfg = text_model()
     vae, unet = build_models(cfg)

@@ -14,7 +14,7 @@ import torch
 from monai.networks.nets import AutoencoderKL
 
 from ldp_med.config import SimulateConfig, from_dict
-from ldp_med.data.transforms import ToModelSpace
+from ldp_med.space import ToModelSpace
 from ldp_med.errors import ConfigError, InputError, LdpError
 from ldp_med.io.volume import Volume
 from ldp_med.models.builders import build_ddim_scheduler, build_models
@@ -22,9 +22,9 @@ from ldp_med.models.pretrained import Prior
 from ldp_med.physics.degradations import fine_affine
 from ldp_med.physics.simulate import simulate_denoise, simulate_kspace, simulate_superres
 from ldp_med.sampling.posterior import PosteriorConfig, _model_output, dc_indices, make_sampler, reconstruct
-from ldp_med.sampling.tasks import SpaceMap, denoise_problem, kspace_problem, superres_problem
-from tests.conftest import ellipsoid_phantom, oblique_affine
-from tests.training.test_training import TINY_MODEL
+from ldp_med.problems import denoise_problem, kspace_problem, superres_problem
+from ldp_med.space import SpaceMap
+from tests.conftest import TINY_MODEL, ellipsoid_phantom, oblique_affine
 
 FAST = PosteriorConfig(steps=8, t_start=0.5, dc_steps=2, prior_error=1.0, final_cg_iters=15)
 
@@ -71,9 +71,9 @@ def test_costs_are_counted_and_within_budget(prior, kproblem):
     res = reconstruct(prior, kproblem, FAST)
     assert res.nfe == 4 and res.decodes == FAST.dc_steps + 1 and res.encodes == FAST.dc_steps + 1
     assert res.seconds > 0
-    default = make_sampler(None, prior, kproblem, PosteriorConfig())
+    default = make_sampler(prior, kproblem, PosteriorConfig())
     assert default.planned_nfe <= 50 and default.n_run == 25
-    guided = make_sampler(None, prior, kproblem, PosteriorConfig(t_start=1.0, label=1, guidance=3.0))
+    guided = make_sampler(prior, kproblem, PosteriorConfig(t_start=1.0, label=1, guidance=3.0))
     with pytest.raises(ConfigError, match="budget"):
         guided.run()
 
@@ -96,7 +96,7 @@ def test_samples_give_a_std_map(prior, kproblem):
 
 
 def test_dps_method(prior, kproblem):
-    res = reconstruct(prior, kproblem, dataclasses.replace(FAST, samples=2, dps_step=0.5), method="dps")
+    res = reconstruct(prior, kproblem, dataclasses.replace(FAST, samples=2, dps_step=0.5, method="dps"))
     assert res.method == "dps" and np.isfinite(res.mean).all() and res.std is not None
     assert res.nfe == 4 and res.decodes == 5 and res.encodes == 1
 
@@ -139,7 +139,7 @@ def test_oblique_anisotropic_geometry(prior):
     vol = Volume(ellipsoid_phantom() * 50.0, oblique_affine())
     problem = denoise_problem(vol, noise_std=1.0)
     with pytest.raises(InputError, match="covers only"):
-        make_sampler(None, prior, problem, FAST)  # 1.5 x 1.2 x 2 mm voxels: larger than the tiny grid
+        make_sampler(prior, problem, FAST)  # 1.5 x 1.2 x 2 mm voxels: larger than the tiny grid
     res = reconstruct(prior, problem, dataclasses.replace(FAST, min_coverage=0.3))
     assert res.mean.shape == vol.shape and np.isfinite(res.mean).all()
 
@@ -147,7 +147,10 @@ def test_oblique_anisotropic_geometry(prior):
 def test_space_map_matches_the_monai_transform():
     vol = Volume(ellipsoid_phantom() * 200.0 + 5.0, oblique_affine())
     x, info = ToModelSpace.from_config(TINY_MODEL)(vol)
-    space = SpaceMap.from_info(info)
+    space = SpaceMap.for_volume(vol, TINY_MODEL)  # MONAI's lazy geometry: no resampling
+    model_affine, scale, offset = ToModelSpace.from_config(TINY_MODEL).geometry(vol)
+    np.testing.assert_allclose(model_affine, info.model_affine, atol=1e-9)
+    assert (scale, offset) == (info.scale, info.offset)
     m = space.to_model(torch.from_numpy(vol.data)[None])
     assert m.shape == (1, 1, *TINY_MODEL.grid)
     assert float((m[0] - x).abs().mean()) < 1e-3
@@ -161,17 +164,17 @@ def test_space_map_matches_the_monai_transform():
 def test_model_that_does_not_fit(prior, kproblem):
     bad_grid = Prior(dataclasses.replace(TINY_MODEL, grid=(26, 32, 24)), prior.vae, prior.unet)
     with pytest.raises(InputError, match="divisible"):
-        make_sampler(None, bad_grid, kproblem, FAST)
+        make_sampler(bad_grid, kproblem, FAST)
     cfg3 = dataclasses.replace(TINY_MODEL, vae=dataclasses.replace(TINY_MODEL.vae, latent_channels=3))
     with pytest.raises(InputError, match="channels"):
-        make_sampler(None, Prior(cfg3, prior.vae, prior.unet), kproblem, FAST)
+        make_sampler(Prior(cfg3, prior.vae, prior.unet), kproblem, FAST)
     with pytest.raises(InputError, match="UNet"):
-        make_sampler(None, Prior(TINY_MODEL, prior.vae, None), kproblem, FAST)
+        make_sampler(Prior(TINY_MODEL, prior.vae, None), kproblem, FAST)
     vae2 = AutoencoderKL(spatial_dims=3, in_channels=2, out_channels=2, channels=(4, 8, 8), latent_channels=2,
                          num_res_blocks=1, norm_num_groups=4, attention_levels=(False, False, False),
                          with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False, include_fc=False)
     with pytest.raises(InputError, match="single-channel"):
-        make_sampler(None, Prior(TINY_MODEL, vae2, prior.unet), kproblem, FAST)
+        make_sampler(Prior(TINY_MODEL, vae2, prior.unet), kproblem, FAST)
 
 
 def test_network_nan_is_an_error(prior, kproblem, monkeypatch):
@@ -206,3 +209,21 @@ def test_corrected_step_uses_the_corrected_estimate(kind):
     zt = sched.add_noise(z0, eps, tt)
     _, got = sched.step(_model_output(sched, z0, eps, tt), t, zt)
     torch.testing.assert_close(got, z0, atol=1e-4, rtol=1e-4)
+
+
+def test_one_dispatch_every_method_reads_the_same_problem(prior, ksp):
+    """reconstruct() builds the problem once per call; zero-filled is its pseudo-inverse, the prior records its cost."""
+    from ldp_med.config import ReconstructConfig
+    from ldp_med.reconstruct import SOLVERS, reconstruct as run
+    from ldp_med.tasks import METHODS
+
+    assert set(SOLVERS) == {(t, m) for t, ms in METHODS.items() for m in ms}
+    zf = run(ksp, "kspace", ReconstructConfig(method="zero-filled"))
+    np.testing.assert_array_equal(zf.volume.data, zf.problem.pinv.data)
+    assert zf.problem.kspace.sensitivity_maps is not None and zf.problem.source is None
+    rec = run(ksp, "kspace", ReconstructConfig(method="prior", posterior=FAST), prior, source="scan.h5")
+    assert rec.volume.meta["nfe"] == 4 and rec.volume.meta["sampler"] == "dds" and rec.problem.source == "scan.h5"
+    dps = run(ksp, "kspace", ReconstructConfig(method="prior", posterior=dataclasses.replace(FAST, method="dps")), prior)
+    assert dps.volume.meta["sampler"] == "dps"  # posterior.method is read: "prior" runs the configured sampler
+    with pytest.raises(InputError, match="does not apply"):
+        run(ksp, "kspace", ReconstructConfig(method="nlm"))

@@ -9,10 +9,10 @@ import sys
 import yaml
 
 from ldp_med.config import to_dict
-from tests.training.test_training import cohort_dir, vae_cfg  # noqa: F401  (fixture)
+from tests.conftest import vae_cfg
 
 
-def test_torchrun_two_processes_identical_weights(tmp_path, cohort_dir):  # noqa: F811
+def test_torchrun_two_processes_identical_weights(tmp_path, cohort_dir):
     cfg = vae_cfg(cohort_dir, steps=3, checkpoint_every=3)
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(to_dict(cfg)))

@@ -8,38 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ldp_med.config import DataConfig, LoopConfig, ModelConfig, PriorTrainConfig, UNetConfig, VAEConfig, VAETrainConfig
+from ldp_med.config import DataConfig, LoopConfig, PriorTrainConfig
 from ldp_med.models.pretrained import load_pretrained
 from ldp_med.training.distributed import DistInfo
 from ldp_med.training.prior import train_prior
 from ldp_med.training.vae import train_vae
-
-TINY_MODEL = ModelConfig(
-    grid=(24, 32, 24), voxel_mm=1.0,
-    vae=VAEConfig(channels=(4, 8, 8), latent_channels=2, norm_num_groups=4),
-    unet=UNetConfig(channels=(8, 8), attention_levels=(False, False), num_head_channels=8, norm_num_groups=4),
-)
-
-
-@pytest.fixture(scope="session")
-def cohort_dir(tmp_path_factory):
-    """A folder of three small healthy-looking phantoms (NIfTI, 1 mm) standing in for a cohort."""
-    import nibabel as nib
-    import numpy as np
-
-    from tests.conftest import ellipsoid_phantom
-
-    d = tmp_path_factory.mktemp("scans")
-    for i in range(3):
-        vol = np.roll(ellipsoid_phantom(), i - 1, axis=i) * (100 + 50 * i)
-        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(d / f"scan{i}.nii.gz"))
-    return d
-
-
-def vae_cfg(cohort_dir, **loop) -> VAETrainConfig:
-    base = dict(steps=6, batch_size=2, lr=3e-3, warmup=2, checkpoint_every=3, log_every=1, seed=1)
-    return VAETrainConfig(model=TINY_MODEL, loop=LoopConfig(**{**base, **loop}),
-                          data=DataConfig(folder=str(cohort_dir), cache_dir=str(cohort_dir / "cache")), patch=16)
+from tests.conftest import TINY_MODEL, vae_cfg
 
 
 def test_vae_loss_falls_and_folder_loads(tmp_path, cohort_dir):

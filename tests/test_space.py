@@ -1,4 +1,4 @@
-"""Acquisition space <-> model space (ldp_med.data.transforms) on tiny odd-sized volumes."""
+"""Acquisition space <-> model space (ldp_med.space) on tiny odd-sized volumes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged, ScaleIntensityRangePercentiles
 
-from ldp_med.data.transforms import ModelSpaceInfo, PercentileScaleIntensity, ToModelSpace, ToModelSpaced
+from ldp_med.space import ModelSpaceInfo, PercentileScaleIntensity, ToModelSpace, ToModelSpaced
 from ldp_med.errors import InputError
 from ldp_med.io.volume import Volume
 from tests.conftest import ellipsoid_phantom, oblique_affine

@@ -1,4 +1,10 @@
-"""Move a volume between its acquisition space and the model space, with MONAI transforms.
+"""The model space in one place: moving volumes there and back, and the map the sampler uses.
+
+- :class:`ToModelSpace` / :class:`ToModelSpaced` / :class:`ModelSpaceInfo`: MONAI transforms (training,
+  ``autoencode``, pipelines) with an exact MONAI inverse.
+- :class:`SpaceMap`: the same geometry and intensity map as one differentiable resampling per direction,
+  for the posterior sampler; built by :meth:`SpaceMap.for_volume` from :meth:`ToModelSpace.geometry`,
+  which runs the same MONAI steps lazily (affines only, no resampling).
 
 The *model space* is the fixed grid the VAE and the diffusion prior work on: shape ``grid``
 (e.g. 96x112x96), isotropic ``voxel_mm`` voxels whose axes point to RAS+ (world-aligned, no
@@ -40,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from monai.data import MetaTensor, get_track_meta
+from monai.networks.layers import AffineTransform
 from monai.transforms import (
     Compose,
     CropForeground,
@@ -62,6 +69,7 @@ __all__ = [
     "ToModelSpace",
     "ToModelSpaced",
     "ModelSpaceInfo",
+    "SpaceMap",
 ]
 
 #: Upper intensity percentile mapped to 1 (see the module docstring for why not 100).
@@ -278,6 +286,29 @@ class ToModelSpace:
         with torch.no_grad():
             return self.pipeline(img)
 
+    def geometry(self, volume: Volume) -> tuple[np.ndarray, float, float]:
+        """``(model_affine, scale, offset)`` that :meth:`__call__` would give ``volume``, without resampling.
+
+        The spatial steps run in MONAI's lazy mode (pending affines only), so the geometry is the one
+        computation the transform does, at the cost of a percentile. Not for ``crop_foreground``
+        (its box depends on the resampled data).
+        """
+        if self.crop_foreground:
+            raise ValueError("geometry() does not apply with crop_foreground")
+        source = volume.meta.get("source")
+        data = check_volume_array(volume.data, source)
+        affine = check_affine(volume.affine, source)
+        if not np.isfinite(data).all():
+            raise InputError(source, "NaN or Inf values; cannot move to model space")
+        mt = MetaTensor(torch.from_numpy(np.ascontiguousarray(data)[None]), affine=torch.as_tensor(affine, dtype=torch.float64))
+        try:
+            a_min, a_max = self.scaler.range_of(mt)
+        except ValueError:
+            raise InputError(source, "constant intensity; cannot scale it to [0, 1]") from None
+        for step in self.pipeline.transforms[1:]:
+            mt = step(mt, lazy=True)
+        return np.asarray(mt.peek_pending_affine(), np.float64), a_max - a_min, a_min
+
     def _info(self, out: MetaTensor, orig_shape, orig_affine) -> ModelSpaceInfo:
         ops = out.applied_operations
         scale_op = next(op for op in reversed(ops) if op.get(TraceKeys.ID) == id(self.scaler))
@@ -391,3 +422,64 @@ class ToModelSpaced(MapTransform, InvertibleTransform):
         for key in self.key_iterator(d):
             d[key] = self.transform.inverse(d[key])
         return d
+
+
+class SpaceMap:
+    """Acquisition grid <-> model grid, with the intensity map ``acquisition = model * scale + offset``.
+
+    Resampling is trilinear (MONAI ``AffineTransform``, pull direction, voxel coordinates), zero
+    outside the source grid, like ``ToModelSpace``'s ``Spacing`` and zero padding. Acquisition
+    voxels outside the model grid (a field of view larger than the model's) take a fallback image;
+    ``coverage`` (X, Y, Z) in [0, 1] says how much of each acquisition voxel the model grid covers.
+
+    Args:
+        acq_shape, acq_affine: acquisition grid (X, Y, Z) and its voxel-to-RAS affine.
+        grid, model_affine: model grid and its affine (per volume, from ``ToModelSpace``).
+        scale, offset: intensity map (scanner units per model unit, and the scanner value of model 0).
+    """
+
+    def __init__(self, acq_shape, acq_affine: np.ndarray, grid, model_affine: np.ndarray, scale: float, offset: float):
+        self.acq_shape = tuple(int(n) for n in acq_shape)
+        self.grid = tuple(int(n) for n in grid)
+        self.scale, self.offset = float(scale), float(offset)
+        acq_affine = np.asarray(acq_affine, np.float64)
+        model_affine = np.asarray(model_affine, np.float64)
+        # pull matrices: output voxel index -> input voxel index
+        self._to_acq = torch.as_tensor(np.linalg.solve(model_affine, acq_affine), dtype=torch.float32)
+        self._to_model = torch.as_tensor(np.linalg.solve(acq_affine, model_affine), dtype=torch.float32)
+        self._resample = AffineTransform(normalized=False, mode="bilinear", padding_mode="zeros",
+                                         align_corners=True, reverse_indexing=True, zero_centered=False)
+        ones = torch.ones(1, 1, *self.grid)
+        self.coverage = self._resample(ones, self._to_acq, self.acq_shape)[0, 0].clamp(0, 1)
+
+    @classmethod
+    def for_volume(cls, volume: Volume, model_cfg) -> "SpaceMap":
+        """The map of :class:`ToModelSpace` (``model_cfg``'s grid and voxel size) for ``volume``'s grid."""
+        model_affine, scale, offset = ToModelSpace.from_config(model_cfg).geometry(volume)
+        return cls(volume.shape, volume.affine, model_cfg.grid, model_affine, scale, offset)
+
+    @property
+    def coverage_fraction(self) -> float:
+        """Fraction of the acquisition field of view that lies inside the model grid."""
+        return float(self.coverage.mean())
+
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        """Acquisition image (B, X, Y, Z), acquisition units -> model image (B, 1, *grid) in [0, 1]."""
+        m = (x.float() - self.offset) / self.scale
+        out = self._resample(m[:, None], self._to_model.to(x.device), self.grid)
+        return out.clamp(0, 1)
+
+    def to_acq(self, m: torch.Tensor, fallback: torch.Tensor | None = None) -> torch.Tensor:
+        """Model image (B, 1, *grid) -> acquisition image (B, X, Y, Z) in acquisition units.
+
+        Args:
+            m: model-space image(s), model units.
+            fallback: acquisition-grid image(s) (B or 1, X, Y, Z) used where the model grid does not
+                reach (weighted by ``1 - coverage``); None means the background value ``offset``.
+        """
+        if m.ndim == 4:
+            m = m[:, None]
+        v = self._resample(m.float(), self._to_acq.to(m.device), self.acq_shape)[:, 0]
+        cov = self.coverage.to(m.device)
+        rest = self.offset if fallback is None else fallback.to(m.device).float()
+        return v * self.scale + self.offset * cov + (1 - cov) * rest
