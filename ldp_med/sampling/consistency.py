@@ -132,6 +132,14 @@ class ImageDC:
         """The image the operator sees: ``x`` itself (real problems carry no phase)."""
         return x
 
+    def solve(self, x_prior: torch.Tensor, n_iter: int | None = None) -> torch.Tensor:
+        """The DC solution as the operator sees it (real here, complex for k-space)."""
+        return self(x_prior, n_iter)
+
+    def close(self, x: torch.Tensor, n_iter: int, solve: bool = True) -> torch.Tensor:
+        """The sampler's last step: the DC solution of ``x`` (``solve``) or ``x`` as the operator sees it."""
+        return self.solve(x, n_iter) if solve else self.complex_image(x)
+
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """``A x - y`` for a real (B, X, Y, Z) image; differentiable."""
         return self.operator.A(x) - self.y.to(x.device)

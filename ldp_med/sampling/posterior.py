@@ -313,13 +313,10 @@ class PosteriorSampler:
         for i, t in enumerate(tqdm(timesteps, desc=self.update.name, disable=not self.progress)):
             z = self.update(self.net, st, i, t, z)
         with torch.no_grad():
-            x = self.space.to_acq(self.net.decode(z, st), st.fallback)
-            image = None
-            if isinstance(self.dc_rule, KSpaceDC):
-                xc = self.dc_rule.solve(x, self.cfg.final_cg_iters) if self.cfg.final_dc else self.dc_rule.complex_image(x)
-                image, x = xc.mean(0).cpu().numpy().astype(np.complex64), xc.abs()
-            elif self.cfg.final_dc:
-                x = self.dc_rule(x, self.cfg.final_cg_iters)
+            x = self.dc_rule.close(self.space.to_acq(self.net.decode(z, st), st.fallback), self.cfg.final_cg_iters,
+                                   self.cfg.final_dc)
+            image = x.mean(0).cpu().numpy().astype(np.complex64) if x.is_complex() else None
+            x = x.abs() if x.is_complex() else x
         if not torch.isfinite(x).all():
             raise LdpError("the reconstruction has NaN/Inf values")
         x = x.float().cpu()
