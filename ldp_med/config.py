@@ -408,6 +408,7 @@ class LoopConfig:
     log_every: int = 10
     seed: int = 0
     threads: int = 0
+    autocast: typing.Literal["", "bf16"] = ""  # "bf16": CUDA autocast of the forward pass (GPU recipes)
 
 
 @dataclass

@@ -173,7 +173,9 @@ class Trainer:
         while self.step < self.cfg.steps:
             raw = self.batch_fn(self.data_gen, self.step)
             batch = {k: v.to(self.info.device) if torch.is_tensor(v) else v for k, v in raw.items()}
-            loss, logs = self.loss_fn(self.wrapped, batch)
+            with torch.autocast(self.info.device.type, torch.bfloat16, enabled=self.cfg.autocast == "bf16"):
+                loss, logs = self.loss_fn(self.wrapped, batch)
+            loss = loss.float()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {self.step}")
             self.opt.zero_grad(set_to_none=True)
