@@ -29,6 +29,8 @@ def data_range(reference: np.ndarray) -> float:
 def psnr(recon: np.ndarray, reference: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB, peak = ``data_range(reference)``."""
     recon, reference = _pair(recon, reference)
+    if np.array_equal(recon, reference):  # no error at all: infinite PSNR, without numpy's divide warning
+        return float("inf")
     return float(peak_signal_noise_ratio(reference, recon, data_range=data_range(reference)))
 
 
@@ -48,3 +50,34 @@ def nmse(recon: np.ndarray, reference: np.ndarray) -> float:
 def evaluate(recon: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """All metrics as a dict: ``{"psnr": dB, "ssim": ..., "nmse": ...}``."""
     return {"psnr": psnr(recon, reference), "ssim": ssim(recon, reference), "nmse": nmse(recon, reference)}
+
+
+# --- calibration of std maps (over the voxels a caller selects, e.g. the head) ---------------------------
+
+def coverage(error: np.ndarray, std: np.ndarray, z: float = 1.645) -> float:
+    """Fraction of voxels with ``|error| <= z * std`` (0.9 expected for a calibrated Gaussian std at z=1.645)."""
+    error, std = _pair(np.abs(error), std)
+    return float(np.mean(error <= z * std))
+
+
+def std_scale_for(error: np.ndarray, std: np.ndarray, level: float = 0.9, z: float = 1.645) -> float:
+    """The scale ``s`` with ``coverage(error, s * std, z) == level`` (the calibration of ``posterior.std_scale``)."""
+    error, std = _pair(np.abs(error), std)
+    return float(np.quantile(error / (z * np.maximum(std, 1e-12)), level))
+
+
+def sparsification(error: np.ndarray, order: np.ndarray, steps: int = 20) -> np.ndarray:
+    """RMSE of the voxels left after removing the fraction ``k / steps`` (k = 0..steps-1) ranked highest by ``order``."""
+    error, order = _pair(np.abs(error).ravel(), np.asarray(order).ravel())
+    sq = (error**2)[np.argsort(-order, kind="stable")]
+    tail = np.cumsum(sq[::-1])[::-1]  # sum of squares of the voxels from rank i on
+    starts = (np.arange(steps) * len(sq)) // steps
+    return np.sqrt(tail[starts] / (len(sq) - starts))
+
+
+def ause(error: np.ndarray, std: np.ndarray, steps: int = 20) -> float:
+    """Area under the sparsification error curve (Ilg et al., ECCV 2018): the std's ranking against the
+    oracle (ranking by the true error), RMSE normalised by the RMSE of all voxels; 0 = perfect ranking."""
+    curve = sparsification(error, std, steps) - sparsification(error, np.abs(error), steps)
+    rmse = float(np.sqrt(np.mean(np.abs(np.asarray(error, np.float64)) ** 2)))
+    return float(np.mean(curve) / rmse) if rmse > 0 else 0.0

@@ -117,6 +117,10 @@ def _nlm(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
     return baselines.denoise_nlm(problem.pinv.data, b.nlm_patch_size, b.nlm_patch_distance, b.nlm_h_factor), None, {}
 
 
+def _bm4d(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
+    return baselines.denoise_bm4d(problem.pinv.data, problem.noise_std), None, {}
+
+
 def _posterior(sampler: str | None) -> Solver:
     """Latent posterior sampling with the sampler ``sampler`` (None: the one ``cfg.posterior.method`` names)."""
 
@@ -125,15 +129,31 @@ def _posterior(sampler: str | None) -> Solver:
 
         post = cfg.posterior if sampler is None else dataclasses.replace(cfg.posterior, method=sampler)
         res = sample(prior, problem, post, progress=progress)
-        return res.mean, res.std, {"nfe": res.nfe, "sampler": res.method}
+        meta = {"nfe": res.nfe, "sampler": res.method}
+        if cfg.closing.iters == 0:
+            return res.mean, None if res.std is None else res.std * post.std_scale, meta
+        images = np.abs(_close(problem, res.samples, cfg))
+        std = images.std(0, ddof=1) * post.std_scale if len(images) > 1 else None
+        return images.mean(0), std, {**meta, "closing_iters": cfg.closing.iters, "closing_anchor": cfg.closing.anchor}
 
     return solve
+
+
+def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig) -> np.ndarray:
+    """The closing solve of every posterior sample (:mod:`ldp_med.sampling.closing`); weights from the config."""
+    from ldp_med.sampling.closing import closing_solve
+    from ldp_med.sampling.posterior import compressed
+
+    c = cfg.closing
+    mu = cfg.baseline.cs_lambda if problem.is_complex else c.image_mu * problem.noise_std
+    op, y = compressed(problem, cfg.posterior.coil_energy)
+    return closing_solve(problem, samples, c.anchor * mu, mu, c.iters, c.inner, cfg.baseline.cs_wavelet, op, y)
 
 
 #: One (task, method) table: every pair the registry (``ldp_med.tasks``) allows, and nothing else.
 SOLVERS: dict[tuple[str, str], Solver] = {
     ("kspace", "zero-filled"): _pinv, ("kspace", "cs"): _cs, ("kspace", "tv"): _tv,
-    ("denoise", "nlm"): _nlm, ("superres", "cubic"): _pinv,
+    ("denoise", "nlm"): _nlm, ("denoise", "bm4d"): _bm4d, ("superres", "cubic"): _pinv,
     **{(t, "prior"): _posterior(None) for t in METHODS},
     **{(t, "dps"): _posterior("dps") for t in METHODS},
 }

@@ -14,7 +14,7 @@ TASKS: tuple[str, ...] = ("kspace", "denoise", "superres")
 PRIOR_METHODS: tuple[str, ...] = ("prior", "dps")
 CLASSICAL_METHODS: dict[str, tuple[str, ...]] = {
     "kspace": ("zero-filled", "cs", "tv"),
-    "denoise": ("nlm",),
+    "denoise": ("nlm", "bm4d"),
     "superres": ("cubic",),
 }
 METHODS: dict[str, tuple[str, ...]] = {t: CLASSICAL_METHODS[t] + PRIOR_METHODS for t in TASKS}

@@ -28,20 +28,20 @@ from pathlib import Path
 
 import numpy as np
 
-from benchlib import CASES, emit, recon_config, simulate, spearman_in_head
-from ldp_med.tasks import METHODS
+from benchlib import CASES, emit, head_mask, recon_config, simulate, spearman_in_head
+from ldp_med.tasks import METHODS, PRIOR_METHODS
 
 
 def worker(args) -> None:
     """One reconstruction in this process; prints a JSON line."""
-    from ldp_med.config import PosteriorConfig
+    from ldp_med.config import PosteriorConfig, apply_overrides
     from ldp_med.io.kspace import load_kspace
-    from ldp_med.metrics import evaluate
+    from ldp_med.metrics import ause, coverage, evaluate
     from ldp_med.reconstruct import reconstruct_file
 
     ref = np.load(args.reference)
     posterior = PosteriorConfig(samples=args.samples, **({"steps": args.steps} if args.steps else {}))
-    cfg = recon_config(args.case, args.method, posterior)
+    cfg = apply_overrides(recon_config(args.case, args.method, posterior), args.set or [])
     t0 = time.perf_counter()
     rec = reconstruct_file(args.input, cfg)
     vol, std = rec.volume, rec.std
@@ -51,15 +51,21 @@ def worker(args) -> None:
     row = {**evaluate(vol.data, ref), "sec": sec, "nfe": vol.meta.get("nfe", 0),
            "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
     if std is not None:
-        row["spearman"] = spearman_in_head(std.data, vol.data, ref)
+        head = head_mask(ref)
+        err = (vol.data - ref)[head]
+        row.update(spearman=spearman_in_head(std.data, vol.data, ref), coverage=coverage(err, std.data[head]),
+                   ause=ause(err, std.data[head]))
     print("RESULT " + json.dumps(row), flush=True)
 
 
-def run_one(inp: Path, ref: Path, case: str, method: str, samples: int, steps: int | None) -> dict:
+def run_one(inp: Path, ref: Path, case: str, method: str, samples: int, steps: int | None, overrides=()) -> dict:
+    prior = method in PRIOR_METHODS
     cmd = [sys.executable, __file__, "--worker", "--input", str(inp), "--reference", str(ref), "--case", case,
-           "--method", method, "--samples", str(samples if method in ("prior", "dps") else 1)]
+           "--method", method, "--samples", str(samples if prior else 1)]
     if steps:
         cmd += ["--steps", str(steps)]
+    if prior and overrides:
+        cmd += ["--set", *overrides]
     out = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode or not lines:
@@ -68,24 +74,28 @@ def run_one(inp: Path, ref: Path, case: str, method: str, samples: int, steps: i
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| case | method | n | PSNR (dB) | SSIM | NMSE | s/volume | NFE | peak RSS GB | Spearman(std, err) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | method | n | PSNR (dB) | SSIM | NMSE | s/volume | NFE | peak RSS GB | Spearman(std, err) | "
+             "90% coverage | AUSE |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for case in CASES:
         for method in dict.fromkeys(r["method"] for r in rows if r["case"] == case):
             sel = [r for r in rows if r["case"] == case and r["method"] == method and "error" not in r]
             errs = [r["error"] for r in rows if r["case"] == case and r["method"] == method and "error" in r]
             if not sel:
-                lines.append(f"| {case} | {method} | 0 | failed: {errs[0]} | | | | | | |")
+                lines.append(f"| {case} | {method} | 0 | failed: {errs[0]} | | | | | | | | |")
                 continue
 
             def ms(key, fmt):
                 v = np.array([r[key] for r in sel], dtype=float)
                 return f"{v.mean():{fmt}} ± {v.std():{fmt}}"
 
-            sp = [r["spearman"] for r in sel if "spearman" in r]
+            def mean_of(key, fmt):
+                v = [r[key] for r in sel if key in r]
+                return f"{np.mean(v):{fmt}}" if v else ""
+
             lines.append(f"| {case} | {method} | {len(sel)} | {ms('psnr', '.2f')} | {ms('ssim', '.4f')} | "
                          f"{ms('nmse', '.5f')} | {ms('sec', '.1f')} | {int(np.mean([r['nfe'] for r in sel]))} | "
-                         f"{max(r['rss_gb'] for r in sel):.2f} | {f'{np.mean(sp):.3f}' if sp else ''} |")
+                         f"{max(r['rss_gb'] for r in sel):.2f} | {mean_of('spearman', '.3f')} | "
+                         f"{mean_of('coverage', '.3f')} | {mean_of('ause', '.3f')} |")
     return "\n".join(lines)
 
 
@@ -97,6 +107,9 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=None, help="subset of methods (default: all of each task)")
     ap.add_argument("--samples", type=int, default=1, help="posterior samples of the prior methods (> 1: std map and Spearman)")
     ap.add_argument("--steps", type=int, default=None, help="override PosteriorConfig.steps")
+    ap.add_argument("--set", nargs="+", default=None, metavar="KEY=VALUE",
+                    help="ReconstructConfig overrides for the prior methods, e.g. closing.iters=20")
+    ap.add_argument("--label", default="", help="suffix of the prior methods' row labels (e.g. ' + closing')")
     ap.add_argument("--out", default=None)
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSONL",
                     help="only build the table from the rows of earlier runs (their --out .jsonl files)")
@@ -123,9 +136,10 @@ def main() -> None:
                 for method in METHODS[task]:
                     if args.methods and method not in args.methods:
                         continue
-                    label = f"{method} ({args.samples} samples)" if method in ("prior", "dps") and args.samples > 1 else method
+                    prior = method in PRIOR_METHODS
+                    label = method + (f" ({args.samples} samples)" if prior and args.samples > 1 else "") + (args.label if prior else "")
                     row = {"volume": name, "case": case, "method": label,
-                           **run_one(inp, ref, case, method, args.samples, args.steps)}
+                           **run_one(inp, ref, case, method, args.samples, args.steps, args.set or ())}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     text = table(rows) + (f"\n\nVolumes: {', '.join(names)}; "

@@ -29,3 +29,16 @@ def test_worse_reconstruction_scores_worse():
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError, match="shape"):
         psnr(np.zeros((3, 3, 3)), np.zeros((3, 3, 4)))
+
+
+def test_std_map_calibration_on_a_known_error():
+    from ldp_med.metrics import ause, coverage, std_scale_for
+
+    rng = np.random.default_rng(0)
+    std = rng.uniform(0.5, 2.0, size=200_000)
+    error = rng.normal(size=std.shape) * std  # the std is exactly the error's scale
+    assert coverage(error, std) == pytest.approx(0.90, abs=0.005)
+    assert coverage(error, 0.5 * std) == pytest.approx(0.59, abs=0.01)  # P(|N| <= 0.82)
+    assert std_scale_for(error, 0.5 * std) == pytest.approx(2.0, rel=0.02)
+    assert ause(error, np.abs(error)) == 0.0  # the oracle ranking
+    assert 0 < ause(error, std) < ause(error, rng.uniform(size=std.shape))  # informative < random

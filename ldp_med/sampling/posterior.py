@@ -66,6 +66,8 @@ class PosteriorResult:
         method: the update rule's name.
         lam: DC weight used; noise_std: the noise level it came from.
         image: complex64 (X, Y, Z) mean of the complex DC solutions (k-space only), else None.
+        samples: (B, X, Y, Z) each sample's final image: complex64 DC solutions (phase included) for
+            k-space, float32 otherwise; what the closing solve (:mod:`ldp_med.sampling.closing`) refines.
     """
 
     mean: np.ndarray
@@ -80,6 +82,7 @@ class PosteriorResult:
     noise_std: float
     image: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    samples: np.ndarray | None = None
 
     def volume(self) -> Volume:
         """The mean as a :class:`Volume` (acquisition grid and affine)."""
@@ -315,7 +318,8 @@ class PosteriorSampler:
         with torch.no_grad():
             x = self.dc_rule.close(self.space.to_acq(self.net.decode(z, st), st.fallback), self.cfg.final_cg_iters,
                                    self.cfg.final_dc)
-            image = x.mean(0).cpu().numpy().astype(np.complex64) if x.is_complex() else None
+            samples = x.cpu().numpy().astype(np.complex64 if x.is_complex() else np.float32)
+            image = samples.mean(0) if x.is_complex() else None
             x = x.abs() if x.is_complex() else x
         if not torch.isfinite(x).all():
             raise LdpError("the reconstruction has NaN/Inf values")
@@ -326,7 +330,7 @@ class PosteriorSampler:
             affine=np.asarray(self.meta.get("affine", np.eye(4)), np.float64), nfe=st.nfe, decodes=st.decodes,
             encodes=st.encodes, seconds=time.perf_counter() - start, method=self.update.name,
             lam=float(self.dc_rule.lam), noise_std=float(self.meta.get("noise_std", float("nan"))), image=image,
-            meta={k: v for k, v in self.meta.items() if k not in ("affine", "noise_std")},
+            meta={k: v for k, v in self.meta.items() if k not in ("affine", "noise_std")}, samples=samples,
         )
 
 
@@ -351,19 +355,25 @@ UPDATES = {"dds": _dds, "prior": _dds, "dps": _dps}
 assert tuple(UPDATES) == SAMPLERS
 
 
+def compressed(problem: Problem, coil_energy: float):
+    """``(operator, y)`` of ``problem``, multi-coil k-space compressed to the fewest SVD virtual coils that hold
+    ``coil_energy`` of the data's energy (:func:`ldp_med.physics.coils.compress_coils`) for speed."""
+    maps = None if problem.kspace is None else problem.kspace.sensitivity_maps
+    if coil_energy >= 1 or maps is None:
+        return problem.operator, problem.y
+    from ldp_med.physics.coils import compress_coils
+    from ldp_med.physics.mri import MRIOperator
+
+    kspace, maps = compress_coils(problem.kspace.kspace, maps, coil_energy)
+    op = MRIOperator(problem.operator.mask, torch.from_numpy(np.ascontiguousarray(maps))[None])
+    return op, torch.from_numpy(np.ascontiguousarray(kspace))[None]
+
+
 def _dc_rule(problem: Problem, lam: float, cfg: PosteriorConfig) -> ImageDC:
-    """The DC rule of ``problem``; multi-coil k-space is first compressed to ``cfg.coil_energy`` of its energy."""
+    """The DC rule of ``problem`` (k-space compressed to ``cfg.coil_energy``)."""
     if not problem.is_complex:
         return ImageDC(problem.operator, problem.y, lam, cfg.cg_iters)
-    op, y = problem.operator, problem.y
-    maps = None if problem.kspace is None else problem.kspace.sensitivity_maps
-    if cfg.coil_energy < 1 and maps is not None:
-        from ldp_med.physics.coils import compress_coils
-        from ldp_med.physics.mri import MRIOperator
-
-        kspace, maps = compress_coils(problem.kspace.kspace, maps, cfg.coil_energy)
-        op = MRIOperator(op.mask, torch.from_numpy(np.ascontiguousarray(maps))[None])
-        y = torch.from_numpy(np.ascontiguousarray(kspace))[None]
+    op, y = compressed(problem, cfg.coil_energy)
     return KSpaceDC(op, y, lam, cfg.cg_iters, phase_sigma=cfg.phase_sigma)
 
 
