@@ -5,8 +5,12 @@ Every :class:`~ldp_med.errors.LdpError` becomes one line on stderr and exit code
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
+import logging
+import signal
 import sys
 
 import click
@@ -16,16 +20,38 @@ from ldp_med.errors import InputError, LdpError
 from ldp_med.tasks import ALL_METHODS, TASKS
 
 
+@contextlib.contextmanager
+def _quiet_library_logs():
+    """Mute nibabel's header fix-up log lines: the readers reject what it would fix, in one line of their own."""
+    logger = logging.getLogger("nibabel.global")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with _quiet_library_logs():
+                return super().invoke(ctx)
         except LdpError as exc:
             click.echo(f"ldp-med: error: {exc}", err=True)
             ctx.exit(2)
         except MemoryError:
             click.echo("ldp-med: error: out of memory", err=True)
             ctx.exit(2)
+        except OSError as exc:  # a full disk or read-only folder met outside the atomic writers (e.g. checkpoints)
+            if exc.errno not in _DISK_ERRNOS:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"ldp-med: error: {where}cannot write ({exc.strerror})", err=True)
+            ctx.exit(2)
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,6 +64,8 @@ def main() -> None:  # console-script entry point
     from ldp_med.startup import install
 
     install()  # MONAI without the optional packages it would load for unused models (ldp_med.startup)
+    if hasattr(signal, "SIGXFSZ"):  # past a file-size limit (ulimit -f) a write fails with EFBIG: one line, no core dump
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     cli(prog_name="ldp-med")
 
 
@@ -64,7 +92,7 @@ def simulate(clean, out, task, accel, mask_kind, calib, coils, noise, noise_kind
 
     if noise is None:
         noise = DEFAULT_NOISE[task]
-    check_output(out, force)
+    check_output(out, force, inputs=[clean])
     _check_args(out, accel=accel, calib=calib, coils=coils, noise=noise, factor=factor, axis=axis)
     cfg = SimulateConfig(task=task, accel=accel, mask=mask_kind, calib=calib, coils=coils, noise=noise,
                          noise_kind=noise_kind, factor=factor, axis=axis, seed=seed)
@@ -271,7 +299,7 @@ def autoencode(input_path, out, model_dir, volume_index, force):
     from ldp_med.models.autoencode import autoencode_volume
     from ldp_med.models.pretrained import load_pretrained
 
-    check_output(out, force)
+    check_output(out, force, inputs=[input_path])
     prior = load_pretrained(model_dir, with_unet=False)
     vol = load_volume(input_path, volume_index)
     save_nifti(autoencode_volume(prior, vol), out, force=force)

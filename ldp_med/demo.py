@@ -13,7 +13,7 @@ import numpy as np
 from ldp_med.config import ReconstructConfig, SimulateConfig
 from ldp_med.data.template import mni152_template
 from ldp_med.errors import InputError
-from ldp_med.io.atomic import atomic_path, check_output
+from ldp_med.io.atomic import check_output, write_bytes
 from ldp_med.io.kspace import load_kspace, save_kspace
 from ldp_med.io.nifti import save_nifti
 from ldp_med.io.volume import Volume
@@ -60,6 +60,6 @@ def run_demo(out_dir: str | os.PathLike, accel: float = 4.0, seed: int = 0, forc
     title = f"MNI152 2 mm, 8 coils, Poisson R={ksp.attrs['acceleration']:.2f}: " + ", ".join(
         f"{m} {r['psnr']:.1f} dB" for m, r in rows.items())
     save_slices_png(out / "report.png", images, force=force, scales={k: scale for k in images}, title=title)
-    with atomic_path(out / "results.json", force) as tmp:
-        tmp.write_text(json.dumps({"acceleration": ksp.attrs["acceleration"], "results": rows}, indent=2))
+    results = {"acceleration": ksp.attrs["acceleration"], "results": rows}
+    write_bytes(out / "results.json", json.dumps(results, indent=2).encode(), force)
     return rows

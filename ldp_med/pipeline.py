@@ -60,17 +60,14 @@ def reconstruct_to_files(inputs: list[str], out: str, cfg: ReconstructConfig, vo
     rank, world = _shard()
     pairs = list(zip(inputs, _outputs(inputs, out, report)))[rank::world]  # this rank's share under torchrun
     with_prior = cfg.method in PRIOR_METHODS
-    for _, o in pairs:
-        check_output(o, force)
-        if with_prior and cfg.posterior.samples > 1:
-            check_output(std_path(o), force)
-    if report:
-        check_output(report, force)
+    _check_outputs(inputs, pairs, cfg, report, force)
     prior = None
     if with_prior:
         from ldp_med.models.pretrained import load_pretrained
 
         prior = load_pretrained(model, device=device)
+    for path, _ in pairs:
+        check_reconstruction_memory(path, cfg, prior)
     written = []
     for path, dest in tqdm(pairs, desc=f"files (rank {rank})" if world > 1 else "files", disable=len(pairs) < 2):
         rec = reconstruct_file(path, cfg, volume_index, progress=len(inputs) == 1, prior=prior)
@@ -83,6 +80,47 @@ def reconstruct_to_files(inputs: list[str], out: str, cfg: ReconstructConfig, vo
             _write_report(path, rec, report, force)
             written.append(Path(report))
     return written
+
+
+def _check_outputs(inputs: list[str], pairs: list[tuple[str, Path]], cfg: ReconstructConfig, report: str | None,
+                   force: bool) -> None:
+    """Every destination is new (or ``force``), writable, distinct, never an input, and claimed by this process."""
+    dests = [o for _, o in pairs]
+    if cfg.method in PRIOR_METHODS and cfg.posterior.samples > 1:
+        dests += [std_path(o) for _, o in pairs]
+    if report:
+        dests.append(Path(report))
+    seen: dict[str, Path] = {}
+    for dest in dests:
+        real = os.path.realpath(dest)
+        if real in seen:
+            raise InputError(dest, f"the same file as output {seen[real]}; give distinct outputs")
+        seen[real] = dest
+        check_output(dest, force, inputs=inputs)
+
+
+def check_reconstruction_memory(path: str, cfg: ReconstructConfig, prior=None) -> None:
+    """Refuse (one line) a reconstruction of ``path`` estimated not to fit in the available memory.
+
+    The sizes come from the file's header (:func:`ldp_med.resources.input_shape`); the formula is
+    :func:`ldp_med.resources.reconstruction_bytes`. Inputs whose size is unknown before reading pass.
+    """
+    from ldp_med.reconstruct import resolve_method, resolve_task
+    from ldp_med.resources import check_memory, input_shape, reconstruction_advice, reconstruction_bytes
+
+    task = resolve_task(path, cfg.task)
+    method = resolve_method(path, task, cfg.method)
+    found = input_shape(path, task, cfg.factor, cfg.axis)
+    if found is None:
+        return
+    shape, coils = found
+    grid, channels, samples = None, 0, 1
+    if prior is not None and method in PRIOR_METHODS:
+        grid, channels, samples = prior.config.grid, prior.config.vae.channels[0], cfg.posterior.samples
+    need = reconstruction_bytes(task, method, shape, coils, grid, channels, samples)
+    what = f"{method} reconstruction of {coils} coil(s) x {'x'.join(map(str, shape))}" if task == "kspace" else \
+        f"{method} {task} of {'x'.join(map(str, shape))}"
+    check_memory(need, what, reconstruction_advice(task, method), path)
 
 
 #: How the report names each task's pseudo-inverse (the image the data alone gives).

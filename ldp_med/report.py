@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from ldp_med.io.atomic import atomic_path
+from ldp_med.io.atomic import atomic_open
 
 
 def orthogonal_slices(vol: np.ndarray) -> list[np.ndarray]:
@@ -44,6 +44,6 @@ def save_slices_png(
                 ax.set_ylabel(name, fontsize=10)
     if title:
         fig.suptitle(title, fontsize=11)
-    with atomic_path(path, force) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
+    with atomic_open(path, force) as fh:
+        fig.savefig(fh, dpi=80, format="png")
     plt.close(fig)

@@ -188,3 +188,24 @@ def test_torchrun_shards_inputs_across_ranks(tmp_path, phantom_nifti):
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["noisy0.nii.gz", "noisy1.nii.gz", "noisy2.nii.gz"]
+
+
+@pytest.mark.parametrize("volume,needle", [
+    (np.zeros((21, 24, 19), np.float32), "constant intensity"),
+    (np.arange(8, dtype=np.float32).reshape(2, 2, 2), "volume too small (2x2x2)"),
+])
+@pytest.mark.parametrize("command", [
+    ["simulate", "{v}", "-o", "{d}/o.h5"],
+    ["simulate", "{v}", "-o", "{d}/o.nii.gz", "--task", "denoise"],
+    ["reconstruct", "{v}", "-o", "{d}/o.nii.gz", "--task", "denoise"],
+    ["reconstruct", "{v}", "-o", "{d}/o.nii.gz", "--task", "superres"],
+    ["autoencode", "{v}", "-o", "{d}/o.nii.gz"],
+    ["evaluate", "{p}", "--reference", "{v}"],
+])
+def test_all_zero_and_tiny_volumes_fail_in_one_line(tmp_path, phantom_nifti, volume, needle, command):
+    v = _write_nifti(tmp_path / "v.nii.gz", volume)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run(*[a.format(v=v, d=out, p=phantom_nifti) for a in command])
+    assert_one_line_error(r, v, needle)
+    assert not r.stderr.lower().count("warning") and list(out.iterdir()) == []

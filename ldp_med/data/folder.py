@@ -139,12 +139,16 @@ def list_scans(source: str | os.PathLike) -> list[Path]:
 
 
 class _LoadVolumed(MapTransform):
-    """Path -> :class:`Volume` with ldp-med's readers (NIfTI / DICOM), which fail with InputError."""
+    """Path -> :class:`Volume` with ldp-med's readers (NIfTI / DICOM), which fail with InputError.
+
+    Training images are resampled to the model grid, so a thin stack is usable: no size floor, but a
+    constant image (nothing to learn, no intensity range) is still refused.
+    """
 
     def __call__(self, data):
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = load_volume(d[key])
+            d[key] = load_volume(d[key], min_size=1)
         return d
 
 

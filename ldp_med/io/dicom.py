@@ -18,7 +18,9 @@ i.e. the signs of its first two rows are flipped.
 from __future__ import annotations
 
 import os
+import warnings
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,11 +55,32 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+@contextmanager
+def _quiet():
+    """pydicom warns about invalid values and numpy about overflow; both become one InputError instead."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _has_marker(file: Path) -> bool:
+    try:
+        with open(file, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
 def _read(file: Path) -> Dataset:
-    """Read one file; InvalidDicomError propagates (not DICOM), other failures become InputError."""
+    """Read one file; InvalidDicomError propagates (not DICOM), other failures become InputError.
+
+    A file with the ``DICM`` marker that pydicom cannot parse is a corrupt DICOM file, not a foreign one.
+    """
     try:
         return pydicom.dcmread(file, force=False, defer_size="256 KB")
-    except InvalidDicomError:
+    except InvalidDicomError as exc:
+        if _has_marker(file):
+            raise InputError(file, f"corrupt DICOM file ({_one_line(exc)})") from None
         raise
     except Exception as exc:  # pydicom raises many types on corrupt files
         raise InputError(file, f"corrupt DICOM file ({_one_line(exc)})") from None
@@ -77,6 +100,8 @@ def _folder_datasets(folder: Path) -> list[tuple[Path, Dataset]]:
             continue
         if _has_pixels(ds):
             found.append((file, ds))
+        elif len(ds) == 0 or "Rows" in ds:  # an image whose pixels are missing: cut short, not a DICOMDIR
+            raise InputError(file, "DICOM image without pixel data (truncated file?)")
         else:
             without_pixels += 1
     if not found:
@@ -99,8 +124,18 @@ def _single_series(items: list[tuple[Path, Dataset]], folder: Path) -> list[tupl
     raise InputError(folder, f"{len(series)} series in one folder, pass a folder holding one: {listing}")
 
 
+def _tag(item: Dataset | None, keyword: str, file: Path, where: str = ""):
+    """The value of ``keyword`` in ``item`` (None when absent); a value pydicom cannot parse is an InputError."""
+    if item is None:
+        return None
+    try:
+        return item.get(keyword)
+    except Exception as exc:  # pydicom converts values lazily and raises on text in a numeric tag
+        raise InputError(file, f"{keyword}{where} is not readable ({_one_line(exc)})") from None
+
+
 def _floats(item: Dataset | None, keyword: str, n: int, file: Path, where: str = "") -> np.ndarray:
-    value = None if item is None else item.get(keyword)
+    value = _tag(item, keyword, file, where)
     if value is None or value == "":
         raise InputError(file, f"missing {keyword}{where}; cannot place the image in space")
     try:
@@ -112,24 +147,60 @@ def _floats(item: Dataset | None, keyword: str, n: int, file: Path, where: str =
     return values
 
 
-def _optional_float(item: Dataset | None, keyword: str) -> float | None:
-    value = None if item is None else item.get(keyword)
+def _spacing(item: Dataset | None, file: Path, where: str = "") -> np.ndarray:
+    spacing = _floats(item, "PixelSpacing", 2, file, where)
+    if (spacing <= 0).any():
+        raise InputError(file, f"PixelSpacing{where} must be positive, got {list(spacing)}")
+    return spacing
+
+
+def _optional_float(item: Dataset | None, keyword: str, file: Path, where: str = "") -> float | None:
+    value = _tag(item, keyword, file, where)
     if value is None or value == "":
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(file, f"{keyword}{where} must be a number, got {value!r}") from None
+    if not np.isfinite(number):
+        raise InputError(file, f"{keyword}{where} must be finite, got {value}")
+    return number
+
+
+def _int_tag(ds: Dataset, keyword: str, file: Path, default: int | None = None) -> int:
+    """An integer tag (``default`` when absent or empty); anything else is an InputError."""
+    value = _tag(ds, keyword, file)
+    if value is None or value == "":
+        if default is None:
+            raise InputError(file, f"missing {keyword}")
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise InputError(file, f"{keyword} must be an integer, got {value!r}") from None
+
+
+def _n_frames(ds: Dataset, file: Path) -> int:
+    n = _int_tag(ds, "NumberOfFrames", file, 1) or 1
+    if n < 1:
+        raise InputError(file, f"NumberOfFrames must be >= 1, got {n}")
+    return n
 
 
 def _pixel_frames(ds: Dataset, file: Path, n_frames: int) -> np.ndarray:
     """Decoded stored values, shape (frames, rows, cols)."""
-    samples = int(ds.get("SamplesPerPixel", 1))
+    samples = _int_tag(ds, "SamplesPerPixel", file, 1)
     if samples != 1:
         raise InputError(file, f"colour images (SamplesPerPixel {samples}) are not supported")
+    rows, cols = _int_tag(ds, "Rows", file), _int_tag(ds, "Columns", file)
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
     try:
-        pixels = ds.pixel_array
+        pixels = np.asarray(ds.pixel_array)
     except Exception as exc:  # decoders raise many types (missing plugin, bad length, ...)
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         raise InputError(file, f"cannot decode pixel data (transfer syntax {syntax}): {_one_line(exc)}") from None
-    return np.asarray(pixels).reshape(n_frames, int(ds.Rows), int(ds.Columns))
+    if pixels.size != n_frames * rows * cols:
+        raise InputError(file, f"pixel data holds {pixels.size} values, expected {n_frames} x {rows} x {cols}")
+    return pixels.reshape(n_frames, rows, cols)
 
 
 def _rescale(pixels: np.ndarray, slope: float | None, intercept: float | None) -> np.ndarray:
@@ -141,13 +212,23 @@ def _rescale(pixels: np.ndarray, slope: float | None, intercept: float | None) -
 def _single_frame_slice(ds: Dataset, file: Path) -> _Slice:
     pixels = _pixel_frames(ds, file, 1)[0]
     return _Slice(
-        pixels=_rescale(pixels, _optional_float(ds, "RescaleSlope"), _optional_float(ds, "RescaleIntercept")),
+        pixels=_rescale(pixels, _optional_float(ds, "RescaleSlope", file),
+                        _optional_float(ds, "RescaleIntercept", file)),
         position=_floats(ds, "ImagePositionPatient", 3, file),
         orientation=_floats(ds, "ImageOrientationPatient", 6, file),
-        spacing=_floats(ds, "PixelSpacing", 2, file),
-        thickness=_optional_float(ds, "SpacingBetweenSlices") or _optional_float(ds, "SliceThickness"),
+        spacing=_spacing(ds, file),
+        thickness=_thickness(ds, file),
         source=str(file),
     )
+
+
+def _thickness(item: Dataset | None, file: Path, where: str = "") -> float | None:
+    """SpacingBetweenSlices, else SliceThickness (used for one-slice volumes); must be positive when given."""
+    value = _optional_float(item, "SpacingBetweenSlices", file, where) or _optional_float(
+        item, "SliceThickness", file, where)
+    if value is not None and value < 0:
+        raise InputError(file, f"slice thickness{where} must be positive, got {value}")
+    return value
 
 
 def _group_item(ds: Dataset, frame: int, name: str) -> Dataset | None:
@@ -162,7 +243,7 @@ def _group_item(ds: Dataset, frame: int, name: str) -> Dataset | None:
 
 def _multi_frame_slices(ds: Dataset, file: Path) -> list[_Slice]:
     """One slice per frame of an enhanced multi-frame image, geometry from the functional groups."""
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    n_frames = _n_frames(ds, file)
     if "PerFrameFunctionalGroupsSequence" not in ds and "SharedFunctionalGroupsSequence" not in ds:
         raise InputError(file, f"multi-frame file ({n_frames} frames) without per-frame geometry "
                                "(no PerFrame/SharedFunctionalGroupsSequence)")
@@ -173,20 +254,20 @@ def _multi_frame_slices(ds: Dataset, file: Path) -> list[_Slice]:
         measures = _group_item(ds, f, "PixelMeasuresSequence")
         transform = _group_item(ds, f, "PixelValueTransformationSequence") or ds
         slices.append(_Slice(
-            pixels=_rescale(frames[f], _optional_float(transform, "RescaleSlope"),
-                            _optional_float(transform, "RescaleIntercept")),
+            pixels=_rescale(frames[f], _optional_float(transform, "RescaleSlope", file, where),
+                            _optional_float(transform, "RescaleIntercept", file, where)),
             position=_floats(_group_item(ds, f, "PlanePositionSequence"), "ImagePositionPatient", 3, file, where),
             orientation=_floats(_group_item(ds, f, "PlaneOrientationSequence"), "ImageOrientationPatient", 6,
                                 file, where),
-            spacing=_floats(measures, "PixelSpacing", 2, file, where),
-            thickness=_optional_float(measures, "SpacingBetweenSlices") or _optional_float(measures, "SliceThickness"),
+            spacing=_spacing(measures, file, where),
+            thickness=_thickness(measures, file, where),
             source=f"{file} frame {f + 1}",
         ))
     return slices
 
 
 def _dataset_slices(ds: Dataset, file: Path) -> list[_Slice]:
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    n_frames = _n_frames(ds, file)
     if n_frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
         return _multi_frame_slices(ds, file)
     return [_single_frame_slice(ds, file)]
@@ -275,6 +356,12 @@ def load_dicom(path: str | os.PathLike) -> Volume:
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file or folder not found")
+    with _quiet():
+        return _load(path)
+
+
+def _load(path: Path) -> Volume:
+    """:func:`load_dicom` without the checks on ``path`` itself."""
     if path.is_dir():
         items = _single_series(_folder_datasets(path), path)
     else:

@@ -23,7 +23,8 @@ import h5py
 import numpy as np
 
 from ldp_med.errors import InputError
-from ldp_med.io.atomic import atomic_path
+from ldp_med.io.atomic import atomic_open
+from ldp_med.io.volume import MIN_SIZE
 
 __all__ = ["KSpaceData", "load_kspace", "save_kspace", "ATTR_DEFAULTS"]
 
@@ -87,7 +88,7 @@ class KSpaceData:
         Raises:
             InputError: naming ``path`` and the offending field.
         """
-        self.kspace = _check_complex(self.kspace, "kspace", path)
+        self.kspace = _check_nonzero(_check_complex(self.kspace, "kspace", path), "kspace", path)
         grid = self.kspace.shape[1:]
         self.mask = _check_mask(self.mask, grid, path)
         if self.sensitivity_maps is not None:
@@ -95,6 +96,7 @@ class KSpaceData:
             if self.sensitivity_maps.shape != self.kspace.shape:
                 raise InputError(path, f"sensitivity_maps shape {self.sensitivity_maps.shape} differs "
                                        f"from kspace shape {self.kspace.shape}")
+            _check_nonzero(self.sensitivity_maps, "sensitivity_maps", path)
         if self.reference is not None:
             self.reference = _check_reference(self.reference, grid, path)
         self.affine = _check_affine(self.affine, path)
@@ -121,6 +123,13 @@ def _check_complex(array, name: str, path) -> np.ndarray:
         raise InputError(path, f"{name} has an empty dimension: shape {array.shape}")
     array = array.astype(np.complex64, copy=False)
     _check_finite(array, name, path)
+    return array
+
+
+def _check_nonzero(array: np.ndarray, name: str, path) -> np.ndarray:
+    """A measurement (or coil map) that is zero everywhere carries no image."""
+    if not array.any():
+        raise InputError(path, f"{name} is zero everywhere; there is nothing to reconstruct")
     return array
 
 
@@ -160,6 +169,8 @@ def _check_affine(affine, path) -> np.ndarray:
         raise InputError(path, f"affine must be a real (4, 4) array, got {affine.dtype} {affine.shape}")
     affine = affine.astype(np.float64, copy=False)
     _check_finite(affine, "affine", path)
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(path, "affine is singular (a voxel size is zero or two axes coincide)")
     return affine
 
 
@@ -186,11 +197,26 @@ def _check_attrs(attrs: dict, mask: np.ndarray, grid: tuple[int, ...], path) -> 
             raise InputError(path, f"attribute {key} must be finite and {'> 0' if positive else '>= 0'}, got {value}")
         out[key] = value
     if out["seed"] is not None:
-        try:
-            out["seed"] = int(out["seed"])
-        except (TypeError, ValueError):
-            raise InputError(path, f"attribute seed must be an integer, got {out['seed']!r}") from None
+        out["seed"] = _integer_attr(out, "seed", path)
+    if out.get("calib") is not None:
+        calib = _integer_attr(out, "calib", path)
+        if not 0 <= calib <= max(grid[1:]):
+            raise InputError(path, f"attribute calib = {calib} must be from 0 to {max(grid[1:])} "
+                                   f"(the phase-encode grid is {grid[1]}x{grid[2]})")
+        out["calib"] = calib
     return out
+
+
+def _integer_attr(attrs: dict, key: str, path) -> int:
+    """``attrs[key]`` as an int; a float with a fraction, NaN, text or an array is an InputError."""
+    value = attrs[key]
+    try:
+        number = float(value)
+        if number.is_integer():
+            return int(number)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    raise InputError(path, f"attribute {key} must be an integer, got {value!r}")
 
 
 def _attr_to_python(value):
@@ -218,11 +244,12 @@ def _read_dataset(f: h5py.File, name: str, path: Path, required: bool) -> np.nda
         raise InputError(path, f"cannot read dataset '{name}' ({' '.join(str(exc).split())})") from None
 
 
-def load_kspace(path: str | os.PathLike) -> KSpaceData:
+def load_kspace(path: str | os.PathLike, min_size: int = MIN_SIZE) -> KSpaceData:
     """Read and validate a k-space container written by :func:`save_kspace` (or compatible).
 
     Args:
         path: an HDF5 file (``.h5``/``.hdf5``).
+        min_size: fewest samples along each axis of the grid (X, Y, Z), as for volumes.
 
     Returns:
         A validated KSpaceData (dtypes normalised, attribute defaults filled; a missing
@@ -230,7 +257,8 @@ def load_kspace(path: str | os.PathLike) -> KSpaceData:
 
     Raises:
         InputError: naming the file: missing, a folder, not HDF5, a missing or malformed dataset,
-            shapes that disagree, real-valued k-space, NaN/Inf, or a bad attribute.
+            shapes that disagree, real-valued k-space, NaN/Inf, k-space or coil maps that are zero
+            everywhere, a singular affine, a grid smaller than ``min_size``, or a bad attribute.
     """
     path = Path(path)
     if not path.exists():
@@ -250,8 +278,11 @@ def load_kspace(path: str | os.PathLike) -> KSpaceData:
     except OSError as exc:
         raise InputError(path, f"unreadable HDF5 file ({' '.join(str(exc).split())})") from None
     affine = arrays.pop("affine")
-    data = KSpaceData(**arrays, affine=np.eye(4) if affine is None else affine, attrs=attrs)
-    return data.validate(path)
+    data = KSpaceData(**arrays, affine=np.eye(4) if affine is None else affine, attrs=attrs).validate(path)
+    if min(data.shape) < min_size:
+        raise InputError(path, f"k-space grid too small ({'x'.join(map(str, data.shape))}) for ldp-med: every axis "
+                               f"needs at least {min_size} samples")
+    return data
 
 
 def save_kspace(data: KSpaceData, path: str | os.PathLike, force: bool = False) -> Path:
@@ -277,7 +308,7 @@ def save_kspace(data: KSpaceData, path: str | os.PathLike, force: bool = False) 
     path = Path(path)
     data = dataclasses.replace(data, attrs=dict(data.attrs)).validate(path)
     attrs = {**data.attrs, "ldp_med_version": __version__}
-    with atomic_path(path, force) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_open(path, force) as fh, h5py.File(fh, "w") as f:
         f.create_dataset("kspace", data=data.kspace)
         f.create_dataset("mask", data=data.mask, compression="gzip")
         if data.sensitivity_maps is not None:

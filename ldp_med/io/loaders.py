@@ -10,7 +10,7 @@ from ldp_med.errors import InputError
 from ldp_med.io.dicom import load_dicom
 from ldp_med.io.kspace import KSpaceData, save_kspace
 from ldp_med.io.nifti import is_nifti_path, load_nifti, save_nifti
-from ldp_med.io.volume import Volume
+from ldp_med.io.volume import MIN_SIZE, Volume, check_volume_content
 
 __all__ = ["load_volume", "save_output", "is_kspace_file", "is_dicom_file"]
 
@@ -36,24 +36,31 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
     return head[128:132] == b"DICM"
 
 
-def load_volume(path: str | os.PathLike, volume_index: int | None = None) -> Volume:
+def load_volume(path: str | os.PathLike, volume_index: int | None = None, min_size: int = MIN_SIZE) -> Volume:
     """Read a volume from a NIfTI file, a DICOM series folder or a DICOM file.
 
     Dispatch: a folder, a ``.dcm``/``.ima`` file or a file with the DICOM marker -> :func:`load_dicom`;
-    ``.nii``/``.nii.gz`` -> :func:`load_nifti`; anything else is an error.
+    ``.nii``/``.nii.gz`` -> :func:`load_nifti`; anything else is an error. The volume must then have at
+    least ``min_size`` voxels along every axis and more than one intensity (:func:`check_volume_content`).
 
     Args:
         path: file or folder.
         volume_index: volume of 4-D NIfTI data to read; only valid for NIfTI.
+        min_size: fewest voxels along each axis (default :data:`~ldp_med.io.volume.MIN_SIZE`; 1 accepts
+            a single DICOM slice).
 
     Returns:
         A Volume: float32 data (X, Y, Z), RAS+ affine (4, 4), meta.
 
     Raises:
         InputError: naming the path for a missing path, an unrecognised format, a volume index
-            given for DICOM, or any error of the chosen reader.
+            given for DICOM, a volume too small or of constant intensity, or any error of the chosen reader.
     """
-    path = Path(path)
+    return check_volume_content(_read_volume(Path(path), volume_index), path, min_size)
+
+
+def _read_volume(path: Path, volume_index: int | None) -> Volume:
+    """Pick the reader for ``path`` and read it."""
     if not path.exists():
         raise InputError(path, "file or folder not found")
     if is_nifti_path(path):

@@ -6,8 +6,12 @@ Reading keeps the header's qform and sform (and their codes) in ``Volume.meta`` 
 
 from __future__ import annotations
 
+import gzip
+import logging
 import os
+import warnings
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -16,14 +20,18 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from ldp_med.errors import InputError
-from ldp_med.io.atomic import atomic_path
+from ldp_med.io.atomic import atomic_open
 from ldp_med.io.volume import Volume, check_affine, check_volume_array
 
 __all__ = ["load_nifti", "save_nifti", "is_nifti_path"]
 
 # Everything nibabel, gzip and the file system raise for unreadable, truncated or fake files.
-_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
+_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error, OverflowError,
+                KeyError, TypeError, IndexError)
 _SCANNER = 1  # NIFTI_XFORM_SCANNER_ANAT
+_HEADER_SIZES = {348: nib.Nifti1Header, 540: nib.Nifti2Header}
+_XFORM_CODES = range(0, 6)  # unknown, scanner, aligned, Talairach, MNI, template
+_MAX_DEFLATE_RATIO = 1032  # deflate never compresses better than about 1032:1
 
 
 def is_nifti_path(path: str | os.PathLike) -> bool:
@@ -44,9 +52,135 @@ def _check_input_file(path: Path) -> None:
         raise InputError(path, "is a folder, expected a NIfTI file (.nii or .nii.gz)")
 
 
-def _open_image(path: Path) -> nib.Nifti1Image:
+@contextmanager
+def _quiet():
+    """Silence nibabel's header-fix log lines and numpy's warnings: problems become InputErrors instead."""
+    logger = nib.imageglobals.logger
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
     try:
-        img = nib.load(path, mmap=False)
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _gzip_length(path: Path) -> int:
+    """Uncompressed length of a gzip file, read through to the end so its CRC and length are verified."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(path, f"corrupt or truncated gzip data ({_one_line(exc)})") from None
+    return total
+
+
+def _raw_header(path: Path) -> nib.Nifti1Header:
+    """The header as stored (before nibabel fixes anything), NIfTI-1 or NIfTI-2, either byte order."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(540)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(path, f"not a readable NIfTI file ({_one_line(exc)})") from None
+    for size, klass in _HEADER_SIZES.items():
+        for endian in "<>":
+            if len(head) >= 4 and int(np.frombuffer(head[:4], f"{endian}i4")[0]) == size:
+                if len(head) < size:
+                    raise InputError(path, f"not a readable NIfTI file (truncated header: {len(head)} of {size} bytes)")
+                return klass(head[:size], endianness=endian, check=False)
+    found = f"{len(head)} bytes" if len(head) < 4 else "sizeof_hdr is not 348 or 540"
+    raise InputError(path, f"not a readable NIfTI file ({found})")
+
+
+def _header_shape(hdr: nib.Nifti1Header, path: Path) -> tuple[int, ...]:
+    dim = [int(d) for d in hdr["dim"]]
+    if not 1 <= dim[0] <= 7:
+        raise InputError(path, f"header dim[0] = {dim[0]} (the number of dimensions) must be 1 to 7")
+    shape = tuple(dim[1:dim[0] + 1])
+    for i, d in enumerate(shape, start=1):
+        if d == 0:
+            raise InputError(path, f"empty data: header dim[{i}] = 0 gives a dimension of size 0")
+        if d < 0:
+            raise InputError(path, f"header dim[{i}] = {d}: a dimension cannot be negative")
+    return shape
+
+
+def _check_magic(hdr: nib.Nifti1Header, path: Path) -> None:
+    magic = bytes(hdr["magic"]).rstrip(b"\0")
+    if magic in (b"ni1", b"ni2"):
+        raise InputError(path, f"header magic {magic.decode()!r} belongs to a .hdr/.img pair, not a single-file NIfTI")
+    if magic not in (b"n+1", b"n+2"):
+        raise InputError(path, f"not a readable NIfTI file (magic {magic!r})")
+
+
+def _data_bytes(hdr: nib.Nifti1Header, shape: tuple[int, ...], path: Path) -> int:
+    code = int(hdr["datatype"])
+    try:
+        dtype = hdr.get_data_dtype()
+    except Exception:  # unknown codes raise KeyError or HeaderDataError depending on nibabel's version
+        raise InputError(path, f"unsupported NIfTI datatype code {code}") from None
+    n = int(dtype.itemsize)
+    for d in shape:
+        n *= d
+    return n
+
+
+def _check_data_extent(hdr: nib.Nifti1Header, shape: tuple[int, ...], path: Path) -> None:
+    """The data the header promises must fit in the file: checked before anything is allocated."""
+    offset = float(hdr["vox_offset"])
+    minimum = hdr.single_vox_offset
+    if not np.isfinite(offset) or offset != int(offset) or offset < minimum:
+        raise InputError(path, f"header vox_offset = {offset:g} must be a whole number >= {minimum}")
+    needed = int(offset) + _data_bytes(hdr, shape, path)
+    size, held = path.stat().st_size, "holds"
+    if path.name.lower().endswith(".gz"):  # bound it cheaply first, then count exactly (verifying the CRC)
+        bound = size * _MAX_DEFLATE_RATIO + 4096
+        size, held = (bound, "can hold at most") if needed > bound else (_gzip_length(path), "holds")
+    if needed > size:
+        dims = "x".join(map(str, shape))
+        raise InputError(path, f"header promises {dims} {hdr.get_data_dtype()} ({needed} bytes with the header) but "
+                               f"the file {held} {size} bytes: truncated, or wrong dim/datatype")
+
+
+def _check_geometry_fields(hdr: nib.Nifti1Header, shape: tuple[int, ...], path: Path) -> None:
+    for name in ("qform_code", "sform_code"):
+        code = int(hdr[name])
+        if code not in _XFORM_CODES:
+            raise InputError(path, f"header {name} = {code} is not a NIfTI transform code (0 to 5)")
+    pixdim = [float(p) for p in hdr["pixdim"][1:min(len(shape), 3) + 1]]
+    for i, p in enumerate(pixdim, start=1):
+        if not np.isfinite(p) or p == 0:
+            raise InputError(path, f"header pixdim[{i}] = {p:g}: a voxel size must be finite and non-zero")
+
+
+def _check_scaling(hdr: nib.Nifti1Header, path: Path) -> None:
+    """scl_slope 0 or NaN means unscaled (the NIfTI standard, and what nibabel writes); +-Inf is corrupt."""
+    slope, inter = float(hdr["scl_slope"]), float(hdr["scl_inter"])
+    if np.isinf(slope):
+        raise InputError(path, f"header scl_slope = {slope:g}")
+    if np.isfinite(slope) and slope != 0 and not np.isfinite(inter):
+        raise InputError(path, f"header scl_inter = {inter:g} with scl_slope = {slope:g}")
+
+
+def _check_header(path: Path) -> None:
+    """Reject a header nibabel would silently fix, or whose data cannot be in the file."""
+    hdr = _raw_header(path)
+    _check_magic(hdr, path)
+    shape = _header_shape(hdr, path)
+    _check_data_extent(hdr, shape, path)
+    _check_geometry_fields(hdr, shape, path)
+    _check_scaling(hdr, path)
+
+
+def _open_image(path: Path) -> nib.Nifti1Image:
+    _check_header(path)
+    try:
+        with _quiet():
+            img = nib.load(path, mmap=False)
     except _READ_ERRORS as exc:
         raise InputError(path, f"not a readable NIfTI file ({_one_line(exc)})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
@@ -95,7 +229,8 @@ def _read_array(img: nib.Nifti1Image, path: Path, volume_index: int | None) -> n
     if dtype.fields is not None:
         raise InputError(path, f"non-numeric data type {dtype} (e.g. RGB); expected a scalar volume")
     try:
-        data = getter()
+        with _quiet():
+            data = getter()
     except _READ_ERRORS as exc:
         raise InputError(path, f"cannot read the image data, the file may be truncated ({_one_line(exc)})") from None
     return data.reshape(shape3) if len(shape3) == 3 else data
@@ -134,8 +269,10 @@ def load_nifti(path: str | os.PathLike, volume_index: int | None = None) -> Volu
 
     Raises:
         InputError: naming the file, for a missing file, a folder, a non-NIfTI or corrupt or
-            truncated file, 4-D data without a (valid) index, an empty dimension, NaN/Inf values,
-            or a singular affine.
+            truncated file, a header nibabel would have to fix (sizeof_hdr, magic, dim, datatype,
+            vox_offset, pixdim, transform codes, infinite scl_slope), a header promising more data than
+            the file holds (checked before allocating), 4-D data without a (valid) index, an empty
+            dimension, NaN/Inf values, or a singular affine.
     """
     path = Path(path)
     _check_input_file(path)
@@ -221,6 +358,7 @@ def save_nifti(volume: Volume, path: str | os.PathLike, force: bool = False) -> 
     check_affine(volume.affine, path)
     hdr = _build_header(volume)
     img = nib.Nifti1Image(data, affine=None, header=hdr)
-    with atomic_path(path, force) as tmp:
-        img.to_filename(tmp)
+    raw = img.to_bytes()
+    with atomic_open(path, force) as fh:  # nameless until complete: a kill -9 leaves nothing
+        fh.write(gzip.compress(raw, compresslevel=1, mtime=0) if str(path).endswith(".gz") else raw)
     return path

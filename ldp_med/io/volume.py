@@ -14,7 +14,11 @@ import numpy as np
 
 from ldp_med.errors import InputError
 
-__all__ = ["Volume", "check_volume_array", "check_affine"]
+__all__ = ["Volume", "check_volume_array", "check_affine", "check_volume_content", "MIN_SIZE"]
+
+#: Fewest voxels along any axis of an input volume: the 7-voxel window of 3-D SSIM, and enough for the
+#: noise estimators, denoisers and slice-thickness models to be defined without warnings.
+MIN_SIZE = 7
 
 
 @dataclass
@@ -116,3 +120,30 @@ def check_affine(affine: np.ndarray, path: str | os.PathLike | None) -> np.ndarr
     if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError(path, "affine is singular (a voxel size is zero or two axes coincide)")
     return affine
+
+
+def check_volume_content(volume: Volume, path: str | os.PathLike | None, min_size: int = MIN_SIZE) -> Volume:
+    """Check that a loaded volume is something ldp-med can work on: large enough, and not constant.
+
+    Args:
+        volume: a volume whose array already passed :func:`check_volume_array`.
+        path: the file or folder it came from, named in the error.
+        min_size: fewest voxels along every axis (1 allows single slices).
+
+    Returns:
+        ``volume``, unchanged.
+
+    Raises:
+        InputError: for an axis shorter than ``min_size`` ("volume too small (2x2x2) ...") or a
+            volume whose voxels all hold one value ("constant intensity ...").
+    """
+    shape = volume.shape
+    if min(shape) < min_size:
+        raise InputError(path, f"volume too small ({'x'.join(map(str, shape))}) for ldp-med: every axis needs "
+                               f"at least {min_size} voxels")
+    data = volume.data
+    low, high = float(data.min()), float(data.max())
+    if low == high:
+        raise InputError(path, f"constant intensity (every voxel is {low:g}): nothing to simulate, reconstruct "
+                               "or compare")
+    return volume

@@ -1,5 +1,8 @@
 """Model folders: ``config.json`` beside ``vae.safetensors`` and ``unet.safetensors`` (no pickles, no network).
 
+Nothing in a model folder can run code: weights are read only with safetensors, never ``torch.load`` or
+``pickle``, and a folder holding a pickle (found by suffix or by its magic bytes, under any name) is refused.
+
 ``save_pretrained`` writes one atomically (a temporary folder renamed into place); ``load_pretrained``
 reads one, by default the model shipped inside the package (``ldp_med/weights/default``).
 """
@@ -7,6 +10,7 @@ reads one, by default the model shipped inside the package (``ldp_med/weights/de
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -14,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import ldp_med
@@ -93,41 +96,101 @@ def save_pretrained(folder: str | os.PathLike, cfg: ModelConfig, vae: torch.nn.M
     return folder
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then that many bytes of JSON object."""
+    return len(head) >= 9 and 8 + int.from_bytes(head[:8], "little") <= size and head[8:9] == b"{"
+
+
+def pickle_kind(head: bytes, size: int) -> str | None:
+    """What executable serialisation the first bytes of a file announce, or None.
+
+    Recognised: a zip archive (``torch.save`` since PyTorch 1.6, ``PK\\x03\\x04``) and a binary pickle
+    (``\\x80`` then protocol 2-5: legacy ``torch.save``, ``pickle.dump``, joblib). A valid safetensors
+    header wins, so an 8-byte header length that happens to start with ``\\x80`` is not a pickle.
+    """
+    if _is_safetensors(head, size):
+        return None
+    if head[:4] == b"PK\x03\x04":
+        return "a zip archive (torch.save format, which runs pickled code)"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return f"a pickle (protocol {head[1]}), which can run code when loaded"
+    return None
+
+
+def _refuse_pickles(folder: Path) -> None:
+    """Every file of the folder, whatever its name: pickles are refused by suffix and by their magic bytes."""
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise InputError(path, "refusing a pickle file; model folders hold config.json and *.safetensors only")
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+            kind = pickle_kind(head, path.stat().st_size)
+        except OSError as exc:
+            raise InputError(path, f"unreadable file in model folder ({exc.strerror})") from None
+        if kind:
+            raise InputError(path, f"refusing {kind}; model folders hold config.json and *.safetensors only")
+
+
 def read_config(folder: str | os.PathLike) -> ModelConfig:
-    """The :class:`ModelConfig` of a model folder, strictly checked."""
+    """The :class:`ModelConfig` of a model folder, strictly checked.
+
+    Raises:
+        InputError: naming the folder or file: no such folder, a pickle anywhere in it (by suffix or by its
+            magic bytes), a missing or unparsable config.json, or a config that does not validate.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "model folder does not exist")
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise InputError(folder, f"refusing pickle file(s) {pickles}; model folders hold config.json and *.safetensors only")
+    _refuse_pickles(folder)
     path = folder / "config.json"
     if not path.is_file():
         raise InputError(folder, "missing config.json")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(path, f"unreadable JSON ({exc})") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InputError(path, f"unreadable JSON ({_one_line(exc)})") from None
     if not isinstance(data, dict):
-        raise InputError(path, "expected a JSON object")
+        raise InputError(path, f"expected a JSON object, got {type(data).__name__}")
     try:
         cfg = from_dict(ModelConfig, data)
         check_model_config(cfg)
-        return cfg
-    except ConfigError as exc:
-        raise InputError(path, str(exc)) from None
+    except (ConfigError, ValueError, TypeError) as exc:
+        raise InputError(path, _one_line(exc)) from None
+    _check_numbers(cfg, path)
+    return cfg
+
+
+def _check_numbers(cfg: ModelConfig, path: Path) -> None:
+    """The model grid's numbers: a positive grid and voxel size, finite latent statistics and affine."""
+    if min(cfg.grid) < 1 or not (math.isfinite(cfg.voxel_mm) and cfg.voxel_mm > 0):
+        raise InputError(path, f"grid {tuple(cfg.grid)} and voxel_mm {cfg.voxel_mm} must be positive and finite")
+    if not (math.isfinite(cfg.latent_scale_factor) and cfg.latent_scale_factor > 0):
+        raise InputError(path, f"latent_scale_factor must be positive and finite, got {cfg.latent_scale_factor}")
+    values = [*cfg.latent_shift, *cfg.latent_channel_scale, *(v for row in cfg.affine for v in row)]
+    if not all(math.isfinite(float(v)) for v in values):
+        raise InputError(path, "latent_shift, latent_channel_scale and affine must hold finite numbers")
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file (which cannot run code); any failure names the file."""
+    try:
+        return load_file(path)
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ValueError, RuntimeError for bad dtypes
+        raise InputError(path, f"unreadable safetensors file ({_one_line(exc)})") from None
 
 
 def _load_weights(module: torch.nn.Module, path: Path) -> None:
     if not path.is_file():
         raise InputError(path.parent, f"missing {path.name}")
-    try:
-        state = load_file(path)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError(path, f"unreadable safetensors file ({exc})") from None
+    state = _read_safetensors(path)
     try:
         module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()
         detail = "; ".join(line.strip() for line in first[1:3]) or first[0]
         raise InputError(path, f"weights do not match config.json ({detail})") from None
@@ -154,10 +217,7 @@ def load_pretrained(path: str | os.PathLike | None = None, device: str | torch.d
         _load_weights(unet, folder / FILES["unet"])
     extras = {}
     if (folder / "extras.safetensors").is_file():
-        try:
-            extras = load_file(folder / "extras.safetensors")
-        except (SafetensorError, OSError) as exc:
-            raise InputError(folder / "extras.safetensors", f"unreadable safetensors file ({exc})") from None
+        extras = _read_safetensors(folder / "extras.safetensors")
     prior = Prior(cfg, vae.eval(), None if unet is None else unet.eval(), extras, folder)
     return prior.to(device)
 

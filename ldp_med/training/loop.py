@@ -59,6 +59,40 @@ def params_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def recover_checkpoint(out: Path) -> None:
+    """Settle what a ``kill -9`` inside :meth:`Trainer.save_checkpoint` can leave in ``out``.
+
+    Killed while ``.checkpoint.tmp`` was written: ``checkpoint/`` is intact and the partial folder is
+    dropped. Killed between the two renames (``checkpoint/`` missing, ``.checkpoint.old`` present):
+    the new folder was complete before the first rename, so it becomes ``checkpoint/``. Killed while
+    ``.checkpoint.old`` was removed: it is removed now. Either way at most one interval is lost.
+    """
+    ckpt, tmp, old = out / "checkpoint", out / ".checkpoint.tmp", out / ".checkpoint.old"
+    if not ckpt.exists() and old.exists():
+        os.replace(tmp if (tmp / "state.json").is_file() else old, ckpt)
+    for leftover in (tmp, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+
+
+def truncate_log(log: Path, step: int) -> None:
+    """Drop the rows of ``log.jsonl`` after ``step`` (written after the checkpoint a resume starts from)."""
+    if not log.is_file():
+        return
+    rows = log.read_text().splitlines(keepends=True)
+    keep = []
+    for row in rows:
+        try:
+            if json.loads(row)["step"] <= step:
+                keep.append(row)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill
+    if len(keep) != len(rows):
+        tmp = log.with_name(f".{log.name}.tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, log)
+
+
 class Trainer:
     """Runs ``cfg.steps`` optimisation steps of ``loss_fn(model, batch_fn(gen, step))`` with checkpoints.
 
@@ -124,6 +158,8 @@ class Trainer:
         self.model.load_state_dict(load_file(d / "model.safetensors"))
         _restore_optimizer(self.opt, load_file(d / "optimizer.safetensors"), meta)
         self.step = int(meta["step"])
+        if self.info.is_main:
+            truncate_log(self.out / "log.jsonl", self.step)
         for group, lr in zip(self.opt.param_groups, self.sched.base_lrs):
             group["lr"] = lr * lr_factor(self.step, self.cfg)
         self.sched.last_epoch = self.step
@@ -165,6 +201,9 @@ class Trainer:
             stop_after: stop (after writing a checkpoint) at this step; for tests of resumption.
         """
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.info.is_main:
+            recover_checkpoint(self.out)
+        barrier(self.info)
         if resume:
             self.load_checkpoint()
         self.wrapped.train()

@@ -130,6 +130,24 @@ def latent_sampler(latents: torch.Tensor, labels: torch.Tensor, batch_size: int,
     return batch_fn
 
 
+def check_prior_memory(cfg: PriorTrainConfig) -> None:
+    """Refuse (one line) a prior training estimated not to fit (:func:`ldp_med.resources.prior_training_bytes`)."""
+    import math
+
+    from ldp_med.resources import check_memory, count_training_images, prior_training_bytes
+    from ldp_med.training.vae import parameter_count
+
+    m = cfg.model
+    n = count_training_images(cfg.data.folder, cfg.data.synthetic, cfg.data.cache_dir)
+    down = 2 ** (len(m.vae.channels) - 1)
+    latent_voxels = math.prod(max(1, g // down) for g in m.grid)
+    need = prior_training_bytes(n, m.grid, parameter_count(build_unet, m.unet, m.vae.latent_channels),
+                                m.vae.channels[0], latent_voxels, m.vae.latent_channels, cfg.loop.batch_size,
+                                m.unet.channels[0])
+    check_memory(need, f"prior training ({n} images, batch {cfg.loop.batch_size})",
+                 "use a smaller batch (--set loop.batch_size=2) or fewer images", cfg.data.folder or None)
+
+
 def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str | os.PathLike, info: DistInfo,
                 resume: bool = False, progress: bool = True, max_seconds: float | None = None,
                 stop_after: int | None = None, init: str | os.PathLike | None = None) -> Path | None:
@@ -138,6 +156,7 @@ def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str 
     vcfg = vae_prior.config
     if tuple(vcfg.grid) != tuple(cfg.model.grid) or vcfg.vae != cfg.model.vae:
         raise InputError(vae_dir, "the VAE's grid or architecture differs from the prior config's model")
+    check_prior_memory(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     show = progress and info.is_main

@@ -80,6 +80,24 @@ def model_affine(grid: tuple[int, ...], voxel_mm: float) -> tuple[tuple[float, .
     return tuple(tuple(float(v) for v in row) for row in aff)
 
 
+def parameter_count(build, *args) -> int:
+    """Parameters of the network ``build(*args)`` makes, built on the meta device (no memory, no RNG draws)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build(*args).parameters())
+
+
+def check_vae_memory(cfg: VAETrainConfig) -> None:
+    """Refuse (one line) a VAE training estimated not to fit (:func:`ldp_med.resources.vae_training_bytes`)."""
+    from ldp_med.resources import check_memory, count_training_images, vae_training_bytes
+
+    n = count_training_images(cfg.data.folder, cfg.data.synthetic, cfg.data.cache_dir)
+    need = vae_training_bytes(n, cfg.model.grid, parameter_count(build_vae, cfg.model.vae), cfg.loop.batch_size,
+                              cfg.patch, cfg.model.vae.channels, whole_volume=cfg.whole_volume_steps > 0)
+    check_memory(need, f"VAE training ({n} images, batch {cfg.loop.batch_size} of {cfg.patch}^3 patches)",
+                 "use a smaller batch or patch (--set loop.batch_size=2 --set patch=24), fewer images, "
+                 "or whole_volume_steps=0", cfg.data.folder or None)
+
+
 def train_vae(cfg: VAETrainConfig, out_dir: str | os.PathLike, info: DistInfo, resume: bool = False,
               progress: bool = True, max_seconds: float | None = None, stop_after: int | None = None,
               init: str | os.PathLike | None = None) -> Path | None:
@@ -88,6 +106,7 @@ def train_vae(cfg: VAETrainConfig, out_dir: str | os.PathLike, info: DistInfo, r
     Returns:
         the model folder, or None when training stopped early (``max_seconds``/``stop_after``).
     """
+    check_vae_memory(cfg)
     data = load_training_images(cfg.data, cfg.model, progress=progress and info.is_main)
     torch.manual_seed(cfg.loop.seed)  # identical initial weights on every rank
     vae = build_vae(cfg.model.vae)

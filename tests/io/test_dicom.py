@@ -120,7 +120,7 @@ def test_load_volume_dispatches_folder_and_marker(series, tmp_path):
     assert load_volume(series).meta["format"] == "dicom"
     plain = tmp_path / "IM0001"  # no suffix: recognised by the DICM marker
     plain.write_bytes(next(series.glob("*.dcm")).read_bytes())
-    assert load_volume(plain).shape == (COLS, ROWS, 1)
+    assert load_volume(plain, min_size=1).shape == (COLS, ROWS, 1)
     with pytest.raises(InputError, match="4-D NIfTI only"):
         load_volume(series, volume_index=0)
 
@@ -210,3 +210,46 @@ def test_enhanced_multiframe_matches_series(series, tmp_path):
     multi, single = load_dicom(path), load_dicom(series)
     np.testing.assert_array_equal(multi.data, single.data)
     np.testing.assert_allclose(multi.affine, single.affine, atol=1e-9)
+
+
+def _patch_file(path, old: bytes, new: bytes) -> None:
+    raw = path.read_bytes()
+    assert old in raw and len(old) == len(new)
+    path.write_bytes(raw.replace(old, new))
+
+
+@pytest.mark.parametrize("old,new,pattern", [  # DS values are padded to an even length with a space
+    (b"-10.0 ", b"abcdef", "RescaleIntercept must be a number"),
+    (b"-10.0 ", b"inf   ", "RescaleIntercept must be finite"),
+    (b"0.7\\1.3 ", b"-0.7\\1.3", "PixelSpacing must be positive"),
+    (b"0.7\\1.3 ", b"ab.c\\d.e", "PixelSpacing"),
+])
+def test_unparsable_or_impossible_tags_name_the_file(tmp_path, old, new, pattern):
+    _write_series(tmp_path, "1.2.3", range(N_SLICES), nested=False)
+    target = tmp_path / "img003.dcm"
+    _patch_file(target, old, new)
+    with pytest.raises(InputError, match=pattern) as info:
+        load_dicom(tmp_path)
+    assert info.value.path == str(target) and "\n" not in str(info.value)
+
+
+def test_a_truncated_file_in_a_series_is_not_skipped(tmp_path):
+    _write_series(tmp_path, "1.2.3", range(N_SLICES), nested=False)
+    target = tmp_path / "img000.dcm"
+    target.write_bytes(target.read_bytes()[:200])
+    with pytest.raises(InputError, match="corrupt DICOM|without pixel data") as info:
+        load_dicom(tmp_path)
+    assert info.value.path == str(target)
+
+
+@pytest.mark.parametrize("name", ["JPEG2000.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_truncated.dcm"])
+def test_pydicoms_broken_or_undecodable_files_give_one_line(tmp_path, name):
+    import shutil
+    import warnings
+
+    shutil.copy(pydicom.data.get_testdata_file(name), tmp_path / "x.dcm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the reader must not let pydicom's warnings through
+        with pytest.raises(InputError) as info:
+            load_volume(tmp_path)
+    assert "\n" not in str(info.value) and str(tmp_path) in str(info.value)

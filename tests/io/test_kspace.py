@@ -130,3 +130,35 @@ def test_existing_output_needs_force(tmp_path):
 def test_is_kspace_file():
     assert is_kspace_file("a/b.h5") and is_kspace_file("x.HDF5")
     assert not is_kspace_file("x.nii.gz")
+
+
+@pytest.mark.parametrize("change, pattern", [
+    (lambda f: f.__setitem__("kspace", np.zeros((COILS, *GRID), np.complex64)), "kspace is zero everywhere"),
+    (lambda f: f.__setitem__("sensitivity_maps", np.zeros((COILS, *GRID), np.complex64)),
+     "sensitivity_maps is zero everywhere"),
+    (lambda f: f.__setitem__("affine", np.zeros((4, 4))), "affine is singular"),
+    (lambda f: f.attrs.__setitem__("calib", 500), "attribute calib = 500 must be from 0 to 12"),
+    (lambda f: f.attrs.__setitem__("calib", -3), "attribute calib = -3"),
+    (lambda f: f.attrs.__setitem__("calib", 2.5), "attribute calib must be an integer"),
+    (lambda f: f.attrs.__setitem__("seed", 1.5), "attribute seed must be an integer"),
+    (lambda f: f.attrs.__setitem__("seed", "abc"), "attribute seed must be an integer"),
+])
+def test_contents_that_carry_no_image_or_contradict_the_grid(tmp_path, change, pattern):
+    path = save_kspace(_container(), tmp_path / "c.h5")
+    with h5py.File(path, "a") as f:
+        for name in ("kspace", "sensitivity_maps", "affine"):
+            if pattern.startswith(name):
+                del f[name]
+        change(f)
+    with pytest.raises(InputError, match=pattern) as info:
+        load_kspace(path)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
+def test_a_grid_too_small_for_any_method_is_refused(tmp_path):
+    data = _container()
+    small = KSpaceData(data.kspace[:, :4, :4, :4], np.ones((1, 4, 4), np.uint8))
+    path = save_kspace(small, tmp_path / "s.h5")
+    with pytest.raises(InputError, match=r"k-space grid too small \(4x4x4\)"):
+        load_kspace(path)
+    assert load_kspace(path, min_size=1).shape == (4, 4, 4)

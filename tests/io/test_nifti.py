@@ -231,3 +231,93 @@ def test_load_volume_dispatch(oblique, tmp_path):
     h5.write_bytes(b"\0")
     with pytest.raises(InputError, match="load_kspace"):
         load_volume(h5)
+
+
+def _raw_nifti(path, shape=SHAPE, **fields):
+    """A .nii / .nii.gz whose header fields are set raw (nibabel's checks bypassed); int16 data of ``SHAPE``."""
+    import gzip
+
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(SHAPE)
+    hdr.set_data_dtype(np.int16)
+    hdr.set_qform(np.eye(4), code=1)
+    hdr.set_sform(np.eye(4), code=1)
+    hdr["vox_offset"] = 352
+    hdr["scl_slope"], hdr["scl_inter"] = 1.0, 0.0
+    if shape != SHAPE:
+        hdr.structarr["dim"][1:4] = shape
+    for name, value in fields.items():
+        hdr.structarr[name] = value
+    data = (np.arange(np.prod(SHAPE)) % 500).astype(np.int16).reshape(SHAPE)
+    raw = hdr.binaryblock + b"\0" * 4 + data.tobytes(order="F")
+    path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
+    return path, data
+
+
+@pytest.mark.parametrize("slope", [0.0, float("nan")])
+def test_scl_slope_zero_or_nan_means_unscaled(tmp_path, slope):
+    path, data = _raw_nifti(tmp_path / "s.nii.gz", scl_slope=slope, scl_inter=5.0)
+    np.testing.assert_array_equal(load_nifti(path).data, data.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ["big.nii", "big.nii.gz"])
+def test_huge_header_dims_fail_before_allocating(tmp_path, name):
+    import tracemalloc
+
+    path, _ = _raw_nifti(tmp_path / name, shape=(4000, 4000, 4000))
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match=r"header promises 4000x4000x4000 int16 .* truncated, or wrong dim"):
+            load_nifti(path)
+        assert tracemalloc.get_traced_memory()[1] < 50e6
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("sizeof_hdr", 347, "sizeof_hdr"),
+    ("magic", b"ni1", ".hdr/.img pair"),
+    ("vox_offset", 100.0, "vox_offset = 100"),
+    ("vox_offset", float("inf"), "vox_offset = inf"),
+    ("qform_code", 99, "qform_code = 99"),
+    ("sform_code", -1, "sform_code = -1"),
+    ("scl_slope", float("inf"), "scl_slope = inf"),
+    ("datatype", 999, "datatype code 999"),
+])
+def test_header_fields_nibabel_would_fix_are_rejected(tmp_path, field, value, needle):
+    path, _ = _raw_nifti(tmp_path / "h.nii", **{field: value})
+    with pytest.raises(InputError, match=needle) as info:
+        load_nifti(path)
+    assert "\n" not in str(info.value)
+
+
+def test_pixdim_zero_without_transforms_is_rejected(tmp_path):
+    path, _ = _raw_nifti(tmp_path / "p.nii", qform_code=0, sform_code=0)
+    raw = bytearray(path.read_bytes())
+    raw[80:84] = np.float32(0.0).tobytes()  # pixdim[1]
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match=r"pixdim\[1\] = 0"):
+        load_nifti(path)
+
+
+@pytest.mark.parametrize("where", [-1, -6, 0.5])
+def test_a_damaged_gzip_stream_is_caught_by_its_checksum(tmp_path, where):
+    path, _ = _raw_nifti(tmp_path / "g.nii.gz")
+    raw = bytearray(path.read_bytes())
+    i = int(len(raw) * where) if isinstance(where, float) else len(raw) + where
+    raw[i] ^= 0x5A
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="corrupt or truncated gzip|not a readable NIfTI"):
+        load_nifti(path)
+
+
+@pytest.mark.parametrize("data,needle", [
+    (np.zeros(SHAPE, np.float32), "constant intensity"),
+    (np.ones((2, 2, 2), np.float32) * np.arange(2), r"volume too small \(2x2x2\)"),
+    (_data()[:, :, :1], r"volume too small \(9x12x1\)"),
+])
+def test_load_volume_refuses_constant_and_tiny_volumes(tmp_path, data, needle):
+    path = _write(tmp_path / "v.nii.gz", data)
+    load_nifti(path)  # the reader itself reads it; load_volume (what commands use) refuses it
+    with pytest.raises(InputError, match=needle):
+        load_volume(path)

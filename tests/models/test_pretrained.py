@@ -80,3 +80,91 @@ def test_info_describes_the_model(folder):
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     assert d["grid"] == "24x32x24" and d["latent_shape"] == "2x6x8x6" and d["unet_parameters"] > 0
+
+
+class _Marker:
+    """Unpickling this creates a file: proof that a loader executed code from the folder."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _pickle_payload(kind: str, marker) -> bytes:
+    import io
+    import pickle
+    import zipfile
+
+    if kind == "torch_zip":
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr("archive/data.pkl", pickle.dumps(_Marker(marker), protocol=2))
+        return buf.getvalue()
+    return pickle.dumps(_Marker(marker), protocol=int(kind[-1]))
+
+
+@pytest.mark.parametrize("name", ["vae.safetensors", "extras.safetensors", "notes.txt", "weights", "sub/x.dat"])
+@pytest.mark.parametrize("kind", ["proto2", "proto4", "proto5", "torch_zip"])
+def test_a_pickle_under_any_name_is_refused_and_never_run(folder, tmp_path, name, kind):
+    marker = tmp_path / "executed"
+    target = folder / name
+    target.parent.mkdir(exist_ok=True)
+    target.write_bytes(_pickle_payload(kind, marker))
+    with pytest.raises(InputError, match="refusing a") as info:
+        load_pretrained(folder)
+    assert info.value.path == str(target) and "\n" not in str(info.value)
+    assert not marker.exists()
+
+
+def test_the_loader_never_unpickles(folder, monkeypatch):
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model folder was unpickled")
+
+    for module, name in [(pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")]:
+        monkeypatch.setattr(module, name, refuse)
+    assert load_pretrained(folder).unet is not None
+    (folder / "notes.bin.txt").write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    with pytest.raises(InputError, match="pickle"):
+        load_pretrained(folder)
+
+
+def test_a_safetensors_header_length_starting_like_a_pickle_is_not_one():
+    from ldp_med.models.pretrained import pickle_kind
+
+    head = (0x0280).to_bytes(8, "little") + b'{"__metadata__"'
+    assert head[:2] == b"\x80\x02" and pickle_kind(head, 8 + 0x0280) is None
+    assert pickle_kind(b"\x80\x02}q\x00", 5) is not None and pickle_kind(b"PK\x03\x04rest", 8) is not None
+
+
+@pytest.mark.parametrize("how,file,needle", [
+    ("not_json", "config.json", "unreadable JSON"),
+    ("json_list", "config.json", "expected a JSON object"),
+    ("nan_voxel", "config.json", "voxel_mm"),
+    ("truncated_vae", "vae.safetensors", "unreadable safetensors"),
+    ("truncated_extras", "extras.safetensors", "unreadable safetensors"),
+    ("vae_shape", "vae.safetensors", "do not match config.json"),
+])
+def test_broken_config_and_weights_name_the_file(folder, how, file, needle):
+    from safetensors.torch import load_file, save_file
+
+    path = folder / file
+    if how == "not_json":
+        path.write_text('{"grid": [24, 32')
+    elif how == "json_list":
+        path.write_text("[1, 2]")
+    elif how == "nan_voxel":
+        path.write_text(json.dumps({**json.loads(path.read_text()), "voxel_mm": float("nan")}))
+    elif how.startswith("truncated"):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        state = load_file(path)
+        key = next(k for k, v in state.items() if v.ndim >= 2)
+        state[key] = torch.zeros(*(s + 1 for s in state[key].shape))
+        save_file(state, path)
+    with pytest.raises(InputError, match=needle) as info:
+        load_pretrained(folder)
+    assert info.value.path == str(path) and "\n" not in str(info.value)

@@ -1,0 +1,208 @@
+"""Memory guards: estimate what a reconstruction or a training run needs, and refuse it up front.
+
+An out-of-memory kill gives no message and may take other jobs with it; a refusal before any
+allocation says what was estimated and what to change. The estimates are deliberately simple
+(a sum of array sizes times calibrated factors, see docs/reliability.md) and err on the high side.
+
+Available memory is ``MemAvailable`` of ``/proc/meminfo``, capped by the cgroup's ``memory.max``
+minus ``memory.current`` (containers), or ``LDP_MED_MEMORY_LIMIT_GB`` when set (shared machines,
+tests). Where none can be read (not Linux) the guards pass.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from ldp_med.errors import InputError
+
+#: Environment variable: the memory (GB) ldp-med may assume is available, overriding /proc/meminfo.
+LIMIT_ENV = "LDP_MED_MEMORY_LIMIT_GB"
+GB = 1e9
+
+#: Bytes beyond the arrays that any reconstruction touches (FFT plans, lazily imported libraries).
+RECON_OVERHEAD = 100e6
+#: Complex64 C x C per-voxel matrices of ESPIRiT (sigpy's image-domain AHA and its products), per coil pair.
+ESPIRIT_COIL_PAIRS = 2.5
+#: Live complex64 multi-coil arrays (coils x X x Y x Z x 8 bytes) at the peak of each k-space method,
+#: ESPIRiT coil-map estimation included (it runs once for every method when the file has no maps).
+KSPACE_COIL_ARRAYS = {"zero-filled": 2.0, "cs": 3.0, "tv": 4.0, "prior": 4.0, "dps": 6.0}
+#: Live float32 images (X x Y x Z x 4 bytes) at the peak of each image-domain method.
+IMAGE_ARRAYS = {"nlm": 12.0, "cubic": 8.0, "prior": 16.0, "dps": 20.0}
+#: Live float32 activations per model-grid voxel and first-level channel of the prior's networks
+#: (VAE decoder and encoder at the model grid dominate; UNet activations are at the latent grid).
+PRIOR_ACTIVATIONS = 15.0
+#: Bytes per float32 parameter in training: weight, gradient and AdamW's two moments.
+TRAIN_PARAM_BYTES = 16
+#: Stored activations (forward + their gradients) per patch voxel and first-level channel in training.
+TRAIN_ACTIVATIONS = 60.0
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_available() -> int | None:
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate, or None when unknown (then guards pass).
+
+    Raises:
+        InputError: ``LDP_MED_MEMORY_LIMIT_GB`` is not a positive number.
+    """
+    given = os.environ.get(LIMIT_ENV, "").strip()
+    if given:
+        try:
+            value = float(given)
+        except ValueError:
+            value = -1.0
+        if not value > 0 or not math.isfinite(value):
+            raise InputError(None, f"{LIMIT_ENV}={given!r}: expected a positive number of GB")
+        return int(value * GB)
+    found = [v for v in (_meminfo_available(), _cgroup_available()) if v is not None]
+    return min(found) if found else None
+
+
+def _gb(nbytes: float) -> str:
+    """``251`` or ``0.15``: whole GB from 10 GB up, two significant digits below."""
+    return f"{nbytes / GB:.0f}" if nbytes >= 10 * GB else f"{nbytes / GB:.2g}"
+
+
+def check_memory(need_bytes: float, what: str, advice: str, path: str | os.PathLike | None = None) -> None:
+    """Refuse work estimated to need more than the available memory.
+
+    Args:
+        need_bytes: the estimate.
+        what: the work, e.g. ``"cs reconstruction of 8 coils x 256x256x180"``.
+        advice: what to change, e.g. ``"use fewer coils: --set posterior.coil_energy=0.95"``.
+        path: the file the work is about (named first in the message).
+
+    Raises:
+        InputError: one line, ``<path>: <what> needs about N GB, M GB is available; <advice>``.
+    """
+    avail = available_memory()
+    if avail is None or need_bytes <= avail:
+        return
+    raise InputError(path, f"{what} needs about {_gb(need_bytes)} GB of memory, {_gb(max(avail, 0))} GB "
+                           f"is available ({LIMIT_ENV} or free memory); {advice}")
+
+
+# -- reconstruction -----------------------------------------------------------------------------------
+def reconstruction_bytes(task: str, method: str, shape: tuple[int, ...], coils: int = 1,
+                         model_grid: tuple[int, ...] | None = None, first_channels: int = 0,
+                         samples: int = 1) -> float:
+    """Estimated peak bytes of one reconstruction above the loaded program.
+
+    With ``N = X*Y*Z`` (the output grid) and ``C`` coils:
+
+    - k-space: ``RECON_OVERHEAD + 8 * N * (ESPIRIT_COIL_PAIRS * C**2 + KSPACE_COIL_ARRAYS[method] * C)``
+      (ESPIRiT holds a C x C matrix per voxel; the methods hold a few multi-coil arrays);
+    - denoise / superres: ``RECON_OVERHEAD + IMAGE_ARRAYS[method] * 4 * N``;
+    - prior methods add, per posterior sample (they run as one batch), the DC arrays again and
+      ``PRIOR_ACTIVATIONS * 4 * prod(model_grid) * first_channels`` of network activations.
+    """
+    voxels = math.prod(int(s) for s in shape[:3])
+    if task == "kspace":
+        need = RECON_OVERHEAD + 8 * voxels * (ESPIRIT_COIL_PAIRS * coils ** 2 + KSPACE_COIL_ARRAYS.get(method, 8.0) * coils)
+        per_sample = KSPACE_COIL_ARRAYS.get(method, 8.0) * 8 * coils * voxels
+    else:
+        need = RECON_OVERHEAD + IMAGE_ARRAYS.get(method, 8.0) * 4 * voxels
+        per_sample = IMAGE_ARRAYS.get(method, 8.0) * 4 * voxels
+    if model_grid and first_channels:
+        need += max(1, samples) * (per_sample + PRIOR_ACTIVATIONS * 4 * math.prod(model_grid) * first_channels)
+    return need
+
+
+def reconstruction_advice(task: str, method: str) -> str:
+    """What a user can change when a reconstruction would not fit."""
+    if task == "kspace" and method in ("prior", "dps"):
+        return ("compress the coils (--set posterior.coil_energy=0.95), use fewer samples, "
+                "or crop the field of view")
+    if task == "kspace":
+        return "crop the field of view or combine coils before reconstructing, or use a machine with more memory"
+    return "crop the volume, or use a machine with more memory"
+
+
+def input_shape(path: str | os.PathLike, task: str, factor: int = 2, axis: int = 2) -> tuple[tuple[int, ...], int] | None:
+    """(output grid, coils) from a file's header without reading its data, or None when unknown.
+
+    K-space containers: the ``kspace`` dataset's shape (coils, X, Y, Z). NIfTI: the header's first
+    three dims (superres: ``factor`` x along ``axis``). Other inputs (DICOM folders) return None;
+    their readers check sizes themselves.
+    """
+    name = str(path).lower()
+    try:
+        if name.endswith((".h5", ".hdf5")):
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                shape = f["kspace"].shape
+            return (tuple(shape[1:4]), int(shape[0])) if len(shape) == 4 else None
+        if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            shape = list(nib.load(str(path)).header.get_data_shape()[:3])
+            if len(shape) < 3:
+                return None
+            if task == "superres":
+                shape[axis] *= factor
+            return tuple(shape), 1
+    except Exception:  # noqa: BLE001 - unreadable headers are the reader's to report, with its message
+        return None
+    return None
+
+
+# -- training ---------------------------------------------------------------------------------------------
+def vae_training_bytes(n_images: int, grid: tuple[int, ...], params: int, batch: int, patch: int,
+                       channels: tuple[int, ...], whole_volume: bool = False) -> float:
+    """Estimated peak bytes of VAE training.
+
+    ``2 * N * prod(grid)`` (float16 training images) ``+ 16 * params`` (weights, gradients, AdamW)
+    ``+ TRAIN_ACTIVATIONS * 4 * batch * patch**3 * channels[0]`` (a whole volume instead of the
+    patches when ``whole_volume``).
+    """
+    voxels = math.prod(grid) if whole_volume else batch * patch ** 3
+    return 2 * n_images * math.prod(grid) + TRAIN_PARAM_BYTES * params + TRAIN_ACTIVATIONS * 4 * voxels * channels[0]
+
+
+def prior_training_bytes(n_images: int, grid: tuple[int, ...], params: int, vae_first_channels: int,
+                         latent_voxels: int, latent_channels: int, batch: int, unet_first_channels: int) -> float:
+    """Estimated peak bytes of latent diffusion training.
+
+    Images (float16) and their latents, the VAE's encoder activations on one whole volume
+    (``PRIOR_ACTIVATIONS * 4 * prod(grid) * vae_first_channels``), weights + AdamW, and the UNet's
+    stored activations ``TRAIN_ACTIVATIONS * 4 * batch * latent_voxels * unet_first_channels``.
+    """
+    images = 2 * n_images * math.prod(grid) + 4 * n_images * latent_voxels * latent_channels
+    encode = PRIOR_ACTIVATIONS * 4 * math.prod(grid) * vae_first_channels
+    return images + encode + TRAIN_PARAM_BYTES * params + TRAIN_ACTIVATIONS * 4 * batch * latent_voxels * unet_first_channels
+
+
+def count_training_images(folder: str, synthetic: int, cache_dir: str = "") -> int:
+    """How many training images a data config names (a folder's entries but its cache, or the synthetic count)."""
+    if not folder:
+        return synthetic
+    if os.path.isdir(folder):
+        cache = os.path.realpath(cache_dir) if cache_dir else ""
+        return max(1, sum(1 for e in os.scandir(folder) if not e.name.startswith(".") and os.path.realpath(e.path) != cache))
+    try:
+        with open(folder) as fh:
+            return max(1, sum(1 for line in fh if line.strip()))
+    except OSError:
+        return 1
