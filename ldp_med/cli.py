@@ -135,17 +135,18 @@ def _check_args(out, accel, calib, coils, noise, factor, axis) -> None:
 @click.option("--samples", type=int, default=None, help="prior/dps: posterior samples (mean -> OUT, std -> <name>_std.nii.gz).")
 @click.option("--steps", type=int, default=None, help="prior/dps: DDIM steps of the full schedule.")
 @click.option("--seed", type=int, default=None, help="prior/dps: random seed.")
+@click.option("--align/--no-align", default=None, help="prior/dps: place the model grid by registration (--align) or by centring the field of view (--no-align, the default).")
 @click.option("--model", "model_dir", default=None, help="prior/dps: model folder (default: the shipped model).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--report", default=None, help="Write a PNG of orthogonal slices: input, reconstruction (, std).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 def reconstruct(inputs, out, method, task, factor, axis, volume_index, config_path, overrides, samples, steps, seed,
-                model_dir, device, report, force):
+                align, model_dir, device, report, force):
     """Reconstruct k-space (.h5), a noisy volume or a thick-slice volume."""
     from ldp_med.pipeline import reconstruct_to_files
 
     given = {"method": method, "task": task, "factor": factor, "axis": axis}
-    post = {"samples": samples, "steps": steps, "seed": seed}
+    post = {"samples": samples, "steps": steps, "seed": seed, "align": align}
     cfg = load_config(ReconstructConfig, config_path, overrides)
     try:  # options the user gave override the config; replace() re-validates
         posterior = dataclasses.replace(cfg.posterior, **{k: v for k, v in post.items() if v is not None})
@@ -290,8 +291,9 @@ def info(model_dir, as_json):
 @click.option("-o", "--out", required=True, help="Output NIfTI.")
 @click.option("--model", "model_dir", default=None, help="Model folder (default: the shipped model).")
 @click.option("--volume-index", type=int, default=None, help="Volume to use from 4-D input.")
+@click.option("--align", is_flag=True, help="Place the model grid by registration to the model space, not by centring.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
-def autoencode(input_path, out, model_dir, volume_index, force):
+def autoencode(input_path, out, model_dir, volume_index, align, force):
     """Encode and decode a volume through the VAE (model grid in, input grid out)."""
     from ldp_med.io.atomic import check_output
     from ldp_med.io.loaders import load_volume
@@ -302,7 +304,7 @@ def autoencode(input_path, out, model_dir, volume_index, force):
     check_output(out, force, inputs=[input_path])
     prior = load_pretrained(model_dir, with_unet=False)
     vol = load_volume(input_path, volume_index)
-    save_nifti(autoencode_volume(prior, vol), out, force=force)
+    save_nifti(autoencode_volume(prior, vol, align=align), out, force=force)
     click.echo(f"wrote {out}")
 
 

@@ -246,6 +246,8 @@ class PosteriorConfig:
             of the data's energy (SVD coil compression) for speed; 1 keeps every coil.
         std_scale: multiplies the std over samples (calibrated on validation subjects so that
             ``|error| <= 1.645 std`` holds for 90% of head voxels; docs/results.md).
+        align: place the model grid by registration of the pseudo-inverse to the model space
+            (:mod:`ldp_med.align`) instead of centring the field of view (off until measured end to end).
     """
 
     method: str = "dds"
@@ -268,6 +270,7 @@ class PosteriorConfig:
     max_nfe: int = 50
     coil_energy: float = 0.99
     std_scale: float = 1.0
+    align: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in SAMPLERS:
@@ -289,25 +292,26 @@ class PosteriorConfig:
 class ClosingConfig:
     """The closing solve after posterior sampling (:mod:`ldp_med.sampling.closing`), per sample.
 
-    ``argmin_x 1/2 ||A x - y||^2 + lam ||W (x - x_bar)||_1 + mu ||W x||_1``: for k-space ``mu`` is the CS
-    baseline's ``baseline.cs_lambda``; for denoise / superres ``mu = image_mu * noise_std``. ``lam = anchor *
-    mu``, so ``anchor = 0`` is the CS objective (the floor) and larger values trust the prior more.
+    ``argmin_x 1/2 ||A x - y||^2 + anchor / 2 ||x - x_bar||^2 + mu ||W x||_1``: for k-space ``mu`` is the CS
+    baseline's ``baseline.cs_lambda``; for denoise / superres ``mu = image_mu * noise_std``. ``anchor = 0``
+    is the CS objective (the floor); larger values trust the prior more.
 
     Attributes:
         iters: FISTA iterations warm-started from each sample (0: no closing solve).
-        anchor: anchor weight relative to ``mu``.
-        inner: Dykstra-like iterations of the anchored soft-threshold per FISTA iteration.
+        anchor: anchor weight (relative to the data term).
+        coil_energy: k-space is compressed to the SVD virtual coils holding this fraction of the energy
+            (1: every coil, the CS baseline's data term).
         image_mu: wavelet weight of the image tasks, in units of the noise std.
     """
 
     iters: int = 0
-    anchor: float = 1.0
-    inner: int = 5
+    anchor: float = 0.0
+    coil_energy: float = 1.0
     image_mu: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.iters < 0 or self.anchor < 0 or self.inner < 1 or self.image_mu < 0:
-            raise ConfigError(f"closing: need iters >= 0, anchor >= 0, inner >= 1, image_mu >= 0; got {self}")
+        if self.iters < 0 or self.anchor < 0 or not 0 < self.coil_energy <= 1 or self.image_mu < 0:
+            raise ConfigError(f"closing: need iters >= 0, anchor >= 0, 0 < coil_energy <= 1, image_mu >= 0; got {self}")
 
 
 @dataclass

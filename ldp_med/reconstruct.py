@@ -129,7 +129,7 @@ def _posterior(sampler: str | None) -> Solver:
 
         post = cfg.posterior if sampler is None else dataclasses.replace(cfg.posterior, method=sampler)
         res = sample(prior, problem, post, progress=progress)
-        meta = {"nfe": res.nfe, "sampler": res.method}
+        meta = {"nfe": res.nfe, "sampler": res.method, **{k: v for k, v in res.meta.items() if k.startswith("align_")}}
         if cfg.closing.iters == 0:
             return res.mean, None if res.std is None else res.std * post.std_scale, meta
         images = np.abs(_close(problem, res.samples, cfg))
@@ -146,8 +146,8 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig) -> np.
 
     c = cfg.closing
     mu = cfg.baseline.cs_lambda if problem.is_complex else c.image_mu * problem.noise_std
-    op, y = compressed(problem, cfg.posterior.coil_energy)
-    return closing_solve(problem, samples, c.anchor * mu, mu, c.iters, c.inner, cfg.baseline.cs_wavelet, op, y)
+    op, y = compressed(problem, c.coil_energy)
+    return closing_solve(problem, samples, c.anchor, mu, c.iters, wavelet=cfg.baseline.cs_wavelet, operator=op, y=y)
 
 
 #: One (task, method) table: every pair the registry (``ldp_med.tasks``) allows, and nothing else.

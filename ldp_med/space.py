@@ -27,9 +27,16 @@ channel-first ``MetaTensor`` (every step is recorded in its ``applied_operations
 5. ``ResizeWithPadOrCrop(spatial_size=grid)``: symmetric zero padding / central cropping.
 
 Centring: the centre of the resampled field of view (or of the foreground box when cropping)
-lands on the grid centre (to within half a voxel when the size difference is odd). There is no
-registration: the model affine (``ModelSpaceInfo.model_affine``) is per volume and places the
-grid in the volume's own world coordinates.
+lands on the grid centre (to within half a voxel when the size difference is odd). The model affine
+(``ModelSpaceInfo.model_affine``) is per volume and places the grid in the volume's own world coordinates.
+
+Aligned mode (``ToModelSpace(..., transform=M)``, issue 17): ``M`` (4, 4) maps the input's world mm to
+the model's MNI world mm (:func:`ldp_med.align.estimate_alignment`). Steps 2-5 are replaced by one MONAI
+``SpatialResample`` (bilinear, zeros outside the input) onto the model grid placed at
+``inv(M) @ model_affine_mni`` in the input's world, where ``model_affine_mni`` is the grid's MNI affine
+(``ModelConfig.affine``; if empty, :func:`ldp_med.data.synthetic.grid_affine` for the synthetic grid).
+A partial field of view then lands where it belongs in the grid instead of on its centre; the
+intensity step (1) and the exact MONAI inverse are unchanged.
 
 The way back, :meth:`ModelSpaceInfo.to_acquisition`, is MONAI's ``Compose.inverse`` on a
 ``MetaTensor`` carrying the forward pass's ``applied_operations``: the result has the input's
@@ -56,6 +63,7 @@ from monai.transforms import (
     ResizeWithPadOrCrop,
     ScaleIntensityRange,
     Spacing,
+    SpatialResample,
 )
 from monai.transforms.utils_pytorch_numpy_unification import percentile
 from monai.utils import TraceKeys
@@ -70,6 +78,7 @@ __all__ = [
     "ToModelSpaced",
     "ModelSpaceInfo",
     "SpaceMap",
+    "model_grid_affine",
 ]
 
 #: Upper intensity percentile mapped to 1 (see the module docstring for why not 100).
@@ -210,6 +219,42 @@ class ModelSpaceInfo:
         return arr
 
 
+class _ResampleTo(SpatialResample):
+    """MONAI ``SpatialResample`` onto one fixed destination grid (affine + size), usable in a ``Compose``.
+
+    The inverse is ``SpatialResample``'s (back to the recorded source affine and size).
+    """
+
+    def __init__(self, dst_affine: np.ndarray, spatial_size: Sequence[int], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.dst_affine = torch.as_tensor(np.asarray(dst_affine, np.float64))
+        self.spatial_size = tuple(int(n) for n in spatial_size)
+
+    def __call__(self, img: torch.Tensor, lazy: bool | None = None) -> torch.Tensor:  # type: ignore[override]
+        return super().__call__(img, dst_affine=self.dst_affine, spatial_size=self.spatial_size, lazy=lazy)
+
+
+def model_grid_affine(grid: Sequence[int], voxel_mm: float, model_affine=None) -> np.ndarray:
+    """The model grid's voxel-to-MNI affine: ``model_affine`` if given (e.g. ``ModelConfig.affine``), else
+    :func:`ldp_med.data.synthetic.grid_affine` for the synthetic grid, else ``voxel_mm`` RAS voxels with the
+    grid centred where the synthetic grid's centre is."""
+    if model_affine is not None and np.size(model_affine):
+        a = np.asarray(model_affine, np.float64)
+        if a.shape != (4, 4) or not np.isfinite(a).all() or abs(np.linalg.det(a[:3, :3])) < 1e-12:
+            raise ValueError(f"model affine must be a finite non-singular (4, 4) matrix, got {a.tolist()}")
+        return a
+    from ldp_med.data import synthetic
+
+    ref = synthetic.grid_affine()
+    grid = tuple(int(n) for n in grid)
+    if grid == tuple(synthetic.GRID) and float(voxel_mm) == float(synthetic.VOXEL_MM):
+        return ref
+    centre = ref[:3, :3] @ ((np.asarray(synthetic.GRID) - 1) / 2) + ref[:3, 3]
+    a = np.diag([float(voxel_mm)] * 3 + [1.0])
+    a[:3, 3] = centre - a[:3, :3] @ ((np.asarray(grid) - 1) / 2)
+    return a
+
+
 class ToModelSpace:
     """Acquisition space -> model space (see the module docstring for the steps and centring).
 
@@ -221,6 +266,10 @@ class ToModelSpace:
         upper_percentile: intensity percentile mapped to 1 (the minimum maps to 0).
         foreground_threshold: model-unit threshold of the foreground (above typical background noise).
         margin: voxels kept around the foreground box.
+        transform: None (centring, the default) or the aligned mode: float (4, 4) input world mm ->
+            model (MNI) world mm, e.g. ``estimate_alignment(volume).matrix``; the pipeline then
+            resamples onto the grid at ``inv(transform) @ model_affine`` (one volume's placement).
+        model_affine: the grid's voxel-to-MNI affine for the aligned mode (see :func:`model_grid_affine`).
 
     Calling it on a :class:`Volume` returns a plain float32 tensor (1, *grid) in [0, 1] and a
     :class:`ModelSpaceInfo`; :meth:`apply` is the MONAI-style step on a channel-first MetaTensor.
@@ -234,6 +283,8 @@ class ToModelSpace:
         upper_percentile: float = DEFAULT_UPPER_PERCENTILE,
         foreground_threshold: float = 0.05,
         margin: int = 2,
+        transform: np.ndarray | None = None,
+        model_affine: np.ndarray | None = None,
     ) -> None:
         grid = tuple(int(n) for n in grid)
         if len(grid) != 3 or min(grid) < 1:
@@ -244,6 +295,18 @@ class ToModelSpace:
         self.voxel_mm = float(voxel_mm)
         self.crop_foreground = bool(crop_foreground)
         self.scaler = PercentileScaleIntensity(lower=0.0, upper=upper_percentile)
+        self.transform = None
+        if transform is not None:
+            if self.crop_foreground:
+                raise ValueError("crop_foreground does not apply with an alignment transform")
+            m = np.asarray(transform, np.float64)
+            if m.shape != (4, 4) or not np.isfinite(m).all() or abs(np.linalg.det(m[:3, :3])) < 1e-12:
+                raise ValueError("transform must be a finite non-singular (4, 4) world-to-world matrix")
+            self.transform = m
+            mni = model_grid_affine(grid, self.voxel_mm, model_affine)
+            dst = np.linalg.solve(m, mni)  # inv(M) @ model_affine_mni: the grid in the input's world
+            self.pipeline = Compose([self.scaler, _ResampleTo(dst, grid, mode="bilinear", padding_mode="zeros")])
+            return
         steps: list = [
             self.scaler,
             Orientation(axcodes="RAS", labels=None),
@@ -256,7 +319,10 @@ class ToModelSpace:
 
     @classmethod
     def from_config(cls, model_cfg, **kwargs) -> "ToModelSpace":
-        """Build from a ``ModelConfig`` (its ``grid`` and ``voxel_mm``); ``kwargs`` as in ``__init__``."""
+        """Build from a ``ModelConfig`` (its ``grid``, ``voxel_mm`` and, with ``transform=``, ``affine``);
+        ``kwargs`` as in ``__init__``."""
+        if kwargs.get("transform") is not None and kwargs.get("model_affine") is None:
+            kwargs["model_affine"] = np.asarray(model_cfg.affine, np.float64) if len(model_cfg.affine) else None
         return cls(grid=tuple(model_cfg.grid), voxel_mm=model_cfg.voxel_mm, **kwargs)
 
     def apply(self, img: torch.Tensor) -> MetaTensor:
@@ -379,8 +445,8 @@ class ToModelSpaced(MapTransform, InvertibleTransform):
 
     Args:
         keys: keys to transform.
-        grid, voxel_mm, crop_foreground, upper_percentile, foreground_threshold, margin: as in
-            :class:`ToModelSpace`.
+        grid, voxel_mm, crop_foreground, upper_percentile, foreground_threshold, margin, transform,
+            model_affine: as in :class:`ToModelSpace` (``transform``: one placement for every key).
         info_postfix: where to store the info, or None.
         allow_missing_keys: do not fail on missing keys.
     """
@@ -396,6 +462,8 @@ class ToModelSpaced(MapTransform, InvertibleTransform):
         margin: int = 2,
         info_postfix: str | None = None,
         allow_missing_keys: bool = False,
+        transform: np.ndarray | None = None,
+        model_affine: np.ndarray | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.transform = ToModelSpace(
@@ -405,6 +473,8 @@ class ToModelSpaced(MapTransform, InvertibleTransform):
             upper_percentile=upper_percentile,
             foreground_threshold=foreground_threshold,
             margin=margin,
+            transform=transform,
+            model_affine=model_affine,
         )
         self.info_postfix = info_postfix
 
@@ -451,12 +521,37 @@ class SpaceMap:
                                          align_corners=True, reverse_indexing=True, zero_centered=False)
         ones = torch.ones(1, 1, *self.grid)
         self.coverage = self._resample(ones, self._to_acq, self.acq_shape)[0, 0].clamp(0, 1)
+        #: input world -> model (MNI) world matrix of the aligned placement (None: centring)
+        self.transform: np.ndarray | None = None
+        #: the :class:`ldp_med.align.Alignment` estimated by ``for_volume(..., align=True)`` (else None)
+        self.alignment = None
 
     @classmethod
-    def for_volume(cls, volume: Volume, model_cfg) -> "SpaceMap":
-        """The map of :class:`ToModelSpace` (``model_cfg``'s grid and voxel size) for ``volume``'s grid."""
-        model_affine, scale, offset = ToModelSpace.from_config(model_cfg).geometry(volume)
-        return cls(volume.shape, volume.affine, model_cfg.grid, model_affine, scale, offset)
+    def for_volume(cls, volume: Volume, model_cfg, align: bool = False, transform: np.ndarray | None = None,
+                   align_cfg=None) -> "SpaceMap":
+        """The map of :class:`ToModelSpace` (``model_cfg``'s grid and voxel size) for ``volume``'s grid.
+
+        Args:
+            volume: the acquisition-grid image the geometry and intensity scale come from.
+            model_cfg: a ``ModelConfig`` (``grid``, ``voxel_mm``, ``affine``: the grid's MNI affine).
+            align: False: centring (``ToModelSpace``'s default, exactly as before); True: estimate the
+                placement with :func:`ldp_med.align.estimate_alignment` (``align_cfg``), kept in
+                ``self.alignment`` and ``self.transform``.
+            transform: a known input-world -> MNI-world matrix (4, 4); implies the aligned placement and
+                skips the estimate (e.g. the one an earlier ``align=True`` call returned).
+            align_cfg: :class:`ldp_med.align.AlignConfig` of the estimate (None: defaults).
+        """
+        alignment = None
+        if transform is None and align:
+            from ldp_med.align import estimate_alignment
+
+            alignment = estimate_alignment(volume, align_cfg)
+            transform = alignment.matrix
+        space = ToModelSpace.from_config(model_cfg, transform=transform)
+        model_affine, scale, offset = space.geometry(volume)
+        out = cls(volume.shape, volume.affine, model_cfg.grid, model_affine, scale, offset)
+        out.transform, out.alignment = space.transform, alignment
+        return out
 
     @property
     def coverage_fraction(self) -> float:

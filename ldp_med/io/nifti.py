@@ -7,6 +7,7 @@ Reading keeps the header's qform and sform (and their codes) in ``Volume.meta`` 
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
 import warnings
@@ -328,6 +329,9 @@ def _build_header(volume: Volume) -> nib.Nifti1Header:
         hdr.set_xyzt_units(*(units if units else ("mm", "sec")))
     except (TypeError, ValueError, KeyError):
         hdr.set_xyzt_units("mm", "sec")
+    provenance = {k: v for k, v in volume.meta.items() if k.startswith("align_")}
+    if provenance:  # the model-space placement (ldp_med.align), as a JSON comment extension
+        hdr.extensions.append(nib.nifti1.Nifti1Extension("comment", json.dumps({"ldp_med": provenance}).encode()))
     return hdr
 
 
@@ -338,6 +342,7 @@ def save_nifti(volume: Volume, path: str | os.PathLike, force: bool = False) -> 
     ``sform_code``) when present and consistent with ``volume.affine``, so a loaded volume is
     written back with identical affine, codes and zooms; otherwise both qform and sform are set
     to ``volume.affine`` with code 1 (scanner). The sform is stored in float32, as NIfTI requires.
+    Metadata ``align_*`` (the estimated model-space placement) goes into a JSON comment extension.
 
     Args:
         volume: the volume; data of shape (X, Y, Z), all values finite.

@@ -392,7 +392,7 @@ def make_sampler(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = N
     check_prior(prior)
     if cfg.label >= len(prior.config.class_names):
         raise ConfigError(f"label {cfg.label} out of range: the model has classes {list(prior.config.class_names)}")
-    space = SpaceMap.for_volume(problem.pinv, prior.config)
+    space = SpaceMap.for_volume(problem.pinv, prior.config, align=cfg.align)
     if space.coverage_fraction < cfg.min_coverage:
         raise InputError(problem.source, f"the model grid ({'x'.join(map(str, prior.config.grid))} at "
                          f"{prior.config.voxel_mm} mm) covers only {space.coverage_fraction:.0%} of the field of view")
@@ -402,7 +402,8 @@ def make_sampler(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = N
         net=LatentNets(prior, cfg.guidance, 2 if guided else 1), space=space, dc_rule=rule,
         init=torch.from_numpy(np.ascontiguousarray(problem.pinv.data)), update=UPDATES[cfg.method](cfg, space, rule),
         cfg=cfg, progress=progress,
-        meta={**problem.meta, "task": problem.task, "affine": problem.affine, "noise_std": problem.noise_std},
+        meta={**problem.meta, "task": problem.task, "affine": problem.affine, "noise_std": problem.noise_std,
+              **(space.alignment.to_meta() if space.alignment is not None else {})},
     )
 
 

@@ -11,7 +11,7 @@ from ldp_med.config import SimulateConfig
 from ldp_med.io.volume import Volume
 from ldp_med.physics.simulate import simulate_kspace
 from ldp_med.problems import denoise_problem, kspace_problem
-from ldp_med.sampling.closing import _soft, anchored_l1, closing_solve
+from ldp_med.sampling.closing import closing_solve
 from tests.conftest import ellipsoid_phantom
 
 pytest.importorskip("sigpy")
@@ -22,18 +22,6 @@ def problem():
     vol = Volume(ellipsoid_phantom((12, 16, 14)), np.eye(4))
     ksp = simulate_kspace(vol, SimulateConfig(coils=3, calib=6, accel=3.0, noise=0.01, seed=3))
     return kspace_problem(ksp)
-
-
-def test_prox_is_the_soft_threshold_without_anchor_and_minimises_with_it():
-    rng = np.random.default_rng(0)
-    v = (rng.normal(size=500) + 1j * rng.normal(size=500)).astype(np.complex64)
-    a = (v + 0.3 * (rng.normal(size=500) + 1j * rng.normal(size=500))).astype(np.complex64)
-    np.testing.assert_array_equal(anchored_l1(v.shape, 0.2, 0.0, a)(0.5, v), _soft(v, 0.1))
-    prox = anchored_l1(v.shape, 0.2, 0.3, a, inner=200)
-    c = prox(1.0, v)
-    h = lambda z: 0.5 * np.abs(z - v) ** 2 + 0.3 * np.abs(z - a) + 0.2 * np.abs(z)  # noqa: E731
-    for d in (0.01, 0.01j, -0.01, -0.01j):  # no small move lowers the objective
-        assert (h(c + d) >= h(c) - 1e-6).all()
 
 
 def test_without_anchor_weight_it_is_the_cs_baseline(problem):
@@ -49,11 +37,11 @@ def test_a_dominant_perfect_anchor_is_returned_data_consistent(problem):
     rng = np.random.default_rng(2)
     truth = (problem.kspace.reference * np.exp(1j * rng.uniform(0, 0.3))).astype(np.complex64)
     y = problem.operator.A(torch.from_numpy(truth)[None])
-    out = closing_solve(problem, truth[None], lam=1.0, mu=0.002, iters=30, y=y)[0]
+    out = closing_solve(problem, truth[None], lam=100.0, mu=0.002, iters=30, y=y)[0]
     assert np.linalg.norm(out - truth) < 1e-3 * np.linalg.norm(truth)
-    # a wrong anchor at a weight like the sparsity term's: the data pull the result back toward the truth
+    # a wrong anchor at a small weight: the data pull the result back toward the truth
     wrong = truth * 0.8
-    out = closing_solve(problem, wrong[None], lam=0.002, mu=0.002, iters=60, y=y)[0]
+    out = closing_solve(problem, wrong[None], lam=0.01, mu=0.002, iters=60, y=y)[0]
     resid = problem.operator.A(torch.from_numpy(out)[None]) - y
     assert float(resid.abs().norm() / y.abs().norm()) < 0.05  # the anchor's own residual is 0.2
     assert np.linalg.norm(out - truth) < 0.5 * np.linalg.norm(wrong - truth)
@@ -64,5 +52,5 @@ def test_real_problems_close_too():
     clean = ellipsoid_phantom((12, 16, 14))
     noisy = clean + 0.05 * rng.normal(size=clean.shape).astype(np.float32)
     problem = denoise_problem(Volume(noisy, np.eye(4)), noise_std=0.05)
-    out = closing_solve(problem, clean[None], lam=1.0, mu=0.02, iters=20)
+    out = closing_solve(problem, clean[None], lam=1.0, mu=0.02, iters=20, weights=np.full(clean.shape, 0.5))
     assert out.dtype == np.float32 and np.abs(out[0] - clean).mean() < np.abs(noisy - clean).mean()

@@ -1,0 +1,253 @@
+"""Alignment benchmark (issue 17): placement error (mm RMS over the brain) and seconds per volume.
+
+    OMP_NUM_THREADS=1 python scripts/bench_align.py --out docs/results_align.md
+
+Volumes (none of them trained on by the aligner, which has no training; the synthetic ones are
+validation subjects, never test seeds 20000+):
+- synthetic validation subjects 10000-10007 (T1w / T2w / PD / FLAIR, skull-stripped, with noise). Their
+  *true* placement is known: each is the template deformed by MONAI ``Rand3DElastic`` (small random affine
+  + elastic field), and warping the voxel-index maps with the same seed gives, for every subject voxel,
+  the template position it shows; the least-squares affine of that map over the brain is the truth
+  (the elastic part left over, ~3.5 mm RMS, is what no affine can follow).
+- real scans shipped by installed packages (offline): nibabel's ``tests/data/anatomical.nii`` (T1, a
+  66x82x50 mm part of a brain, 2 mm, LAS voxel order) and dipy's ``data/files/aniso_vox.nii.gz`` (a b0
+  diffusion volume, T2-like contrast, whole brain, 4x4x5 mm, LPS). Their placement in MNI is unknown,
+  so the reference is the estimate on the unmoved scan, composed with the known move ("consistency").
+
+Cases (each a copy with a known rigid world move ``T``; the truth of the copy is ``M_true @ inv(T)``;
+the axis, direction and side are drawn from a seed per (volume, case)):
+- ``orig``: the volume as it is (synthetic: vs the true placement);
+- ``shift40``: a 40 mm translation; ``rot20``: a 20 degree rotation (random axis, about the brain's centre)
+  plus up to 20 mm translation;
+- ``crop-half``: half the field of view (a random axis and side) after a 10 degree rotation and up to
+  20 mm translation;
+- ``1mm``: resampled to 1 mm voxels, 15 degrees, up to 30 mm; ``aniso-lps``: 1 x 1 x 4 mm voxels in LPS
+  order, 15 degrees, up to 30 mm (both trilinear from the original; the world positions are exact).
+
+Error: RMS over the brain voxels inside the copy's field of view of ``|M_est(x) - M_true(x)|`` (mm).
+Seconds: wall and process CPU of :func:`ldp_med.align.estimate_alignment` (one thread; the CPU column is
+the one to read on a shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+
+from benchlib import emit, require_validation
+from ldp_med.align import AlignConfig, estimate_alignment, placement_rms
+from ldp_med.data import synthetic
+from ldp_med.io.nifti import load_nifti
+from ldp_med.io.volume import Volume
+
+CASES = ("orig", "shift40", "rot20", "crop-half", "1mm", "aniso-lps")
+
+
+def real_scans() -> dict[str, Path]:
+    """Real scans that installed packages ship (no download)."""
+    import dipy
+    import nibabel
+
+    return {"nibabel anatomical.nii (T1 part)": Path(nibabel.__file__).parent / "tests/data/anatomical.nii",
+            "dipy aniso_vox (b0, 4x4x5 LPS)": Path(dipy.__file__).parent / "data/files/aniso_vox.nii.gz"}
+
+
+def synthetic_truth(seed: int) -> tuple[Volume, np.ndarray, np.ndarray]:
+    """(noisy subject, true affine subject world -> MNI world, brain mask) of validation subject ``seed``."""
+    subj = synthetic.make_subject(seed, return_tissue=True)
+    # the template voxel each subject voxel shows: the subject's own deformation (same seed as make_subject)
+    rng = np.random.default_rng(seed)
+    synthetic._draw_meta(rng, None)
+    src = synthetic._deform(np.indices(synthetic.GRID).astype(np.float32), int(rng.integers(2**31 - 1)))
+    brain = subj["tissue"].sum(0) > 0.5
+    aff = subj["affine"]
+    x = np.c_[np.argwhere(brain) @ aff[:3, :3].T + aff[:3, 3], np.ones(int(brain.sum()))]
+    y = src[:, brain].T @ aff[:3, :3].T + aff[:3, 3]
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    m_true = np.eye(4)
+    m_true[:3] = coef.T
+    return Volume(subj["image"], aff, {"source": f"validation subject {seed}"}), m_true, brain
+
+
+def head_of(vol: Volume) -> np.ndarray:
+    """Foreground of a real scan (the brain region the error is measured over): above 20% of its 99th percentile."""
+    return vol.data > 0.2 * np.percentile(vol.data, 99)
+
+
+def rigid(deg: float, axis, shift, centre) -> np.ndarray:
+    """World move: rotation by ``deg`` about ``axis`` through ``centre``, then ``shift`` (mm)."""
+    axis = np.asarray(axis, float)
+    r = Rotation.from_rotvec(np.deg2rad(deg) * axis / np.linalg.norm(axis)).as_matrix()
+    t = np.eye(4)
+    t[:3, :3] = r
+    t[:3, 3] = centre - r @ centre + np.asarray(shift, float)
+    return t
+
+
+def moved_copy(vol: Volume, move: np.ndarray, vox=None, flip=(), crop=None) -> Volume:
+    """``vol`` with its world moved by ``move``; optionally on ``vox`` mm voxels with ``flip``ped axes, then cropped.
+
+    ``crop = (axis, side)`` keeps the first (``"lo"``) or second (``"hi"``) half of the voxels along ``axis``.
+    """
+    a0 = vol.affine
+    if vox is None:
+        data, a1 = vol.data, move @ a0
+    else:
+        vox0 = np.linalg.norm(a0[:3, :3], axis=0)
+        vox = np.asarray(vox, float)
+        shape = np.floor((np.array(vol.shape) - 1) * vox0 / vox).astype(int) + 1
+        a = a0.copy()
+        a[:3, :3] = a0[:3, :3] / vox0 * vox
+        for ax in flip:
+            a[:3, 3] += a[:3, ax] * (shape[ax] - 1)
+            a[:3, ax] *= -1
+        a1 = move @ a
+        pull = np.linalg.solve(a0, np.linalg.solve(move, a1))  # copy voxel -> original voxel
+        src = pull[:3, :3] @ np.indices(shape).reshape(3, -1) + pull[:3, 3:]
+        data = ndimage.map_coordinates(vol.data, src, order=1).reshape(shape).astype(np.float32)
+    if crop is not None:
+        ax, side = crop
+        n = data.shape[ax]
+        keep = [slice(None)] * 3
+        keep[ax] = slice(0, n // 2) if side == "lo" else slice(n // 2, n)
+        if side == "hi":
+            a1 = a1.copy()
+            a1[:3, 3] += a1[:3, ax] * (n // 2)
+        data = data[tuple(keep)]
+    return Volume(np.ascontiguousarray(data), a1, dict(vol.meta))
+
+
+def make_case(vol: Volume, case: str, centre: np.ndarray, seed: int) -> tuple[Volume, np.ndarray]:
+    """The copy of ``case`` and its world move (drawn from ``seed``)."""
+    rng = np.random.default_rng(seed)
+    axis = rng.normal(size=3)
+    direction = rng.normal(size=3)
+    direction /= np.linalg.norm(direction)
+    if case == "orig":
+        return vol, np.eye(4)
+    if case == "shift40":
+        move = rigid(0.0, [0, 0, 1], 40.0 * direction, centre)
+        return moved_copy(vol, move), move
+    if case == "rot20":
+        move = rigid(20.0, axis, rng.uniform(0, 20) * direction, centre)
+        return moved_copy(vol, move), move
+    if case == "crop-half":
+        move = rigid(10.0, axis, rng.uniform(0, 20) * direction, centre)
+        crop = (int(rng.integers(3)), ("lo", "hi")[int(rng.integers(2))])
+        return moved_copy(vol, move, crop=crop), move
+    if case == "1mm":
+        move = rigid(15.0, axis, rng.uniform(0, 30) * direction, centre)
+        return moved_copy(vol, move, vox=(1.0, 1.0, 1.0)), move
+    if case == "aniso-lps":
+        move = rigid(15.0, axis, rng.uniform(0, 30) * direction, centre)
+        return moved_copy(vol, move, vox=(1.0, 1.0, 4.0), flip=(0, 1)), move
+    raise ValueError(case)
+
+
+def run_volume(name: str, vol: Volume, m_true: np.ndarray | None, mask: np.ndarray, cases, cfg: AlignConfig,
+               seed: int) -> list[dict]:
+    """Rows for one volume; ``m_true`` None means: the estimate on the unmoved volume is the reference."""
+    pts = np.argwhere(mask) @ vol.affine[:3, :3].T + vol.affine[:3, 3]
+    centre = pts.mean(0)
+    rows = []
+    ref = m_true
+    for k, case in enumerate(["orig"] + [c for c in cases if c != "orig"]):
+        copy, move = make_case(vol, case, centre, seed * 100 + k)
+        est = estimate_alignment(copy, cfg)
+        if ref is None:  # consistency reference: the unmoved scan's estimate
+            ref = est.matrix
+        moved = pts @ move[:3, :3].T + move[:3, 3]
+        vox = (np.c_[moved, np.ones(len(moved))] @ np.linalg.inv(copy.affine).T)[:, :3]
+        inside = np.all((vox > -0.5) & (vox < np.array(copy.shape) - 0.5), axis=1)
+        m_copy = ref @ np.linalg.inv(move)
+        row = dict(volume=name, case=case, shape="x".join(map(str, copy.shape)),
+                   rms=placement_rms(est.matrix, m_copy, moved[inside]),
+                   start=placement_rms(est.start, m_copy, moved[inside]),
+                   wall=est.seconds, cpu=est.cpu_seconds, stages=" > ".join(est.stages),
+                   reference="truth" if m_true is not None else "unmoved estimate")
+        print(f"{name:38s} {case:10s} {row['rms']:6.2f} mm  {est.cpu_seconds:5.1f} s cpu", file=sys.stderr, flush=True)
+        if case != "orig" or "orig" in cases:
+            rows.append(row)
+    return rows
+
+
+HEADER = [
+    "# Alignment to the model space (issue 17)", "",
+    "`ldp_med.align.estimate_alignment` (dipy mutual information, translation -> rigid -> affine) on moved copies "
+    "of held-out volumes; see scripts/bench_align.py for the volumes, the cases and the reference of each row. "
+    "RMS error: mm over the brain voxels inside the copy's field of view (target <= 2 mm); start error: the "
+    "same for the start (centres of mass + search); CPU s: process CPU seconds on one thread (target <= 15 s; "
+    "wall s is inflated on a shared machine).", ""]
+
+
+def table(rows: list[dict], cfg: AlignConfig) -> list[str]:
+    lines = HEADER + ["| volume | case | grid | reference | RMS error (mm) | start error (mm) | stages | wall s | CPU s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['volume']} | {r['case']} | {r['shape']} | {r['reference']} | {r['rms']:.2f} | "
+                     f"{r['start']:.1f} | {r['stages']} | {r['wall']:.1f} | {r['cpu']:.1f} |")
+    syn = [r for r in rows if r["reference"] == "truth"]
+    real = [r for r in rows if r["reference"] != "truth"]
+    lines.append("")
+    for label, group in (("synthetic (vs truth)", syn), ("real (vs unmoved estimate)", real)):
+        if not group:
+            continue
+        e = np.array([r["rms"] for r in group])
+        c = np.array([r["cpu"] for r in group])
+        w = np.array([r["wall"] for r in group])
+        lines.append(f"- {label}: {len(group)} estimates; RMS error mean {e.mean():.2f} mm, max {e.max():.2f} mm, "
+                     f"<= 2 mm in {int((e <= 2).sum())}/{len(e)}; CPU s mean {c.mean():.1f}, max {c.max():.1f}; "
+                     f"wall s mean {w.mean():.1f}, max {w.max():.1f}")
+    changed = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != f.default}
+    lines.append(f"- AlignConfig: {'defaults' if not changed else changed}; OMP_NUM_THREADS="
+                 f"{os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    return lines
+
+
+def parse_set(items) -> AlignConfig:
+    kw = {}
+    types = {f.name: f.type for f in dataclasses.fields(AlignConfig)}
+    for item in items or []:
+        key, value = item.split("=", 1)
+        if key not in types:
+            raise SystemExit(f"unknown AlignConfig field {key!r}")
+        kw[key] = tuple(int(v) for v in value.split(",")) if "tuple" in str(types[key]) else (
+            value.lower() in ("1", "true", "yes") if types[key] in (bool, "bool") else float(value))
+        if types[key] in (int, "int"):
+            kw[key] = int(kw[key])
+    return AlignConfig(**kw)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(10000, 10008)),
+                    help="synthetic validation subjects (10000-10099)")
+    ap.add_argument("--no-real", action="store_true", help="skip the real scans that packages ship")
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    ap.add_argument("--set", nargs="+", default=None, metavar="KEY=VALUE", help="AlignConfig fields (tuning)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    require_validation(args.seeds)
+    cfg = parse_set(args.set)
+
+    rows: list[dict] = []
+    for seed in args.seeds:
+        vol, m_true, brain = synthetic_truth(seed)
+        name = f"val {seed} ({synthetic.subject_meta(seed)['contrast']})"
+        rows += run_volume(name, vol, m_true, brain, args.cases, cfg, seed)
+    if not args.no_real:
+        for k, (name, path) in enumerate(real_scans().items()):
+            vol = load_nifti(path)
+            rows += run_volume(name, vol, None, head_of(vol), args.cases, cfg, 900 + k)
+    emit(table(rows, cfg), args.out)
+
+
+if __name__ == "__main__":
+    main()

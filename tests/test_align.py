@@ -1,0 +1,213 @@
+"""Alignment to the model space (ldp_med.align) and the aligned model-space map (ldp_med.space, issue 17).
+
+The moving volumes are the MNI152 template (or a T2-weighted rendering of its tissue maps) at 4 mm,
+moved in world space by a known rigid transform (only the affine changes, so the truth is exact):
+the estimate must map them back within 2 mm RMS over the brain.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Orientation, ResizeWithPadOrCrop, Spacing
+from scipy.spatial.transform import Rotation
+
+from ldp_med.align import AlignConfig, estimate_alignment, placement_rms
+from ldp_med.config import ModelConfig
+from ldp_med.data import synthetic
+from ldp_med.errors import InputError
+from ldp_med.io.volume import Volume
+from ldp_med.space import PercentileScaleIntensity, SpaceMap, ToModelSpace, model_grid_affine
+from tests.conftest import oblique_affine
+
+DOWN = np.diag([2.0, 2.0, 2.0, 1.0])  # 2 mm grid -> every second voxel (4 mm)
+#: a 4 mm working grid (levels 8 / 4 mm) keeps these tests fast; the defaults (2 mm) run in the slow test
+FAST = AlignConfig(work_mm=4.0, translation_factors=(2, 1), rigid_factors=(2, 1), affine_factors=(2, 1),
+                   sampling=0.3, iterations=40)
+
+
+def _move(deg: float, axis, shift) -> np.ndarray:
+    """Rigid world move: ``deg`` about ``axis`` through the MNI origin, then ``shift`` mm."""
+    t = np.eye(4)
+    t[:3, :3] = Rotation.from_rotvec(np.deg2rad(deg) * np.asarray(axis, float) / np.linalg.norm(axis)).as_matrix()
+    t[:3, 3] = shift
+    return t
+
+
+def _brain_points(affine: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return np.argwhere(mask) @ affine[:3, :3].T + affine[:3, 3]
+
+
+@pytest.fixture(scope="module")
+def template4():
+    """(T1 data, T2w rendering, brain mask) of the template at 4 mm, and the 4 mm affine."""
+    maps = synthetic.tissue_maps()
+    gm, wm, csf = synthetic.TISSUE_INTENSITIES["T2w"]
+    t2 = gm * maps["gm"] + wm * maps["wm"] + csf * maps["csf"]
+    sl = (slice(None, None, 2),) * 3
+    return maps["t1"][sl].copy(), t2[sl].astype(np.float32), maps["mask"][sl] > 0.5, synthetic.grid_affine() @ DOWN
+
+
+@pytest.mark.parametrize("contrast", ["T1w", "T2w"])
+def test_moved_and_rotated_volume_is_aligned_back(template4, contrast):
+    t1, t2, mask, aff = template4
+    move = _move(10.0, [1.0, 0.4, -0.3], [20.0, -8.0, 6.0])
+    vol = Volume(t1 if contrast == "T1w" else t2, move @ aff)  # the same image, 22 mm and 10 degrees away
+    est = estimate_alignment(vol, FAST)
+    pts = _brain_points(vol.affine, mask)
+    assert placement_rms(est.matrix, np.linalg.inv(move), pts) <= 2.0
+    assert est.matrix.shape == (4, 4) and est.metric > 0 and est.seconds > 0
+    assert est.stages == ("translation", "rigid", "affine")
+
+
+@pytest.mark.slow
+def test_default_settings_align_a_moved_template(template4):
+    t1, _, mask, aff = template4
+    move = _move(15.0, [0.0, 0.3, 1.0], [-30.0, 10.0, 20.0])
+    vol = Volume(t1, move @ aff)
+    est = estimate_alignment(vol)
+    assert placement_rms(est.matrix, np.linalg.inv(move), _brain_points(vol.affine, mask)) <= 2.0
+
+
+def test_lps_anisotropic_grid_is_aligned_back(template4):
+    t1, _, mask, aff = template4
+    # LPS voxel order (x and y flipped) and 4 x 4 x 8 mm voxels: the world positions are unchanged
+    data = t1[::-1, ::-1, ::2]
+    a = aff @ np.diag([1.0, 1.0, 2.0, 1.0])
+    a[:3, 3] += a[:3, 0] * (t1.shape[0] - 1) + a[:3, 1] * (t1.shape[1] - 1)
+    a[:3, :2] *= -1
+    move = _move(-8.0, [0.2, 1.0, 0.0], [-15.0, 10.0, 12.0])
+    vol = Volume(np.ascontiguousarray(data), move @ a)
+    est = estimate_alignment(vol, FAST)
+    assert placement_rms(est.matrix, np.linalg.inv(move), _brain_points(vol.affine, mask[::-1, ::-1, ::2])) <= 2.0
+
+
+def test_partial_field_of_view_lands_in_its_part_of_the_model_grid(template4):
+    t1, _, mask, aff = template4
+    nz = t1.shape[2]
+    top = t1[:, :, nz // 2:]  # the upper half of the field of view
+    a = aff.copy()
+    a[:3, 3] += a[:3, 2] * (nz // 2)
+    move = _move(6.0, [0.0, 0.0, 1.0], [12.0, 15.0, -10.0])
+    vol = Volume(np.ascontiguousarray(top) * 800.0 + 20.0, move @ a, {"source": "top half"})
+    est = estimate_alignment(vol, FAST)
+    assert placement_rms(est.matrix, np.linalg.inv(move), _brain_points(vol.affine, mask[:, :, nz // 2:])) <= 2.0
+
+    # small model grid (4 mm, the template's field of view) so the test stays fast
+    grid, mni = t1.shape, aff
+    x, info = ToModelSpace(grid, 4.0, transform=est.matrix, model_affine=mni)(vol)
+    x = x[0].numpy()
+    lower, upper = x[:, :, : nz // 2 - 2], x[:, :, nz // 2 + 2:]
+    assert float(lower.max()) == 0.0  # nothing lands below the acquired half
+    ref = t1[:, :, nz // 2 + 2:] / np.percentile(t1[:, :, nz // 2:], 99.5)
+    assert float(np.abs(upper - np.clip(ref, 0, 1)).mean()) < 0.03
+    # centring (today's placement) puts the half in the middle of the grid instead
+    xc = ToModelSpace(grid, 4.0)(vol)[0][0].numpy()
+    assert float(xc[:, :, : nz // 2 - 2].max()) > 0.5
+    # the map the sampler uses agrees with the transform, and goes back to the acquisition grid exactly
+    back = info.to_acquisition(torch.as_tensor(x))
+    assert back.shape == vol.shape
+    inside = vol.data > 0.3 * vol.data.max()
+    assert float(np.abs(back - vol.data)[inside].mean()) < 0.03 * float(vol.data.max())
+
+
+def _smooth_volume() -> Volume:
+    shape, affine = (27, 31, 23), oblique_affine()
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).astype(float)
+    c = (np.array(shape) - 1) / 2
+    r = np.linalg.norm((ijk - c) / (np.array(shape) / 3), axis=-1)
+    return Volume((1000.0 * np.exp(-(r**4)) * (1 + 0.02 * ijk[..., 0])).astype(np.float32), affine,
+                  {"source": "smooth"})
+
+
+def test_align_false_is_todays_space_map_exactly():
+    vol = _smooth_volume()
+    cfg = ModelConfig(grid=(24, 28, 20), voxel_mm=2.0)
+    # today's construction, spelled out
+    model_affine, scale, offset = ToModelSpace.from_config(cfg).geometry(vol)
+    today = SpaceMap(vol.shape, vol.affine, cfg.grid, model_affine, scale, offset)
+    for new in (SpaceMap.for_volume(vol, cfg), SpaceMap.for_volume(vol, cfg, align=False)):
+        assert new.transform is None and new.alignment is None
+        assert (new.scale, new.offset, new.grid) == (today.scale, today.offset, today.grid)
+        assert torch.equal(new._to_model, today._to_model) and torch.equal(new._to_acq, today._to_acq)
+        assert torch.equal(new.coverage, today.coverage)
+    # and the centring pipeline is still Scale -> Orientation -> Spacing -> ResizeWithPadOrCrop
+    steps = [type(t) for t in ToModelSpace(cfg.grid, 2.0).pipeline.transforms]
+    assert steps == [PercentileScaleIntensity, Orientation, Spacing, ResizeWithPadOrCrop]
+
+
+def test_aligned_mode_geometry_inverse_and_space_map_agree():
+    vol = _smooth_volume()
+    cfg = ModelConfig(grid=(24, 28, 20), voxel_mm=2.0)
+    mni = model_grid_affine(cfg.grid, cfg.voxel_mm)
+    m = _move(7.0, [0.3, -1.0, 0.5], [4.0, -3.0, 5.0])
+    m[:3, 3] += mni[:3, :3] @ ((np.array(cfg.grid) - 1) / 2) + mni[:3, 3] - vol.affine[:3, :3] @ (
+        (np.array(vol.shape) - 1) / 2) - vol.affine[:3, 3]  # the volume lands near the grid centre
+    space = ToModelSpace.from_config(cfg, transform=m)
+    x, info = space(vol)
+    np.testing.assert_allclose(info.model_affine, np.linalg.solve(m, mni), atol=1e-9)
+    np.testing.assert_allclose(space.geometry(vol)[0], info.model_affine, atol=1e-9)
+    assert info.scale == pytest.approx(space.geometry(vol)[1]) and info.offset == pytest.approx(space.geometry(vol)[2])
+    back = info.to_acquisition(x)
+    inside = vol.data > 0.5 * vol.data.max()
+    assert float((np.abs(back - vol.data)[inside] / vol.data[inside]).mean()) < 0.05
+
+    smap = SpaceMap.for_volume(vol, cfg, transform=m)
+    np.testing.assert_allclose(smap.transform, m)
+    xm = smap.to_model(torch.from_numpy(vol.data)[None])[0, 0]
+    assert float((xm - x[0]).abs().max()) < 0.02  # one trilinear resampling each, same grid
+
+
+def test_space_map_align_true_estimates_and_keeps_the_transform(template4):
+    t1, _, mask, aff = template4
+    move = _move(5.0, [0.0, 1.0, 0.0], [10.0, 0.0, -10.0])
+    vol = Volume(t1, move @ aff)
+    cfg = ModelConfig(grid=t1.shape, voxel_mm=4.0, affine=tuple(map(tuple, aff)))
+    smap = SpaceMap.for_volume(vol, cfg, align=True, align_cfg=FAST)
+    assert smap.alignment is not None and np.array_equal(smap.transform, smap.alignment.matrix)
+    assert placement_rms(smap.transform, np.linalg.inv(move), _brain_points(vol.affine, mask)) <= 2.0
+    json.dumps(smap.alignment.to_meta())  # goes into output metadata as is
+
+
+def test_bad_inputs_raise():
+    aff = np.eye(4)
+    with pytest.raises(InputError):
+        estimate_alignment(Volume(np.ones((8, 9, 10), np.float32), aff, {"source": "flat.nii"}))
+    data = np.zeros((8, 9, 10), np.float32)
+    data[0, 0, 0] = np.nan
+    with pytest.raises(InputError):
+        estimate_alignment(Volume(data, aff))
+    with pytest.raises(ValueError):
+        ToModelSpace((8, 8, 8), 2.0, crop_foreground=True, transform=np.eye(4))
+    with pytest.raises(ValueError):
+        ToModelSpace((8, 8, 8), 2.0, transform=np.zeros((4, 4)))
+
+
+def test_config_is_frozen_and_defaults_are_the_documented_ones():
+    cfg = AlignConfig()
+    assert cfg.work_mm == 2.0 and cfg.affine
+    with pytest.raises(Exception):
+        cfg.work_mm = 1.0  # type: ignore[misc]
+
+
+def test_autoencode_align_writes_the_transform_into_the_output(tmp_path):
+    import json
+
+    import nibabel as nib
+    from click.testing import CliRunner
+
+    from ldp_med.cli import cli
+    from ldp_med.data.synthetic import template_volume
+    from ldp_med.io.nifti import save_nifti
+
+    data, affine = template_volume()
+    src = tmp_path / "t1.nii.gz"
+    save_nifti(Volume(data[::2, ::2, ::2].copy(), affine @ np.diag([2.0, 2.0, 2.0, 1.0])), src)
+    r = CliRunner().invoke(cli, ["autoencode", str(src), "-o", str(tmp_path / "ae.nii.gz"), "--align"])
+    assert r.exit_code == 0, r.output
+    ext = nib.load(str(tmp_path / "ae.nii.gz")).header.extensions
+    meta = json.loads(ext[0].get_content())["ldp_med"]
+    assert np.asarray(meta["align_matrix"]).shape == (4, 4) and meta["align_seconds"] > 0
