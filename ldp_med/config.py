@@ -293,24 +293,31 @@ class ClosingConfig:
     """The closing solve after posterior sampling (:mod:`ldp_med.sampling.closing`), per sample.
 
     ``argmin_x 1/2 ||A x - y||^2 + anchor / 2 ||x - x_bar||^2 + mu ||W x||_1``: for k-space ``mu`` is the CS
-    baseline's ``baseline.cs_lambda``; for denoise / superres ``mu = image_mu * noise_std``. ``anchor = 0``
-    is the CS objective (the floor); larger values trust the prior more.
+    baseline's ``baseline.cs_lambda`` and the weight ``anchor``; for denoise / superres ``mu = image_mu *
+    noise_std`` and the weight ``image_anchor``. A weight of 0 is the CS objective (the floor); larger
+    values trust the prior more.
 
     Attributes:
         iters: FISTA iterations warm-started from each sample (0: no closing solve).
-        anchor: anchor weight (relative to the data term).
+
+    Defaults tuned on validation subjects 10000-10001 with the shipped prior (docs/methods.md): k-space
+    anchor 0 (the prior's estimate is below CS there, so it only warm-starts the CS objective), denoise
+    ``image_mu`` 2 and ``image_anchor`` 1.
+        anchor: anchor weight of k-space problems (relative to the data term).
+        image_anchor: anchor weight of the image tasks (denoise, superres).
         coil_energy: k-space is compressed to the SVD virtual coils holding this fraction of the energy
             (1: every coil, the CS baseline's data term).
         image_mu: wavelet weight of the image tasks, in units of the noise std.
     """
 
-    iters: int = 0
+    iters: int = 20
     anchor: float = 0.0
+    image_anchor: float = 1.0
     coil_energy: float = 1.0
-    image_mu: float = 1.0
+    image_mu: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.iters < 0 or self.anchor < 0 or not 0 < self.coil_energy <= 1 or self.image_mu < 0:
+        if self.iters < 0 or min(self.anchor, self.image_anchor, self.image_mu) < 0 or not 0 < self.coil_energy <= 1:
             raise ConfigError(f"closing: need iters >= 0, anchor >= 0, 0 < coil_energy <= 1, image_mu >= 0; got {self}")
 
 

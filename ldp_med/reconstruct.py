@@ -134,7 +134,7 @@ def _posterior(sampler: str | None) -> Solver:
             return res.mean, None if res.std is None else res.std * post.std_scale, meta
         images = np.abs(_close(problem, res.samples, cfg))
         std = images.std(0, ddof=1) * post.std_scale if len(images) > 1 else None
-        return images.mean(0), std, {**meta, "closing_iters": cfg.closing.iters, "closing_anchor": cfg.closing.anchor}
+        return images.mean(0), std, {**meta, "closing_iters": cfg.closing.iters}
 
     return solve
 
@@ -145,9 +145,9 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig) -> np.
     from ldp_med.sampling.posterior import compressed
 
     c = cfg.closing
-    mu = cfg.baseline.cs_lambda if problem.is_complex else c.image_mu * problem.noise_std
+    mu, anchor = (cfg.baseline.cs_lambda, c.anchor) if problem.is_complex else (c.image_mu * problem.noise_std, c.image_anchor)
     op, y = compressed(problem, c.coil_energy)
-    return closing_solve(problem, samples, c.anchor, mu, c.iters, wavelet=cfg.baseline.cs_wavelet, operator=op, y=y)
+    return closing_solve(problem, samples, anchor, mu, c.iters, wavelet=cfg.baseline.cs_wavelet, operator=op, y=y)
 
 
 #: One (task, method) table: every pair the registry (``ldp_med.tasks``) allows, and nothing else.
