@@ -48,6 +48,8 @@ def main() -> None:
     prior = load_pretrained(args.model)
     task = CASES[args.case]["task"]
     extra = ["Spearman(std, err)", "median std / median err", "std scale for 90%"] if args.samples > 1 else []
+    if args.reference_method:
+        extra.append(f"worst volume - {args.reference_method} (dB)")
     lines = ["| " + " | ".join([*grid, "PSNR (dB)", "SSIM", "s/volume", *extra]) + " |", "|" + "---|" * (len(grid) + 3 + len(extra))]
     with tempfile.TemporaryDirectory() as tmp:
         files = []
@@ -78,8 +80,12 @@ def main() -> None:
                     head = head_mask(ref)
                     ratio.append(np.median(std.data[head]) / np.median(np.abs(vol.data - ref)[head]))
                     scale.append(std_scale_for((vol.data - ref)[head], std.data[head]))
+            if args.reference_method:  # the worst volume against the reference (the floor is per volume)
+                extra_cols = f" {min(s['psnr'] - r['psnr'] for s, r in zip(scores, ref_scores)):+.2f} |"
+            else:
+                extra_cols = ""
             row = f"| {' | '.join(values)} | {np.mean([s['psnr'] for s in scores]):.2f} | " \
-                  f"{np.mean([s['ssim'] for s in scores]):.4f} | {np.mean(secs):.1f} |" + (f" {np.mean(rho):.3f} | {np.mean(ratio):.2f} | {np.mean(scale):.2f} |" if rho else "")
+                  f"{np.mean([s['ssim'] for s in scores]):.4f} | {np.mean(secs):.1f} |" + (f" {np.mean(rho):.3f} | {np.mean(ratio):.2f} | {np.mean(scale):.2f} |" if rho else "") + extra_cols
             lines.append(row)
             print(row, flush=True)
     emit(lines, args.out)
