@@ -131,12 +131,12 @@ def kspace_problem(ksp: KSpaceData, noise_std: float | None = None, espirit_cali
         InputError: invalid data, a calibration width that does not fit, or failed ESPIRiT, naming ``source``.
     """
     ksp = KSpaceData(ksp.kspace, ksp.mask, ksp.sensitivity_maps, ksp.reference, ksp.affine, dict(ksp.attrs)).validate(source)
-    if espirit_calib is not None:  # a width the user gave must fit, whether or not ESPIRiT is needed
-        _espirit_calib(ksp, espirit_calib, source)
-    if ksp.sensitivity_maps is None and ksp.n_coils > 1:
+    needs_maps = ksp.sensitivity_maps is None and ksp.n_coils > 1
+    if needs_maps or espirit_calib is not None:  # a width the user gave must fit, whether or not ESPIRiT runs
+        calib = _espirit_calib(ksp, espirit_calib, source)
+    if needs_maps:
         from ldp_med.physics.coils import espirit_maps
 
-        calib = _espirit_calib(ksp, espirit_calib, source)
         try:
             ksp.sensitivity_maps = espirit_maps(ksp.kspace, calib=calib, kernel_width=min(6, calib - 1))
         except ValueError as exc:

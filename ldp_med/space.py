@@ -362,10 +362,8 @@ class ToModelSpace:
         if self.crop_foreground:
             raise ValueError("geometry() does not apply with crop_foreground")
         source = volume.meta.get("source")
-        data = check_volume_array(volume.data, source)
+        data = check_volume_array(volume.data, source)  # also refuses NaN / Inf
         affine = check_affine(volume.affine, source)
-        if not np.isfinite(data).all():
-            raise InputError(source, "NaN or Inf values; cannot move to model space")
         mt = MetaTensor(torch.from_numpy(np.ascontiguousarray(data)[None]), affine=torch.as_tensor(affine, dtype=torch.float64))
         try:
             a_min, a_max = self.scaler.range_of(mt)

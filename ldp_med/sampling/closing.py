@@ -62,12 +62,13 @@ def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, 
     aty = op.A_adjoint(y)[0].numpy()
     w2 = np.float32(1.0) if weights is None else np.asarray(weights, np.float32) ** 2
     step = 1.0 / (operator_norm_sq(problem) + lam * float(np.max(w2)))
+    anchors = np.asarray(anchors)
+    W = sp.linop.Wavelet(tuple(anchors.shape[1:]), wave_name=wavelet)
+    wavelet_l1 = sp.prox.UnitaryTransform(sp.prox.L1Reg(W.oshape, mu), W)
+    proxg = wavelet_l1 if problem.is_complex else lambda a, x: np.real(wavelet_l1(a, x)).astype(dtype)
     out = []
-    for anchor in np.asarray(anchors):
+    for anchor in anchors:
         x_bar = np.ascontiguousarray(anchor.astype(dtype))
-        W = sp.linop.Wavelet(x_bar.shape, wave_name=wavelet)
-        wavelet_l1 = sp.prox.UnitaryTransform(sp.prox.L1Reg(W.oshape, mu), W)
-        proxg = wavelet_l1 if problem.is_complex else lambda a, x: np.real(wavelet_l1(a, x)).astype(dtype)
 
         def gradf(x: np.ndarray, x_bar=x_bar) -> np.ndarray:
             g = op.normal(torch.from_numpy(x)[None])[0].numpy() - aty
