@@ -41,22 +41,13 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from benchlib import emit, require_validation
+from benchlib import emit, head_of, real_scans, require_validation
 from ldp_med.align import AlignConfig, estimate_alignment, placement_rms
 from ldp_med.data import synthetic
 from ldp_med.io.nifti import load_nifti
 from ldp_med.io.volume import Volume
 
 CASES = ("orig", "shift40", "rot20", "crop-half", "1mm", "aniso-lps")
-
-
-def real_scans() -> dict[str, Path]:
-    """Real scans that installed packages ship (no download)."""
-    import dipy
-    import nibabel
-
-    return {"nibabel anatomical.nii (T1 part)": Path(nibabel.__file__).parent / "tests/data/anatomical.nii",
-            "dipy aniso_vox (b0, 4x4x5 LPS)": Path(dipy.__file__).parent / "data/files/aniso_vox.nii.gz"}
 
 
 def synthetic_truth(seed: int) -> tuple[Volume, np.ndarray, np.ndarray]:
@@ -74,11 +65,6 @@ def synthetic_truth(seed: int) -> tuple[Volume, np.ndarray, np.ndarray]:
     m_true = np.eye(4)
     m_true[:3] = coef.T
     return Volume(subj["image"], aff, {"source": f"validation subject {seed}"}), m_true, brain
-
-
-def head_of(vol: Volume) -> np.ndarray:
-    """Foreground of a real scan (the brain region the error is measured over): above 20% of its 99th percentile."""
-    return vol.data > 0.2 * np.percentile(vol.data, 99)
 
 
 def rigid(deg: float, axis, shift, centre) -> np.ndarray:

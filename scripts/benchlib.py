@@ -132,3 +132,17 @@ PARAPHRASES_B: dict[str, tuple[str, ...]] = {
     "FLAIR": ("healthy brain, FLAIR sequence, 2 mm", "FLAIR contrast head MRI without pathology",
               "fluid-suppressed T2 image of an adult volunteer", "inversion recovery scan with dark CSF of a normal brain"),
 }
+
+
+def real_scans() -> dict[str, Path]:
+    """Real scans that installed packages ship (no download)."""
+    import dipy
+    import nibabel
+
+    return {"nibabel anatomical.nii (T1 part)": Path(nibabel.__file__).parent / "tests/data/anatomical.nii",
+            "dipy aniso_vox (b0, 4x4x5 LPS)": Path(dipy.__file__).parent / "data/files/aniso_vox.nii.gz"}
+
+
+def head_of(vol: Volume) -> np.ndarray:
+    """Foreground of a real scan (the brain region the error is measured over): above 20% of its 99th percentile."""
+    return vol.data > 0.2 * np.percentile(vol.data, 99)
