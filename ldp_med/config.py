@@ -308,6 +308,9 @@ class ClosingConfig:
         coil_energy: k-space is compressed to the SVD virtual coils holding this fraction of the energy
             (1: every coil, the CS baseline's data term).
         image_mu: wavelet weight of the image tasks, in units of the noise std.
+        anchor_support: anchor only where the prior knows anatomy (the model's ``support`` extra mapped to
+            the acquisition grid: a per-voxel weight in [0, 1]); elsewhere (skull, neck, a field of view past
+            the model grid) the result is the CS objective's. No effect for a model folder without ``support``.
     """
 
     iters: int = 20
@@ -315,6 +318,7 @@ class ClosingConfig:
     image_anchor: float = 1.0
     coil_energy: float = 1.0
     image_mu: float = 2.0
+    anchor_support: bool = False
 
     def __post_init__(self) -> None:
         if self.iters < 0 or min(self.anchor, self.image_anchor, self.image_mu) < 0 or not 0 < self.coil_energy <= 1:

@@ -132,22 +132,25 @@ def _posterior(sampler: str | None) -> Solver:
         meta = {"nfe": res.nfe, "sampler": res.method, **{k: v for k, v in res.meta.items() if k.startswith("align_")}}
         if cfg.closing.iters == 0:
             return res.mean, None if res.std is None else res.std * post.std_scale, meta
-        images = np.abs(_close(problem, res.samples, cfg))
+        images = np.abs(_close(problem, res.samples, cfg, res.support))
         std = images.std(0, ddof=1) * post.std_scale if len(images) > 1 else None
         return images.mean(0), std, {**meta, "closing_iters": cfg.closing.iters}
 
     return solve
 
 
-def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig) -> np.ndarray:
-    """The closing solve of every posterior sample (:mod:`ldp_med.sampling.closing`); weights from the config."""
+def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, support: np.ndarray | None) -> np.ndarray:
+    """The closing solve of every posterior sample (:mod:`ldp_med.sampling.closing`); weights from the config,
+    the anchor restricted to the model's ``support`` when ``closing.anchor_support`` is on."""
     from ldp_med.sampling.closing import closing_solve
     from ldp_med.sampling.posterior import compressed
 
     c = cfg.closing
     mu, anchor = (cfg.baseline.cs_lambda, c.anchor) if problem.is_complex else (c.image_mu * problem.noise_std, c.image_anchor)
     op, y = compressed(problem, c.coil_energy)
-    return closing_solve(problem, samples, anchor, mu, c.iters, wavelet=cfg.baseline.cs_wavelet, operator=op, y=y)
+    weights = support if c.anchor_support else None
+    return closing_solve(problem, samples, anchor, mu, c.iters, weights=weights, wavelet=cfg.baseline.cs_wavelet,
+                         operator=op, y=y)
 
 
 #: One (task, method) table: every pair the registry (``ldp_med.tasks``) allows, and nothing else.

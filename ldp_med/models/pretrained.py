@@ -61,6 +61,15 @@ class Prior:
         shift, scale = self._latent_norm(zn)
         return zn / scale + shift
 
+    def support(self) -> torch.Tensor | None:
+        """Where the training images have anatomy, (*grid) in [0, 1] on the model grid (trilinear from the
+        ``support`` extra kept at latent resolution), or None for a model folder without one."""
+        s = self.extras.get("support")
+        if s is None:
+            return None
+        return torch.nn.functional.interpolate(s.float()[None, None], size=tuple(self.config.grid), mode="trilinear",
+                                               align_corners=False)[0, 0].clamp(0, 1)
+
     def to(self, device: torch.device | str) -> "Prior":
         self.vae.to(device)
         if self.unet is not None:

@@ -68,6 +68,8 @@ class PosteriorResult:
         image: complex64 (X, Y, Z) mean of the complex DC solutions (k-space only), else None.
         samples: (B, X, Y, Z) each sample's final image: complex64 DC solutions (phase included) for
             k-space, float32 otherwise; what the closing solve (:mod:`ldp_med.sampling.closing`) refines.
+        support: float32 (X, Y, Z) in [0, 1]: the model's ``Prior.support`` (where its training images had
+            anatomy) on the acquisition grid, 0 outside the model grid; None for a model without one.
     """
 
     mean: np.ndarray
@@ -83,6 +85,7 @@ class PosteriorResult:
     image: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
     samples: np.ndarray | None = None
+    support: np.ndarray | None = None
 
     def volume(self) -> Volume:
         """The mean as a :class:`Volume` (acquisition grid and affine)."""
@@ -331,6 +334,7 @@ class PosteriorSampler:
             encodes=st.encodes, seconds=time.perf_counter() - start, method=self.update.name,
             lam=float(self.dc_rule.lam), noise_std=float(self.meta.get("noise_std", float("nan"))), image=image,
             meta={k: v for k, v in self.meta.items() if k not in ("affine", "noise_std")}, samples=samples,
+            support=None if (sup := prior.support()) is None else self.space.mask_to_acq(sup),
         )
 
 

@@ -179,6 +179,7 @@ def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str 
     if cfg.model.unet.with_conditioning:
         context, context_labels, extras, text_encoder = _caption_context(cfg, data, labels,
                                                                          out / "captions.safetensors", info)
+    extras["support"] = training_support(data.images, latents.shape[2:])
     torch.manual_seed(cfg.loop.seed)
     unet = build_unet(cfg.model.unet, cfg.model.vae.latent_channels)
     if init and not resume:  # fine-tune from a model folder's UNet (same architecture, or this one's minus new parts)
@@ -195,6 +196,16 @@ def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str 
                             training_data=vcfg.training_data or data.description)
         save_pretrained(folder, model_cfg, vae_prior.vae, unet, extras=extras, force=True)
     return folder
+
+
+def training_support(images: torch.Tensor, latent_grid, threshold: float = 0.05) -> torch.Tensor:
+    """Per latent-grid cell, the fraction of the training images' (N, 1, *grid) voxels with anatomy (above
+    ``threshold``, well over the Rician background), averaged over the images: the region the prior knows
+    (``Prior.support``; the closing solve can anchor to the prior there only)."""
+    fg = torch.zeros(tuple(latent_grid))
+    for img in images:  # one at a time: float copies of the whole cohort would double its memory
+        fg += torch.nn.functional.adaptive_avg_pool3d((img.float() > threshold).float()[None], tuple(latent_grid))[0, 0]
+    return (fg / len(images)).contiguous()
 
 
 def _load_init(unet: torch.nn.Module, state: dict[str, torch.Tensor], init) -> None:

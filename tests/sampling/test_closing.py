@@ -47,6 +47,18 @@ def test_a_dominant_perfect_anchor_is_returned_data_consistent(problem):
     assert np.linalg.norm(out - truth) < 0.5 * np.linalg.norm(wrong - truth)
 
 
+def test_zero_anchor_weights_leave_the_cs_objective(problem):
+    """Where ``weights`` is 0 (outside the prior's support) the anchor has little say, whatever lam is."""
+    anchor = np.full((1, *problem.shape), 2.0, np.complex64)  # far off everywhere (the image peaks near 1)
+    free = closing_solve(problem, anchor, lam=0.0, mu=0.002, iters=100)[0]
+    w = np.zeros(problem.shape, np.float32)
+    w[:6] = 1.0
+    out = closing_solve(problem, anchor, lam=10.0, mu=0.002, iters=100, weights=w)[0]
+    scale = np.abs(free).max()
+    assert np.abs(out[:6] - 2.0).max() < 0.3 * scale  # anchored half: held near the anchor
+    assert np.abs(out[8:] - free[8:]).max() < 0.2 * scale  # two rows away: the CS solution's (coupled by aliasing)
+
+
 def test_real_problems_close_too():
     rng = np.random.default_rng(1)
     clean = ellipsoid_phantom((12, 16, 14))

@@ -59,6 +59,22 @@ def test_prior_trains_on_cached_latents(tmp_path, cohort_dir):
     rows = [json.loads(line) for line in (tmp_path / "prior" / "log.jsonl").read_text().splitlines()]
     assert sum(r["loss"] for r in rows[-5:]) < sum(r["loss"] for r in rows[:5])
     assert (tmp_path / "prior" / "latents.safetensors").is_file()
+    support = prior.support()  # where the training images have anatomy, on the model grid
+    assert support is not None and support.shape == tuple(prior.config.grid)
+    assert 0 <= float(support.min()) < 0.5 < float(support.max()) <= 1
+
+
+def test_training_support_is_the_fraction_of_images_with_anatomy_per_latent_cell():
+    from ldp_med.training.prior import training_support
+
+    images = torch.zeros(4, 1, 8, 12, 8)
+    images[:, :, :4] = 0.5  # every image: anatomy in the first half along x
+    images[:2, :, 4:6] = 0.5  # half of them: also the next two rows
+    images[:, :, 6:] = 0.03  # background noise under the threshold
+    s = training_support(images.half(), (2, 3, 2))
+    assert s.shape == (2, 3, 2)
+    torch.testing.assert_close(s[0], torch.ones(3, 2))
+    torch.testing.assert_close(s[1], torch.full((3, 2), 0.25))
 
 
 def test_patch_sampler_switches_to_whole_volumes():
