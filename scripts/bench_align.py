@@ -35,7 +35,6 @@ import argparse
 import dataclasses
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage

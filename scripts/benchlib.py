@@ -12,8 +12,12 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ldp_med.io.volume import Volume
 
 
 def require_validation(seeds) -> None:
@@ -48,13 +52,15 @@ CASES = {
 
 
 #: Heads with skull, scalp and face that PyPI packages ship as data (averages of many subjects, never trained
-#: on): name -> (wheel, file inside it, description). Read from the wheel (``packaged_file``), not installed:
+#: on): name -> (wheel, file inside it, voxel size to resample to (None: as shipped), description). Read from the wheel (``packaged_file``), not installed:
 #: nimare pins an older nilearn, and pydeface pulls nipype.
 HEADS = {
-    "head-nlin6": ("nimare==0.22.1", "nimare/resources/templates/tpl-MNI152NLin6Asym_res-02_T1w.nii.gz",
-                   "MNI152NLin6Asym T1w head with skull, 2 mm (nimare, MIT; templateflow)"),
-    "head-pydeface": ("pydeface==2.1.0", "pydeface/data/mean_reg2mean.nii.gz",
-                      "pydeface mean head with face, 1 mm resampled to 2 mm, scanner position (MIT)"),
+    "head-nlin6": ("nimare==0.22.1", "nimare/resources/templates/tpl-MNI152NLin6Asym_res-02_T1w.nii.gz", None,
+                   "MNI152NLin6Asym T1w head with skull, 2 mm (nimare; templateflow)"),
+    "head-nlin6-1mm": ("nimare==0.22.1", "nimare/resources/templates/tpl-MNI152NLin6Asym_res-01_T1w.nii.gz", None,
+                       "MNI152NLin6Asym T1w head with skull, 1 mm, 182x218x182 (nimare; templateflow)"),
+    "head-pydeface": ("pydeface==2.1.0", "pydeface/data/mean_reg2mean.nii.gz", 2.0,
+                      "pydeface mean head with face, resampled to 2 mm, scanner position"),
 }
 
 
@@ -89,10 +95,10 @@ def volume_of(name: str, split: str = "test"):
         import nibabel as nib
         from nibabel.processing import resample_to_output
 
-        requirement, member, description = HEADS[name]
+        requirement, member, voxel_mm, description = HEADS[name]
         img = nib.load(packaged_file(requirement, member))
-        if max(img.header.get_zooms()[:3]) < 1.5:
-            img = resample_to_output(img, voxel_sizes=2.0, order=3)
+        if voxel_mm:
+            img = resample_to_output(img, voxel_sizes=voxel_mm, order=3)
         data = np.clip(np.asarray(img.get_fdata(), np.float32), 0, None)
         return Volume(data / np.percentile(data, 99.5), np.asarray(img.affine, np.float64), {}), description
     seed = int(name)
@@ -186,3 +192,23 @@ def real_scans() -> dict[str, Path]:
 def head_of(vol: Volume) -> np.ndarray:
     """Foreground of a real scan (the brain region the error is measured over): above 20% of its 99th percentile."""
     return vol.data > 0.2 * np.percentile(vol.data, 99)
+
+
+def subject_in_model_units(seed: int):
+    """Validation/test subject ``seed`` as (subject dict, its noisy image x, the noise-free expectation of x), the
+    images (1, 1, *grid) float32 in model units (``PercentileScaleIntensity``'s range of the noisy image, as
+    ``ToModelSpace`` scales): what probe_vae and probe_prior score against."""
+    import torch
+
+    from ldp_med.data import synthetic
+    from ldp_med.physics.noise import rician_mean
+    from ldp_med.space import PercentileScaleIntensity
+
+    subj = synthetic.make_subject(seed, return_clean=True)
+    image = torch.from_numpy(subj["image"].astype(np.float32))
+    a_min, a_max = PercentileScaleIntensity().range_of(image)
+
+    def units(v):
+        return ((v.float() - a_min) / (a_max - a_min)).clamp(0, 1)[None, None]
+
+    return subj, units(image), units(rician_mean(torch.from_numpy(subj["clean"]), subj["noise_sigma"]))

@@ -17,13 +17,10 @@ import argparse
 
 import numpy as np
 import torch
-from benchlib import emit, require_validation
+from benchlib import emit, require_validation, subject_in_model_units
 
-from ldp_med.data import synthetic
 from ldp_med.models.conditioning import label_context, null_class
 from ldp_med.models.pretrained import load_pretrained
-from ldp_med.physics.noise import rician_mean
-from ldp_med.space import PercentileScaleIntensity
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -44,15 +41,7 @@ def main() -> None:
     rows: dict[int, list[tuple[float, float, float]]] = {t: [] for t in args.t}
     ae = []
     for seed in args.seeds:
-        subj = synthetic.make_subject(seed, return_clean=True)
-        image = torch.from_numpy(subj["image"].astype(np.float32))
-        a_min, a_max = PercentileScaleIntensity().range_of(image)  # model units, as ToModelSpace scales
-
-        def units(v: torch.Tensor) -> torch.Tensor:
-            return ((v.float() - a_min) / (a_max - a_min)).clamp(0, 1)[None, None]
-
-        x = units(image)
-        ref = units(rician_mean(torch.from_numpy(subj["clean"]), subj["noise_sigma"]))
+        _, x, ref = subject_in_model_units(seed)
         zn = prior.to_diffusion(prior.vae.encode(x)[0])
         decode = lambda z: prior.vae.decode(prior.from_diffusion(z)).float().clamp(0, 1)  # noqa: E731
         ae.append(psnr(decode(zn), ref))

@@ -17,12 +17,9 @@ import time
 
 import numpy as np
 import torch
-from benchlib import emit, require_validation
+from benchlib import emit, require_validation, subject_in_model_units
 
-from ldp_med.data import synthetic
-from ldp_med.space import PercentileScaleIntensity
 from ldp_med.models.pretrained import load_pretrained
-from ldp_med.physics.noise import rician_mean
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -45,15 +42,7 @@ def main() -> None:
              "|" + "---|" * (3 + len(marks))]
     rows = []
     for seed in args.seeds:
-        subj = synthetic.make_subject(seed, return_clean=True)
-        image = torch.from_numpy(subj["image"].astype(np.float32))
-        a_min, a_max = PercentileScaleIntensity().range_of(image)  # model units, as ToModelSpace scales
-
-        def units(v: torch.Tensor) -> torch.Tensor:
-            return ((v.float() - a_min) / (a_max - a_min)).clamp(0, 1)[None, None]
-
-        x = units(image)
-        free = units(rician_mean(torch.from_numpy(subj["clean"]), subj["noise_sigma"]))
+        subj, x, free = subject_in_model_units(seed)
         with torch.no_grad():
             z0 = vae.encode(x)[0]
             row = [psnr(vae.decode(z0).clamp(0, 1), free)]
