@@ -13,8 +13,8 @@ Each test subject (seeds 20000-20099, never used in training) goes through exact
 - "noisy": the input itself (a perfect noise-free reconstruction scores only ~36 dB / SSIM ~0.56 here,
   because 75% of the volume is noisy background).
 Then `ldp-med autoencode` is run
-as a subprocess on the 2 mm MNI152 template to measure wall time and peak RSS, and (``--real``, the default)
-anatomy the VAE never trained on goes through the same path, centred and aligned (``--align``): the real scans
+as a subprocess on the 2 mm MNI152 template to measure wall time and peak RSS, and (unless ``--no-real``)
+anatomy the VAE never trained on goes through the same path, centred and aligned (``autoencode --align``): the real scans
 that installed packages ship (benchlib.real_scans) and the 2 mm template itself, scored against their own input
 over the whole volume and over the foreground (benchlib.head_of).
 """

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Reproduce the shipped default model (ldp_med/weights/default) from the synthetic cohort on a 2-core CPU.
+# Train the next default model (issue 14: shortcut VAE, 16 latent channels) from the synthetic cohort on a 2-core
+# CPU and copy it into ldp_med/weights/default. Not yet what ships: the shipped model came from this script as of
+# commit 895663f (run it in a checkout of that commit).
 #
 #   bash scripts/train_default.sh                   # all stages, then copy into the package
 #   MAX_MINUTES=60 bash scripts/train_default.sh    # time-boxed pieces; run again to continue (--resume)
 #
-# Stages (CPU-hours = wall hours x threads, on the 2-core development machine):
+# Stages (CPU-hours = wall hours x threads, measured on the 2-core development machine with another job beside):
 #   1. vae        configs/vae_shortcut.yaml  25000 steps, 1 thread: 24000 on 32^3 patches x 4, then 1000 whole
-#                 volumes (residual space-to-channel shortcuts, 16 latent channels)               ~3.6 CPU-hours
+#                 volumes (residual space-to-channel shortcuts, 16 latent channels): ~3.5 CPU-hours of
+#                 patches, ~1.4 of whole volumes (4.9 s/step at 1 thread, 3.1-3.3 at 2)          ~4.9 CPU-hours
 #   2. prior_pre  configs/prior_shortcut_pre.yaml 3000 steps on stage-1 latents, 1 thread (class + caption
-#                 context, the caption also in the time embedding, 70% caption-only)              ~0.9 CPU-hours
+#                 context, the caption also in the time embedding, 70% caption-only)              ~1.3 CPU-hours
 #   3. prior      configs/prior_shortcut.yaml 2000 steps from 2 on the same latents re-standardised,
-#                 lr restarted, 80% caption-only, 2 threads                                         ~0.8 CPU-hours
-# The shipped stage 2 ran beside stage 1 on the VAE's half-way checkpoint (docs/model-card.md); this script runs
-# the stages one after another on the finished VAE.
+#                 lr restarted, 80% caption-only, 2 threads                     not yet run (~0.8 estimated)
+# The committed stage 2 (train_state/prior_pre) ran beside stage 1 on the VAE's half-way checkpoint; this script
+# runs the stages one after another on the finished VAE.
 # Seeds: the cohort is seeds 0-119 of the training split; every config fixes loop.seed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
