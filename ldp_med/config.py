@@ -417,10 +417,12 @@ class ModelConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     latent_scale_factor: float = 1.0
-    # per-channel standardisation of the latents the UNet sees: (z - latent_shift[c]) * latent_channel_scale[c]
-    # * latent_scale_factor; empty tuples mean no shift / unit scale (models saved before these fields)
+    # the latents the UNet sees: (z - latent_shift) mapped per channel (* latent_channel_scale[c]) or, with
+    # latent_mixing (a C x C matrix, rows = output channels), across channels (M @ (z - shift): whitening), then
+    # * latent_scale_factor; empty tuples mean no shift / unit scale / no mixing (models saved before these fields)
     latent_shift: tuple[float, ...] = ()
     latent_channel_scale: tuple[float, ...] = ()
+    latent_mixing: tuple[tuple[float, ...], ...] = ()
     class_names: tuple[str, ...] = ("T1w", "T2w", "PD", "FLAIR")
     text_encoder: str = "sentence-transformers/all-MiniLM-L6-v2"  # the sentence encoder a text-conditioned UNet was trained with ("" = none)
     training_data: str = ""
@@ -502,3 +504,6 @@ class PriorTrainConfig:
     cond_dropout: float = 0.15
     text_only: float = 0.5
     caption_within_class: bool = True
+    # how the UNet's latents are normalised: "channel" standardises each channel; "whiten" (ZCA) also decorrelates
+    # them, so components with little variance (the sub-voxel detail of a shortcut VAE) reach unit variance too
+    latent_norm: typing.Literal["channel", "whiten"] = "channel"

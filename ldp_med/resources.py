@@ -26,8 +26,9 @@ RECON_OVERHEAD = 100e6
 #: Complex64 C x C per-voxel matrices of ESPIRiT (sigpy's image-domain AHA and its products), per coil pair.
 ESPIRIT_COIL_PAIRS = 2.5
 #: Live complex64 multi-coil arrays (coils x X x Y x Z x 8 bytes) at the peak of each k-space method,
-#: ESPIRiT coil-map estimation included (it runs once for every method when the file has no maps).
-KSPACE_COIL_ARRAYS = {"zero-filled": 2.0, "cs": 3.0, "tv": 4.0, "prior": 4.0, "dps": 6.0}
+#: ESPIRiT coil-map estimation included (it runs once for every method when the file has no maps); cs from a
+#: 1 mm head (182x218x182, 8 coils: 4.61 GB measured, docs/reliability.md), where its arrays outweigh ESPIRiT's.
+KSPACE_COIL_ARRAYS = {"zero-filled": 2.0, "cs": 6.0, "tv": 4.0, "prior": 4.0, "dps": 6.0}
 #: Live float32 images (X x Y x Z x 4 bytes) at the peak of each image-domain method.
 IMAGE_ARRAYS = {"nlm": 12.0, "cubic": 8.0, "prior": 16.0, "dps": 20.0}
 #: Live float32 activations per model-grid voxel and first-level channel of the prior's networks
@@ -111,15 +112,20 @@ def reconstruction_bytes(task: str, method: str, shape: tuple[int, ...], coils: 
 
     With ``N = X*Y*Z`` (the output grid) and ``C`` coils:
 
-    - k-space: ``RECON_OVERHEAD + 8 * N * (ESPIRIT_COIL_PAIRS * C**2 + KSPACE_COIL_ARRAYS[method] * C)``
-      (ESPIRiT holds a C x C matrix per voxel; the methods hold a few multi-coil arrays);
+    - k-space: ``RECON_OVERHEAD + 8 * (N_e * ESPIRIT_COIL_PAIRS * C**2 + N * KSPACE_COIL_ARRAYS[method] * C)``
+      (ESPIRiT holds a C x C matrix per voxel of its grid, N_e voxels, coarser than N above
+      ``ESPIRIT_MAX_VOXELS``; the methods hold a few multi-coil arrays);
     - denoise / superres: ``RECON_OVERHEAD + IMAGE_ARRAYS[method] * 4 * N``;
     - prior methods add, per posterior sample (they run as one batch), the DC arrays again and
       ``PRIOR_ACTIVATIONS * 4 * prod(model_grid) * first_channels`` of network activations.
     """
     voxels = math.prod(int(s) for s in shape[:3])
     if task == "kspace":
-        need = RECON_OVERHEAD + 8 * voxels * (ESPIRIT_COIL_PAIRS * coils ** 2 + KSPACE_COIL_ARRAYS.get(method, 8.0) * coils)
+        from ldp_med.physics.coils import espirit_grid
+
+        espirit_voxels = math.prod(espirit_grid(tuple(int(s) for s in shape[:3])))
+        need = RECON_OVERHEAD + 8 * (espirit_voxels * ESPIRIT_COIL_PAIRS * coils ** 2
+                                     + voxels * KSPACE_COIL_ARRAYS.get(method, 8.0) * coils)
         per_sample = KSPACE_COIL_ARRAYS.get(method, 8.0) * 8 * coils * voxels
     else:
         need = RECON_OVERHEAD + IMAGE_ARRAYS.get(method, 8.0) * 4 * voxels

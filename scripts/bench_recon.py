@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchlib import CASES, HEADS, emit, head_mask, recon_config, simulate, spearman_in_head
+from benchlib import CASES, HEADS, emit, head_mask, peak_rss_gb, recon_config, simulate, spearman_in_head
 from ldp_med.tasks import METHODS, PRIOR_METHODS
 
 
@@ -49,7 +48,7 @@ def worker(args) -> None:
     if args.input.endswith(".h5"):
         ref = load_kspace(args.input).reference
     row = {**evaluate(vol.data, ref), "sec": sec, "nfe": vol.meta.get("nfe", 0),
-           "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+           "rss_gb": peak_rss_gb()}
     if std is not None:
         head = head_mask(ref)
         err = (vol.data - ref)[head]

@@ -15,16 +15,14 @@ Each test subject (seeds 20000-20099, never used in training) goes through exact
 Then `ldp-med autoencode` is run
 as a subprocess on the 2 mm MNI152 template to measure wall time and peak RSS, and (unless ``--no-real``)
 anatomy the VAE never trained on goes through the same path, centred and aligned (``autoencode --align``): the real scans
-that installed packages ship (benchlib.real_scans) and the 2 mm template itself, scored against their own input
+that installed packages ship (benchlib.real_scans), two heads with skull (benchlib.HEADS, 2 mm) and the 2 mm template
+itself, scored against their own input
 over the whole volume and over the foreground (benchlib.head_of).
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchlib import emit, head_of, real_scans
+from benchlib import emit, head_of, real_scans, run_cli_measured, volume_of
 from ldp_med.data import synthetic
 from ldp_med.io.nifti import save_nifti
 from ldp_med.io.volume import Volume
@@ -50,13 +48,13 @@ def cli_timing(model: str | None) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "t1.nii.gz"
         save_nifti(mni152_template(2), src)
-        cmd = [sys.executable, "-m", "ldp_med", "autoencode", str(src), "-o", str(Path(tmp) / "out.nii.gz")]
+        cmd = ["autoencode", str(src), "-o", str(Path(tmp) / "out.nii.gz")]
         if model:
-            cmd += ["--model", model]
+            cmd += ["--model", str(Path(model).resolve())]
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
+        rss = run_cli_measured(cmd)
         wall = time.perf_counter() - t0
-    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    return wall, rss
 
 
 def main() -> None:
@@ -65,8 +63,12 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     ap.add_argument("--out", default=None, help="Markdown file for the table")
     ap.add_argument("--no-real", action="store_true", help="skip the real scans and the template")
+    ap.add_argument("--real-only", action="store_true", help="only the real scans, heads and template rows")
     args = ap.parse_args()
     prior = load_pretrained(args.model, with_unet=False)
+    if args.real_only:
+        emit(real_scan_rows(prior), args.out)
+        return
     rows = []
     for seed in tqdm(synthetic.seeds("test", args.n), desc="test subjects"):
         subj = synthetic.make_subject(seed, return_clean=True)
@@ -104,6 +106,9 @@ def real_scan_rows(prior) -> list[str]:
 
     volumes = {name: load_nifti(path) for name, path in real_scans().items()}
     volumes["MNI152 2009a template, 2 mm (skull-stripped; the cohort's source)"] = mni152_template(2)
+    for head in ("head-nlin6", "head-pydeface"):  # heads with skull (and face): templates no training image came from
+        vol, description = volume_of(head)
+        volumes[description] = vol
     lines = ["| volume | shape | placement | PSNR whole (dB) | PSNR foreground (dB) | s |", "|---|---|---|---|---|---|"]
     for name, vol in volumes.items():
         fg = head_of(vol)

@@ -29,6 +29,27 @@ def require_validation(seeds) -> None:
             raise SystemExit(f"seed {seed} is not a validation subject")
 
 
+def peak_rss_gb() -> float:
+    """This process's own peak RSS in GB (``VmHWM``). Not ``ru_maxrss``: Python starts children with vfork, and
+    Linux carries the parent's peak into the child's ``ru_maxrss`` at exec (a worker of a 9 GB parent reads 9 GB)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / 1e9
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def run_cli_measured(args: list[str]) -> float:
+    """Run ``ldp-med ARGS`` in a fresh process (raises on failure); its own peak RSS in GB."""
+    import subprocess
+
+    code = ("import atexit, sys; from benchlib import peak_rss_gb; "
+            "atexit.register(lambda: print(f'PEAK_RSS_GB {peak_rss_gb()}', file=sys.stderr)); "
+            "from ldp_med.cli import main; sys.argv = ['ldp-med', *sys.argv[1:]]; main()")
+    out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent)
+    return float([line for line in out.stderr.splitlines() if line.startswith("PEAK_RSS_GB ")][-1].split()[1])
+
+
 def emit(table: str | list[str], out: str | None) -> None:
     """Print ``table`` (text or lines); with ``out``, write it followed by the exact command that made it."""
     text = table if isinstance(table, str) else "\n".join(table)

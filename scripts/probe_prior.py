@@ -3,9 +3,9 @@
     OMP_NUM_THREADS=1 python scripts/probe_prior.py --seeds 10000 10001 --t 20 50 100 200 400 --out /tmp/probe_prior.md
 
 Per subject and diffusion step ``t`` (model units, as ``ToModelSpace`` scales): the subject's latent (the VAE
-encoder's mean, standardised as the UNet sees it) is noised to step ``t`` (DDPM forward process, fixed seed), the
-UNet (null condition) predicts ``x0``, and the table gives the latent MSE of that prediction (standardised units)
-and the PSNR of its decoded image against the noise-free input, beside the PSNR of the decoded noisy latent
+encoder's mean, standardised or whitened as the UNet sees it) is noised to step ``t`` (DDPM forward process, fixed
+seed), the UNet (null condition) predicts ``x0``, and the table gives the latent MSE of that prediction (the UNet's
+units) and the PSNR of its decoded image against the noise-free input, beside the PSNR of the decoded noisy latent
 (``z_t / sqrt(alpha_bar_t)``) and of plain autoencoding. The decoded ``x0`` at small ``t`` is what the last DDIM
 steps of posterior sampling hand to data consistency: it bounds what the prior adds. How much one unit of latent
 error costs in the image is a property of the latent space (its "diffusability"), the latent MSE one of the UNet.
@@ -58,7 +58,7 @@ def main() -> None:
                 else (zt - (1 - a).sqrt() * out) / a.sqrt()
             rows[t].append((float(((x0 - zn) ** 2).mean()), psnr(decode(x0), ref), psnr(decode(zt / a.sqrt()), ref)))
     lines = [f"Autoencoded (no noise): {np.mean(ae):.2f} dB against the noise-free input, mean of seeds {args.seeds}.", "",
-             "| t | sqrt(1 - alpha_bar) | latent MSE of x0 (standardised) | decoded x0 PSNR (dB) | decoded noisy latent PSNR (dB) |",
+             "| t | sqrt(1 - alpha_bar) | latent MSE of x0 (diffusion units) | decoded x0 PSNR (dB) | decoded noisy latent PSNR (dB) |",
              "|---|---|---|---|---|"]
     for t in args.t:
         m = np.mean(rows[t], axis=0)

@@ -10,12 +10,12 @@
 #   1. vae        configs/vae_shortcut.yaml  25000 steps, 1 thread: 24000 on 32^3 patches x 4, then 1000 whole
 #                 volumes (residual space-to-channel shortcuts, 16 latent channels): ~3.5 CPU-hours of
 #                 patches, ~1.4 of whole volumes (4.9 s/step at 1 thread, 3.1-3.3 at 2)          ~4.9 CPU-hours
-#   2. prior_pre  configs/prior_shortcut_pre.yaml 3000 steps on stage-1 latents, 1 thread (class + caption
-#                 context, the caption also in the time embedding, 70% caption-only)              ~1.3 CPU-hours
-#   3. prior      configs/prior_shortcut.yaml 2000 steps from 2 on the same latents re-standardised,
-#                 lr restarted, 80% caption-only, 2 threads                     not yet run (~0.8 estimated)
-# The committed stage 2 (train_state/prior_pre) ran beside stage 1 on the VAE's half-way checkpoint; this script
-# runs the stages one after another on the finished VAE.
+#   2. prior_pre  configs/prior_shortcut_whiten.yaml 3000 steps on the finished VAE's latents, ZCA-whitened
+#                 (latent_norm: whiten), 1 thread (class + caption context, the caption also in the time
+#                 embedding, 70% caption-only): 52 min beside another 1-thread job          ~0.9 CPU-hours
+#   3. prior      configs/prior_shortcut_whiten_ft.yaml 4000 steps from 2, lr restarted, 1 thread  ~1.2 CPU-hours
+# The standardised chain measured before it (configs/prior_shortcut_pre.yaml, then prior_shortcut.yaml) gave a
+# less precise prior in more steps (docs/results_vae_shortcut.md).
 # Seeds: the cohort is seeds 0-119 of the training split; every config fixes loop.seed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,9 +36,9 @@ done_or_stop() { for d in "$@"; do [[ -f "$d/model/config.json" ]] || { echo "st
 
 stage vae "$OUT/vae" --config configs/vae_shortcut.yaml
 done_or_stop "$OUT/vae"
-stage prior "$OUT/prior_pre" --config configs/prior_shortcut_pre.yaml --vae "$OUT/vae/model"
+stage prior "$OUT/prior_pre" --config configs/prior_shortcut_whiten.yaml --vae "$OUT/vae/model"
 done_or_stop "$OUT/prior_pre"
-stage prior "$OUT/prior" --config configs/prior_shortcut.yaml --vae "$OUT/vae/model" --init "$OUT/prior_pre/model"
+stage prior "$OUT/prior" --config configs/prior_shortcut_whiten_ft.yaml --vae "$OUT/vae/model" --init "$OUT/prior_pre/model"
 done_or_stop "$OUT/prior"
 rm -rf ldp_med/weights/default
 cp -r "$OUT/prior/model" ldp_med/weights/default

@@ -41,25 +41,27 @@ class Prior:
     path: Path | None = None
 
     def _latent_norm(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(shift, scale) broadcastable to latents (B, C, ...): diffusion space = (z - shift) * scale."""
+        """(shift (1, C, 1, ...), matrix (C, C)) of the map diffusion space = matrix @ (z - shift)."""
         cfg, c = self.config, z.shape[1]
-        shift = torch.tensor(cfg.latent_shift or (0.0,) * c, dtype=z.dtype, device=z.device)
-        scale = torch.tensor(cfg.latent_channel_scale or (1.0,) * c, dtype=z.dtype, device=z.device)
-        if len(shift) != c or len(scale) != c:
-            raise InputError(self.path, f"latent_shift / latent_channel_scale have {len(shift)} / {len(scale)} "
-                                        f"entries for {c} latent channels")
-        view = (1, c) + (1,) * (z.ndim - 2)
-        return shift.view(view), (scale * cfg.latent_scale_factor).view(view)
+        shift = torch.tensor(cfg.latent_shift or (0.0,) * c, dtype=torch.float64)
+        if cfg.latent_mixing:
+            matrix = torch.tensor(cfg.latent_mixing, dtype=torch.float64)
+        else:
+            matrix = torch.diag(torch.tensor(cfg.latent_channel_scale or (1.0,) * c, dtype=torch.float64))
+        if len(shift) != c or matrix.shape != (c, c):
+            raise InputError(self.path, f"latent_shift / latent_channel_scale / latent_mixing have {len(shift)} / "
+                                        f"{tuple(matrix.shape)} entries for {c} latent channels")
+        return shift.view((1, c) + (1,) * (z.ndim - 2)), matrix * cfg.latent_scale_factor
 
     def to_diffusion(self, z: torch.Tensor) -> torch.Tensor:
-        """VAE latents -> the standardised latents the UNet models."""
-        shift, scale = self._latent_norm(z)
-        return (z - shift) * scale
+        """VAE latents -> the standardised (or whitened) latents the UNet models."""
+        shift, matrix = self._latent_norm(z)
+        return _mix(matrix, z - shift.to(z))
 
     def from_diffusion(self, zn: torch.Tensor) -> torch.Tensor:
         """Standardised latents -> VAE latents (inverse of :meth:`to_diffusion`)."""
-        shift, scale = self._latent_norm(zn)
-        return zn / scale + shift
+        shift, matrix = self._latent_norm(zn)
+        return _mix(torch.linalg.inv(matrix), zn) + shift.to(zn)
 
     def support(self) -> torch.Tensor | None:
         """Where the training images have anatomy, (*grid) in [0, 1] on the model grid (trilinear from the
@@ -76,6 +78,11 @@ class Prior:
             self.unet.to(device)
         self.extras = {k: v.to(device) for k, v in self.extras.items()}
         return self
+
+
+def _mix(matrix: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``matrix @ z`` over the channel axis of (B, C, ...) latents, in z's dtype and device."""
+    return torch.einsum("dc,bc...->bd...", matrix.to(dtype=z.dtype, device=z.device), z)
 
 
 def save_pretrained(folder: str | os.PathLike, cfg: ModelConfig, vae: torch.nn.Module,
@@ -180,9 +187,16 @@ def _check_numbers(cfg: ModelConfig, path: Path) -> None:
         raise InputError(path, f"grid {tuple(cfg.grid)} and voxel_mm {cfg.voxel_mm} must be positive and finite")
     if not (math.isfinite(cfg.latent_scale_factor) and cfg.latent_scale_factor > 0):
         raise InputError(path, f"latent_scale_factor must be positive and finite, got {cfg.latent_scale_factor}")
-    values = [*cfg.latent_shift, *cfg.latent_channel_scale, *(v for row in cfg.affine for v in row)]
+    values = [*cfg.latent_shift, *cfg.latent_channel_scale, *(v for row in cfg.latent_mixing for v in row),
+              *(v for row in cfg.affine for v in row)]
     if not all(math.isfinite(float(v)) for v in values):
-        raise InputError(path, "latent_shift, latent_channel_scale and affine must hold finite numbers")
+        raise InputError(path, "latent_shift, latent_channel_scale, latent_mixing and affine must hold finite numbers")
+    if cfg.latent_mixing and cfg.latent_channel_scale:
+        raise InputError(path, "latent_channel_scale and latent_mixing are alternatives: give one")
+    if cfg.latent_mixing:
+        m = torch.tensor(cfg.latent_mixing, dtype=torch.float64)
+        if m.ndim != 2 or m.shape[0] != m.shape[1] or torch.linalg.matrix_rank(m) < m.shape[0]:
+            raise InputError(path, f"latent_mixing must be an invertible square matrix, got shape {tuple(m.shape)}")
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

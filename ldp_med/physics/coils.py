@@ -65,6 +65,19 @@ def birdcage_maps(
     return maps.astype(np.complex64)
 
 
+#: Grids above this many voxels get their ESPIRiT maps on a coarser grid (:func:`espirit_grid`); 2 mm heads stay whole.
+ESPIRIT_MAX_VOXELS = 1_310_720
+
+
+def espirit_grid(shape: tuple[int, ...], calib: int = 12, max_voxels: int | None = ESPIRIT_MAX_VOXELS) -> tuple[int, ...]:
+    """The grid ESPIRiT runs on for k-space of ``shape``: every axis divided by the smallest integer factor that
+    brings the voxel count to ``max_voxels`` or below, no axis under ``calib`` (None: ``shape`` itself)."""
+    factor = 1
+    while max_voxels and np.prod([max(calib, n // factor) for n in shape]) > max_voxels and factor < max(shape):
+        factor += 1
+    return tuple(max(calib, n // factor) for n in shape)
+
+
 def espirit_maps(
     kspace,
     calib: int = 12,
@@ -72,6 +85,7 @@ def espirit_maps(
     kernel_width: int = 6,
     crop: float = 0.0,
     max_iter: int = 100,
+    max_voxels: int | None = ESPIRIT_MAX_VOXELS,
 ) -> np.ndarray:
     """Estimate sensitivity maps with ESPIRiT (``sigpy.mri.app.EspiritCalib``, one set of maps).
 
@@ -98,6 +112,10 @@ def espirit_maps(
         kernel_width: ESPIRiT kernel width.
         crop: eigenvalue threshold in [0, 1) below which maps are set to zero.
         max_iter: power-iteration count.
+        max_voxels: on a larger grid (1 mm heads) the maps are estimated on a coarser grid of the same field of
+            view (k-space cropped around its centre, every axis by one integer factor, never below ``calib``) and
+            interpolated trilinearly back: ESPIRiT holds a C x C matrix per voxel, and maps are smooth (their
+            k-space support is the kernel's). None: always the full grid.
 
     Returns:
         ``(C, X, Y, Z)`` complex64 maps.
@@ -123,6 +141,10 @@ def espirit_maps(
         raise ValueError(f"crop must be in [0, 1); got {crop}")
     EspiritCalib = require("sigpy.mri.app", feature="ESPIRiT coil maps").EspiritCalib
 
+    full = ksp.shape[1:]
+    coarse = espirit_grid(full, calib, max_voxels)
+    lo = [n // 2 - m // 2 for n, m in zip(full, coarse)]
+    ksp = ksp[:, lo[0]:lo[0] + coarse[0], lo[1]:lo[1] + coarse[1], lo[2]:lo[2] + coarse[2]]
     ksp = np.ascontiguousarray(ksp, dtype=np.complex64)  # complex64 halves the (X*Y*Z, C, C) covariance
     maps = EspiritCalib(
         ksp,
@@ -133,7 +155,27 @@ def espirit_maps(
         max_iter=max_iter,
         show_pbar=False,
     ).run()
-    return np.asarray(maps).astype(np.complex64)
+    maps = np.asarray(maps).astype(np.complex64)
+    return maps if coarse == full else _upsample_maps(maps, full)
+
+
+def _upsample_maps(maps: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Trilinear interpolation of (C, *coarse) complex maps to (C, *shape) on the same field of view, in the
+    centred convention of the FFT (voxel ``n // 2`` of each grid is the centre), renormalised to unit norm."""
+    import torch
+
+    coarse = maps.shape[1:]
+    # fine voxel i sits at coarse coordinate (i - n//2) * m / n + m//2; grid_sample wants [-1, 1] (align_corners)
+    axes = [2 * ((torch.arange(n, dtype=torch.float32) - n // 2) * m / n + m // 2) / max(m - 1, 1) - 1
+            for n, m in zip(shape, coarse)]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)[None]  # (1, X, Y, Z, 3) as (z, y, x)
+    t = torch.from_numpy(maps)
+    parts = torch.cat([t.real, t.imag])[None]  # (1, 2C, *coarse)
+    out = torch.nn.functional.grid_sample(parts, grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+    c = maps.shape[0]
+    up = torch.complex(out[:c], out[c:])
+    norm = up.abs().pow(2).sum(0).sqrt()
+    return (up / torch.where(norm > 0, norm, 1)).numpy().astype(np.complex64)
 
 
 def compress_coils(kspace: np.ndarray, maps: np.ndarray | None, energy: float) -> tuple[np.ndarray, np.ndarray | None]:

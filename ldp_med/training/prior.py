@@ -130,6 +130,29 @@ def latent_sampler(latents: torch.Tensor, labels: torch.Tensor, batch_size: int,
     return batch_fn
 
 
+def latent_normalisation(latents: torch.Tensor, kind: str) -> dict:
+    """ModelConfig fields that map training latents (N, C, ...) to zero mean and unit variance.
+
+    ``channel``: each channel standardised (the VAE's channels differ several-fold in mean and spread).
+    ``whiten``: ZCA whitening, ``M = V diag(1 / sqrt(eig)) V^T`` of the channel covariance, so every principal
+    component has unit variance; a shortcut VAE's channels are near copies of one another (the first component
+    holds ~95% of the variance) and per-channel standardisation leaves the detail components below the
+    diffusion noise of all but the last steps (docs/methods.md).
+    """
+    c = latents.shape[1]
+    flat = latents.transpose(0, 1).reshape(c, -1).double()
+    mean = flat.mean(dim=1)
+    if kind == "channel":
+        return {"latent_shift": tuple(mean.tolist()), "latent_mixing": (),
+                "latent_channel_scale": tuple((1.0 / flat.std(dim=1).clamp_min(1e-6)).tolist()),
+                "latent_scale_factor": 1.0}
+    centred = flat - mean[:, None]
+    eig, vec = torch.linalg.eigh(centred @ centred.T / centred.shape[1])
+    matrix = vec @ torch.diag(eig.clamp_min(1e-12 + 1e-8 * float(eig.max())).rsqrt()) @ vec.T
+    return {"latent_shift": tuple(mean.tolist()), "latent_channel_scale": (),
+            "latent_mixing": tuple(tuple(row) for row in matrix.tolist()), "latent_scale_factor": 1.0}
+
+
 def check_prior_memory(cfg: PriorTrainConfig) -> None:
     """Refuse (one line) a prior training estimated not to fit (:func:`ldp_med.resources.prior_training_bytes`)."""
     import math
@@ -166,11 +189,7 @@ def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str 
         cached_latents(vae_prior.vae, data.images, data.labels, latent_path, show)
     barrier(info)
     latents, labels = cached_latents(vae_prior.vae, data.images, data.labels, latent_path, False)
-    # per-channel standardisation (the VAE's channels differ several-fold in mean and spread)
-    dims = (0, *range(2, latents.ndim))
-    norm = {"latent_shift": tuple(latents.mean(dim=dims).tolist()),
-            "latent_channel_scale": tuple((1.0 / latents.std(dim=dims).clamp_min(1e-6)).tolist()),
-            "latent_scale_factor": 1.0}
+    norm = latent_normalisation(latents, cfg.latent_norm)
     standardised = replace(vae_prior, config=replace(vcfg, **norm)).to_diffusion(latents)
     null_class = len(cfg.model.class_names)
     if cfg.model.unet.num_class_embeds is not None and cfg.model.unet.num_class_embeds != null_class + 1:

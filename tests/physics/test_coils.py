@@ -104,3 +104,24 @@ def test_coil_compression_keeps_the_data_term_and_fewer_coils():
     torch.testing.assert_close(op.A(torch.from_numpy(x)[None])[0], torch.from_numpy(cy), rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError):
         compress_coils(y, maps, 0.0)
+
+
+def test_espirit_on_a_coarse_grid_keeps_the_maps():
+    """Above max_voxels the maps come from a coarser grid of the same field of view, interpolated back: they
+    still span the true maps inside the object, and the grid rule divides every axis by one factor."""
+    from ldp_med.physics.coils import espirit_grid
+
+    assert espirit_grid((182, 218, 182)) == (91, 109, 91)
+    assert espirit_grid((96, 112, 96)) == (96, 112, 96)
+    assert espirit_grid((20, 20, 20), calib=12, max_voxels=100) == (12, 12, 12)
+    ksp, maps, inner = simulate(24, 4, calib=8)
+    coarse = espirit_maps(ksp, calib=8, kernel_width=4, max_voxels=13 ** 3)
+    assert coarse.shape == maps.shape
+    np.testing.assert_allclose((np.abs(coarse) ** 2).sum(0), 1.0, atol=1e-4)
+    check_span(coarse, maps, inner)
+    # the interpolation's geometry: coarse voxel j of a 2x coarser grid is fine voxel 2j (centred FFT convention)
+    from ldp_med.physics.coils import _upsample_maps
+
+    inner_box = (slice(None), slice(2, -2), slice(2, -2), slice(2, -2))
+    assert np.abs(_upsample_maps(maps[:, ::2, ::2, ::2], maps.shape[1:]) - maps)[inner_box].max() < 0.05
+    assert np.abs(_upsample_maps(maps[:, 1::2, 1::2, 1::2], maps.shape[1:]) - maps)[inner_box].max() > 0.1

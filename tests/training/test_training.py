@@ -134,3 +134,43 @@ def test_caption_pool_missing_a_class_is_a_one_line_input_error(tmp_path):
     with pytest.raises(InputError, match="none for unlabelled") as err:
         _caption_context(cfg, data, labels, tmp_path / "captions.safetensors", DistInfo())
     assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["channel", "whiten"])
+def test_latent_normalisation_gives_unit_variance_and_inverts(tmp_path, kind):
+    from dataclasses import replace
+
+    from ldp_med.models.pretrained import Prior, save_pretrained
+    from ldp_med.models.builders import build_vae
+    from ldp_med.training.prior import latent_normalisation
+
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(6, 1, 5, 7, 3, generator=gen)  # three channels: near copies of one field, as a shortcut VAE's
+    latents = torch.cat([base + 0.05 * torch.randn(6, 1, 5, 7, 3, generator=gen) for _ in range(3)], 1) * 0.3 + 0.1
+    cfg = replace(TINY_MODEL, vae=replace(TINY_MODEL.vae, latent_channels=3), **latent_normalisation(latents, kind))
+    folder = save_pretrained(tmp_path / "m", cfg, build_vae(cfg.vae))  # the map survives config.json
+    prior = load_pretrained(folder, with_unet=False)
+    assert isinstance(prior, Prior)
+    zn = prior.to_diffusion(latents)
+    cov = torch.cov(zn.transpose(0, 1).reshape(3, -1))
+    off = cov - torch.diag(torch.diag(cov))
+    torch.testing.assert_close(torch.diag(cov), torch.ones(3), atol=1e-3, rtol=1e-3)
+    if kind == "whiten":  # decorrelated as well
+        assert float(off.abs().max()) < 1e-3
+    else:  # standardised channels stay correlated
+        assert float(off[0, 1:].abs().min()) > 0.9
+    torch.testing.assert_close(prior.from_diffusion(zn), latents, atol=1e-5, rtol=1e-5)
+
+
+def test_model_folder_with_both_latent_maps_is_refused(tmp_path):
+    from dataclasses import replace
+
+    from ldp_med.errors import InputError
+    from ldp_med.models.builders import build_vae
+    from ldp_med.models.pretrained import save_pretrained
+
+    c = TINY_MODEL.vae.latent_channels
+    cfg = replace(TINY_MODEL, latent_channel_scale=(1.0,) * c, latent_mixing=tuple((1.0,) * c for _ in range(c)))
+    folder = save_pretrained(tmp_path / "m", cfg, build_vae(cfg.vae))
+    with pytest.raises(InputError, match="latent_channel_scale and latent_mixing|invertible"):
+        load_pretrained(folder, with_unet=False)
