@@ -66,20 +66,6 @@ def vae_loss(cfg: VAETrainConfig):
     return loss_fn
 
 
-def model_affine(grid: tuple[int, ...], voxel_mm: float) -> tuple[tuple[float, ...], ...]:
-    """The model grid's affine: the synthetic cohort's MNI-like one on its grid, else RAS centred at 0."""
-    from ldp_med.data import synthetic
-
-    if tuple(grid) == synthetic.GRID and voxel_mm == synthetic.VOXEL_MM:
-        aff = synthetic.grid_affine()
-    else:
-        import numpy as np
-
-        aff = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
-        aff[:3, 3] = -voxel_mm * (np.asarray(grid) - 1) / 2
-    return tuple(tuple(float(v) for v in row) for row in aff)
-
-
 def parameter_count(build, *args) -> int:
     """Parameters of the network ``build(*args)`` makes, built on the meta device (no memory, no RNG draws)."""
     with torch.device("meta"):
@@ -125,7 +111,10 @@ def train_vae(cfg: VAETrainConfig, out_dir: str | os.PathLike, info: DistInfo, r
     if info.is_main:
         from dataclasses import replace
 
-        affine = cfg.model.affine or model_affine(cfg.model.grid, cfg.model.voxel_mm)
+        from ldp_med.space import model_grid_affine
+
+        affine = cfg.model.affine or tuple(tuple(float(v) for v in row)
+                                           for row in model_grid_affine(cfg.model.grid, cfg.model.voxel_mm))
         model_cfg = replace(cfg.model, training_data=data.description, affine=affine)
         save_pretrained(folder, model_cfg, vae, force=True)
     return folder
