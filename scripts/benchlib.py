@@ -29,6 +29,13 @@ def require_validation(seeds) -> None:
             raise SystemExit(f"seed {seed} is not a validation subject")
 
 
+def psnr_model_units(a, b) -> float:
+    """PSNR (dB) of two tensors in model units (data range 1), as probe_vae, probe_prior and probe_latent score."""
+    import torch
+
+    return float(-10 * torch.log10(((a - b) ** 2).mean()))
+
+
 def peak_rss_gb() -> float:
     """This process's own peak RSS in GB (``VmHWM``). Not ``ru_maxrss``: Python starts children with vfork, and
     Linux carries the parent's peak into the child's ``ru_maxrss`` at exec (a worker of a 9 GB parent reads 9 GB)."""

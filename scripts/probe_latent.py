@@ -16,13 +16,10 @@ import argparse
 
 import numpy as np
 import torch
-from benchlib import emit, require_validation, subject_in_model_units
+from benchlib import emit, psnr_model_units as psnr, require_validation, subject_in_model_units
 
 from ldp_med.models.pretrained import load_pretrained
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(-10 * torch.log10(((a - b) ** 2).mean()))
+from ldp_med.training.prior import latent_channel_stats
 
 
 @torch.no_grad()
@@ -39,12 +36,10 @@ def main() -> None:
     vae = load_pretrained(args.model, with_unet=False).vae
     z = torch.cat([vae.encode(subject_in_model_units(s)[1])[0] for s in args.fit]).double()
     c = z.shape[1]
-    flat = z.transpose(0, 1).reshape(c, -1)
-    mean = flat.mean(1)
-    centred = flat - mean[:, None]
-    eig, vec = torch.linalg.eigh(centred @ centred.T / centred.shape[1])
+    mean, cov = latent_channel_stats(z)
+    eig, vec = torch.linalg.eigh(cov)
     eig, vec = eig.flip(0), vec.flip(1)
-    channel_var = float(torch.diag(centred @ centred.T / centred.shape[1]).mean())
+    channel_var = float(torch.diag(cov).mean())
     ks = sorted({k for k in (1, 2, 3, 4, 6, 8, 10, 12, c) if k <= c})
     scores = {k: [] for k in ks}
     for seed in args.seeds:

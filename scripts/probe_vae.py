@@ -17,13 +17,9 @@ import time
 
 import numpy as np
 import torch
-from benchlib import emit, require_validation, subject_in_model_units
+from benchlib import emit, psnr_model_units as psnr, require_validation, subject_in_model_units
 
 from ldp_med.models.pretrained import load_pretrained
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(-10 * torch.log10(((a - b) ** 2).mean()))
 
 
 def main() -> None:

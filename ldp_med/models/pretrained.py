@@ -194,9 +194,11 @@ def _check_numbers(cfg: ModelConfig, path: Path) -> None:
     if cfg.latent_mixing and cfg.latent_channel_scale:
         raise InputError(path, "latent_channel_scale and latent_mixing are alternatives: give one")
     if cfg.latent_mixing:
-        m = torch.tensor(cfg.latent_mixing, dtype=torch.float64)
-        if m.ndim != 2 or m.shape[0] != m.shape[1] or torch.linalg.matrix_rank(m) < m.shape[0]:
-            raise InputError(path, f"latent_mixing must be an invertible square matrix, got shape {tuple(m.shape)}")
+        rows = cfg.latent_mixing
+        if any(len(row) != len(rows) for row in rows) or \
+                torch.linalg.matrix_rank(torch.tensor(rows, dtype=torch.float64)) < len(rows):
+            raise InputError(path, f"latent_mixing must be an invertible square matrix, got rows of lengths "
+                                   f"{sorted({len(row) for row in rows})} for {len(rows)} rows")
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

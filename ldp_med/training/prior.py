@@ -130,6 +130,15 @@ def latent_sampler(latents: torch.Tensor, labels: torch.Tensor, batch_size: int,
     return batch_fn
 
 
+def latent_channel_stats(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (C,), covariance (C, C)) over every item and voxel of latents (N, C, ...), float64."""
+    c = latents.shape[1]
+    flat = latents.transpose(0, 1).reshape(c, -1).double()
+    mean = flat.mean(dim=1)
+    centred = flat - mean[:, None]
+    return mean, centred @ centred.T / centred.shape[1]
+
+
 def latent_normalisation(latents: torch.Tensor, kind: str) -> dict:
     """ModelConfig fields that map training latents (N, C, ...) to zero mean and unit variance.
 
@@ -139,15 +148,13 @@ def latent_normalisation(latents: torch.Tensor, kind: str) -> dict:
     holds ~95% of the variance) and per-channel standardisation leaves the detail components below the
     diffusion noise of all but the last steps (docs/methods.md).
     """
-    c = latents.shape[1]
-    flat = latents.transpose(0, 1).reshape(c, -1).double()
-    mean = flat.mean(dim=1)
+    mean, cov = latent_channel_stats(latents)
     if kind == "channel":
+        n = latents.numel() // latents.shape[1]  # the unbiased std of each channel, as torch.std gives it
+        std = (torch.diag(cov) * n / max(n - 1, 1)).sqrt()
         return {"latent_shift": tuple(mean.tolist()), "latent_mixing": (),
-                "latent_channel_scale": tuple((1.0 / flat.std(dim=1).clamp_min(1e-6)).tolist()),
-                "latent_scale_factor": 1.0}
-    centred = flat - mean[:, None]
-    eig, vec = torch.linalg.eigh(centred @ centred.T / centred.shape[1])
+                "latent_channel_scale": tuple((1.0 / std.clamp_min(1e-6)).tolist()), "latent_scale_factor": 1.0}
+    eig, vec = torch.linalg.eigh(cov)
     matrix = vec @ torch.diag(eig.clamp_min(1e-12 + 1e-8 * float(eig.max())).rsqrt()) @ vec.T
     return {"latent_shift": tuple(mean.tolist()), "latent_channel_scale": (),
             "latent_mixing": tuple(tuple(row) for row in matrix.tolist()), "latent_scale_factor": 1.0}

@@ -170,7 +170,14 @@ def test_model_folder_with_both_latent_maps_is_refused(tmp_path):
     from ldp_med.models.pretrained import save_pretrained
 
     c = TINY_MODEL.vae.latent_channels
-    cfg = replace(TINY_MODEL, latent_channel_scale=(1.0,) * c, latent_mixing=tuple((1.0,) * c for _ in range(c)))
-    folder = save_pretrained(tmp_path / "m", cfg, build_vae(cfg.vae))
-    with pytest.raises(InputError, match="latent_channel_scale and latent_mixing|invertible"):
-        load_pretrained(folder, with_unet=False)
+    eye = tuple(tuple(float(i == j) for j in range(c)) for i in range(c))
+    for i, (fields, message) in enumerate([
+        ({"latent_channel_scale": (1.0,) * c, "latent_mixing": eye}, "latent_channel_scale and latent_mixing are alternatives"),
+        ({"latent_mixing": tuple((1.0,) * c for _ in range(c))}, "invertible square matrix"),  # singular
+        ({"latent_mixing": eye[:-1]}, "invertible square matrix"),  # not square
+        ({"latent_mixing": (eye[0][:-1],) + eye[1:]}, "invertible square matrix"),  # ragged
+    ]):
+        folder = save_pretrained(tmp_path / f"m{i}", replace(TINY_MODEL, **fields), build_vae(TINY_MODEL.vae))
+        with pytest.raises(InputError, match=message) as err:
+            load_pretrained(folder, with_unet=False)
+        assert "\n" not in str(err.value)
