@@ -472,6 +472,10 @@ class VAETrainConfig:
 
     GroupNorm normalises over the whole input, so a VAE trained on brain patches only sees different
     statistics on a whole volume (75% background); a short whole-volume phase at the end fixes that.
+
+    ``decoder_only``: fine-tune the decoder of ``--init``'s VAE with its encoder frozen, on the encoder's
+    posterior means (what ``autoencode`` and the prior use): the latents do not move, so a prior trained on
+    them stays valid.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -483,6 +487,7 @@ class VAETrainConfig:
     l1_weight: float = 1.0
     mse_weight: float = 1.0
     kl_weight: float = 1e-7
+    decoder_only: bool = False
 
 
 @dataclass
@@ -507,3 +512,8 @@ class PriorTrainConfig:
     # how the UNet's latents are normalised: "channel" standardises each channel; "whiten" (ZCA) also decorrelates
     # them, so components with little variance (the sub-voxel detail of a shortcut VAE) reach unit variance too
     latent_norm: typing.Literal["channel", "whiten"] = "channel"
+    # the metric of the diffusion loss: "diffusion" weighs every channel of the normalised latent alike; "latent"
+    # measures the error after mapping it back to the VAE's latent units (the normalisation undone, scaled to the same
+    # mean), where an error costs the decoded image about what it costs the latent: after whitening, the first
+    # principal component (the coarse image) gets its weight back from the detail components (docs/methods.md)
+    loss_metric: typing.Literal["diffusion", "latent"] = "diffusion"

@@ -14,6 +14,11 @@
 #                 (latent_norm: whiten), 1 thread (class + caption context, the caption also in the time
 #                 embedding, 70% caption-only): 52 min beside another 1-thread job          ~0.9 CPU-hours
 #   3. prior      configs/prior_shortcut_whiten_ft.yaml 4000 steps from 2, lr restarted, 1 thread  ~1.2 CPU-hours
+#   4. vae_dec    configs/vae_shortcut_decoder.yaml: the decoder of 1, encoder frozen, MSE on 1500 whole volumes,
+#                 1 thread, ~4.4 s/step beside another job (runs beside 2-3: the latents do not move)  ~1.8 CPU-hours
+#   5. prior_metric configs/prior_shortcut_whiten_metric.yaml 2000 steps from 3 with the loss in the VAE's latent
+#                 units, on 4's VAE (same encoder, so the same latents; the model folder takes 4's decoder)
+#                 1 thread, ~1.5 s/step beside stage 4                                      ~0.8 CPU-hours
 # The standardised chain measured before it (configs/prior_shortcut_pre.yaml, then prior_shortcut.yaml) gave a
 # less precise prior in more steps (docs/results_vae_shortcut.md).
 # Seeds: the cohort is seeds 0-119 of the training split; every config fixes loop.seed.
@@ -40,6 +45,11 @@ stage prior "$OUT/prior_pre" --config configs/prior_shortcut_whiten.yaml --vae "
 done_or_stop "$OUT/prior_pre"
 stage prior "$OUT/prior" --config configs/prior_shortcut_whiten_ft.yaml --vae "$OUT/vae/model" --init "$OUT/prior_pre/model"
 done_or_stop "$OUT/prior"
+stage vae "$OUT/vae_dec" --config configs/vae_shortcut_decoder.yaml --init "$OUT/vae/model"
+done_or_stop "$OUT/vae_dec"
+stage prior "$OUT/prior_metric" --config configs/prior_shortcut_whiten_metric.yaml --vae "$OUT/vae_dec/model" \
+  --init "$OUT/prior/model"
+done_or_stop "$OUT/prior_metric"
 rm -rf ldp_med/weights/default
-cp -r "$OUT/prior/model" ldp_med/weights/default
+cp -r "$OUT/prior_metric/model" ldp_med/weights/default
 echo "shipped: ldp_med/weights/default"

@@ -61,12 +61,13 @@ def cached_caption_embeddings(captions: list[str], path: Path) -> tuple[torch.Te
     return emb, encoder.name
 
 
-def diffusion_loss(cfg: PriorTrainConfig, null_class: int):
+def diffusion_loss(cfg: PriorTrainConfig, null_class: int, metric: torch.Tensor | None = None):
     """``(unet, batch) -> (loss, logs)``: DDPM noise-prediction MSE with condition dropout.
 
     A batch with ``context`` (B, 1, dim) (text-conditioned priors) passes it to the UNet's
     cross-attention; ``drop`` replaces both the class and the context by the null condition (null
-    class, zero embedding), ``text_only`` replaces the class only.
+    class, zero embedding), ``text_only`` replaces the class only. ``metric`` (C, C): the error is mapped
+    through it, per voxel, before squaring (:func:`latent_metric`).
     """
     scheduler = build_train_scheduler(cfg.model.scheduler)
 
@@ -87,8 +88,10 @@ def diffusion_loss(cfg: PriorTrainConfig, null_class: int):
             target = z0
         else:
             target = gen_noise
-        loss = torch.nn.functional.mse_loss(pred, target)
-        return loss, {}
+        err = pred - target
+        if metric is not None:
+            err = torch.einsum("dc,bc...->bd...", metric.to(err), err)
+        return err.pow(2).mean(), {}
 
     return loss_fn
 
@@ -160,6 +163,18 @@ def latent_normalisation(latents: torch.Tensor, kind: str) -> dict:
             "latent_mixing": tuple(tuple(row) for row in matrix.tolist()), "latent_scale_factor": 1.0}
 
 
+def latent_metric(norm: dict) -> torch.Tensor:
+    """(C, C) map from the UNet's normalised latent back to the VAE's latent units (the inverse of ``norm``'s
+    channel scale or mixing), scaled so that it keeps the mean squared size of a white error: the ``latent``
+    ``loss_metric``. With whitening its square is the latents' covariance over its mean variance."""
+    if norm["latent_mixing"]:
+        inverse = torch.linalg.inv(torch.tensor(norm["latent_mixing"], dtype=torch.float64))
+    else:
+        inverse = torch.diag(1.0 / torch.tensor(norm["latent_channel_scale"], dtype=torch.float64))
+    inverse = inverse / (inverse.pow(2).sum() / len(inverse)).sqrt()
+    return inverse.float()
+
+
 def check_prior_memory(cfg: PriorTrainConfig) -> None:
     """Refuse (one line) a prior training estimated not to fit (:func:`ldp_med.resources.prior_training_bytes`)."""
     import math
@@ -212,7 +227,8 @@ def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str 
         _load_init(unet, load_pretrained(init).unet.state_dict(), init)
     sampler = latent_sampler(standardised, labels, cfg.loop.batch_size, cfg.model.scheduler.num_train_timesteps,
                              cfg.cond_dropout, context, cfg.text_only, context_labels)
-    trainer = Trainer(unet, sampler, diffusion_loss(cfg, null_class), cfg.loop, out, info, progress=progress)
+    metric = latent_metric(norm) if cfg.loss_metric == "latent" else None
+    trainer = Trainer(unet, sampler, diffusion_loss(cfg, null_class, metric), cfg.loop, out, info, progress=progress)
     unet = trainer.run(resume=resume, max_seconds=max_seconds, stop_after=stop_after)
     if not trainer.finished:
         return None

@@ -9,6 +9,7 @@ import torch
 
 from ldp_med.config import VAETrainConfig
 from ldp_med.data.cohort import load_training_images
+from ldp_med.errors import InputError
 from ldp_med.models.builders import build_vae
 from ldp_med.models.pretrained import save_pretrained
 from ldp_med.training.distributed import DistInfo
@@ -55,7 +56,12 @@ def vae_loss(cfg: VAETrainConfig):
 
     def loss_fn(model: torch.nn.Module, batch: dict):
         x = batch["image"]
-        recon, mu, sigma = model(x)
+        if cfg.decoder_only:  # the encoder is frozen: decode its posterior mean, as inference does
+            with torch.no_grad():
+                mu, sigma = model.encode(x)
+            recon = model.decode(mu)
+        else:
+            recon, mu, sigma = model(x)
         l1 = (recon - x).abs().mean()
         mse = ((recon - x) ** 2).mean()
         kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-12) - 1).sum(dim=(1, 2, 3, 4)).mean()
@@ -100,6 +106,11 @@ def train_vae(cfg: VAETrainConfig, out_dir: str | os.PathLike, info: DistInfo, r
         from ldp_med.models.pretrained import load_pretrained
 
         vae.load_state_dict(load_pretrained(init, with_unet=False).vae.state_dict())
+    if cfg.decoder_only:
+        if not init and not resume:
+            raise InputError(None, "decoder_only fine-tunes a trained VAE: give its model folder with --init")
+        for module in (vae.encoder, vae.quant_conv_mu, vae.quant_conv_log_sigma):
+            module.requires_grad_(False)
     whole_from = cfg.loop.steps - cfg.whole_volume_steps if cfg.whole_volume_steps > 0 else None
     sampler = patch_sampler(data.images, cfg.patch, cfg.loop.batch_size, cfg.foreground_fraction, whole_from)
     trainer = Trainer(vae, sampler, vae_loss(cfg),

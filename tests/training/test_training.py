@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from ldp_med.config import DataConfig, LoopConfig, PriorTrainConfig
+from ldp_med.errors import InputError
 from ldp_med.models.pretrained import load_pretrained
 from ldp_med.training.distributed import DistInfo
 from ldp_med.training.prior import train_prior
@@ -97,6 +98,30 @@ def test_init_starts_from_a_model_folder(tmp_path, cohort_dir):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
+def test_decoder_only_fine_tune_keeps_the_encoder_and_lowers_the_loss(tmp_path, cohort_dir):
+    first = train_vae(vae_cfg(cohort_dir, steps=4), tmp_path / "a", DistInfo(), progress=False)
+    cfg = vae_cfg(cohort_dir, steps=20, checkpoint_every=20, lr=3e-3)
+    cfg.decoder_only, cfg.l1_weight, cfg.kl_weight = True, 0.0, 0.0
+    second = train_vae(cfg, tmp_path / "b", DistInfo(), progress=False, init=first)
+    a = load_pretrained(first, with_unet=False).vae.state_dict()
+    b = load_pretrained(second, with_unet=False).vae.state_dict()
+    frozen = [k for k in a if k.startswith(("encoder.", "quant_conv_mu.", "quant_conv_log_sigma."))]
+    trained = [k for k in a if k.startswith(("decoder.", "post_quant_conv."))]
+    assert frozen and trained
+    for k in frozen:
+        assert torch.equal(a[k], b[k]), k
+    assert any(not torch.equal(a[k], b[k]) for k in trained)
+    rows = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert sum(r["mse"] for r in rows[-5:]) < sum(r["mse"] for r in rows[:5])
+
+
+def test_decoder_only_without_a_trained_vae_is_a_one_line_error(tmp_path, cohort_dir):
+    cfg = vae_cfg(cohort_dir)
+    cfg.decoder_only = True
+    with pytest.raises(InputError, match="--init"):
+        train_vae(cfg, tmp_path, DistInfo(), progress=False)
+
+
 def test_caption_draws_stay_within_the_class():
     from ldp_med.training.prior import latent_sampler
 
@@ -160,6 +185,45 @@ def test_latent_normalisation_gives_unit_variance_and_inverts(tmp_path, kind):
     else:  # standardised channels stay correlated
         assert float(off[0, 1:].abs().min()) > 0.9
     torch.testing.assert_close(prior.from_diffusion(zn), latents, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["channel", "whiten"])
+def test_latent_metric_measures_the_error_in_the_vaes_units(kind):
+    from ldp_med.training.prior import latent_metric, latent_normalisation
+
+    gen = torch.Generator().manual_seed(4)
+    base = torch.randn(5, 1, 4, 6, 3, generator=gen)
+    latents = torch.cat([base * s + 0.1 * torch.randn(5, 1, 4, 6, 3, generator=gen) for s in (1.0, 0.5, 2.0)], 1)
+    norm = latent_normalisation(latents, kind)
+    metric = latent_metric(norm)
+    forward = (torch.tensor(norm["latent_mixing"]) if kind == "whiten"
+               else torch.diag(torch.tensor(norm["latent_channel_scale"])))
+    product = metric @ forward.float()  # the normalisation undone, up to one scale
+    torch.testing.assert_close(product / product[0, 0], torch.eye(3), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(metric.pow(2).sum() / 3, torch.tensor(1.0))  # a white error keeps its mean square
+    if kind == "whiten":  # the first principal component outweighs the near-copy detail
+        eig = torch.linalg.eigvalsh(metric.T @ metric)
+        assert float(eig[-1] / eig[0]) > 50
+
+
+def test_diffusion_loss_maps_the_error_through_the_metric():
+    from ldp_med.training.prior import diffusion_loss
+
+    cfg = PriorTrainConfig(model=TINY_MODEL)
+    c = TINY_MODEL.vae.latent_channels
+    gen = torch.Generator().manual_seed(5)
+    batch = {"latent": torch.randn(2, c, 3, 5, 4, generator=gen), "label": torch.tensor([0, 1]),
+             "noise": torch.randn(2, c, 3, 5, 4, generator=gen), "timesteps": torch.tensor([3, 700]),
+             "drop": torch.tensor([False, True])}
+    pred = torch.randn(2, c, 3, 5, 4, generator=gen)
+    unet = lambda zt, t, class_labels: pred  # noqa: E731
+    plain = diffusion_loss(cfg, 2)(unet, batch)[0]
+    torch.testing.assert_close(diffusion_loss(cfg, 2, torch.eye(c))(unet, batch)[0], plain)
+    weights = torch.zeros(c, c)
+    weights[0, 0] = c ** 0.5  # all the weight on channel 0: the loss is channel 0's squared error, x c
+    assert cfg.model.scheduler.prediction_type == "epsilon"
+    target = batch["noise"]
+    torch.testing.assert_close(diffusion_loss(cfg, 2, weights)(unet, batch)[0], (pred - target)[:, 0].pow(2).mean())
 
 
 def test_model_folder_with_both_latent_maps_is_refused(tmp_path):
