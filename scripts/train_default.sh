@@ -15,7 +15,7 @@
 #                 embedding, 70% caption-only): 52 min beside another 1-thread job          ~0.9 CPU-hours
 #   3. prior      configs/prior_shortcut_whiten_ft.yaml 4000 steps from 2, lr restarted, 1 thread  ~1.2 CPU-hours
 #   4. vae_dec    configs/vae_shortcut_decoder.yaml: the decoder of 1, encoder frozen, MSE on 1500 whole volumes,
-#                 1 thread, ~4.4 s/step beside another job (runs beside 2-3: the latents do not move)  ~1.8 CPU-hours
+#                 1 thread, ~4.4 s/step beside another job (may run beside 2-3: the latents do not move) ~1.8 CPU-hours
 #   5. prior_metric configs/prior_shortcut_whiten_metric.yaml 2000 steps from 3 with the loss in the VAE's latent
 #                 units, on 4's VAE (same encoder, so the same latents; the model folder takes 4's decoder)
 #                 1 thread, ~1.5 s/step beside stage 4                                      ~0.8 CPU-hours

@@ -44,24 +44,21 @@ class Prior:
         """(shift (1, C, 1, ...), matrix (C, C)) of the map diffusion space = matrix @ (z - shift)."""
         cfg, c = self.config, z.shape[1]
         shift = torch.tensor(cfg.latent_shift or (0.0,) * c, dtype=torch.float64)
-        if cfg.latent_mixing:
-            matrix = torch.tensor(cfg.latent_mixing, dtype=torch.float64)
-        else:
-            matrix = torch.diag(torch.tensor(cfg.latent_channel_scale or (1.0,) * c, dtype=torch.float64))
+        matrix = latent_norm_matrix(cfg, c)
         if len(shift) != c or matrix.shape != (c, c):
             raise InputError(self.path, f"latent_shift / latent_channel_scale / latent_mixing have {len(shift)} / "
                                         f"{tuple(matrix.shape)} entries for {c} latent channels")
-        return shift.view((1, c) + (1,) * (z.ndim - 2)), matrix * cfg.latent_scale_factor
+        return shift.view((1, c) + (1,) * (z.ndim - 2)), matrix
 
     def to_diffusion(self, z: torch.Tensor) -> torch.Tensor:
         """VAE latents -> the standardised (or whitened) latents the UNet models."""
         shift, matrix = self._latent_norm(z)
-        return _mix(matrix, z - shift.to(z))
+        return mix_channels(matrix, z - shift.to(z))
 
     def from_diffusion(self, zn: torch.Tensor) -> torch.Tensor:
         """Standardised latents -> VAE latents (inverse of :meth:`to_diffusion`)."""
         shift, matrix = self._latent_norm(zn)
-        return _mix(torch.linalg.inv(matrix), zn) + shift.to(zn)
+        return mix_channels(torch.linalg.inv(matrix), zn) + shift.to(zn)
 
     def support(self) -> torch.Tensor | None:
         """Where the training images have anatomy, (*grid) in [0, 1] on the model grid (trilinear from the
@@ -80,7 +77,17 @@ class Prior:
         return self
 
 
-def _mix(matrix: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+def latent_norm_matrix(cfg: ModelConfig, channels: int) -> torch.Tensor:
+    """The (C, C) float64 matrix of ``cfg``'s latent normalisation (``latent_mixing``, or the diagonal of
+    ``latent_channel_scale``; identity where neither is set), times ``latent_scale_factor``."""
+    if cfg.latent_mixing:
+        matrix = torch.tensor(cfg.latent_mixing, dtype=torch.float64)
+    else:
+        matrix = torch.diag(torch.tensor(cfg.latent_channel_scale or (1.0,) * channels, dtype=torch.float64))
+    return matrix * cfg.latent_scale_factor
+
+
+def mix_channels(matrix: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """``matrix @ z`` over the channel axis of (B, C, ...) latents, in z's dtype and device."""
     return torch.einsum("dc,bc...->bd...", matrix.to(dtype=z.dtype, device=z.device), z)
 

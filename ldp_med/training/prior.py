@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ldp_med.config import PriorTrainConfig
+from ldp_med.config import ModelConfig, PriorTrainConfig
 from ldp_med.data.cohort import TrainingImages, load_training_images
 from ldp_med.errors import ConfigError, InputError
 from ldp_med.models.builders import build_train_scheduler, build_unet
-from ldp_med.models.pretrained import load_pretrained, save_pretrained
+from ldp_med.models.pretrained import latent_norm_matrix, load_pretrained, mix_channels, save_pretrained
 from ldp_med.training.distributed import DistInfo, barrier
 from ldp_med.training.loop import Trainer, params_digest
 
@@ -90,7 +90,7 @@ def diffusion_loss(cfg: PriorTrainConfig, null_class: int, metric: torch.Tensor 
             target = gen_noise
         err = pred - target
         if metric is not None:
-            err = torch.einsum("dc,bc...->bd...", metric.to(err), err)
+            err = mix_channels(metric, err)
         return err.pow(2).mean(), {}
 
     return loss_fn
@@ -163,16 +163,12 @@ def latent_normalisation(latents: torch.Tensor, kind: str) -> dict:
             "latent_mixing": tuple(tuple(row) for row in matrix.tolist()), "latent_scale_factor": 1.0}
 
 
-def latent_metric(norm: dict) -> torch.Tensor:
-    """(C, C) map from the UNet's normalised latent back to the VAE's latent units (the inverse of ``norm``'s
-    channel scale or mixing), scaled so that it keeps the mean squared size of a white error: the ``latent``
+def latent_metric(cfg: ModelConfig) -> torch.Tensor:
+    """(C, C) map from the UNet's normalised latent back to the VAE's latent units (the inverse of ``cfg``'s
+    latent normalisation), scaled so that it keeps the mean squared size of a white error: the ``latent``
     ``loss_metric``. With whitening its square is the latents' covariance over its mean variance."""
-    if norm["latent_mixing"]:
-        inverse = torch.linalg.inv(torch.tensor(norm["latent_mixing"], dtype=torch.float64))
-    else:
-        inverse = torch.diag(1.0 / torch.tensor(norm["latent_channel_scale"], dtype=torch.float64))
-    inverse = inverse / (inverse.pow(2).sum() / len(inverse)).sqrt()
-    return inverse.float()
+    inverse = torch.linalg.inv(latent_norm_matrix(cfg, cfg.vae.latent_channels))
+    return (inverse / (inverse.pow(2).sum() / len(inverse)).sqrt()).float()
 
 
 def check_prior_memory(cfg: PriorTrainConfig) -> None:
@@ -212,7 +208,8 @@ def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str 
     barrier(info)
     latents, labels = cached_latents(vae_prior.vae, data.images, data.labels, latent_path, False)
     norm = latent_normalisation(latents, cfg.latent_norm)
-    standardised = replace(vae_prior, config=replace(vcfg, **norm)).to_diffusion(latents)
+    norm_cfg = replace(vcfg, **norm)
+    standardised = replace(vae_prior, config=norm_cfg).to_diffusion(latents)
     null_class = len(cfg.model.class_names)
     if cfg.model.unet.num_class_embeds is not None and cfg.model.unet.num_class_embeds != null_class + 1:
         raise InputError(None, f"unet.num_class_embeds must be {null_class + 1} (classes + the null class)")
@@ -227,7 +224,7 @@ def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str 
         _load_init(unet, load_pretrained(init).unet.state_dict(), init)
     sampler = latent_sampler(standardised, labels, cfg.loop.batch_size, cfg.model.scheduler.num_train_timesteps,
                              cfg.cond_dropout, context, cfg.text_only, context_labels)
-    metric = latent_metric(norm) if cfg.loss_metric == "latent" else None
+    metric = latent_metric(norm_cfg) if cfg.loss_metric == "latent" else None
     trainer = Trainer(unet, sampler, diffusion_loss(cfg, null_class, metric), cfg.loop, out, info, progress=progress)
     unet = trainer.run(resume=resume, max_seconds=max_seconds, stop_after=stop_after)
     if not trainer.finished:

@@ -189,13 +189,15 @@ def test_latent_normalisation_gives_unit_variance_and_inverts(tmp_path, kind):
 
 @pytest.mark.parametrize("kind", ["channel", "whiten"])
 def test_latent_metric_measures_the_error_in_the_vaes_units(kind):
+    from dataclasses import replace
+
     from ldp_med.training.prior import latent_metric, latent_normalisation
 
     gen = torch.Generator().manual_seed(4)
     base = torch.randn(5, 1, 4, 6, 3, generator=gen)
     latents = torch.cat([base * s + 0.1 * torch.randn(5, 1, 4, 6, 3, generator=gen) for s in (1.0, 0.5, 2.0)], 1)
     norm = latent_normalisation(latents, kind)
-    metric = latent_metric(norm)
+    metric = latent_metric(replace(TINY_MODEL, vae=replace(TINY_MODEL.vae, latent_channels=3), **norm))
     forward = (torch.tensor(norm["latent_mixing"]) if kind == "whiten"
                else torch.diag(torch.tensor(norm["latent_channel_scale"])))
     product = metric @ forward.float()  # the normalisation undone, up to one scale
