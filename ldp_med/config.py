@@ -459,11 +459,16 @@ class LoopConfig:
 
 @dataclass
 class DataConfig:
-    """Training data: the synthetic cohort (default) or a folder / list of healthy scans."""
+    """Training data: the synthetic cohort (default) or a folder / list of healthy scans.
+
+    ``noise_free`` (synthetic cohort only): also load each subject's noise-free image, so that the prior learns
+    noise-free anatomy (it encodes those) and the VAE learns to return a noisy input's noise-free expectation.
+    """
 
     synthetic: int = 200
     folder: str = ""
     cache_dir: str = "cache/cohort"
+    noise_free: bool = False
 
 
 @dataclass

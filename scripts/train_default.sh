@@ -19,6 +19,12 @@
 #   5. prior_metric configs/prior_shortcut_whiten_metric.yaml 2000 steps from 3 with the loss in the VAE's latent
 #                 units, on 4's VAE (same encoder, so the same latents; the model folder takes 4's decoder)
 #                 1 thread, ~1.5 s/step beside stage 4                                      ~0.8 CPU-hours
+#   6. vae_nf     configs/vae_shortcut_noise_free.yaml: 4's decoder, encoder frozen, 600 whole volumes whose
+#                 target is noise-free (noisy -> its Rician mean, clean -> itself), 1 thread, ~3 s/step ~0.5 CPU-hours
+#   7. prior_nf   configs/prior_shortcut_noise_free.yaml 2000 steps from 5 on the latents of the noise-free subjects
+#                 (the encoder of 1 = 4 = 6), on 6's VAE; 1 thread, ~1.4 s/step beside stage 6    ~0.8 CPU-hours
+#                 (the committed run started from 5 trained 2000 steps more with 5's config, train_state/prior_metric2;
+#                 those steps raised 5's decoded x0 by only ~0.1 dB)
 # The standardised chain measured before it (configs/prior_shortcut_pre.yaml, then prior_shortcut.yaml) gave a
 # less precise prior in more steps (docs/results_vae_shortcut.md).
 # Seeds: the cohort is seeds 0-119 of the training split; every config fixes loop.seed.
@@ -50,6 +56,11 @@ done_or_stop "$OUT/vae_dec"
 stage prior "$OUT/prior_metric" --config configs/prior_shortcut_whiten_metric.yaml --vae "$OUT/vae_dec/model" \
   --init "$OUT/prior/model"
 done_or_stop "$OUT/prior_metric"
+stage vae "$OUT/vae_nf" --config configs/vae_shortcut_noise_free.yaml --init "$OUT/vae_dec/model"
+done_or_stop "$OUT/vae_nf"
+stage prior "$OUT/prior_nf" --config configs/prior_shortcut_noise_free.yaml --vae "$OUT/vae_nf/model" \
+  --init "$OUT/prior_metric/model"
+done_or_stop "$OUT/prior_nf"
 rm -rf ldp_med/weights/default
-cp -r "$OUT/prior_metric/model" ldp_med/weights/default
+cp -r "$OUT/prior_nf/model" ldp_med/weights/default
 echo "shipped: ldp_med/weights/default"

@@ -20,7 +20,7 @@ ODD_SHAPE = (21, 24, 19)
 
 TINY_MODEL = ModelConfig(
     grid=(24, 32, 24), voxel_mm=1.0,
-    vae=VAEConfig(channels=(4, 8, 8), latent_channels=2, norm_num_groups=4),
+    vae=VAEConfig(channels=(4, 8, 8), latent_channels=2, norm_num_groups=4, shortcut=False),
     unet=UNetConfig(channels=(8, 8), attention_levels=(False, False), num_head_channels=8, norm_num_groups=4,
                     with_conditioning=False, cross_attention_dim=None, text_in_time_embedding=False),
     scheduler=SchedulerConfig(prediction_type="epsilon"), text_encoder="",

@@ -18,6 +18,8 @@ class TrainingImages:
 
     ``caption_pool``: (label, caption) pairs that describe a class rather than one image (every wording
     the synthetic cohort's captions can take); empty where captions belong to their images.
+    ``clean`` and ``expected`` (``data.noise_free``; float16, shaped and scaled as ``images``): each image
+    before Rician noise, and its Rician mean (the noisy image's noise-free expectation).
     """
 
     images: torch.Tensor
@@ -25,6 +27,8 @@ class TrainingImages:
     captions: list[str]
     description: str
     caption_pool: list[tuple[int, str]] = field(default_factory=list)
+    clean: torch.Tensor | None = None
+    expected: torch.Tensor | None = None
 
 
 def model_units(image: np.ndarray) -> np.ndarray:
@@ -34,8 +38,21 @@ def model_units(image: np.ndarray) -> np.ndarray:
     return np.asarray(PercentileScaleIntensity()(torch.from_numpy(image)[None]))[0].astype(np.float32)
 
 
+def _noise_free_units(image: np.ndarray, clean: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """``clean`` and its Rician mean at ``sigma``, in the model units of the noisy ``image`` (its scale)."""
+    from ldp_med.physics.noise import rician_mean
+    from ldp_med.space import PercentileScaleIntensity
+
+    a_min, a_max = PercentileScaleIntensity().range_of(torch.from_numpy(image))
+    expected = rician_mean(torch.from_numpy(clean), sigma).numpy()
+    return tuple(np.clip((v - a_min) / (a_max - a_min), 0, 1).astype(np.float16) for v in (clean, expected))
+
+
 def load_training_images(data: DataConfig, model: ModelConfig, progress: bool = True) -> TrainingImages:
     """The training split only: synthetic seeds ``0 .. data.synthetic - 1`` or every scan of ``data.folder``."""
+    if data.folder and data.noise_free:
+        raise InputError(data.folder, "data.noise_free needs the synthetic cohort (a folder of scans has no "
+                                      "noise-free images)")
     if data.folder:
         from ldp_med.data.folder import load_folder
 
@@ -52,9 +69,21 @@ def load_training_images(data: DataConfig, model: ModelConfig, progress: bool = 
     seeds = synthetic.seeds("train", data.synthetic)
     synthetic.build_cohort(data.cache_dir, seeds, progress=progress)
     entries = {e["seed"]: e for e in synthetic.load_index(data.cache_dir)}
-    imgs = np.stack([model_units(synthetic.load_subject(data.cache_dir, entries[s]))
-                     for s in tqdm(seeds, desc="load cohort", disable=not progress)])
+    imgs, clean, expected = [], [], []
+    for s in tqdm(seeds, desc="load cohort", disable=not progress):
+        if data.noise_free:
+            image, free, sigma = synthetic.load_subject(data.cache_dir, entries[s], clean=True)
+            for out, v in zip((clean, expected), _noise_free_units(image, free, sigma)):
+                out.append(v)
+        else:
+            image = synthetic.load_subject(data.cache_dir, entries[s])
+        imgs.append(model_units(image).astype(np.float16))
     labels = torch.tensor([entries[s]["label"] for s in seeds])
-    return TrainingImages(torch.from_numpy(imgs).half()[:, None], labels, [entries[s]["caption"] for s in seeds],
-                          f"synthetic healthy cohort (MNI152 2009a), training seeds 0-{data.synthetic - 1}",
-                          synthetic.caption_pool())
+
+    def stacked(arrays):
+        return torch.from_numpy(np.stack(arrays))[:, None] if arrays else None
+
+    return TrainingImages(stacked(imgs), labels, [entries[s]["caption"] for s in seeds],
+                          f"synthetic healthy cohort (MNI152 2009a), training seeds 0-{data.synthetic - 1}"
+                          + (", noise-free images" if data.noise_free else ""),
+                          synthetic.caption_pool(), stacked(clean), stacked(expected))

@@ -353,8 +353,9 @@ def _file_name(seed: int) -> str:
 def build_cohort(out_dir: str | os.PathLike, seeds: Iterable[int], progress: bool = True) -> Path:
     """Render subjects ``seeds`` into ``out_dir`` (one ``sub-XXXXX.npz`` each) and write ``index.json``.
 
-    Each npz holds ``image`` (float16 (96, 112, 96); float16 error ~5e-4 is below the noise),
-    ``affine`` and ``label``. Subjects whose file already exists are skipped (not re-rendered).
+    Each npz holds ``image`` (float16 (96, 112, 96); float16 error ~5e-4 is below the noise), ``clean``
+    (the image before Rician noise, float16), ``noise_sigma``, ``affine`` and ``label``. Subjects whose file
+    already exists with a ``clean`` image are skipped (not re-rendered); older files without one are re-rendered.
     ``index.json`` is a list of {seed, split, label, contrast, caption, file} for every subject
     in ``out_dir`` (earlier entries are kept), sorted by seed. Files are written atomically.
 
@@ -373,22 +374,31 @@ def build_cohort(out_dir: str | os.PathLike, seeds: Iterable[int], progress: boo
     t_total, n_made = 0.0, 0
     for s in tqdm(todo, disable=not progress, desc="synthetic cohort", unit="subj"):
         path = out / _file_name(s)
-        if path.exists():
+        if _complete(path):
             meta = subject_meta(s)
         else:
             t0 = time.perf_counter()
-            subj = make_subject(s)
+            subj = make_subject(s, return_clean=True)
             t_total += time.perf_counter() - t0
             n_made += 1
             meta = {k: subj[k] for k in ("label", "contrast", "caption")}
             tmp = path.with_name(f".{path.name}.tmp.npz")
-            np.savez(tmp, image=subj["image"].astype(np.float16), affine=subj["affine"], label=subj["label"])
+            np.savez(tmp, image=subj["image"].astype(np.float16), clean=subj["clean"].astype(np.float16),
+                     noise_sigma=subj["noise_sigma"], affine=subj["affine"], label=subj["label"])
             os.replace(tmp, path)
         entries[s] = {"seed": s, "split": split_of(s), **meta, "file": path.name}
         if n_made and n_made % 50 == 0:
             _write_index(index_path, entries)
     _write_index(index_path, entries)
     return index_path
+
+
+def _complete(path: Path) -> bool:
+    """Whether the cohort file ``path`` exists and holds every array :func:`build_cohort` writes today."""
+    if not path.exists():
+        return False
+    with np.load(path) as z:
+        return "clean" in z.files
 
 
 def _write_index(path: Path, entries: dict) -> None:
@@ -402,8 +412,12 @@ def load_index(out_dir: str | os.PathLike) -> list[dict]:
     return json.loads((Path(out_dir) / "index.json").read_text())
 
 
-def load_subject(out_dir: str | os.PathLike, entry: dict | int) -> np.ndarray:
-    """The float32 (96, 112, 96) image of a cohort entry (or seed) written by ``build_cohort``."""
+def load_subject(out_dir: str | os.PathLike, entry: dict | int, clean: bool = False):
+    """The float32 (96, 112, 96) image of a cohort entry (or seed) written by ``build_cohort``; with ``clean``
+    the pair (image, noise-free image) and the noise sigma: ``(image, clean, sigma)``."""
     name = _file_name(entry) if isinstance(entry, (int, np.integer)) else entry["file"]
     with np.load(Path(out_dir) / name) as z:
-        return z["image"].astype(np.float32)
+        image = z["image"].astype(np.float32)
+        if not clean:
+            return image
+        return image, z["clean"].astype(np.float32), float(z["noise_sigma"])

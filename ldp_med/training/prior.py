@@ -202,11 +202,12 @@ def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str 
     out.mkdir(parents=True, exist_ok=True)
     show = progress and info.is_main
     data = load_training_images(cfg.data, cfg.model, progress=show)
+    images = data.clean if data.clean is not None else data.images  # data.noise_free: learn noise-free anatomy
     latent_path = out / "latents.safetensors"
     if info.is_main:
-        cached_latents(vae_prior.vae, data.images, data.labels, latent_path, show)
+        cached_latents(vae_prior.vae, images, data.labels, latent_path, show)
     barrier(info)
-    latents, labels = cached_latents(vae_prior.vae, data.images, data.labels, latent_path, False)
+    latents, labels = cached_latents(vae_prior.vae, images, data.labels, latent_path, False)
     norm = latent_normalisation(latents, cfg.latent_norm)
     norm_cfg = replace(vcfg, **norm)
     standardised = replace(vae_prior, config=norm_cfg).to_diffusion(latents)
@@ -217,7 +218,7 @@ def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str 
     if cfg.model.unet.with_conditioning:
         context, context_labels, extras, text_encoder = _caption_context(cfg, data, labels,
                                                                          out / "captions.safetensors", info)
-    extras["support"] = training_support(data.images, latents.shape[2:])
+    extras["support"] = training_support(images, latents.shape[2:])
     torch.manual_seed(cfg.loop.seed)
     unet = build_unet(cfg.model.unet, cfg.model.vae.latent_channels)
     if init and not resume:  # fine-tune from a model folder's UNet (same architecture, or this one's minus new parts)

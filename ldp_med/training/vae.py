@@ -17,12 +17,16 @@ from ldp_med.training.loop import Trainer
 
 
 def patch_sampler(images: torch.Tensor, patch: int, batch_size: int, foreground_fraction: float = 0.7,
-                  whole_from_step: int | None = None, fg_threshold: float = 0.1):
+                  whole_from_step: int | None = None, fg_threshold: float = 0.1,
+                  noise_free: tuple[torch.Tensor, torch.Tensor] | None = None):
     """A batch function ``(generator, step) -> {"image": (B, 1, p, p, p)}`` of random crops.
 
     With probability ``foreground_fraction`` a crop is centred on a random voxel above
     ``fg_threshold`` (of the mean image), otherwise its corner is uniform. From step
     ``whole_from_step`` on it returns one whole volume per batch instead.
+
+    With ``noise_free`` = (clean, expected) (shaped as ``images``) the batch also has a ``"target"``: each
+    item is, with even odds, the noisy image and its Rician mean ``expected``, or the ``clean`` image and itself.
     """
     n, _, *shape = images.shape
     if any(patch > s for s in shape):
@@ -37,33 +41,47 @@ def patch_sampler(images: torch.Tensor, patch: int, batch_size: int, foreground_
             return [min(max(c - patch // 2, 0), s - patch) for c, s in zip(centre, shape)]
         return [int(torch.randint(s - patch + 1, (1,), generator=gen)) for s in shape]
 
+    def pair(gen: torch.Generator, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if noise_free is None:
+            return images[i], images[i]
+        clean, expected = noise_free
+        return (images[i], expected[i]) if float(torch.rand(1, generator=gen)) < 0.5 else (clean[i], clean[i])
+
+    def batch(items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+        out = {"image": torch.stack([x for x, _ in items]).float()}
+        if noise_free is not None:
+            out["target"] = torch.stack([t for _, t in items]).float()
+        return out
+
     def batch_fn(gen: torch.Generator, step: int) -> dict:
         if whole_from_step is not None and step >= whole_from_step:
             i = int(torch.randint(n, (1,), generator=gen))
-            return {"image": images[i : i + 1].float()}
+            return batch([pair(gen, i)])
         idx = torch.randint(n, (batch_size,), generator=gen)
         crops = []
         for i in idx.tolist():
             c = corner(gen)
-            crops.append(images[i, :, c[0]:c[0] + patch, c[1]:c[1] + patch, c[2]:c[2] + patch])
-        return {"image": torch.stack(crops).float()}
+            crops.append(tuple(v[:, c[0]:c[0] + patch, c[1]:c[1] + patch, c[2]:c[2] + patch] for v in pair(gen, i)))
+        return batch(crops)
 
     return batch_fn
 
 
 def vae_loss(cfg: VAETrainConfig):
-    """``(model, batch) -> (loss, logs)``: weighted L1 + MSE reconstruction plus KL to N(0, I)."""
+    """``(model, batch) -> (loss, logs)``: weighted L1 + MSE reconstruction (of the batch's ``"target"`` where it
+    has one, else of its input) plus KL to N(0, I)."""
 
     def loss_fn(model: torch.nn.Module, batch: dict):
         x = batch["image"]
+        target = batch.get("target", x)
         if cfg.decoder_only:  # the encoder is frozen: decode its posterior mean, as inference does
             with torch.no_grad():
                 mu, sigma = model.encode(x)
             recon = model.decode(mu)
         else:
             recon, mu, sigma = model(x)
-        l1 = (recon - x).abs().mean()
-        mse = ((recon - x) ** 2).mean()
+        l1 = (recon - target).abs().mean()
+        mse = ((recon - target) ** 2).mean()
         kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-12) - 1).sum(dim=(1, 2, 3, 4)).mean()
         loss = cfg.l1_weight * l1 + cfg.mse_weight * mse + cfg.kl_weight * kl
         psnr = -10 * torch.log10(mse.detach().clamp_min(1e-12))
@@ -112,7 +130,9 @@ def train_vae(cfg: VAETrainConfig, out_dir: str | os.PathLike, info: DistInfo, r
         for module in (vae.encoder, vae.quant_conv_mu, vae.quant_conv_log_sigma):
             module.requires_grad_(False)
     whole_from = cfg.loop.steps - cfg.whole_volume_steps if cfg.whole_volume_steps > 0 else None
-    sampler = patch_sampler(data.images, cfg.patch, cfg.loop.batch_size, cfg.foreground_fraction, whole_from)
+    noise_free = (data.clean, data.expected) if data.clean is not None else None
+    sampler = patch_sampler(data.images, cfg.patch, cfg.loop.batch_size, cfg.foreground_fraction, whole_from,
+                            noise_free=noise_free)
     trainer = Trainer(vae, sampler, vae_loss(cfg),
                       cfg.loop, out_dir, info, progress=progress)
     vae = trainer.run(resume=resume, max_seconds=max_seconds, stop_after=stop_after)

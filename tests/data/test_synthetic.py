@@ -131,6 +131,11 @@ def test_build_cohort_writes_index_and_skips(tmp_path, monkeypatch):
     assert (e["label"], e["contrast"], e["caption"]) == (meta["label"], meta["contrast"], meta["caption"])
     img = S.load_subject(tmp_path, e)
     assert img.shape == S.GRID and img.dtype == np.float32 and 0 <= img.min() and img.max() <= 1
+    same, clean, sigma = S.load_subject(tmp_path, e, clean=True)
+    subj = S.make_subject(10000, return_clean=True)
+    np.testing.assert_array_equal(same, img)
+    np.testing.assert_allclose(clean, subj["clean"], atol=1e-3)
+    assert sigma == pytest.approx(subj["noise_sigma"]) and np.abs(img - clean).mean() > sigma / 2
 
     def boom(*a, **k):
         raise AssertionError("existing subject re-rendered")
@@ -138,5 +143,9 @@ def test_build_cohort_writes_index_and_skips(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "make_subject", boom)
     S.build_cohort(tmp_path, [10000], progress=False)  # skipped: no render
     assert S.load_index(tmp_path) == entries
+    monkeypatch.undo()
+    np.savez(tmp_path / e["file"], image=img.astype(np.float16))  # a file from before noise-free images
+    S.build_cohort(tmp_path, [10000], progress=False)  # re-rendered
+    assert len(S.load_subject(tmp_path, e, clean=True)) == 3
     with pytest.raises(ValueError):
         S.build_cohort(tmp_path, [15000], progress=False)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ldp_med.config import DataConfig, LoopConfig, PriorTrainConfig
+from ldp_med.config import DataConfig, LoopConfig, ModelConfig, PriorTrainConfig, VAETrainConfig
 from ldp_med.errors import InputError
 from ldp_med.models.pretrained import load_pretrained
 from ldp_med.training.distributed import DistInfo
@@ -86,6 +86,41 @@ def test_patch_sampler_switches_to_whole_volumes():
     g = torch.Generator().manual_seed(0)
     assert fn(g, 0)["image"].shape == (4, 1, 8, 8, 8)
     assert fn(g, 10)["image"].shape == (1, 1, 20, 24, 18)
+
+
+def test_patch_sampler_pairs_noisy_with_expected_and_clean_with_itself():
+    from ldp_med.training.vae import patch_sampler
+
+    images, clean, expected = (torch.full((3, 1, 20, 24, 18), v).half() for v in (0.3, 0.1, 0.2))
+    fn = patch_sampler(images, patch=8, batch_size=16, whole_from_step=10, noise_free=(clean, expected))
+    g = torch.Generator().manual_seed(0)
+    for step in (0, 10):
+        b = fn(g, step)
+        pairs = {(round(float(x.mean()), 3), round(float(t.mean()), 3)) for x, t in zip(b["image"], b["target"])}
+        assert b["target"].shape == b["image"].shape and pairs <= {(0.3, 0.2), (0.1, 0.1)}
+    assert len(pairs | {(round(float(x.mean()), 3), round(float(t.mean()), 3))
+                        for x, t in zip(*fn(g, 0).values())}) == 2  # both kinds drawn
+    assert "target" not in patch_sampler(images, patch=8, batch_size=2)(g, 0)
+
+
+def test_vae_loss_measures_against_the_target():
+    from ldp_med.training.vae import vae_loss
+
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x, torch.zeros_like(x), torch.ones_like(x)
+
+    cfg = VAETrainConfig(l1_weight=0.0, mse_weight=1.0, kl_weight=0.0)
+    x = torch.zeros(1, 1, 4, 4, 4)
+    assert float(vae_loss(cfg)(Identity(), {"image": x})[0]) == 0.0
+    assert float(vae_loss(cfg)(Identity(), {"image": x, "target": x + 0.5})[0]) == pytest.approx(0.25)
+
+
+def test_noise_free_needs_the_synthetic_cohort(cohort_dir):
+    from ldp_med.data.cohort import load_training_images
+
+    with pytest.raises(InputError, match="noise_free"):
+        load_training_images(DataConfig(folder=str(cohort_dir), noise_free=True), ModelConfig(), progress=False)
 
 
 def test_init_starts_from_a_model_folder(tmp_path, cohort_dir):
