@@ -480,7 +480,8 @@ class VAETrainConfig:
 
     ``decoder_only``: fine-tune the decoder of ``--init``'s VAE with its encoder frozen, on the encoder's
     posterior means (what ``autoencode`` and the prior use): the latents do not move, so a prior trained on
-    them stays valid.
+    them stays valid. ``posterior_mean``: decode the posterior mean rather than a sample of the posterior
+    (implied by ``decoder_only``), for a fine-tune of the whole VAE towards what inference decodes.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -493,6 +494,7 @@ class VAETrainConfig:
     mse_weight: float = 1.0
     kl_weight: float = 1e-7
     decoder_only: bool = False
+    posterior_mean: bool = False
 
 
 @dataclass

@@ -78,6 +78,9 @@ def vae_loss(cfg: VAETrainConfig):
             with torch.no_grad():
                 mu, sigma = model.encode(x)
             recon = model.decode(mu)
+        elif cfg.posterior_mean:
+            mu, sigma = model.encode(x)
+            recon = model.decode(mu)
         else:
             recon, mu, sigma = model(x)
         l1 = (recon - target).abs().mean()

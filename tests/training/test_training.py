@@ -116,6 +116,21 @@ def test_vae_loss_measures_against_the_target():
     assert float(vae_loss(cfg)(Identity(), {"image": x, "target": x + 0.5})[0]) == pytest.approx(0.25)
 
 
+def test_posterior_mean_decodes_the_mean_not_a_sample():
+    from ldp_med.models.builders import build_vae
+    from ldp_med.training.vae import vae_loss
+
+    torch.manual_seed(0)
+    vae = build_vae(TINY_MODEL.vae)
+    batch = {"image": torch.rand(1, 1, 8, 12, 8)}
+    with torch.no_grad():
+        mu, _ = vae.encode(batch["image"])
+        want = float(((vae.decode(mu) - batch["image"]) ** 2).mean())
+        for mean, same in ((True, True), (False, False)):
+            cfg = VAETrainConfig(model=TINY_MODEL, l1_weight=0.0, kl_weight=0.0, posterior_mean=mean)
+            assert (float(vae_loss(cfg)(vae, batch)[0]) == pytest.approx(want, rel=1e-6)) is same
+
+
 def test_noise_free_needs_the_synthetic_cohort(cohort_dir):
     from ldp_med.data.cohort import load_training_images
 
