@@ -229,14 +229,8 @@ def subject_in_model_units(seed: int):
     import torch
 
     from ldp_med.data import synthetic
-    from ldp_med.physics.noise import rician_mean
-    from ldp_med.space import PercentileScaleIntensity
+    from ldp_med.data.cohort import noise_free_units
 
     subj = synthetic.make_subject(seed, return_clean=True)
-    image = torch.from_numpy(subj["image"].astype(np.float32))
-    a_min, a_max = PercentileScaleIntensity().range_of(image)
-
-    def units(v):
-        return ((v.float() - a_min) / (a_max - a_min)).clamp(0, 1)[None, None]
-
-    return subj, units(image), units(rician_mean(torch.from_numpy(subj["clean"]), subj["noise_sigma"]))
+    image, _, expected = noise_free_units(subj["image"], subj["clean"], subj["noise_sigma"])
+    return subj, torch.from_numpy(image)[None, None], torch.from_numpy(expected)[None, None]

@@ -38,14 +38,15 @@ def model_units(image: np.ndarray) -> np.ndarray:
     return np.asarray(PercentileScaleIntensity()(torch.from_numpy(image)[None]))[0].astype(np.float32)
 
 
-def _noise_free_units(image: np.ndarray, clean: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
-    """``clean`` and its Rician mean at ``sigma``, in the model units of the noisy ``image`` (its scale)."""
+def noise_free_units(image: np.ndarray, clean: np.ndarray, sigma: float) -> tuple[np.ndarray, ...]:
+    """``(image, clean, expected)`` float32 in the model units of the noisy ``image`` (its scale, as
+    :func:`model_units`): the image, its noise-free version and that one's Rician mean at ``sigma``."""
     from ldp_med.physics.noise import rician_mean
     from ldp_med.space import PercentileScaleIntensity
 
     a_min, a_max = PercentileScaleIntensity().range_of(torch.from_numpy(image))
     expected = rician_mean(torch.from_numpy(clean), sigma).numpy()
-    return tuple(np.clip((v - a_min) / (a_max - a_min), 0, 1).astype(np.float16) for v in (clean, expected))
+    return tuple(np.clip((v - a_min) / (a_max - a_min), 0, 1).astype(np.float32) for v in (image, clean, expected))
 
 
 def load_training_images(data: DataConfig, model: ModelConfig, progress: bool = True) -> TrainingImages:
@@ -72,12 +73,11 @@ def load_training_images(data: DataConfig, model: ModelConfig, progress: bool = 
     imgs, clean, expected = [], [], []
     for s in tqdm(seeds, desc="load cohort", disable=not progress):
         if data.noise_free:
-            image, free, sigma = synthetic.load_subject(data.cache_dir, entries[s], clean=True)
-            for out, v in zip((clean, expected), _noise_free_units(image, free, sigma)):
-                out.append(v)
+            units = noise_free_units(*synthetic.load_subject(data.cache_dir, entries[s], clean=True))
+            for out, v in zip((imgs, clean, expected), units):
+                out.append(v.astype(np.float16))
         else:
-            image = synthetic.load_subject(data.cache_dir, entries[s])
-        imgs.append(model_units(image).astype(np.float16))
+            imgs.append(model_units(synthetic.load_subject(data.cache_dir, entries[s])).astype(np.float16))
     labels = torch.tensor([entries[s]["label"] for s in seeds])
 
     def stacked(arrays):

@@ -74,12 +74,9 @@ def vae_loss(cfg: VAETrainConfig):
     def loss_fn(model: torch.nn.Module, batch: dict):
         x = batch["image"]
         target = batch.get("target", x)
-        if cfg.decoder_only:  # the encoder is frozen: decode its posterior mean, as inference does
-            with torch.no_grad():
+        if cfg.decoder_only or cfg.posterior_mean:  # decode the posterior mean, as inference does
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.decoder_only):  # a frozen encoder
                 mu, sigma = model.encode(x)
-            recon = model.decode(mu)
-        elif cfg.posterior_mean:
-            mu, sigma = model.encode(x)
             recon = model.decode(mu)
         else:
             recon, mu, sigma = model(x)
