@@ -524,3 +524,11 @@ class PriorTrainConfig:
     # mean), where an error costs the decoded image about what it costs the latent: after whitening, the first
     # principal component (the coarse image) gets its weight back from the detail components (docs/methods.md)
     loss_metric: typing.Literal["diffusion", "latent"] = "diffusion"
+    # with loss_metric "latent": the share f of the plain (white) loss mixed into its square, (1 - f) G + f I. The
+    # pure latent metric leaves the detail components untrained (weight ~1e-4 of the first): sampled from noise,
+    # they keep unit noise where the training latents are constant (docs/results_vae_shortcut.md, session 13)
+    loss_metric_floor: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.loss_metric_floor <= 1:
+            raise ConfigError(f"loss_metric_floor must be in [0, 1], got {self.loss_metric_floor}")

@@ -163,12 +163,17 @@ def latent_normalisation(latents: torch.Tensor, kind: str) -> dict:
             "latent_mixing": tuple(tuple(row) for row in matrix.tolist()), "latent_scale_factor": 1.0}
 
 
-def latent_metric(cfg: ModelConfig) -> torch.Tensor:
+def latent_metric(cfg: ModelConfig, floor: float = 0.0) -> torch.Tensor:
     """(C, C) map from the UNet's normalised latent back to the VAE's latent units (the inverse of ``cfg``'s
     latent normalisation), scaled so that it keeps the mean squared size of a white error: the ``latent``
-    ``loss_metric``. With whitening its square is the latents' covariance over its mean variance."""
-    inverse = torch.linalg.inv(latent_norm_matrix(cfg, cfg.vae.latent_channels))
-    return (inverse / (inverse.pow(2).sum() / len(inverse)).sqrt()).float()
+    ``loss_metric``. With whitening its square G is the latents' covariance over its mean variance.
+    ``floor`` f > 0: the symmetric square root of ``(1 - f) G + f I`` instead (every direction keeps weight f)."""
+    inverse = torch.linalg.inv(latent_norm_matrix(cfg, cfg.vae.latent_channels)).double()
+    metric = inverse / (inverse.pow(2).sum() / len(inverse)).sqrt()
+    if floor > 0:
+        eig, vec = torch.linalg.eigh((1 - floor) * metric.T @ metric + floor * torch.eye(len(metric), dtype=metric.dtype))
+        metric = vec @ torch.diag(eig.clamp_min(0).sqrt()) @ vec.T
+    return metric.float()
 
 
 def check_prior_memory(cfg: PriorTrainConfig) -> None:
@@ -225,7 +230,7 @@ def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str 
         _load_init(unet, load_pretrained(init).unet.state_dict(), init)
     sampler = latent_sampler(standardised, labels, cfg.loop.batch_size, cfg.model.scheduler.num_train_timesteps,
                              cfg.cond_dropout, context, cfg.text_only, context_labels)
-    metric = latent_metric(norm_cfg) if cfg.loss_metric == "latent" else None
+    metric = latent_metric(norm_cfg, cfg.loss_metric_floor) if cfg.loss_metric == "latent" else None
     trainer = Trainer(unet, sampler, diffusion_loss(cfg, null_class, metric), cfg.loop, out, info, progress=progress)
     unet = trainer.run(resume=resume, max_seconds=max_seconds, stop_after=stop_after)
     if not trainer.finished:

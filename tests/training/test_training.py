@@ -256,6 +256,20 @@ def test_latent_metric_measures_the_error_in_the_vaes_units(kind):
     if kind == "whiten":  # the first principal component outweighs the near-copy detail
         eig = torch.linalg.eigvalsh(metric.T @ metric)
         assert float(eig[-1] / eig[0]) > 50
+    cfg = replace(TINY_MODEL, vae=replace(TINY_MODEL.vae, latent_channels=3), **norm)
+    square = metric.T @ metric
+    for floor in (0.2, 1.0):  # every direction keeps weight >= floor; floor 1 is the plain loss
+        floored = latent_metric(cfg, floor)
+        torch.testing.assert_close(floored.T @ floored, (1 - floor) * square + floor * torch.eye(3), atol=1e-5, rtol=1e-5)
+    assert float(torch.linalg.eigvalsh(latent_metric(cfg, 0.2).T @ latent_metric(cfg, 0.2))[0]) >= 0.2 - 1e-6
+
+
+def test_loss_metric_floor_is_a_share():
+    from ldp_med.config import PriorTrainConfig
+    from ldp_med.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="loss_metric_floor"):
+        PriorTrainConfig(loss_metric_floor=1.5)
 
 
 def test_diffusion_loss_maps_the_error_through_the_metric():
