@@ -42,7 +42,12 @@ def worker(args) -> None:
     posterior = PosteriorConfig(samples=args.samples, **({"steps": args.steps} if args.steps else {}))
     cfg = apply_overrides(recon_config(args.case, args.method, posterior), args.set or [])
     t0 = time.perf_counter()
-    rec = reconstruct_file(args.input, cfg)
+    prior = None
+    if args.model and cfg.method in PRIOR_METHODS:
+        from ldp_med.models.pretrained import load_pretrained
+
+        prior = load_pretrained(args.model)
+    rec = reconstruct_file(args.input, cfg, prior=prior)
     vol, std = rec.volume, rec.std
     sec = time.perf_counter() - t0
     if args.input.endswith(".h5"):
@@ -57,12 +62,15 @@ def worker(args) -> None:
     print("RESULT " + json.dumps(row), flush=True)
 
 
-def run_one(inp: Path, ref: Path, case: str, method: str, samples: int, steps: int | None, overrides=()) -> dict:
+def run_one(inp: Path, ref: Path, case: str, method: str, samples: int, steps: int | None, overrides=(),
+            model: str | None = None) -> dict:
     prior = method in PRIOR_METHODS
     cmd = [sys.executable, __file__, "--worker", "--input", str(inp), "--reference", str(ref), "--case", case,
            "--method", method, "--samples", str(samples if prior else 1)]
     if steps:
         cmd += ["--steps", str(steps)]
+    if prior and model:
+        cmd += ["--model", model]
     if prior and overrides:
         cmd += ["--set", *overrides]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -114,6 +122,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSONL",
                     help="only build the table from the rows of earlier runs (their --out .jsonl files)")
+    ap.add_argument("--model", default=None, help="model folder of the prior methods (default: the shipped model)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--input"), ap.add_argument("--reference"), ap.add_argument("--case"), ap.add_argument("--method")
     args = ap.parse_args()
@@ -140,7 +149,8 @@ def main() -> None:
                     prior = method in PRIOR_METHODS
                     label = method + (f" ({args.samples} samples)" if prior and args.samples > 1 else "") + (args.label if prior else "")
                     row = {"volume": name, "case": case, "method": label,
-                           **run_one(inp, ref, case, method, args.samples, args.steps, args.set or ())}
+                           **run_one(inp, ref, case, method, args.samples, args.steps, args.set or (),
+                                   args.model)}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     text = table(rows) + (f"\n\nVolumes: {', '.join(names)}; "
