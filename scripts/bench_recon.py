@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 python scripts/bench_recon.py --out docs/results_recon.md            # the full set
     OMP_NUM_THREADS=1 python scripts/bench_recon.py --subjects 2 --cases kspace-r8 --out /tmp/r8.md   # a subset
     python scripts/bench_recon.py --merge /tmp/a.jsonl /tmp/b.jsonl --out docs/results_recon.md  # join runs
+    OMP_NUM_THREADS=1 python scripts/bench_recon.py --methods prior --model train_state/prior_joint/model --out /tmp/p.md  # a candidate model
 
 Volumes: the 2 mm MNI152 template and synthetic *test* subjects (seeds 20000-; their noise-free image
 is the reference). Cases: kspace-r4 / kspace-r8 (8 birdcage coils, complex noise 0.005, Poisson mask,
