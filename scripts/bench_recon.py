@@ -37,18 +37,14 @@ def worker(args) -> None:
     from ldp_med.config import PosteriorConfig, apply_overrides
     from ldp_med.io.kspace import load_kspace
     from ldp_med.metrics import ause, coverage, evaluate
+    from ldp_med.models.pretrained import load_pretrained
     from ldp_med.reconstruct import reconstruct_file
 
     ref = np.load(args.reference)
     posterior = PosteriorConfig(samples=args.samples, **({"steps": args.steps} if args.steps else {}))
     cfg = apply_overrides(recon_config(args.case, args.method, posterior), args.set or [])
     t0 = time.perf_counter()
-    prior = None
-    if args.model and cfg.method in PRIOR_METHODS:
-        from ldp_med.models.pretrained import load_pretrained
-
-        prior = load_pretrained(args.model)
-    rec = reconstruct_file(args.input, cfg, prior=prior)
+    rec = reconstruct_file(args.input, cfg, prior=load_pretrained(args.model) if args.model else None)  # prior methods only
     vol, std = rec.volume, rec.std
     sec = time.perf_counter() - t0
     if args.input.endswith(".h5"):

@@ -247,7 +247,8 @@ def test_latent_metric_measures_the_error_in_the_vaes_units(kind):
     base = torch.randn(5, 1, 4, 6, 3, generator=gen)
     latents = torch.cat([base * s + 0.1 * torch.randn(5, 1, 4, 6, 3, generator=gen) for s in (1.0, 0.5, 2.0)], 1)
     norm = latent_normalisation(latents, kind)
-    metric = latent_metric(replace(TINY_MODEL, vae=replace(TINY_MODEL.vae, latent_channels=3), **norm))
+    cfg = replace(TINY_MODEL, vae=replace(TINY_MODEL.vae, latent_channels=3), **norm)
+    metric = latent_metric(cfg)
     forward = (torch.tensor(norm["latent_mixing"]) if kind == "whiten"
                else torch.diag(torch.tensor(norm["latent_channel_scale"])))
     product = metric @ forward.float()  # the normalisation undone, up to one scale
@@ -256,12 +257,11 @@ def test_latent_metric_measures_the_error_in_the_vaes_units(kind):
     if kind == "whiten":  # the first principal component outweighs the near-copy detail
         eig = torch.linalg.eigvalsh(metric.T @ metric)
         assert float(eig[-1] / eig[0]) > 50
-    cfg = replace(TINY_MODEL, vae=replace(TINY_MODEL.vae, latent_channels=3), **norm)
     square = metric.T @ metric
     for floor in (0.2, 1.0):  # every direction keeps weight >= floor; floor 1 is the plain loss
-        floored = latent_metric(cfg, floor)
-        torch.testing.assert_close(floored.T @ floored, (1 - floor) * square + floor * torch.eye(3), atol=1e-5, rtol=1e-5)
-    assert float(torch.linalg.eigvalsh(latent_metric(cfg, 0.2).T @ latent_metric(cfg, 0.2))[0]) >= 0.2 - 1e-6
+        floored = latent_metric(cfg, floor).T @ latent_metric(cfg, floor)
+        torch.testing.assert_close(floored, (1 - floor) * square + floor * torch.eye(3), atol=1e-5, rtol=1e-5)
+        assert float(torch.linalg.eigvalsh(floored)[0]) >= floor - 1e-6
 
 
 def test_loss_metric_floor_is_a_share():
