@@ -17,7 +17,7 @@ import click
 
 from ldp_med.config import DEFAULT_GUIDANCE, ReconstructConfig, SimulateConfig, load_config
 from ldp_med.errors import InputError, LdpError
-from ldp_med.tasks import ALL_METHODS, TASKS
+from ldp_med.tasks import ALL_METHODS, DEFAULT_METHOD, TASKS
 
 
 @contextlib.contextmanager
@@ -125,7 +125,7 @@ def _check_args(out, accel, calib, coils, noise, factor, axis) -> None:
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--out", required=True, help="Output NIfTI (one input) or folder (several).")
-@click.option("--method", type=click.Choice(ALL_METHODS), default=None, help="Default: cs (kspace), nlm (denoise), cubic (superres); prior = latent posterior sampling (the config's posterior.method, DDS by default), dps = latent DPS.")
+@click.option("--method", type=click.Choice(ALL_METHODS), default=None, help="Default: " + ", ".join(f"{m} ({t})" for t, m in DEFAULT_METHOD.items()) + "; prior = latent posterior sampling (the config's posterior.method, DDS by default), dps = latent DPS.")
 @click.option("--task", type=click.Choice(["auto", *TASKS]), default=None, help="Default: auto (kspace for .h5; other inputs need --task).")
 @click.option("--factor", type=int, default=None, help="superres: slice-thickness factor [2].")
 @click.option("--axis", type=int, default=None, help="superres: slice axis [2].")

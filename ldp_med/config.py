@@ -297,12 +297,13 @@ class ClosingConfig:
     noise_std`` and the weight ``image_anchor``. A weight of 0 is the CS objective (the floor); larger
     values trust the prior more.
 
+    Defaults tuned on validation subjects 10000-10001 with the shipped prior (docs/methods.md): k-space
+    anchor 0 (0.015 adds 0.1 dB at R=8, 0.05 loses: docs/tune_stage9_r8_anchor.md; at 0 the result is the CS
+    objective warm-started from the prior, the floor), denoise
+    ``image_mu`` 4 and ``image_anchor`` 3.
+
     Attributes:
         iters: FISTA iterations warm-started from each sample (0: no closing solve).
-
-    Defaults tuned on validation subjects 10000-10001 with the shipped prior (docs/methods.md): k-space
-    anchor 0 (the prior's estimate is below CS there, so it only warm-starts the CS objective), denoise
-    ``image_mu`` 2 and ``image_anchor`` 1.
         anchor: anchor weight of k-space problems (relative to the data term).
         image_anchor: anchor weight of the image tasks (denoise, superres).
         coil_energy: k-space is compressed to the SVD virtual coils holding this fraction of the energy
@@ -315,9 +316,9 @@ class ClosingConfig:
 
     iters: int = 20
     anchor: float = 0.0
-    image_anchor: float = 1.0
+    image_anchor: float = 3.0
     coil_energy: float = 1.0
-    image_mu: float = 2.0
+    image_mu: float = 4.0
     anchor_support: bool = False
 
     def __post_init__(self) -> None:
@@ -363,12 +364,12 @@ class VAEConfig:
     """
 
     channels: tuple[int, ...] = (8, 16, 32)
-    latent_channels: int = 4
+    latent_channels: int = 16
     num_res_blocks: int | tuple[int, ...] = 1
     norm_num_groups: int = 8
     attention_levels: tuple[bool, ...] = (False, False, False)
     with_nonlocal_attn: bool = False
-    shortcut: bool = False
+    shortcut: bool = True
 
 
 @dataclass

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Train the next default model (issue 14: shortcut VAE, 16 latent channels) from the synthetic cohort on a 2-core
-# CPU and copy it into ldp_med/weights/default. Not yet what ships: the shipped model came from this script as of
-# commit 895663f (run it in a checkout of that commit).
+# Train the default model (issue 14: shortcut VAE, 16 latent channels) from the synthetic cohort on a 2-core CPU and
+# copy it into ldp_med/weights/default. The shipped model is stage 9 of this script (~13 CPU-hours in all). The
+# previous default (4 latent channels, ~3 CPU-hours) came from this script as of commit 895663f.
 #
 #   bash scripts/train_default.sh                   # all stages, then copy into the package
 #   MAX_MINUTES=60 bash scripts/train_default.sh    # time-boxed pieces; run again to continue (--resume)
@@ -30,7 +30,7 @@
 #                 stage 9 do not fit it                                                                   ~1.2 CPU-hours
 #   9. prior_joint configs/prior_shortcut_noise_free.yaml 2000 steps from 7 on 8's latents (noise-free subjects;
 #                 the normalisation re-estimated), 1 thread, ~1.5 s/step beside another job         ~0.8 CPU-hours
-#                 Candidate default, not shipped yet: its samples keep speckle in the background (session 13).
+#                 Shipped (session 14). Its samples keep speckle in the background: docs/model-card.md.
 # The standardised chain measured before it (configs/prior_shortcut_pre.yaml, then prior_shortcut.yaml) gave a
 # less precise prior in more steps (docs/results_vae_shortcut.md).
 # Seeds: the cohort is seeds 0-119 of the training split; every config fixes loop.seed.
@@ -73,5 +73,5 @@ stage prior "$OUT/prior_joint" --config configs/prior_shortcut_noise_free.yaml -
   --init "$OUT/prior_nf/model"
 done_or_stop "$OUT/prior_joint"
 rm -rf ldp_med/weights/default
-cp -r "$OUT/prior_nf/model" ldp_med/weights/default
+cp -r "$OUT/prior_joint/model" ldp_med/weights/default
 echo "shipped: ldp_med/weights/default"

@@ -33,7 +33,7 @@ from ldp_med.training.vae import patch_sampler, vae_loss
 
 BASE = VAEConfig(channels=(8, 16, 32), latent_channels=16, num_res_blocks=1, norm_num_groups=8, shortcut=True)
 DESIGNS = {
-    "plain4": replace(BASE, latent_channels=4, shortcut=False),  # the shipped architecture
+    "plain4": replace(BASE, latent_channels=4, shortcut=False),  # the architecture shipped until session 14
     "base16": BASE,
     "base8": replace(BASE, latent_channels=8),
     "deep16": replace(BASE, num_res_blocks=(1, 2, 2)),  # capacity at the cheap low-resolution levels
