@@ -299,8 +299,7 @@ class ClosingConfig:
 
     Defaults tuned on validation subjects 10000-10001 with the shipped prior (docs/methods.md): k-space
     anchor 0 (0.015 adds 0.1 dB at R=8, 0.05 loses: docs/tune_stage9_r8_anchor.md; at 0 the result is the CS
-    objective warm-started from the prior, the floor), denoise
-    ``image_mu`` 4 and ``image_anchor`` 3.
+    objective warm-started from the prior, the floor), denoise ``image_mu`` 4 and ``image_anchor`` 3.
 
     Attributes:
         iters: FISTA iterations warm-started from each sample (0: no closing solve).

@@ -8,7 +8,7 @@ eigenvectors of the whitening matrix ``latent_mixing`` (a whitened prior only), 
 of the training latents (component 1, the coarse image) to the smallest (the sub-voxel detail of a shortcut VAE);
 scores in whitened units, so the training latents have unit variance on each over all cells. Per component: the
 spread (std) of the validation subjects' encoded latents over those cells, and the rms deviation of DDIM samples
-(``--contrast``, guidance 7, 50 steps) from the validation mean there. Also each decoded sample's std over the
+(``--contrast``, the default guidance 7, 50 steps) from the validation mean there. Also each decoded sample's std over the
 6-voxel border of the model grid, where every training image is background.
 """
 
@@ -19,6 +19,7 @@ import argparse
 import torch
 from benchlib import emit, require_validation, subject_in_model_units
 
+from ldp_med.config import DEFAULT_GUIDANCE
 from ldp_med.models.pretrained import load_pretrained
 from ldp_med.sampling.generate import decode, sample_latents
 
@@ -46,13 +47,12 @@ def main() -> None:
     val = torch.cat([scores(prior.vae.encode(subject_in_model_units(s)[1])[0]) for s in args.seeds])
     mean, spread = val.mean(dim=(0, 2)), val.std(dim=(0, 2))
     labels = torch.full((args.n,), prior.config.class_names.index(args.contrast), dtype=torch.long)
-    z = sample_latents(prior, labels, 50, 7.0, torch.Generator().manual_seed(args.seed), False)
+    z = sample_latents(prior, labels, 50, DEFAULT_GUIDANCE, torch.Generator().manual_seed(args.seed), False)
     deviation = ((scores(z) - mean[None, :, None]) ** 2).mean(dim=(0, 2)).sqrt()
-    border = []
-    for image in decode(prior, z):
-        inner = torch.zeros_like(image, dtype=torch.bool)
-        inner[6:-6, 6:-6, 6:-6] = True
-        border.append(float(image[~inner].std()))
+    images = decode(prior, z)
+    inner = torch.zeros(images.shape[1:], dtype=torch.bool)
+    inner[6:-6, 6:-6, 6:-6] = True
+    border = [float(image[~inner].std()) for image in images]
     lines = [f"{int(background.sum())} of {background.numel()} latent cells without support; validation seeds "
              f"{args.seeds}; {args.n} {args.contrast} samples, seed {args.seed}", "",
              "| component | validation spread (std) | samples' rms deviation from the validation mean |", "|---|---|---|"]

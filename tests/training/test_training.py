@@ -259,7 +259,8 @@ def test_latent_metric_measures_the_error_in_the_vaes_units(kind):
         assert float(eig[-1] / eig[0]) > 50
     square = metric.T @ metric
     for floor in (0.2, 1.0):  # every direction keeps weight >= floor; floor 1 is the plain loss
-        floored = latent_metric(cfg, floor).T @ latent_metric(cfg, floor)
+        floored_metric = latent_metric(cfg, floor)
+        floored = floored_metric.T @ floored_metric
         torch.testing.assert_close(floored, (1 - floor) * square + floor * torch.eye(3), atol=1e-5, rtol=1e-5)
         assert float(torch.linalg.eigvalsh(floored)[0]) >= floor - 1e-6
 
