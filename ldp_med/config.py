@@ -298,8 +298,9 @@ class ClosingConfig:
     values trust the prior more.
 
     Defaults tuned on validation subjects 10000-10001 with the shipped prior (docs/methods.md): k-space
-    anchor 0 (0.015 adds 0.1 dB at R=8, 0.05 loses: docs/tune_stage9_r8_anchor.md; at 0 the result is the CS
-    objective warm-started from the prior, the floor), denoise ``image_mu`` 4 and ``image_anchor`` 3.
+    ``anchor`` 0.02 on the model's support, 30 iterations (converged: 40 and 60 give the same image), so the
+    result is a fixed point of the anchored objective, not an early stop of CS (docs/tune_support_*.md);
+    denoise ``image_mu`` 4 and ``image_anchor`` 3 over the whole volume.
 
     Attributes:
         iters: FISTA iterations warm-started from each sample (0: no closing solve).
@@ -308,17 +309,21 @@ class ClosingConfig:
         coil_energy: k-space is compressed to the SVD virtual coils holding this fraction of the energy
             (1: every coil, the CS baseline's data term).
         image_mu: wavelet weight of the image tasks, in units of the noise std.
-        anchor_support: anchor only where the prior knows anatomy (the model's ``support`` extra mapped to
-            the acquisition grid: a per-voxel weight in [0, 1]); elsewhere (skull, neck, a field of view past
-            the model grid) the result is the CS objective's. No effect for a model folder without ``support``.
+        anchor_support: k-space: anchor only where the prior knows anatomy (the model's ``support`` extra
+            mapped to the acquisition grid: a per-voxel weight in [0, 1]); elsewhere (skull, neck, a field of
+            view past the model grid) the result is the CS objective's. No effect for a model folder without
+            ``support``.
+        image_anchor_support: the same for the image tasks (off: on synthetic brains it costs denoise 1.4 dB,
+            the anatomy outside the support is then only wavelet-denoised).
     """
 
-    iters: int = 20
-    anchor: float = 0.0
+    iters: int = 30
+    anchor: float = 0.02
     image_anchor: float = 3.0
     coil_energy: float = 1.0
     image_mu: float = 4.0
-    anchor_support: bool = False
+    anchor_support: bool = True
+    image_anchor_support: bool = False
 
     def __post_init__(self) -> None:
         if self.iters < 0 or min(self.anchor, self.image_anchor, self.image_mu) < 0 or not 0 < self.coil_energy <= 1:

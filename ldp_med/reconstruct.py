@@ -141,14 +141,18 @@ def _posterior(sampler: str | None) -> Solver:
 
 def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, support: np.ndarray | None) -> np.ndarray:
     """The closing solve of every posterior sample (:mod:`ldp_med.sampling.closing`); weights from the config,
-    the anchor restricted to the model's ``support`` when ``closing.anchor_support`` is on."""
+    the anchor restricted to the model's ``support`` when ``closing.anchor_support`` (k-space) or
+    ``closing.image_anchor_support`` (denoise, superres) is on."""
     from ldp_med.sampling.closing import closing_solve
     from ldp_med.sampling.posterior import compressed
 
     c = cfg.closing
-    mu, anchor = (cfg.baseline.cs_lambda, c.anchor) if problem.is_complex else (c.image_mu * problem.noise_std, c.image_anchor)
+    if problem.is_complex:
+        mu, anchor, on_support = cfg.baseline.cs_lambda, c.anchor, c.anchor_support
+    else:
+        mu, anchor, on_support = c.image_mu * problem.noise_std, c.image_anchor, c.image_anchor_support
     op, y = compressed(problem, c.coil_energy)
-    weights = support if c.anchor_support else None
+    weights = support if on_support else None
     return closing_solve(problem, samples, anchor, mu, c.iters, weights=weights, wavelet=cfg.baseline.cs_wavelet,
                          operator=op, y=y)
 

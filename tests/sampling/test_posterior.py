@@ -227,3 +227,26 @@ def test_one_dispatch_every_method_reads_the_same_problem(prior, ksp):
     assert dps.volume.meta["sampler"] == "dps"  # posterior.method is read: "prior" runs the configured sampler
     with pytest.raises(InputError, match="does not apply"):
         run(ksp, "kspace", ReconstructConfig(method="nlm"))
+
+
+def test_closing_anchors_kspace_on_the_support_and_image_tasks_everywhere(kproblem, phantom, monkeypatch):
+    """The shipped defaults: k-space anchors only where the model knows anatomy, denoise / superres everywhere;
+    each task's flag switches its own anchor."""
+    import ldp_med.sampling.closing as closing
+    from ldp_med.config import ClosingConfig, ReconstructConfig
+    from ldp_med.reconstruct import _close
+
+    seen = []
+    monkeypatch.setattr(closing, "closing_solve", lambda problem, samples, lam, mu, iters, weights=None, **kw:
+                        seen.append((lam, weights)) or samples)
+    support = np.full(phantom.shape, 0.5, np.float32)
+    dproblem = denoise_problem(phantom, noise_std=1.0)
+    cfg = ReconstructConfig()
+    _close(kproblem, np.zeros((1, *kproblem.shape), np.complex64), cfg, support)
+    _close(dproblem, np.zeros((1, *phantom.shape), np.float32), cfg, support)
+    (k_lam, k_w), (d_lam, d_w) = seen
+    assert k_w is support and d_w is None and (k_lam, d_lam) == (cfg.closing.anchor, cfg.closing.image_anchor)
+    flipped = ReconstructConfig(closing=ClosingConfig(anchor_support=False, image_anchor_support=True))
+    _close(kproblem, np.zeros((1, *kproblem.shape), np.complex64), flipped, support)
+    _close(dproblem, np.zeros((1, *phantom.shape), np.float32), flipped, support)
+    assert seen[2][1] is None and seen[3][1] is support
