@@ -23,13 +23,13 @@ from benchlib import recon_config, simulate
 
 
 def main() -> None:
-    from ldp_med import baselines
     from ldp_med.io.loaders import load_volume
     from ldp_med.metrics import psnr
     from ldp_med.models.pretrained import load_pretrained
-    from ldp_med.reconstruct import build_problem
+    from ldp_med.reconstruct import SOLVERS, build_problem
     from ldp_med.sampling.closing import closing_solve
     from ldp_med.sampling.posterior import reconstruct as sample
+    from ldp_med.tasks import DEFAULT_METHOD
 
     prior = load_pretrained()
     with tempfile.TemporaryDirectory() as tmp:
@@ -40,7 +40,7 @@ def main() -> None:
             cfg = recon_config(case, "prior")
             problem = build_problem(load_volume(path), case, cfg)
             x0 = sample(prior, problem, cfg.posterior).samples
-            classical = baselines.denoise_nlm(problem.pinv.data) if case == "denoise" else problem.pinv.data
+            classical = SOLVERS[case, DEFAULT_METHOD[case]](problem, cfg, None, False)[0]  # NLM / cubic, as configured
             c, s = cfg.closing, problem.noise_std
             mu = c.image_mu * s
             out = {"classical": psnr(classical, ref), "closing": psnr(closing_solve(problem, x0, c.image_anchor, mu, c.iters)[0], ref)}
