@@ -315,6 +315,10 @@ class ClosingConfig:
             ``support``.
         image_anchor_support: the same for the image tasks (off: on synthetic brains it costs denoise 1.4 dB,
             the anatomy outside the support is then only wavelet-denoised).
+        image_agreement: image tasks: each closed sample is blended with the task's classical estimate
+            (``ldp_med.tasks.BASELINE_METHOD``: NLM, cubic) where the two disagree, with this fraction of the
+            classical estimate's 99th percentile as tolerance (:func:`ldp_med.sampling.closing.agreement_blend`);
+            0: the closed sample alone. Tuned on validation brains and synthetic heads (docs/tune_agreement.md).
     """
 
     iters: int = 30
@@ -324,10 +328,13 @@ class ClosingConfig:
     image_mu: float = 4.0
     anchor_support: bool = True
     image_anchor_support: bool = False
+    image_agreement: float = 0.04
 
     def __post_init__(self) -> None:
-        if self.iters < 0 or min(self.anchor, self.image_anchor, self.image_mu) < 0 or not 0 < self.coil_energy <= 1:
-            raise ConfigError(f"closing: need iters >= 0, anchor >= 0, 0 < coil_energy <= 1, image_mu >= 0; got {self}")
+        if self.iters < 0 or min(self.anchor, self.image_anchor, self.image_mu, self.image_agreement) < 0 \
+                or not 0 < self.coil_energy <= 1:
+            raise ConfigError("closing: need iters >= 0, anchor >= 0, 0 < coil_energy <= 1, image_mu >= 0, "
+                              f"image_agreement >= 0; got {self}")
 
 
 @dataclass

@@ -23,7 +23,7 @@ from ldp_med.io.kspace import KSpaceData, load_kspace
 from ldp_med.io.loaders import is_kspace_file, load_volume
 from ldp_med.io.volume import Volume
 from ldp_med.problems import Problem, denoise_problem, kspace_problem, superres_problem
-from ldp_med.tasks import DEFAULT_METHOD, METHODS, PRIOR_METHODS
+from ldp_med.tasks import BASELINE_METHOD, DEFAULT_METHOD, METHODS, PRIOR_METHODS
 
 __all__ = ["Reconstruction", "resolve_task", "resolve_method", "load_input", "build_problem", "SOLVERS",
            "reconstruct", "reconstruct_file", "output_name"]
@@ -142,8 +142,9 @@ def _posterior(sampler: str | None) -> Solver:
 def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, support: np.ndarray | None) -> np.ndarray:
     """The closing solve of every posterior sample (:mod:`ldp_med.sampling.closing`); weights from the config,
     the anchor restricted to the model's ``support`` when ``closing.anchor_support`` (k-space) or
-    ``closing.image_anchor_support`` (denoise, superres) is on."""
-    from ldp_med.sampling.closing import closing_solve
+    ``closing.image_anchor_support`` (denoise, superres) is on; for the image tasks each closed sample is then
+    blended with the task's classical estimate where they disagree (``closing.image_agreement``)."""
+    from ldp_med.sampling.closing import agreement_blend, closing_solve
     from ldp_med.sampling.posterior import compressed
 
     c = cfg.closing
@@ -153,8 +154,12 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
         mu, anchor, on_support = c.image_mu * problem.noise_std, c.image_anchor, c.image_anchor_support
     op, y = compressed(problem, c.coil_energy)
     weights = support if on_support else None
-    return closing_solve(problem, samples, anchor, mu, c.iters, weights=weights, wavelet=cfg.baseline.cs_wavelet,
-                         operator=op, y=y)
+    closed = closing_solve(problem, samples, anchor, mu, c.iters, weights=weights, wavelet=cfg.baseline.cs_wavelet,
+                           operator=op, y=y)
+    if problem.is_complex or not c.image_agreement:
+        return closed
+    classical = SOLVERS[problem.task, BASELINE_METHOD[problem.task]](problem, cfg, None, False)[0]
+    return agreement_blend(closed, classical, c.image_agreement * float(np.percentile(classical, 99)))
 
 
 #: One (task, method) table: every pair the registry (``ldp_med.tasks``) allows, and nothing else.

@@ -1,23 +1,23 @@
 """Probe: the image tasks' closing anchor blended between the prior and the classical estimate by their agreement.
 
-    OMP_NUM_THREADS=2 python scripts/probe_agreement.py 10000:denoise:val 10001:denoise:val head-nlin6:denoise:test
+    cd scripts && RELATIVE=0.03,0.04,0.05 OMP_NUM_THREADS=2 python probe_agreement.py 10000:denoise:val head:10000:denoise:val
 
-For each ``volume:case:split`` (bench_recon's simulation) one posterior sample ``x_p`` at the shipped defaults and
-the classical estimate ``x_c`` (NLM for denoise, cubic for superres); the anchor of the closing solve becomes
-``w x_p + (1 - w) x_c`` with ``w = exp(-d^2 / (2 (k sigma)^2))``, ``d`` the 1.5-voxel Gaussian-smoothed
-``|x_p - x_c|`` and ``sigma`` the noise std: where the prior draws what the input does not show (a brain prior on
-skull and scalp), the classical estimate anchors instead. Prints PSNR of the classical method, today's closing
-solve and the blend for k = 1, 2, 4 (and the mean weight). Not wired into ``reconstruct`` yet (session 15 note).
+For each ``volume:case:split`` (bench_recon's simulation; ``head:<seed>`` is a validation subject in a synthetic
+skull, ``benchlib.synthetic_head``) one posterior sample ``x_p`` at the shipped defaults and the classical estimate
+``x_c`` (``tasks.BASELINE_METHOD``: NLM for denoise, cubic for superres); the anchor of the closing solve becomes
+:func:`ldp_med.sampling.closing.agreement_blend` of the two, whose tolerance is each value of ``RELATIVE`` times
+the 99th percentile of ``x_c`` (what ``closing.image_agreement`` sets), or without ``RELATIVE`` k = 0.5-3 times the
+noise std. Prints PSNR of the classical method, the closing solve from ``x_p`` alone and from each blend. docs/tune_agreement.md holds the tuning run.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
 
 from benchlib import recon_config, simulate
 
@@ -27,29 +27,32 @@ def main() -> None:
     from ldp_med.metrics import psnr
     from ldp_med.models.pretrained import load_pretrained
     from ldp_med.reconstruct import SOLVERS, build_problem
-    from ldp_med.sampling.closing import closing_solve
+    from ldp_med.sampling.closing import agreement_blend, closing_solve
     from ldp_med.sampling.posterior import reconstruct as sample
-    from ldp_med.tasks import DEFAULT_METHOD
+    from ldp_med.tasks import BASELINE_METHOD
 
     prior = load_pretrained()
     with tempfile.TemporaryDirectory() as tmp:
         for spec in sys.argv[1:]:
-            name, case, split = spec.split(":")
-            path = Path(tmp) / f"{name}-{case}.nii.gz"
+            name, case, split = spec.rsplit(":", 2)
+            path = Path(tmp) / f"{name.replace(':', '-')}-{case}.nii.gz"
             ref = simulate(name, case, path, split)
             cfg = recon_config(case, "prior")
             problem = build_problem(load_volume(path), case, cfg)
             x0 = sample(prior, problem, cfg.posterior).samples
-            classical = SOLVERS[case, DEFAULT_METHOD[case]](problem, cfg, None, False)[0]  # NLM / cubic, as configured
+            classical = SOLVERS[case, BASELINE_METHOD[case]](problem, cfg, None, False)[0]  # NLM / cubic, as configured
             c, s = cfg.closing, problem.noise_std
             mu = c.image_mu * s
-            out = {"classical": psnr(classical, ref), "closing": psnr(closing_solve(problem, x0, c.image_anchor, mu, c.iters)[0], ref)}
-            d = gaussian_filter(np.abs(x0[0] - classical), 1.5)
-            for k in (1, 2, 4):
-                w = np.exp(-(d**2) / (2 * (k * s) ** 2)).astype(np.float32)
-                blend = (w * x0 + (1 - w) * classical).astype(np.float32)
-                out[f"blend k={k}"] = psnr(closing_solve(problem, blend, c.image_anchor, mu, c.iters)[0], ref)
-                out[f"mean w k={k}"] = float(w.mean())
+            closed = closing_solve(problem, x0, c.image_anchor, mu, c.iters)
+            out = {"classical": psnr(classical, ref), "closing": psnr(closed[0], ref)}
+            relative = os.environ.get("RELATIVE")  # tolerances as fractions of the classical estimate's 99th percentile
+            scale = np.percentile(classical, 99) if relative else s
+            for k in [float(v) for v in relative.split(",")] if relative else (0.5, 1, 1.5, 2, 3):
+                if os.environ.get("BEFORE"):  # session 16's first try: blend the anchor, then close
+                    out[f"blend k={k}"] = psnr(closing_solve(problem, agreement_blend(x0, classical, k * scale),
+                                                             c.image_anchor, mu, c.iters)[0], ref)
+                else:
+                    out[f"blend k={k}"] = psnr(agreement_blend(closed, classical, k * scale)[0], ref)
             print(spec, {k: round(v, 2) for k, v in out.items()}, flush=True)
 
 

@@ -184,7 +184,7 @@ def test_torchrun_shards_inputs_across_ranks(tmp_path, phantom_nifti):
     out = tmp_path / "out"
     out.mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519", "-m", "ldp_med",
-           "reconstruct", *ins, "-o", str(out), "--task", "denoise"]
+           "reconstruct", *ins, "-o", str(out), "--task", "denoise", "--method", "nlm"]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["noisy0.nii.gz", "noisy1.nii.gz", "noisy2.nii.gz"]

@@ -18,6 +18,10 @@ rather than the L1 distance of PICCS: the proximal operator of ``mu |c| + lam |c
 wavelet coefficients has no closed form, and computing it (Dykstra-like or Newton inner iterations)
 cost 2-3 s per FISTA iteration on a 2 mm volume against 0.1 s for the soft-threshold, while the
 quadratic anchor joins the smooth part of the objective and keeps sigpy's exact ``L1Reg`` prox.
+
+For the image tasks the closed samples are then blended with the task's classical estimate where the two
+disagree (:func:`agreement_blend`): a brain prior meeting skull, scalp or face draws brain there, and the
+classical estimate (NLM, cubic) is the better image in those places.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 from ldp_med.errors import require
 from ldp_med.problems import Problem
 
-__all__ = ["closing_solve", "operator_norm_sq"]
+__all__ = ["closing_solve", "operator_norm_sq", "agreement_blend"]
 
 
 def operator_norm_sq(problem: Problem) -> float:
@@ -81,3 +85,31 @@ def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, 
             alg.update()
         out.append(alg.x)
     return np.stack(out)
+
+
+def agreement_blend(samples: np.ndarray, reference: np.ndarray, tolerance: float, smooth: float = 1.5) -> np.ndarray:
+    """Blend each sample with ``reference`` by how well they agree: ``w x + (1 - w) reference`` with
+    ``w = exp(-d^2 / (2 tolerance^2))`` and ``d`` the Gaussian-smoothed (``smooth`` voxels) ``|x - reference|``.
+
+    Where the prior's (closed) sample and the classical estimate agree within ``tolerance`` the sample is kept (it
+    is the sharper of the two); where they disagree by several tolerances, as on anatomy the prior never saw, the
+    classical estimate takes over. ``tolerance`` 0 returns the reference everywhere.
+
+    Args:
+        samples: (B, X, Y, Z) real (closed) posterior samples on the acquisition grid.
+        reference: (X, Y, Z) the classical estimate on the same grid.
+        tolerance: the disagreement at which ``w = exp(-1/2)``, in the images' units (e.g. k times the noise std).
+        smooth: Gaussian sigma of the disagreement map, in voxels.
+
+    Returns:
+        (B, X, Y, Z) float32 blends.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    ref = np.asarray(reference, np.float32)
+    out = []
+    for x in np.asarray(samples, np.float32):
+        d = gaussian_filter(np.abs(x - ref), smooth)
+        w = np.exp(-(d**2) / (2 * tolerance**2)) if tolerance > 0 else np.zeros_like(d)
+        out.append(w * x + (1 - w) * ref)
+    return np.stack(out).astype(np.float32)

@@ -11,7 +11,7 @@ from ldp_med.config import SimulateConfig
 from ldp_med.io.volume import Volume
 from ldp_med.physics.simulate import simulate_kspace
 from ldp_med.problems import denoise_problem, kspace_problem
-from ldp_med.sampling.closing import closing_solve
+from ldp_med.sampling.closing import agreement_blend, closing_solve
 from tests.conftest import ellipsoid_phantom
 
 pytest.importorskip("sigpy")
@@ -66,3 +66,15 @@ def test_real_problems_close_too():
     problem = denoise_problem(Volume(noisy, np.eye(4)), noise_std=0.05)
     out = closing_solve(problem, clean[None], lam=1.0, mu=0.02, iters=20, weights=np.full(clean.shape, 0.5))
     assert out.dtype == np.float32 and np.abs(out[0] - clean).mean() < np.abs(noisy - clean).mean()
+
+
+def test_agreement_blend_keeps_the_sample_where_it_agrees_and_the_reference_where_it_does_not():
+    rng = np.random.default_rng(2)
+    ref = rng.uniform(0, 1, size=(20, 11, 13)).astype(np.float32)
+    sample = ref + 0.001 * rng.standard_normal(ref.shape).astype(np.float32)
+    sample[:4] += 5.0  # the prior draws something else in one slab (a brain where the input shows skull)
+    out = agreement_blend(sample[None], ref, tolerance=0.05)
+    assert out.shape == (1, *ref.shape) and out.dtype == np.float32
+    assert np.abs(out[0, 12:] - sample[12:]).max() < 1e-3  # agreement: the sample is kept
+    assert np.abs(out[0, :2] - ref[:2]).max() < 1e-3  # disagreement: the reference takes over
+    np.testing.assert_allclose(agreement_blend(sample[None], ref, tolerance=0.0)[0], ref)

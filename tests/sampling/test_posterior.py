@@ -250,3 +250,22 @@ def test_closing_anchors_kspace_on_the_support_and_image_tasks_everywhere(kprobl
     _close(kproblem, np.zeros((1, *kproblem.shape), np.complex64), flipped, support)
     _close(dproblem, np.zeros((1, *phantom.shape), np.float32), flipped, support)
     assert seen[2][1] is None and seen[3][1] is support
+
+
+def test_closing_blends_the_image_tasks_result_with_the_classical_estimate_where_they_disagree(phantom, monkeypatch):
+    """``closing.image_agreement``: a closed sample far from the input (a brain prior on a head) is replaced by the
+    task's classical estimate (NLM for denoise); 0 passes the closed sample through."""
+    import ldp_med.sampling.closing as closing
+    from ldp_med.config import ClosingConfig, ReconstructConfig
+    from ldp_med.reconstruct import SOLVERS, _close
+
+    monkeypatch.setattr(closing, "closing_solve", lambda problem, samples, *a, **kw: samples)
+    rng = np.random.default_rng(0)
+    noisy = Volume(phantom.data + rng.normal(0, 1.0, phantom.shape).astype(np.float32), phantom.affine)
+    problem = denoise_problem(noisy, noise_std=1.0)  # the tolerance is 4% of ~100
+    wrong = np.full((1, *phantom.shape), 300.0, np.float32)
+    cfg = ReconstructConfig()
+    blended = _close(problem, wrong, cfg, None)
+    nlm = SOLVERS["denoise", "nlm"](problem, cfg, None, False)[0]
+    np.testing.assert_allclose(blended[0], nlm, atol=1e-4)
+    assert _close(problem, wrong, ReconstructConfig(closing=ClosingConfig(image_agreement=0)), None) is wrong
