@@ -300,7 +300,8 @@ class ClosingConfig:
     Defaults tuned on validation subjects 10000-10001 with the shipped prior (docs/methods.md): k-space
     ``anchor`` 0.02 on the model's support, 30 iterations (converged: 40 and 60 give the same image), so the
     result is a fixed point of the anchored objective, not an early stop of CS (docs/tune_support_*.md);
-    denoise ``image_mu`` 4 and ``image_anchor`` 3 over the whole volume.
+    denoise ``image_mu`` 16 and ``image_anchor`` 10 over the whole volume, retuned with the agreement blend on
+    validation brains and synthetic heads (docs/tune_agreement_denoise*.md; 4 and 3 before the blend).
 
     Attributes:
         iters: FISTA iterations warm-started from each sample (0: no closing solve).
@@ -323,9 +324,9 @@ class ClosingConfig:
 
     iters: int = 30
     anchor: float = 0.02
-    image_anchor: float = 3.0
+    image_anchor: float = 10.0
     coil_energy: float = 1.0
-    image_mu: float = 4.0
+    image_mu: float = 16.0
     anchor_support: bool = True
     image_anchor_support: bool = False
     image_agreement: float = 0.04

@@ -22,7 +22,7 @@ ALL_METHODS: tuple[str, ...] = tuple(dict.fromkeys(m for t in TASKS for m in MET
 #: k-space: the prior, above CS on every volume measured (template and 8 test subjects +0.19 to +0.47 dB, heads with
 #: skull +0.03 to +0.31, real scans that packages ship -0.07 to +0.04) in under 0.7x CS's time on 2 mm volumes
 #: (docs/results.md, "Closing solve to its fixed point"). Denoise: the prior, above NLM on every volume measured
-#: (synthetic +1.5 to +2.1 dB, heads with skull +1.2 to +1.7, real scans -0.01 / +1.7; docs/results.md, "Agreement
+#: (synthetic +1.9 to +2.4 dB, heads with skull +1.6 / +1.7, real scans -0.01 / +1.4; docs/results.md, "Agreement
 #: with the classical estimate"). Superres stays cubic: below it on heads with skull by 1.1-1.3 dB.
 DEFAULT_METHOD: dict[str, str] = {"kspace": "prior", "denoise": "prior", "superres": "cubic"}
 #: The classical method each task's prior is measured against (docs/results.md) and, for the image tasks, blended

@@ -6,7 +6,8 @@
         --grid closing.iters=20 closing.anchor=0,0.5,1,2
 
 Each grid point (ReconstructConfig fields, dotted) runs `reconstruct_file` (method prior, --samples
-posterior samples, default one) on the simulated file of each seed (bench_recon's acquisitions,
+posterior samples, default one) on the simulated file of each seed (with ``--heads`` also of each seed inside a
+synthetic skull) (bench_recon's acquisitions,
 scripts/benchlib.py) and reports mean PSNR / SSIM and seconds; ``--reference-method`` adds that method's
 mean PSNR / SSIM on the same files (once) for comparison; with --samples > 1 also the Spearman
 correlation of the std map with the absolute error inside the head (bench_recon's definition), the ratio
@@ -39,6 +40,8 @@ def main() -> None:
                     help="ReconstructConfig fields and the values to try, SECTION.FIELD=v1,v2,...")
     ap.add_argument("--reference-method", default=None, help="also score this method once per file (e.g. cs)")
     ap.add_argument("--samples", type=int, default=1, help="posterior samples (> 1: Spearman of the std map)")
+    ap.add_argument("--heads", action="store_true",
+                    help="also each seed inside a synthetic skull and scalp (benchlib.synthetic_head, 'head:<seed>')")
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -53,9 +56,9 @@ def main() -> None:
     lines = ["| " + " | ".join([*grid, "PSNR (dB)", "SSIM", "s/volume", *extra]) + " |", "|" + "---|" * (len(grid) + 3 + len(extra))]
     with tempfile.TemporaryDirectory() as tmp:
         files = []
-        for s in args.seeds:
-            path = Path(tmp) / f"{s}{'.h5' if task == 'kspace' else '.nii.gz'}"
-            ref = simulate(str(s), args.case, path, split="val")
+        for s in [str(s) for s in args.seeds] + ([f"head:{s}" for s in args.seeds] if args.heads else []):
+            path = Path(tmp) / f"{s.replace(':', '-')}{'.h5' if task == 'kspace' else '.nii.gz'}"
+            ref = simulate(s, args.case, path, split="val")
             files.append((path, load_kspace(path).reference if task == "kspace" else ref))
         if args.reference_method:
             ref_cfg = recon_config(args.case, args.reference_method)
