@@ -1,13 +1,15 @@
-"""Probe: the image tasks' closing anchor blended between the prior and the classical estimate by their agreement.
+"""Probe: the image tasks' closed prior sample blended with the classical estimate by their agreement.
 
     cd scripts && RELATIVE=0.03,0.04,0.05 OMP_NUM_THREADS=2 python probe_agreement.py 10000:denoise:val head:10000:denoise:val
 
 For each ``volume:case:split`` (bench_recon's simulation; ``head:<seed>`` is a validation subject in a synthetic
-skull, ``benchlib.synthetic_head``) one posterior sample ``x_p`` at the shipped defaults and the classical estimate
-``x_c`` (``tasks.BASELINE_METHOD``: NLM for denoise, cubic for superres); the anchor of the closing solve becomes
-:func:`ldp_med.sampling.closing.agreement_blend` of the two, whose tolerance is each value of ``RELATIVE`` times
-the 99th percentile of ``x_c`` (what ``closing.image_agreement`` sets), or without ``RELATIVE`` k = 0.5-3 times the
-noise std. Prints PSNR of the classical method, the closing solve from ``x_p`` alone and from each blend. docs/tune_agreement.md holds the tuning run.
+skull, ``benchlib.synthetic_head``) one posterior sample ``x_p`` at the shipped defaults, its closing solve, and the
+classical estimate ``x_c`` (``tasks.BASELINE_METHOD``: NLM for denoise, cubic for superres); the closed sample is
+blended with ``x_c`` by :func:`ldp_med.sampling.closing.agreement_blend` (what ``reconstruct`` does), with ``BEFORE=1``
+the sample is blended first and then closed (the first version). Tolerances: each value of ``RELATIVE`` times the
+99th percentile of ``x_c`` (what ``closing.image_agreement`` sets), or without ``RELATIVE`` k = 0.5-3 times the
+noise std. Prints PSNR of the classical method, of the closed sample alone and of each blend;
+docs/tune_agreement.md holds the tuning runs.
 """
 
 from __future__ import annotations

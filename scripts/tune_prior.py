@@ -6,9 +6,9 @@
         --grid closing.iters=20 closing.anchor=0,0.5,1,2
 
 Each grid point (ReconstructConfig fields, dotted) runs `reconstruct_file` (method prior, --samples
-posterior samples, default one) on the simulated file of each seed (with ``--heads`` also of each seed inside a
-synthetic skull) (bench_recon's acquisitions,
-scripts/benchlib.py) and reports mean PSNR / SSIM and seconds; ``--reference-method`` adds that method's
+posterior samples, default one) on the simulated file of each seed (bench_recon's acquisitions,
+scripts/benchlib.py; with ``--heads`` also of each seed inside a synthetic skull, ``benchlib.synthetic_head``)
+and reports mean PSNR / SSIM and seconds; ``--reference-method`` adds that method's
 mean PSNR / SSIM on the same files (once) for comparison; with --samples > 1 also the Spearman
 correlation of the std map with the absolute error inside the head (bench_recon's definition), the ratio
 of the median std to the median absolute error there, and the std scale that would give 90% coverage of

@@ -98,7 +98,8 @@ def agreement_blend(samples: np.ndarray, reference: np.ndarray, tolerance: float
     Args:
         samples: (B, X, Y, Z) real (closed) posterior samples on the acquisition grid.
         reference: (X, Y, Z) the classical estimate on the same grid.
-        tolerance: the disagreement at which ``w = exp(-1/2)``, in the images' units (e.g. k times the noise std).
+        tolerance: the disagreement at which ``w = exp(-1/2)``, in the images' units (``reconstruct`` uses
+            ``closing.image_agreement`` times the reference's 99th percentile).
         smooth: Gaussian sigma of the disagreement map, in voxels.
 
     Returns:
