@@ -244,8 +244,11 @@ class PosteriorConfig:
         max_nfe: refuse settings that would need more UNet evaluations per sample.
         coil_energy: multi-coil k-space is compressed to the fewest virtual coils that hold this fraction
             of the data's energy (SVD coil compression) for speed; 1 keeps every coil.
-        std_scale: multiplies the std over samples (calibrated on validation subjects so that
-            ``|error| <= 1.645 std`` holds for 90% of head voxels; docs/results.md).
+        std_scale: multiplies the std map (the spread of the samples' closing solves on perturbed data);
+            None: the task's scale calibrated on validation subjects so that ``|error| <= 1.645 std`` holds
+            for 90% of head voxels (``ldp_med.tasks.STD_SCALE``; docs/results.md).
+        std_smooth: the std map pools the samples' squared deviations over a Gaussian neighbourhood of
+            this sigma (voxels) before the square root: 8 samples alone give a noisy std (0: no pooling).
         align: place the model grid by registration of the pseudo-inverse to the model space
             (:mod:`ldp_med.align`) instead of centring the field of view (off until measured end to end).
     """
@@ -269,7 +272,8 @@ class PosteriorConfig:
     min_coverage: float = 0.5
     max_nfe: int = 50
     coil_energy: float = 0.99
-    std_scale: float = 1.0
+    std_scale: float | None = None
+    std_smooth: float = 1.0
     align: bool = False
 
     def __post_init__(self) -> None:
@@ -281,7 +285,8 @@ class PosteriorConfig:
             "final_cg_iters": self.final_cg_iters >= 0, "samples": self.samples >= 1, "eta": self.eta >= 0,
             "label": self.label >= -1, "guidance": self.guidance >= 0, "dps_step": self.dps_step >= 0,
             "phase_sigma": self.phase_sigma >= 0, "min_coverage": 0 <= self.min_coverage <= 1,
-            "max_nfe": self.max_nfe >= 1, "coil_energy": 0 < self.coil_energy <= 1, "std_scale": self.std_scale > 0,
+            "max_nfe": self.max_nfe >= 1, "coil_energy": 0 < self.coil_energy <= 1, "std_scale": self.std_scale is None or self.std_scale > 0,
+            "std_smooth": self.std_smooth >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

@@ -10,6 +10,7 @@ come through :func:`reconstruct`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ from ldp_med.io.kspace import KSpaceData, load_kspace
 from ldp_med.io.loaders import is_kspace_file, load_volume
 from ldp_med.io.volume import Volume
 from ldp_med.problems import Problem, denoise_problem, kspace_problem, superres_problem
-from ldp_med.tasks import BASELINE_METHOD, DEFAULT_METHOD, METHODS, PRIOR_METHODS
+from ldp_med.tasks import BASELINE_METHOD, DEFAULT_METHOD, METHODS, PRIOR_METHODS, STD_SCALE
 
 __all__ = ["Reconstruction", "resolve_task", "resolve_method", "load_input", "build_problem", "SOLVERS",
            "reconstruct", "reconstruct_file", "output_name"]
@@ -131,20 +132,46 @@ def _posterior(sampler: str | None) -> Solver:
         res = sample(prior, problem, post, progress=progress)
         meta = {"nfe": res.nfe, "sampler": res.method, **{k: v for k, v in res.meta.items() if k.startswith("align_")}}
         if cfg.closing.iters == 0:
-            return res.mean, None if res.std is None else res.std * post.std_scale, meta
-        images = np.abs(_close(problem, res.samples, cfg, res.support))
-        std = images.std(0, ddof=1) * post.std_scale if len(images) > 1 else None
-        return images.mean(0), std, {**meta, "closing_iters": cfg.closing.iters}
+            return res.mean, None if res.std is None else res.std * std_scale(problem, post), meta
+        images, var = _close(problem, res.samples, cfg, res.support, spread=len(res.samples) > 1)
+        std = None if var is None else pooled_std(var, post.std_smooth) * std_scale(problem, post)
+        return np.abs(images).mean(0), std, {**meta, "closing_iters": cfg.closing.iters}
 
     return solve
 
 
-def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, support: np.ndarray | None) -> np.ndarray:
+def std_scale(problem: Problem, post) -> float:
+    """The std map's scale: ``posterior.std_scale``, or the task's calibrated one at the problem's undersampling
+    factor (``ldp_med.tasks.STD_SCALE``; 1 for the image tasks)."""
+    if post.std_scale is not None:
+        return post.std_scale
+    factor = 1.0 if problem.kspace is None else float(problem.kspace.mask.size / max(problem.kspace.mask.sum(), 1))
+    points = STD_SCALE[problem.task]
+    return float(np.interp(factor, [f for f, _ in points], [s for _, s in points]))
+
+
+def pooled_std(var: np.ndarray, smooth: float) -> np.ndarray:
+    """The square root of a variance map pooled over a Gaussian neighbourhood of sigma ``smooth`` voxels (0: none):
+    a spread over 8 samples is a noisy estimate voxel by voxel."""
+    from scipy.ndimage import gaussian_filter
+
+    var = np.asarray(var, np.float64)
+    return np.sqrt(gaussian_filter(var, smooth) if smooth else var).astype(np.float32)
+
+
+def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, support: np.ndarray | None,
+           spread: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """The closing solve of every posterior sample (:mod:`ldp_med.sampling.closing`); weights from the config,
     the anchor restricted to the model's ``support`` when ``closing.anchor_support`` (k-space) or
     ``closing.image_anchor_support`` (denoise, superres) is on; for the image tasks each closed sample is then
-    blended with the task's classical estimate where they disagree (``closing.image_agreement``)."""
-    from ldp_med.sampling.closing import agreement_blend, closing_solve
+    blended with the task's classical estimate where they disagree (``closing.image_agreement``).
+
+    Returns the closed samples and, with ``spread``, a variance map: the spread of the same solves on data perturbed
+    by fresh noise of the problem's level (randomize-then-optimize, seeded by ``posterior.seed``), plus for the
+    blended image tasks the mixture term ``w (1 - w) (x - c)^2`` (averaged over samples): the blend's expected
+    squared error if the truth lies, with probability ``w``, around the closed sample ``x`` and otherwise around
+    the classical estimate ``c``, each as uncertain as the perturbed solves."""
+    from ldp_med.sampling.closing import agreement_weights, closing_solve
     from ldp_med.sampling.posterior import compressed
 
     c = cfg.closing
@@ -154,12 +181,17 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
         mu, anchor, on_support = c.image_mu * problem.noise_std, c.image_anchor, c.image_anchor_support
     op, y = compressed(problem, c.coil_energy)
     weights = support if on_support else None
-    closed = closing_solve(problem, samples, anchor, mu, c.iters, weights=weights, wavelet=cfg.baseline.cs_wavelet,
-                           operator=op, y=y)
+    solve = functools.partial(closing_solve, problem, samples, anchor, mu, c.iters, weights=weights,
+                              wavelet=cfg.baseline.cs_wavelet, operator=op, y=y)
+    closed = solve()
+    var = np.abs(solve(perturb=np.random.default_rng(cfg.posterior.seed))).var(0, ddof=1) if spread else None
     if problem.is_complex or not c.image_agreement:
-        return closed
+        return closed, var
     classical = SOLVERS[problem.task, BASELINE_METHOD[problem.task]](problem, cfg, None, False)[0]
-    return agreement_blend(closed, classical, c.image_agreement * float(np.percentile(classical, 99)))
+    w = agreement_weights(closed, classical, c.image_agreement * float(np.percentile(classical, 99)))
+    if var is not None:
+        var = var + np.mean(w * (1 - w) * (closed - classical) ** 2, 0)
+    return (w * closed + (1 - w) * classical).astype(np.float32), var
 
 
 #: One (task, method) table: every pair the registry (``ldp_med.tasks``) allows, and nothing else.

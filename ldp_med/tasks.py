@@ -28,4 +28,11 @@ DEFAULT_METHOD: dict[str, str] = {"kspace": "prior", "denoise": "prior", "superr
 #: The classical method each task's prior is measured against (docs/results.md) and, for the image tasks, blended
 #: into the result where the prior disagrees with it (``closing.image_agreement``).
 BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "nlm", "superres": "cubic"}
+#: The std map's scale per task (``posterior.std_scale`` None) as (undersampling factor, scale) points, linearly
+#: interpolated and held constant past the ends (the image tasks have factor 1): calibrated on validation subjects
+#: so that ``|error| <= 1.645 std`` holds for 90% of head voxels with ``--samples 8`` (docs/results.md, "Std map").
+#: The perturbed solves miss more of the error the fewer k-space samples there are, hence a scale per factor.
+STD_SCALE: dict[str, tuple[tuple[float, float], ...]] = {
+    "kspace": ((4.0, 1.88), (8.0, 3.09)), "denoise": ((1.0, 1.32),), "superres": ((1.0, 2.13),),
+}
 SAMPLERS: tuple[str, ...] = ("dds", "prior", "dps")

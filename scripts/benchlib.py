@@ -230,6 +230,22 @@ def spearman_in_head(std: np.ndarray, recon: np.ndarray, ref: np.ndarray) -> flo
     return float(spearmanr(std[head], np.abs(recon - ref)[head]).statistic)
 
 
+def spearman_ceiling(recon: np.ndarray, ref: np.ndarray, sigma: float = 1.0) -> float:
+    """What a std map could reach at best: the Spearman correlation, inside :func:`head_mask`, of the absolute
+    error with its own leave-one-out Gaussian average (sigma ``sigma`` voxels, the centre voxel left out), i.e. a
+    map that knew every neighbour's true error. Where the error is mostly noise this stays low."""
+    from scipy.ndimage import gaussian_filter
+    from scipy.stats import spearmanr
+
+    err = np.abs(np.asarray(recon, np.float64) - ref)
+    impulse = np.zeros((9, 9, 9))
+    impulse[4, 4, 4] = 1.0
+    w0 = float(gaussian_filter(impulse, sigma)[4, 4, 4])  # the centre voxel's own weight
+    neighbours = (gaussian_filter(err, sigma) - w0 * err) / (1 - w0)
+    head = head_mask(ref)
+    return float(spearmanr(neighbours[head], err[head]).statistic)
+
+
 # --- prompts never used in training (bench_generate, probe_captions) ----------------------------------
 
 #: Prompts never used in training (the cohort's captions come from synthetic.caption_pool). Set A was

@@ -1,18 +1,21 @@
-"""Tune the prior's settings (sampler and closing solve) on synthetic *validation* subjects (never test subjects).
+"""Tune a method's settings (the prior's sampler and closing solve, or a classical method's) on synthetic *validation* subjects (never test subjects).
 
     OMP_NUM_THREADS=1 python scripts/tune_prior.py --seeds 10000 10001 --case kspace-r8 \\
         --grid posterior.prior_error=0.02,0.03,0.05 posterior.t_start=0.3,0.5 --out docs/tune_prior_r8.md
     OMP_NUM_THREADS=1 python scripts/tune_prior.py --case kspace-r8 --reference-method cs \\
         --grid closing.iters=20 closing.anchor=0,0.5,1,2
+    OMP_NUM_THREADS=1 python scripts/tune_prior.py --case denoise --heads --method nlm \\
+        --grid baseline.nlm_h_factor=0.6,0.8,1.0 baseline.nlm_patch_size=3,5
 
-Each grid point (ReconstructConfig fields, dotted) runs `reconstruct_file` (method prior, --samples
+Each grid point (ReconstructConfig fields, dotted) runs `reconstruct_file` (``--method``, default prior with --samples
 posterior samples, default one) on the simulated file of each seed (bench_recon's acquisitions,
 scripts/benchlib.py; with ``--heads`` also of each seed inside a synthetic skull, ``benchlib.synthetic_head``)
 and reports mean PSNR / SSIM and seconds; ``--reference-method`` adds that method's
 mean PSNR / SSIM on the same files (once) for comparison; with --samples > 1 also the Spearman
 correlation of the std map with the absolute error inside the head (bench_recon's definition), the ratio
 of the median std to the median absolute error there, and the std scale that would give 90% coverage of
-``|error| <= 1.645 s std`` in the head (the calibration of ``posterior.std_scale``).
+``|error| <= 1.645 s std`` in the head (the calibration of ``posterior.std_scale``; pass
+``--grid posterior.std_scale=1`` to calibrate against the unscaled map) and the AUSE.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 from benchlib import CASES, emit, head_mask, recon_config, require_validation, simulate, spearman_in_head
 from ldp_med.config import PosteriorConfig, apply_overrides
 from ldp_med.io.kspace import load_kspace
-from ldp_med.metrics import evaluate, std_scale_for
+from ldp_med.metrics import ause, evaluate, std_scale_for
 from ldp_med.models.pretrained import load_pretrained
 from ldp_med.reconstruct import reconstruct_file
 
@@ -42,6 +45,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1, help="posterior samples (> 1: Spearman of the std map)")
     ap.add_argument("--heads", action="store_true",
                     help="also each seed inside a synthetic skull and scalp (benchlib.synthetic_head, 'head:<seed>')")
+    ap.add_argument("--method", default="prior", help="the method whose settings the grid varies (default prior)")
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -50,7 +54,7 @@ def main() -> None:
     grid = {(k if "." in k else f"posterior.{k}"): v.split(",") for k, v in (g.split("=", 1) for g in args.grid)}
     prior = load_pretrained(args.model)
     task = CASES[args.case]["task"]
-    extra = ["Spearman(std, err)", "median std / median err", "std scale for 90%"] if args.samples > 1 else []
+    extra = ["Spearman(std, err)", "median std / median err", "std scale for 90%", "AUSE"] if args.samples > 1 else []
     if args.reference_method:
         extra.append(f"worst volume - {args.reference_method} (dB)")
     lines = ["| " + " | ".join([*grid, "PSNR (dB)", "SSIM", "s/volume", *extra]) + " |", "|" + "---|" * (len(grid) + 3 + len(extra))]
@@ -68,10 +72,10 @@ def main() -> None:
                    f"{np.mean([s['ssim'] for s in ref_scores]):.4f}, {(time.perf_counter() - t0) / len(files):.1f} s/volume")
             print(row, flush=True)
             lines.insert(0, row + "\n")
-        base = recon_config(args.case, "prior", PosteriorConfig(samples=args.samples))
+        base = recon_config(args.case, args.method, PosteriorConfig(samples=args.samples))
         for values in itertools.product(*grid.values()):
             cfg = apply_overrides(base, [f"{k}={v}" for k, v in zip(grid, values)])
-            scores, secs, rho, ratio, scale = [], [], [], [], []
+            scores, secs, rho, ratio, scale, sparse = [], [], [], [], [], []
             for path, ref in files:
                 t0 = time.perf_counter()
                 rec = reconstruct_file(path, cfg, prior=prior)
@@ -83,12 +87,13 @@ def main() -> None:
                     head = head_mask(ref)
                     ratio.append(np.median(std.data[head]) / np.median(np.abs(vol.data - ref)[head]))
                     scale.append(std_scale_for((vol.data - ref)[head], std.data[head]))
+                    sparse.append(ause((vol.data - ref)[head], std.data[head]))
             if args.reference_method:  # the worst volume against the reference (the floor is per volume)
                 extra_cols = f" {min(s['psnr'] - r['psnr'] for s, r in zip(scores, ref_scores)):+.2f} |"
             else:
                 extra_cols = ""
             row = f"| {' | '.join(values)} | {np.mean([s['psnr'] for s in scores]):.2f} | " \
-                  f"{np.mean([s['ssim'] for s in scores]):.4f} | {np.mean(secs):.1f} |" + (f" {np.mean(rho):.3f} | {np.mean(ratio):.2f} | {np.mean(scale):.2f} |" if rho else "") + extra_cols
+                  f"{np.mean([s['ssim'] for s in scores]):.4f} | {np.mean(secs):.1f} |" + (f" {np.mean(rho):.3f} | {np.mean(ratio):.2f} | {np.mean(scale):.2f} | {np.mean(sparse):.3f} |" if rho else "") + extra_cols
             lines.append(row)
             print(row, flush=True)
     emit(lines, args.out)

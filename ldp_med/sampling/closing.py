@@ -32,7 +32,7 @@ import torch
 from ldp_med.errors import require
 from ldp_med.problems import Problem
 
-__all__ = ["closing_solve", "operator_norm_sq", "agreement_blend"]
+__all__ = ["closing_solve", "operator_norm_sq", "agreement_blend", "agreement_weights"]
 
 
 def operator_norm_sq(problem: Problem) -> float:
@@ -43,7 +43,7 @@ def operator_norm_sq(problem: Problem) -> float:
 
 def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, iters: int,
                   weights: np.ndarray | None = None, wavelet: str = "db4", operator=None,
-                  y: torch.Tensor | None = None) -> np.ndarray:
+                  y: torch.Tensor | None = None, perturb: np.random.Generator | None = None) -> np.ndarray:
     """Refine each anchor with the anchored CS objective of the module docstring.
 
     Args:
@@ -55,6 +55,10 @@ def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, 
         iters: FISTA iterations, warm-started from each anchor.
         weights: (X, Y, Z) per-voxel anchor weights ``w`` (max 1); None means 1 everywhere.
         operator, y: use these instead of the problem's (e.g. coil-compressed k-space for speed).
+        perturb: randomize-then-optimize (Bardsley et al., SIAM J. Sci. Comput. 2014; perturb-and-MAP,
+            Papandreou & Yuille, ICCV 2011): each anchor's solve sees ``y`` plus fresh Gaussian noise of
+            ``problem.noise_std`` drawn from this generator (complex for k-space, on the measured samples
+            only), so the spread of the solutions carries the data noise as well as the anchors' disagreement.
 
     Returns:
         (B, X, Y, Z) of the anchors' dtype.
@@ -63,7 +67,7 @@ def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, 
     op = operator or problem.operator
     y = problem.y if y is None else y
     dtype = np.complex64 if problem.is_complex else np.float32
-    aty = op.A_adjoint(y)[0].numpy()
+    measured = getattr(op, "mask", None)
     w2 = np.float32(1.0) if weights is None else np.asarray(weights, np.float32) ** 2
     step = 1.0 / (operator_norm_sq(problem) + lam * float(np.max(w2)))
     anchors = np.asarray(anchors)
@@ -73,8 +77,10 @@ def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, 
     out = []
     for anchor in anchors:
         x_bar = np.ascontiguousarray(anchor.astype(dtype))
+        y_i = y if perturb is None else y + _noise(perturb, y, problem.noise_std, measured)
+        aty = op.A_adjoint(y_i)[0].numpy()
 
-        def gradf(x: np.ndarray, x_bar=x_bar) -> np.ndarray:
+        def gradf(x: np.ndarray, x_bar=x_bar, aty=aty) -> np.ndarray:
             g = op.normal(torch.from_numpy(x)[None])[0].numpy() - aty
             if lam:
                 g += lam * w2 * (x - x_bar)
@@ -87,9 +93,31 @@ def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, 
     return np.stack(out)
 
 
+def _noise(rng: np.random.Generator, y: torch.Tensor, sigma: float, measured: torch.Tensor | None) -> torch.Tensor:
+    """Gaussian noise of std ``sigma`` per real / imaginary component, shaped like ``y``, zero where not measured."""
+    n = rng.standard_normal(tuple(y.shape), np.float32)
+    if y.is_complex():
+        n = n + 1j * rng.standard_normal(tuple(y.shape), np.float32)
+    n = torch.from_numpy(np.asarray(sigma * n, y.numpy().dtype))
+    return n if measured is None else n * measured.to(n.real.dtype)
+
+
+def agreement_weights(samples: np.ndarray, reference: np.ndarray, tolerance: float, smooth: float = 1.5) -> np.ndarray:
+    """The weights of :func:`agreement_blend`: ``w = exp(-d^2 / (2 tolerance^2))`` per sample, ``d`` the
+    Gaussian-smoothed (``smooth`` voxels) ``|x - reference|``; 0 everywhere for ``tolerance`` 0. (B, X, Y, Z) float32."""
+    from scipy.ndimage import gaussian_filter
+
+    ref = np.asarray(reference, np.float32)
+    if tolerance <= 0:
+        return np.zeros(np.shape(samples), np.float32)
+    return np.stack([np.exp(-gaussian_filter(np.abs(x - ref), smooth) ** 2 / (2 * tolerance**2))
+                     for x in np.asarray(samples, np.float32)]).astype(np.float32)
+
+
 def agreement_blend(samples: np.ndarray, reference: np.ndarray, tolerance: float, smooth: float = 1.5) -> np.ndarray:
     """Blend each sample with ``reference`` by how well they agree: ``w x + (1 - w) reference`` with
-    ``w = exp(-d^2 / (2 tolerance^2))`` and ``d`` the Gaussian-smoothed (``smooth`` voxels) ``|x - reference|``.
+    ``w = exp(-d^2 / (2 tolerance^2))`` and ``d`` the Gaussian-smoothed (``smooth`` voxels) ``|x - reference|``
+    (:func:`agreement_weights`).
 
     Where the prior's (closed) sample and the classical estimate agree within ``tolerance`` the sample is kept (it
     is the sharper of the two); where they disagree by several tolerances, as on anatomy the prior never saw, the
@@ -105,12 +133,6 @@ def agreement_blend(samples: np.ndarray, reference: np.ndarray, tolerance: float
     Returns:
         (B, X, Y, Z) float32 blends.
     """
-    from scipy.ndimage import gaussian_filter
-
-    ref = np.asarray(reference, np.float32)
-    out = []
-    for x in np.asarray(samples, np.float32):
-        d = gaussian_filter(np.abs(x - ref), smooth)
-        w = np.exp(-(d**2) / (2 * tolerance**2)) if tolerance > 0 else np.zeros_like(d)
-        out.append(w * x + (1 - w) * ref)
-    return np.stack(out).astype(np.float32)
+    x, ref = np.asarray(samples, np.float32), np.asarray(reference, np.float32)
+    w = agreement_weights(x, ref, tolerance, smooth)
+    return (w * x + (1 - w) * ref).astype(np.float32)

@@ -78,3 +78,25 @@ def test_agreement_blend_keeps_the_sample_where_it_agrees_and_the_reference_wher
     assert np.abs(out[0, 12:] - sample[12:]).max() < 1e-3  # agreement: the sample is kept
     assert np.abs(out[0, :2] - ref[:2]).max() < 1e-3  # disagreement: the reference takes over
     np.testing.assert_allclose(agreement_blend(sample[None], ref, tolerance=0.0)[0], ref)
+
+
+def test_perturbed_solves_spread_like_the_data_noise():
+    """Randomize-then-optimize: for A = I, no sparsity and a quadratic anchor of weight lam the solve is
+    ``(y + n + lam x_bar) / (1 + lam)``, so the solutions spread by ``noise_std / (1 + lam)``; same seed, same draws."""
+    clean = ellipsoid_phantom((9, 11, 7))
+    problem = denoise_problem(Volume(clean, np.eye(4)), noise_std=0.05)
+    anchors = np.repeat(clean[None], 400, axis=0)
+    out = closing_solve(problem, anchors, lam=1.0, mu=0.0, iters=3, perturb=np.random.default_rng(0))
+    assert out.std(0).mean() == pytest.approx(0.025, rel=0.03)
+    assert np.abs(closing_solve(problem, anchors[:1], lam=1.0, mu=0.0, iters=3)[0] - clean).max() < 1e-6
+    again = closing_solve(problem, anchors[:2], lam=1.0, mu=0.0, iters=3, perturb=np.random.default_rng(0))
+    np.testing.assert_array_equal(again, out[:2])
+
+
+def test_kspace_perturbations_fall_on_the_measured_samples_only(problem):
+    from ldp_med.sampling.closing import _noise
+
+    n = _noise(np.random.default_rng(0), problem.y, 0.3, problem.operator.mask)
+    measured = np.broadcast_to(problem.operator.mask.numpy().astype(bool), n.shape)
+    assert n.dtype == problem.y.dtype and (n.numpy()[~measured] == 0).all()
+    assert np.std(n.numpy()[measured].real) == pytest.approx(0.3, rel=0.05)

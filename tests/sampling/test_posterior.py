@@ -265,7 +265,52 @@ def test_closing_blends_the_image_tasks_result_with_the_classical_estimate_where
     problem = denoise_problem(noisy, noise_std=1.0)  # the tolerance is 4% of ~100
     wrong = np.full((1, *phantom.shape), 300.0, np.float32)
     cfg = ReconstructConfig()
-    blended = _close(problem, wrong, cfg, None)
+    blended, spread = _close(problem, wrong, cfg, None)
+    assert spread is None  # no perturbed solves unless asked for
     nlm = SOLVERS["denoise", "nlm"](problem, cfg, None, False)[0]
     np.testing.assert_allclose(blended[0], nlm, atol=1e-4)
-    assert _close(problem, wrong, ReconstructConfig(closing=ClosingConfig(image_agreement=0)), None) is wrong
+    assert _close(problem, wrong, ReconstructConfig(closing=ClosingConfig(image_agreement=0)), None)[0] is wrong
+
+
+def test_std_map_pools_the_variance_and_takes_the_tasks_calibrated_scale(kproblem, phantom, monkeypatch):
+    """``pooled_std``: the square root of a variance map pooled over a Gaussian neighbourhood (the pooled estimate
+    of a constant spread is that spread, and less noisy); ``std_scale``: the config's, else the task's."""
+    from ldp_med.config import PosteriorConfig
+    from ldp_med.reconstruct import pooled_std, std_scale
+    from ldp_med.tasks import STD_SCALE
+
+    var = np.random.default_rng(0).normal(0, 2.0, (8, 15, 13, 11)).var(0, ddof=1)
+    raw, pooled = pooled_std(var, 0), pooled_std(var, 1.5)
+    np.testing.assert_allclose(raw, np.sqrt(var), rtol=1e-5)
+    assert np.median(pooled) == pytest.approx(2.0, rel=0.05) and pooled.std() < 0.5 * raw.std()
+    import ldp_med.tasks
+
+    dproblem = denoise_problem(phantom, noise_std=1.0)
+    assert std_scale(dproblem, PosteriorConfig()) == STD_SCALE["denoise"][0][1]
+    assert std_scale(dproblem, PosteriorConfig(std_scale=2.5)) == 2.5
+    # k-space: interpolated at the mask's undersampling factor, held constant past the calibrated ones
+    factor = kproblem.kspace.mask.size / kproblem.kspace.mask.sum()
+    for points, want in ((((factor - 1, 1.0), (factor + 1, 3.0)), 2.0), (((factor + 1, 5.0), (factor + 2, 6.0)), 5.0)):
+        monkeypatch.setitem(ldp_med.tasks.STD_SCALE, "kspace", points)
+        assert std_scale(kproblem, PosteriorConfig()) == pytest.approx(want)
+
+
+def test_image_task_variance_adds_the_blends_mixture_term(phantom, monkeypatch):
+    """Where the closed sample and the classical estimate disagree the blend's variance grows by
+    ``w (1 - w) (x - c)^2``; where one of them holds alone (w = 0 or 1) only the perturbed solves' spread counts."""
+    import ldp_med.sampling.closing as closing
+    from ldp_med.config import ReconstructConfig
+    from ldp_med.reconstruct import SOLVERS, _close
+
+    monkeypatch.setattr(closing, "closing_solve", lambda problem, samples, *a, perturb=None, **kw: samples)
+    problem = denoise_problem(phantom, noise_std=1.0)
+    cfg = ReconstructConfig()
+    nlm = SOLVERS["denoise", "nlm"](problem, cfg, None, False)[0]
+    tol = cfg.closing.image_agreement * float(np.percentile(nlm, 99))
+    offsets = np.array([0.0, tol, 30 * tol], np.float32)[:, None, None, None]  # agree, half-way, disagree
+    samples = (nlm[None] + offsets).astype(np.float32)
+    blended, var = _close(problem, samples, cfg, None, spread=True)
+    w = np.exp(-(offsets[:, 0, 0, 0] ** 2) / (2 * tol**2))
+    spread = samples.var(0, ddof=1)  # the stubbed solves return the samples themselves
+    np.testing.assert_allclose(var, spread + np.mean(w * (1 - w) * offsets[:, 0, 0, 0] ** 2), rtol=1e-3)
+    np.testing.assert_allclose(blended[2], nlm, atol=1e-3)
