@@ -285,8 +285,8 @@ class PosteriorConfig:
             "final_cg_iters": self.final_cg_iters >= 0, "samples": self.samples >= 1, "eta": self.eta >= 0,
             "label": self.label >= -1, "guidance": self.guidance >= 0, "dps_step": self.dps_step >= 0,
             "phase_sigma": self.phase_sigma >= 0, "min_coverage": 0 <= self.min_coverage <= 1,
-            "max_nfe": self.max_nfe >= 1, "coil_energy": 0 < self.coil_energy <= 1, "std_scale": self.std_scale is None or self.std_scale > 0,
-            "std_smooth": self.std_smooth >= 0,
+            "max_nfe": self.max_nfe >= 1, "coil_energy": 0 < self.coil_energy <= 1,
+            "std_scale": self.std_scale is None or self.std_scale > 0, "std_smooth": self.std_smooth >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
