@@ -5,19 +5,20 @@
 Like probe_std.py for denoise / superres, where the result blends the closed sample with the classical estimate:
 adds the disagreement with it, 1 - w, and the mixture variance of the blend. Results: docs/results.md, "Std map".
 """
-import sys, tempfile, time
+import sys, tempfile
 from pathlib import Path
 import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import simulate, recon_config, head_mask, require_validation
+from benchlib import simulate, recon_config, head_mask, require_validation, spearman_ceiling
 from scipy.stats import spearmanr
 from scipy.ndimage import gaussian_filter
-from ldp_med.config import PosteriorConfig, ClosingConfig
+from ldp_med.config import PosteriorConfig
 from ldp_med.io import load_volume
 from ldp_med.models.pretrained import load_pretrained
 from ldp_med.reconstruct import build_problem, _close, SOLVERS
 from ldp_med.sampling.posterior import reconstruct as sample
-from ldp_med.sampling.closing import closing_solve
+from ldp_med.sampling.closing import agreement_weights, closing_solve
+from ldp_med.tasks import BASELINE_METHOD
 from ldp_med.metrics import std_scale_for, ause, psnr
 import dataclasses
 
@@ -36,9 +37,9 @@ closed, _ = _close(problem, pre, raw, res.support)   # unblended
 k = cfg.closing
 pert = closing_solve(problem, pre, k.image_anchor, k.image_mu * problem.noise_std, k.iters,
                      wavelet=cfg.baseline.cs_wavelet, perturb=np.random.default_rng(cfg.posterior.seed))
-c = SOLVERS[case, "cubic" if case == "superres" else "nlm"](problem, cfg, None, False)[0]
+c = SOLVERS[case, BASELINE_METHOD[case]](problem, cfg, None, False)[0]
 tol = cfg.closing.image_agreement * float(np.percentile(c, 99))
-ws = np.stack([np.exp(-gaussian_filter(np.abs(x - c), 1.5) ** 2 / (2 * tol**2)) for x in closed])
+ws = agreement_weights(closed, c, tol)
 blended = ws * closed + (1 - ws) * c
 final = blended.mean(0)
 w = ws.mean(0)
@@ -60,10 +61,7 @@ head = head_mask(ref)
 err = final - ref
 print(f"{seed} {case} psnr {psnr(final, ref):.2f} noise {problem.noise_std:.4g} mean w in head {w[head].mean():.3f}", flush=True)
 S = lambda m: spearmanr(m[head], np.abs(err)[head]).statistic
-imp = np.zeros(err.shape); imp[tuple(n // 2 for n in err.shape)] = 1
-for s in (1,):
-    w0 = gaussian_filter(imp, s).max(); e = np.abs(err)
-    print(f"  LOO oracle s={s}: {S((gaussian_filter(e, s) - w0 * e) / (1 - w0)):.3f}")
+print(f"  LOO oracle s=1: {spearman_ceiling(final, ref):.3f}")
 for name, m in maps.items():
     for s in (0, 1):
         mm = np.sqrt(gaussian_filter(m**2, s)) if s else m

@@ -33,6 +33,7 @@ from ldp_med.io.kspace import load_kspace
 from ldp_med.metrics import ause, evaluate, std_scale_for
 from ldp_med.models.pretrained import load_pretrained
 from ldp_med.reconstruct import reconstruct_file
+from ldp_med.tasks import PRIOR_METHODS
 
 
 def main() -> None:
@@ -52,7 +53,7 @@ def main() -> None:
     require_validation(args.seeds)
     # a bare field name is a posterior field (the syntax of the earlier tables' commands)
     grid = {(k if "." in k else f"posterior.{k}"): v.split(",") for k, v in (g.split("=", 1) for g in args.grid)}
-    prior = load_pretrained(args.model)
+    prior = load_pretrained(args.model) if args.method in PRIOR_METHODS else None  # classical methods need none
     task = CASES[args.case]["task"]
     extra = ["Spearman(std, err)", "median std / median err", "std scale for 90%", "AUSE"] if args.samples > 1 else []
     if args.reference_method:

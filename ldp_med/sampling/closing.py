@@ -68,6 +68,7 @@ def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, 
     y = problem.y if y is None else y
     dtype = np.complex64 if problem.is_complex else np.float32
     measured = getattr(op, "mask", None)
+    aty_y = op.A_adjoint(y)[0].numpy() if perturb is None else None  # the same for every anchor unless perturbed
     w2 = np.float32(1.0) if weights is None else np.asarray(weights, np.float32) ** 2
     step = 1.0 / (operator_norm_sq(problem) + lam * float(np.max(w2)))
     anchors = np.asarray(anchors)
@@ -77,8 +78,7 @@ def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, 
     out = []
     for anchor in anchors:
         x_bar = np.ascontiguousarray(anchor.astype(dtype))
-        y_i = y if perturb is None else y + _noise(perturb, y, problem.noise_std, measured)
-        aty = op.A_adjoint(y_i)[0].numpy()
+        aty = aty_y if perturb is None else op.A_adjoint(y + _noise(perturb, y, problem.noise_std, measured))[0].numpy()
 
         def gradf(x: np.ndarray, x_bar=x_bar, aty=aty) -> np.ndarray:
             g = op.normal(torch.from_numpy(x)[None])[0].numpy() - aty
