@@ -7,8 +7,11 @@
   validation subjects.
 - Fidelity: the share of generated volumes the classifier assigns to the requested contrast, for
   `--contrast` (the class's stored caption embedding), for training captions (random draws from the
-  cohort's caption pool, synthetic.caption_pool), and for two sets of paraphrased prompts that never occur
-  in training (PARAPHRASES and PARAPHRASES_B of scripts/benchlib.py; checked against every caption of the pool).
+  cohort's caption pool, synthetic.caption_pool), and for three sets of paraphrased prompts that never occur
+  in training (PARAPHRASES, PARAPHRASES_B and PARAPHRASES_C of scripts/benchlib.py; checked against every caption
+  of the pool). Prompts go through `ldp-med generate --prompt`'s path: the embedding as context and the class the
+  model folder's caption classifier reads in it (ldp_med.models.conditioning.prompt_labels; the null class when
+  it reads none); the table's "read as asked" column is how often that class was the asked one.
 - Diversity: mean pairwise MS-SSIM among N generated volumes of one class, against the same figure
   among N real held-out *test* subjects of that class (seeds from 20000).
 - Time: seconds per volume (DDIM sampling + decode, excluding model loading), batch of N and batch of 1.
@@ -23,12 +26,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchlib import PARAPHRASES, PARAPHRASES_B, emit
+from benchlib import PARAPHRASES, PARAPHRASES_B, PARAPHRASES_C, emit
 from ldp_med.config import DEFAULT_GUIDANCE
 from ldp_med.data import synthetic
 from ldp_med.generation_metrics import ContrastClassifier, mean_pairwise_ms_ssim
 from ldp_med.models.pretrained import load_pretrained
-from ldp_med.models.conditioning import null_class
+from ldp_med.models.conditioning import prompt_labels
 from ldp_med.sampling.generate import decode, sample_latents
 
 def fit_classifier(cache: str, train: list[dict], n_val: int) -> tuple[ContrastClassifier, float]:
@@ -81,13 +84,14 @@ def main() -> None:
     names = prior.config.class_names
     pool = synthetic.caption_pool()
     train_caps = {c for _, c in pool} | {e["caption"] for e in train}
-    leaked = [p for ps in (PARAPHRASES, PARAPHRASES_B) for pp in ps.values() for p in pp if p in train_caps]
+    leaked = [p for ps in (PARAPHRASES, PARAPHRASES_B, PARAPHRASES_C) for pp in ps.values() for p in pp if p in train_caps]
     if leaked:
         raise SystemExit(f"paraphrases occur in training captions: {leaked}")
     rng = np.random.default_rng(0)
     prompts = {"training captions": {c: [str(x) for x in rng.choice([t for k, t in pool if k == ci], 4, replace=False)]
                                      for ci, c in enumerate(names)},
-               "unseen paraphrases A": PARAPHRASES, "unseen paraphrases B": PARAPHRASES_B}
+               "unseen paraphrases A": PARAPHRASES, "unseen paraphrases B": PARAPHRASES_B,
+               "unseen paraphrases C": PARAPHRASES_C}
     from ldp_med.models.text import load_text_encoder
 
     encoder = load_text_encoder()
@@ -111,10 +115,11 @@ def main() -> None:
             for source, by_class in prompts.items():
                 texts = list(by_class[c])
                 ctx = embed(texts).repeat_interleave(args.per_prompt, 0)
-                labels = torch.full((len(ctx),), null_class(prior))
+                labels = prompt_labels(prior, ctx)
                 imgs, _ = sample(prior, labels, ctx, args.steps, g, 2000 + ci)
                 pred = clf.predict(list(imgs))
                 rows.append({"g": g, "source": source, "class": c, "hits": int((pred == ci).sum()), "n": len(imgs),
+                             "read": int((labels == ci).sum()),
                              "misses": [(t, names[p]) for t, p in zip(np.repeat(texts, args.per_prompt), pred) if p != ci]})
             print([r for r in rows if r["g"] == g and r["class"] == c], flush=True)
     if args.samples_png and sheet:
@@ -125,8 +130,8 @@ def main() -> None:
 
     lines = [f"Contrast classifier: fitted on {len(train)} "
              f"training-split subjects, accuracy on 20 validation subjects {val_acc:.0%}.", "",
-             "| guidance | condition | volumes | fidelity | " + " | ".join(f"MS-SSIM {c} gen / real" for c in names) + " |",
-             "|---|---|---|---|" + "---|" * len(names)]
+             "| guidance | condition | volumes | fidelity | prompt read as asked | " + " | ".join(f"MS-SSIM {c} gen / real" for c in names) + " |",
+             "|---|---|---|---|---|" + "---|" * len(names)]
     for g in args.guidance:
         for source in ("--contrast", *prompts):
             sel = [r for r in rows if r["g"] == g and r["source"] == source]
@@ -134,7 +139,8 @@ def main() -> None:
                 continue
             hits, n = sum(r["hits"] for r in sel), sum(r["n"] for r in sel)
             div = " | ".join(f"{r['div']:.3f} / {real_div[r['class']]:.3f}" if "div" in r else "" for r in sel)
-            lines.append(f"| {g:g} | {source} | {n} | {hits / n:.1%} | {div} |")
+            read = f"{sum(r['read'] for r in sel) / n:.1%}" if "read" in sel[0] else ""
+            lines.append(f"| {g:g} | {source} | {n} | {hits / n:.1%} | {read} | {div} |")
     misses = [f"{r['g']:g}: \"{t}\" ({r['class']}) -> {got}" for r in rows for t, got in r.get("misses", [])]
     if misses:
         lines += ["", "Prompts whose volume the classifier assigned to another contrast (guidance: prompt (asked) -> got):",

@@ -273,6 +273,20 @@ PARAPHRASES_B: dict[str, tuple[str, ...]] = {
               "fluid-suppressed T2 image of an adult volunteer", "inversion recovery scan with dark CSF of a normal brain"),
 }
 
+#: Set C, written in session 18 before the prompt's contrast was read off the class contexts
+#: (ldp_med.models.conditioning.prompt_label) and before anything was evaluated on it: a check of that
+#: mechanism on prompts that neither its design nor any tuning saw.
+PARAPHRASES_C: dict[str, tuple[str, ...]] = {
+    "T1w": ("T1w volume of a normal subject's brain", "gradient-echo T1-weighted brain image of an adult",
+            "3D T1 structural scan for a research study", "short-TR T1 weighted MRI of a healthy head"),
+    "T2w": ("T2w volume of a normal subject's brain", "brain scan with bright cerebrospinal fluid, T2 weighting",
+            "long-TE long-TR brain MRI of a healthy adult", "T2-weighted structural scan for a research study"),
+    "PD": ("PDw volume of a normal subject's brain", "short-TE long-TR proton density head scan",
+           "proton density weighted MRI for a research study", "PD image of a healthy adult head"),
+    "FLAIR": ("FLAIR volume of a normal subject's brain", "T2-FLAIR with suppressed CSF signal of a healthy adult",
+              "fluid attenuated MRI for a research study", "inversion-recovery T2 brain image with nulled fluid"),
+}
+
 
 def real_scans() -> dict[str, Path]:
     """Real scans that installed packages ship (no download)."""

@@ -2,9 +2,10 @@
 
 Conditions: a class index per sample, or the null class (index ``len(class_names)``) for unconditional
 samples. A text-conditioned prior (``unet.with_conditioning``) also takes a context (B, 1, dim) through
-cross-attention: a prompt's sentence embedding (with the null class), the class's caption-mean embedding
-from the model folder's ``class_context`` extra (for a class label), or zeros (null). Generation and
-posterior sampling both call :func:`guided_prediction`.
+cross-attention: a prompt's sentence embedding, the class's caption-mean embedding from the model
+folder's ``class_context`` extra (for a class label), or zeros (null). A prompt goes with the class that
+the folder's caption classifier reads in it (:func:`prompt_labels`), or with the null class when it names
+none. Generation and posterior sampling both call :func:`guided_prediction`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,28 @@ def label_context(prior: Prior, labels: torch.Tensor) -> torch.Tensor:
         raise InputError(prior.path, f"class_context has shape {tuple(table.shape)}, expected "
                                      f"({null_class(prior) + 1}, 1, {dim})")
     return table.to(labels.device, torch.float32)[labels]
+
+
+#: A prompt takes the contrast class that the caption classifier gives at least this probability (a majority);
+#: below it the prompt goes with the null class and steers through its embedding alone.
+PROMPT_CLASS_MIN_P = 0.5
+
+
+def prompt_labels(prior: Prior, context: torch.Tensor) -> torch.Tensor:
+    """Class labels (B,) for prompt contexts (B, 1, dim): the contrast the caption classifier reads in each.
+
+    The classifier is the model folder's ``caption_weight`` / ``caption_bias`` extras (multinomial logistic
+    regression on the training captions' embeddings, :func:`ldp_med.models.text.caption_classifier`). A
+    prompt gets the class of highest probability when that is >= :data:`PROMPT_CLASS_MIN_P`, else the
+    null class; a folder without the extras gives the null class to every prompt (the prompt alone steers).
+    """
+    null = torch.full((len(context),), null_class(prior), dtype=torch.long, device=context.device)
+    weight, bias = prior.extras.get("caption_weight"), prior.extras.get("caption_bias")
+    if weight is None or bias is None:
+        return null
+    prob = torch.softmax(context[:, 0].float() @ weight.to(context.device).float().T + bias.to(context.device), dim=1)
+    conf, best = prob.max(1)
+    return torch.where(conf >= PROMPT_CLASS_MIN_P, best, null)
 
 
 def guided_prediction(prior: Prior, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,

@@ -136,3 +136,40 @@ def class_context(embeddings: torch.Tensor, labels: torch.Tensor, n_classes: int
         if len(rows):
             out[c, 0] = torch.nn.functional.normalize(rows.mean(0), dim=0)
     return out
+
+
+def caption_classifier(embeddings: torch.Tensor, labels: torch.Tensor, n_classes: int, seed: int = 0
+                       ) -> dict[str, torch.Tensor]:
+    """A linear contrast classifier of caption embeddings: the ``caption_weight`` / ``caption_bias`` extras.
+
+    Multinomial logistic regression (scikit-learn; its inverse L2 strength C chosen among 1-1000 by the
+    log-loss of 5-fold cross-validation on these captions only; C = 10 when a class has one caption) on the rows with a caption and a class
+    (label in ``[0, n_classes)``). Generation reads
+    a prompt's contrast with it (:func:`ldp_med.models.conditioning.prompt_labels`). Classes without
+    captions get a bias of -1e4 (never predicted).
+
+    Returns:
+        ``{"caption_weight": (n_classes, dim), "caption_bias": (n_classes,)}`` float32.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+
+    keep = (embeddings.abs().sum(1) > 0) & (labels >= 0) & (labels < n_classes)
+    x, y = embeddings[keep].double().numpy(), labels[keep].numpy()
+    present = sorted(set(y.tolist()))
+    weight, bias = torch.zeros(n_classes, embeddings.shape[1]), torch.full((n_classes,), -1e4)
+    if len(present) < 2:  # nothing to tell apart: the one class (if any) always wins
+        bias[present] = 0.0
+        return {"caption_weight": weight, "caption_bias": bias}
+    folds = min(5, min(int((y == c).sum()) for c in present))
+    clf = LogisticRegression(C=10.0, max_iter=5000, random_state=seed)
+    if folds >= 2:  # else a class has one caption: nothing to cross-validate on
+        clf = GridSearchCV(clf, {"C": [1.0, 10.0, 100.0, 1000.0]}, cv=folds, scoring="neg_log_loss").fit(x, y).best_estimator_
+    else:
+        clf.fit(x, y)
+    coef, icpt = torch.from_numpy(clf.coef_).float(), torch.from_numpy(clf.intercept_).float()
+    if len(present) == 2:  # scikit-learn's binary form: one row for the second class
+        coef, icpt = torch.cat([torch.zeros_like(coef), coef]), torch.cat([torch.zeros_like(icpt), icpt])
+    weight[present], bias[present] = coef, icpt
+    return {"caption_weight": weight, "caption_bias": bias}
+

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ldp_med.config import DEFAULT_GUIDANCE
 from ldp_med.models.builders import build_ddim_scheduler
-from ldp_med.models.conditioning import guided_prediction, is_text_conditioned, null_class, prompt_context
+from ldp_med.models.conditioning import guided_prediction, is_text_conditioned, null_class, prompt_context, prompt_labels
 from ldp_med.models.pretrained import Prior
 
 
@@ -56,7 +56,8 @@ def generate(n: int = 1, contrast: str | None = None, prompt: str | None = None,
     (``prompt``, text-conditioned priors only) or unconditional (neither).
 
     A prompt is embedded by :func:`ldp_med.models.text.load_text_encoder` (the ``text`` extra) and
-    sampled with the null class; ``contrast`` on a text-conditioned prior uses the class's stored
+    sampled with the contrast class it names (:func:`ldp_med.models.conditioning.prompt_labels`; the
+    null class when it names none); ``contrast`` on a text-conditioned prior uses the class's stored
     caption-mean embedding, so it needs no text encoder.
 
     Returns:
@@ -82,10 +83,13 @@ def generate(n: int = 1, contrast: str | None = None, prompt: str | None = None,
         raise InputError(None, "this model has no text conditioning; use --contrast (text prompts need a prior trained with captions)")
     if contrast is not None and contrast not in names:
         raise InputError(None, f"unknown contrast {contrast!r}; the model knows {', '.join(names)}")
-    label = names.index(contrast) if contrast is not None else null_class(prior)
     context = prompt_context(prior, prompt, n) if prompt else None
+    if context is not None:
+        labels = prompt_labels(prior, context)
+    else:
+        labels = torch.full((n,), names.index(contrast) if contrast is not None else null_class(prior), dtype=torch.long)
     gen = torch.Generator().manual_seed(seed)
-    z = sample_latents(prior, torch.full((n,), label, dtype=torch.long), steps, guidance, gen, progress, context)
+    z = sample_latents(prior, labels, steps, guidance, gen, progress, context)
     imgs = decode(prior, z)
     if not torch.isfinite(imgs).all():
         from ldp_med.errors import LdpError

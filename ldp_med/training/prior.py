@@ -272,8 +272,10 @@ def _caption_context(cfg: PriorTrainConfig, data: TrainingImages, labels: torch.
     every wording), else the distinct captions of each labelled class.
     ``class_context`` (n_classes + 1, 1, dim): per class the re-normalised mean of its caption
     embeddings, then the null row (zeros); sampling with ``--contrast`` uses it, so it needs no encoder.
+    ``caption_weight`` / ``caption_bias``: a linear contrast classifier of the same embeddings
+    (:func:`ldp_med.models.text.caption_classifier`); a prompt takes the class it reads.
     """
-    from ldp_med.models.text import class_context
+    from ldp_med.models.text import caption_classifier, class_context
 
     if not 0 <= cfg.text_only <= 1 or not 0 <= cfg.cond_dropout <= 1:
         raise ConfigError("cond_dropout and text_only must lie in [0, 1]")
@@ -298,6 +300,7 @@ def _caption_context(cfg: PriorTrainConfig, data: TrainingImages, labels: torch.
     if emb.shape[1] != cfg.model.unet.cross_attention_dim:
         raise ConfigError(f"unet.cross_attention_dim is {cfg.model.unet.cross_attention_dim}, "
                           f"but the text encoder {name!r} gives {emb.shape[1]}-d embeddings")
-    ctx = class_context(emb, cap_labels, len(cfg.model.class_names))
-    return (emb[:, None].contiguous(), cap_labels if cfg.caption_within_class else None,
-            {"class_context": ctx}, name)
+    n_classes = len(cfg.model.class_names)
+    extras = {"class_context": class_context(emb, cap_labels, n_classes),
+              **caption_classifier(emb, cap_labels, n_classes, seed=cfg.loop.seed)}
+    return (emb[:, None].contiguous(), cap_labels if cfg.caption_within_class else None, extras, name)

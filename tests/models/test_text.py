@@ -68,6 +68,34 @@ def test_caption_embeddings_and_class_context():
     assert isinstance(enc, text.TextEncoder)
 
 
+def test_caption_classifier_reads_unseen_wordings_and_leaves_vague_prompts_unclassed():
+    from ldp_med.models.conditioning import PROMPT_CLASS_MIN_P, prompt_labels
+
+    g = torch.Generator().manual_seed(3)
+    centres = torch.nn.functional.normalize(torch.randn(3, FAKE_DIM, generator=g), dim=1)
+
+    def draw(labels):  # captions of a class scatter around its centre on the unit sphere
+        return torch.nn.functional.normalize(centres[labels] + 0.3 * torch.randn(len(labels), FAKE_DIM, generator=g), dim=1)
+
+    labels = torch.arange(3).repeat(20)  # classes 0-2 of 4; class 3 has no captions
+    emb = torch.cat([draw(labels), torch.zeros(2, FAKE_DIM)])  # two empty captions: ignored
+    ext = text.caption_classifier(emb, torch.cat([labels, torch.tensor([3, -1])]), n_classes=4)
+    assert ext["caption_weight"].shape == (4, FAKE_DIM) and ext["caption_bias"].shape == (4,)
+    prior = Prior(TINY_MODEL, None, None, ext)
+    new = torch.tensor([2, 0, 1, 1, 0, 2])
+    assert torch.equal(prompt_labels(prior, draw(new)[:, None]), new)  # wordings it never saw
+    q, _ = torch.linalg.qr(torch.cat([centres.T, torch.randn(FAKE_DIM, 1, generator=g)], 1))
+    vague = q[:, 3].expand(2, 1, FAKE_DIM)  # unlike every class's captions (orthogonal to their centres)
+    prob = torch.softmax(vague[:, 0] @ ext["caption_weight"].T + ext["caption_bias"], 1)
+    assert prob.max() < PROMPT_CLASS_MIN_P and prob[:, 3].max() < 1e-6
+    null = len(TINY_MODEL.class_names)
+    assert prompt_labels(prior, vague).tolist() == [null, null]  # names no contrast: the prompt alone steers
+    assert prompt_labels(Prior(TINY_MODEL, None, None, {}), draw(new)[:, None]).tolist() == [null] * 6  # old folders
+    two = text.caption_classifier(draw(torch.tensor([0, 2] * 10)), torch.tensor([0, 2] * 10), n_classes=4)
+    assert torch.equal(prompt_labels(Prior(TINY_MODEL, None, None, two), draw(torch.tensor([2, 0]))[:, None]),
+                       torch.tensor([2, 0]))  # scikit-learn's binary form spread to the right rows
+
+
 def test_text_prior_trains_and_generates(tmp_path, cohort_dir, monkeypatch, fake_encoder):
     from ldp_med.data import synthetic
     from ldp_med.training import prior as prior_mod
@@ -96,6 +124,7 @@ def test_text_prior_trains_and_generates(tmp_path, cohort_dir, monkeypatch, fake
     ctx = prior.extras["class_context"]
     assert ctx.shape == (5, 1, FAKE_DIM) and ctx[[2, 4]].abs().sum() == 0  # no PD captions; null row
     torch.testing.assert_close(ctx[[0, 1, 3], 0].norm(dim=1), torch.ones(3))
+    assert prior.extras["caption_weight"].shape == (4, FAKE_DIM) and prior.extras["caption_bias"][2] == -1e4
 
     # --contrast needs no text encoder; --prompt uses it; the null condition works; seeds reproduce.
     monkeypatch.setattr(text, "load_text_encoder", lambda: pytest.fail("--contrast loaded the text encoder"))

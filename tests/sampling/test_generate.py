@@ -99,6 +99,15 @@ def test_text_prior_gets_context_in_both_guidance_branches(tmp_path, monkeypatch
     lat = sample_latents(prior, null, steps=3, guidance=3.0, generator=torch.Generator().manual_seed(0),
                          progress=False, context=ctx)
     assert lat.shape == (2, *cfg.latent_shape) and torch.isfinite(lat).all()
+    # generate() samples a prompt with the class its caption classifier reads (here: T2w), else the null class.
+    from ldp_med.sampling.generate import generate
+
+    kw = dict(n=2, steps=3, guidance=3.0, seed=0, prior=prior, progress=False)
+    assert torch.equal(generate(prompt="T2w brain MRI", **kw)[0], decode(prior, lat))  # no classifier: null
+    prior.extras.update(caption_weight=torch.zeros(4, FAKE_DIM), caption_bias=torch.tensor([0.0, 5.0, 0.0, 0.0]))
+    lat1 = sample_latents(prior, labels.new_full((2,), 1), steps=3, guidance=3.0,
+                          generator=torch.Generator().manual_seed(0), progress=False, context=ctx)
+    assert torch.equal(generate(prompt="T2w brain MRI", **kw)[0], decode(prior, lat1))
     # A class-only model keeps refusing prompts, with one line.
     vae, unet = build_models(TINY_MODEL)
     model = save_pretrained(tmp_path / "m", TINY_MODEL, vae, unet)
