@@ -68,32 +68,42 @@ def test_caption_embeddings_and_class_context():
     assert isinstance(enc, text.TextEncoder)
 
 
-def test_caption_classifier_reads_unseen_wordings_and_leaves_vague_prompts_unclassed():
-    from ldp_med.models.conditioning import PROMPT_CLASS_MIN_P, prompt_labels
+def test_caption_classifier_reads_unseen_wordings():
+    from ldp_med.models.conditioning import prompt_labels
 
     g = torch.Generator().manual_seed(3)
     centres = torch.nn.functional.normalize(torch.randn(3, FAKE_DIM, generator=g), dim=1)
 
     def draw(labels):  # captions of a class scatter around its centre on the unit sphere
-        return torch.nn.functional.normalize(centres[labels] + 0.3 * torch.randn(len(labels), FAKE_DIM, generator=g), dim=1)
+        return torch.nn.functional.normalize(centres[labels] + 0.15 * torch.randn(len(labels), FAKE_DIM, generator=g), dim=1)
 
     labels = torch.arange(3).repeat(20)  # classes 0-2 of 4; class 3 has no captions
     emb = torch.cat([draw(labels), torch.zeros(2, FAKE_DIM)])  # two empty captions: ignored
     ext = text.caption_classifier(emb, torch.cat([labels, torch.tensor([3, -1])]), n_classes=4)
     assert ext["caption_weight"].shape == (4, FAKE_DIM) and ext["caption_bias"].shape == (4,)
-    prior = Prior(TINY_MODEL, None, None, ext)
+    assert ext["caption_bias"][3] == -1e4  # a class without captions is never read
     new = torch.tensor([2, 0, 1, 1, 0, 2])
-    assert torch.equal(prompt_labels(prior, draw(new)[:, None]), new)  # wordings it never saw
-    q, _ = torch.linalg.qr(torch.cat([centres.T, torch.randn(FAKE_DIM, 1, generator=g)], 1))
-    vague = q[:, 3].expand(2, 1, FAKE_DIM)  # unlike every class's captions (orthogonal to their centres)
-    prob = torch.softmax(vague[:, 0] @ ext["caption_weight"].T + ext["caption_bias"], 1)
-    assert prob.max() < PROMPT_CLASS_MIN_P and prob[:, 3].max() < 1e-6
-    null = len(TINY_MODEL.class_names)
-    assert prompt_labels(prior, vague).tolist() == [null, null]  # names no contrast: the prompt alone steers
-    assert prompt_labels(Prior(TINY_MODEL, None, None, {}), draw(new)[:, None]).tolist() == [null] * 6  # old folders
+    assert torch.equal(prompt_labels(Prior(TINY_MODEL, None, None, ext), draw(new)[:, None]), new)  # unseen wordings
     two = text.caption_classifier(draw(torch.tensor([0, 2] * 10)), torch.tensor([0, 2] * 10), n_classes=4)
     assert torch.equal(prompt_labels(Prior(TINY_MODEL, None, None, two), draw(torch.tensor([2, 0]))[:, None]),
                        torch.tensor([2, 0]))  # scikit-learn's binary form spread to the right rows
+
+
+def test_prompt_takes_a_class_only_by_majority():
+    from ldp_med.models.conditioning import PROMPT_CLASS_MIN_P, prompt_labels
+
+    null = len(TINY_MODEL.class_names)
+    weight = torch.eye(4, FAKE_DIM) * 4.0  # logit of class k = 4 x the context's k-th entry
+    prior = Prior(TINY_MODEL, None, None, {"caption_weight": weight, "caption_bias": torch.zeros(4)})
+    ctx = torch.zeros(4, 1, FAKE_DIM)
+    ctx[0, 0, 1] = 1.0  # p(T2w) = e^4 / (e^4 + 3) = 0.95
+    ctx[1, 0, 2] = 0.2  # p(PD) = e^0.8 / (e^0.8 + 3) = 0.43: no majority
+    ctx[2, 0, :2] = 1.0  # T1w and T2w tie at 0.49
+    ctx[3, 0, 3] = 0.4  # p(FLAIR) = e^1.6 / (e^1.6 + 3) = 0.62
+    prob = torch.softmax(ctx[:, 0] @ weight.T, 1).max(1).values
+    assert ((prob >= PROMPT_CLASS_MIN_P) == torch.tensor([True, False, False, True])).all()
+    assert prompt_labels(prior, ctx).tolist() == [1, null, null, 3]
+    assert prompt_labels(Prior(TINY_MODEL, None, None, {}), ctx).tolist() == [null] * 4  # old folders: the prompt alone
 
 
 def test_text_prior_trains_and_generates(tmp_path, cohort_dir, monkeypatch, fake_encoder):
