@@ -327,6 +327,8 @@ def generate(out_dir, contrast, prompt, count, guidance, steps, seed, device, mo
     from ldp_med.io.atomic import check_output
     from ldp_med.io.nifti import save_nifti
     from ldp_med.io.volume import Volume
+    from ldp_med.models.conditioning import null_class, prompt_context, prompt_labels
+    from ldp_med.models.pretrained import load_pretrained
     from ldp_med.sampling.generate import generate as run_generate
 
     out = Path(out_dir)
@@ -336,7 +338,12 @@ def generate(out_dir, contrast, prompt, count, guidance, steps, seed, device, mo
     names = [out / f"sample_{i:03d}.nii.gz" for i in range(count)]
     for p in names + ([Path(preview)] if preview else []):
         check_output(p, force)
-    imgs, affine = run_generate(count, contrast, prompt, guidance, steps, seed, _device(device), model_dir)
+    prior = load_pretrained(model_dir, device=_device(device))
+    imgs, affine = run_generate(count, contrast, prompt, guidance, steps, seed, prior=prior)
+    if prompt:  # which class went with the prompt (the folder's caption classifier; none: the prompt alone)
+        read = int(prompt_labels(prior, prompt_context(prior, prompt, 1))[0])
+        contrast = prior.config.class_names[read] if read < null_class(prior) else None
+        click.echo(f"prompt read as {contrast or 'no contrast (the prompt steers alone)'}")
     for p, img in zip(names, imgs.numpy()):
         save_nifti(Volume(img, affine, {"contrast": contrast or "unconditional"}), p, force=force)
     if preview:

@@ -150,7 +150,7 @@ def test_text_prior_trains_and_generates(tmp_path, cohort_dir, monkeypatch, fake
     assert a.shape == (2, *cfg_model.grid) and torch.isfinite(a).all() and affine.shape == (4, 4)
     assert torch.equal(a, b) and not torch.equal(a, u)
     r = run("generate", "-o", tmp_path / "p", "--prompt", "FLAIR MRI", "--steps", 3, "--model", folder, "-n", 1)
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 0 and "prompt read as " in r.output, r.output
     for args in (["--prompt", "  "], ["--prompt", "x", "--contrast", "T1w"]):
         r = run("generate", "-o", tmp_path / "e", "--steps", 3, "--model", folder, *args)
         assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.output)
