@@ -142,11 +142,11 @@ def caption_classifier(embeddings: torch.Tensor, labels: torch.Tensor, n_classes
                        ) -> dict[str, torch.Tensor]:
     """A linear contrast classifier of caption embeddings: the ``caption_weight`` / ``caption_bias`` extras.
 
-    Multinomial logistic regression (scikit-learn; its inverse L2 strength C chosen among 1-1000 by the
-    log-loss of 5-fold cross-validation on these captions only; C = 10 when a class has one caption) on the rows with a caption and a class
-    (label in ``[0, n_classes)``). Generation reads
-    a prompt's contrast with it (:func:`ldp_med.models.conditioning.prompt_labels`). Classes without
-    captions get a bias of -1e4 (never predicted).
+    Multinomial logistic regression (scikit-learn) on the rows with a caption and a class (label in
+    ``[0, n_classes)``); its inverse L2 strength C is chosen among 1-1000 by the log-loss of 5-fold
+    cross-validation on these captions only (C = 10 when a class has a single caption). Generation reads a
+    prompt's contrast with it (:func:`ldp_med.models.conditioning.prompt_labels`). Classes without
+    captions get a bias of -1e4 (never read).
 
     Returns:
         ``{"caption_weight": (n_classes, dim), "caption_bias": (n_classes,)}`` float32.
@@ -172,4 +172,3 @@ def caption_classifier(embeddings: torch.Tensor, labels: torch.Tensor, n_classes
         coef, icpt = torch.cat([torch.zeros_like(coef), coef]), torch.cat([torch.zeros_like(icpt), icpt])
     weight[present], bias[present] = coef, icpt
     return {"caption_weight": weight, "caption_bias": bias}
-
