@@ -273,8 +273,8 @@ PARAPHRASES_B: dict[str, tuple[str, ...]] = {
               "fluid-suppressed T2 image of an adult volunteer", "inversion recovery scan with dark CSF of a normal brain"),
 }
 
-#: Set C, written in session 18 before the prompt's contrast was read off the class contexts
-#: (ldp_med.models.conditioning.prompt_label) and before anything was evaluated on it: a check of that
+#: Set C, written in session 18 before the prompt's contrast was read by the model folder's caption classifier
+#: (ldp_med.models.conditioning.prompt_labels) and before anything was evaluated on it: a check of that
 #: mechanism on prompts that neither its design nor any tuning saw.
 PARAPHRASES_C: dict[str, tuple[str, ...]] = {
     "T1w": ("T1w volume of a normal subject's brain", "gradient-echo T1-weighted brain image of an adult",
