@@ -21,7 +21,8 @@ How (all the registration is ``dipy.align.imaffine``; nothing here is a hand-wri
    with ``AffineRegistration`` (L-BFGS-B) through ``TranslationTransform3D`` -> ``RigidTransform3D`` ->
    ``AffineTransform3D`` (each started from the previous), on a pyramid of ``factors`` times ``work_mm``
    (8 / 4 mm for the first two, 8 / 4 / 2 mm for the affine by default; a level is dropped when the
-   input is too small for it). Mutual information makes no assumption on the contrast: T2w, PD and
+   input is too small for it). dipy's finest level is always the grid it is given, so a stage whose
+   finest factor is k gets the input smoothed and taken on every k-th voxel (:func:`_reduced`). Mutual information makes no assumption on the contrast: T2w, PD and
    FLAIR align to the T1 template.
 
 When the foreground is narrower than ``min_extent_mm`` along some axis (a slab or a small part of a
@@ -234,9 +235,15 @@ def estimate_alignment(volume: Volume, cfg: AlignConfig | None = None, reference
 
     def run(stage, matrix):
         _, transform, factors = stage
-        reg = AffineRegistration(metric=metric, level_iters=[cfg.iterations] * len(factors), factors=list(factors),
-                                 sigmas=[cfg.smoothing * (f - 1) for f in factors], verbosity=0)
-        amap, _, fopt = reg.optimize(static, moving, transform, None, static_grid2world=s_aff,
+        # dipy's finest level is always the grid it is given: reduce the input to the finest factor first,
+        # unless that leaves a small input (a part of a brain) under 2 x min_level_voxels along some axis
+        k = min(factors) if min(static.shape) // min(factors) >= 2 * cfg.min_level_voxels else 1
+        factors = tuple(f // k for f in factors) if k > 1 else factors
+        img, aff = _reduced(static, s_aff, k, cfg.smoothing)
+        reg = AffineRegistration(metric=metric, level_iters=[cfg.iterations] * len(factors),
+                                 factors=list(factors), sigmas=[cfg.smoothing * (f - 1) for f in factors],
+                                 verbosity=0)
+        amap, _, fopt = reg.optimize(img, moving, transform, None, static_grid2world=aff,
                                      moving_grid2world=ref_affine, starting_affine=matrix, ret_metric=True)
         return amap.affine, fopt
 
@@ -252,6 +259,19 @@ def estimate_alignment(volume: Volume, cfg: AlignConfig | None = None, reference
     return Alignment(matrix=np.asarray(current, np.float64), metric=-float(fopt),
                      seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0,
                      stages=tuple(s[0] for s in stages), start=np.asarray(start, np.float64))
+
+
+def _reduced(static: np.ndarray, s_aff: np.ndarray, k: int, smoothing: float) -> tuple[np.ndarray, np.ndarray]:
+    """``static`` on every ``k``-th voxel after a Gaussian of ``smoothing * (k - 1)`` voxels (dipy's sigma for a
+    level of factor ``k``), and its voxel-to-world affine; ``k = 1``: unchanged."""
+    if k == 1:
+        return static, s_aff
+    from scipy import ndimage
+
+    img = ndimage.gaussian_filter(static, smoothing * (k - 1))[::k, ::k, ::k]
+    aff = s_aff.copy()
+    aff[:3, :3] = s_aff[:3, :3] * k
+    return img, aff
 
 
 def _levels(factors: tuple[int, ...], shape, cfg: AlignConfig) -> tuple[int, ...]:

@@ -327,10 +327,12 @@ def generate(out_dir, contrast, prompt, count, guidance, steps, seed, device, mo
     from ldp_med.io.atomic import check_output
     from ldp_med.io.nifti import save_nifti
     from ldp_med.io.volume import Volume
-    from ldp_med.models.conditioning import null_class, prompt_context, prompt_labels
+    from ldp_med.models.conditioning import null_class
     from ldp_med.models.pretrained import load_pretrained
+    from ldp_med.sampling.generate import check_request, request_conditions
     from ldp_med.sampling.generate import generate as run_generate
 
+    check_request(count, contrast, prompt)
     out = Path(out_dir)
     if not out.parent.is_dir():
         raise InputError(out, f"parent folder {out.parent} does not exist")
@@ -339,11 +341,12 @@ def generate(out_dir, contrast, prompt, count, guidance, steps, seed, device, mo
     for p in names + ([Path(preview)] if preview else []):
         check_output(p, force)
     prior = load_pretrained(model_dir, device=_device(device))
-    imgs, affine = run_generate(count, contrast, prompt, guidance, steps, seed, prior=prior)
+    conditions = request_conditions(prior, count, contrast, prompt)
     if prompt:  # which class went with the prompt (the folder's caption classifier; none: the prompt alone)
-        read = int(prompt_labels(prior, prompt_context(prior, prompt, 1))[0])
+        read = int(conditions[0][0])
         contrast = prior.config.class_names[read] if read < null_class(prior) else None
         click.echo(f"prompt read as {contrast or 'no contrast (the prompt steers alone)'}")
+    imgs, affine = run_generate(count, None, None, guidance, steps, seed, prior=prior, conditions=conditions)
     for p, img in zip(names, imgs.numpy()):
         save_nifti(Volume(img, affine, {"contrast": contrast or "unconditional"}), p, force=force)
     if preview:

@@ -63,6 +63,33 @@ def test_moved_and_rotated_volume_is_aligned_back(template4, contrast):
     assert est.stages == ("translation", "rigid", "affine")
 
 
+def test_a_stage_runs_on_the_grid_of_its_finest_level(template4, monkeypatch):
+    """dipy's finest level is the grid it is given, whatever the factors say: a stage whose finest factor is 2
+    must be handed the input on every second voxel (same world positions), not the full grid."""
+    from dipy.align import imaffine
+
+    seen = []
+    optimize = imaffine.AffineRegistration.optimize
+
+    def spy(self, static, moving, transform, params0, **kw):
+        seen.append((type(transform).__name__, static.shape, kw["static_grid2world"].copy(), list(self.factors)))
+        return optimize(self, static, moving, transform, params0, **kw)
+
+    monkeypatch.setattr(imaffine.AffineRegistration, "optimize", spy)
+    t1, _, mask, aff = template4
+    move = _move(10.0, [1.0, 0.4, -0.3], [20.0, -8.0, 6.0])
+    vol = Volume(t1, move @ aff)
+    cfg = AlignConfig(**{**FAST.__dict__, "translation_factors": (4, 2), "rigid_factors": (2,)})
+    est = estimate_alignment(vol, cfg)
+    (_, full_shape, full_aff, f_aff) = seen[-1]
+    assert seen[-1][0] == "AffineTransform3D" and f_aff == [2, 1]
+    for name, shape, g2w, factors in seen[:2]:
+        assert shape == tuple(-(-n // 2) for n in full_shape), name  # every second voxel
+        np.testing.assert_allclose(g2w, full_aff @ np.diag([2.0, 2.0, 2.0, 1.0]))  # the same world positions
+    assert seen[0][3] == [2, 1] and seen[1][3] == [1]
+    assert placement_rms(est.matrix, np.linalg.inv(move), _brain_points(vol.affine, mask)) <= 2.0
+
+
 @pytest.mark.slow
 def test_default_settings_align_a_moved_template(template4):
     t1, _, mask, aff = template4

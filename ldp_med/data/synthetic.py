@@ -68,6 +68,8 @@ TISSUE_INTENSITIES: dict[str, tuple[float, float, float]] = {
 _JITTER = 0.05
 _NOISE_SIGMA = (0.005, 0.015)
 _ATROPHY = (0.0, 0.8)  # fraction of the dilation-driven CSF growth applied
+_T1_TEMPLATE_MIX = (0.3, 0.6)  # T1w: weight of the real template in the image
+_DETAIL_MIX = (0.2, 0.4)  # other contrasts: weight of the template's high-frequency detail
 
 #: Sentence patterns of the captions; ``{c}`` takes a name of the contrast from ``CONTRAST_SYNONYMS``.
 CAPTION_TEMPLATES: tuple[str, ...] = (
@@ -312,12 +314,12 @@ def make_subject(
     img = i_gm * gm + i_wm * wm + i_csf * csf
     if meta["contrast"] == "T1w":
         # Mix in the real template (its tissue contrast rescaled to this subject's WM level).
-        alpha = rng.uniform(0.3, 0.6)
+        alpha = rng.uniform(*_T1_TEMPLATE_MIX)
         img = (1 - alpha) * img + alpha * t1 * (i_wm / 0.87)
     else:
         # Keep a little of the template's high-frequency detail, signed like the WM-GM contrast.
         detail = t1 - ndimage.gaussian_filter(t1, 1.0)
-        img = img + rng.uniform(0.2, 0.4) * np.sign(i_wm - i_gm) * detail
+        img = img + rng.uniform(*_DETAIL_MIX) * np.sign(i_wm - i_gm) * detail
     img = np.clip(img, 0, None).astype(np.float32)
 
     # Smooth multiplicative bias field.

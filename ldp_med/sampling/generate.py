@@ -49,16 +49,53 @@ def decode(prior: Prior, latents: torch.Tensor) -> torch.Tensor:
     return torch.stack(out).clamp(0, 1).cpu()
 
 
+def check_request(n: int, contrast: str | None, prompt: str | None) -> None:
+    """Refuse (InputError, one line) a request that no model could serve, before any model is loaded."""
+    from ldp_med.errors import InputError
+
+    if n < 1:
+        raise InputError(None, f"-n must be >= 1, got {n}")
+    if contrast and prompt:
+        raise InputError(None, "give --contrast or --prompt, not both")
+    if prompt is not None and not prompt.strip():
+        raise InputError(None, "--prompt is empty")
+
+
+def request_conditions(prior: Prior, n: int, contrast: str | None,
+                       prompt: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The class labels (n,) and text context (n, 1, dim) or None of a checked request on ``prior``.
+
+    A prompt takes the class :func:`ldp_med.models.conditioning.prompt_labels` reads in it (the null class when
+    it names none); ``contrast`` its class; neither the null class.
+
+    Raises:
+        InputError: a prompt for a model without text conditioning, or a contrast the model does not know.
+    """
+    from ldp_med.errors import InputError
+
+    names = prior.config.class_names
+    if prompt and not is_text_conditioned(prior):
+        raise InputError(None, "this model has no text conditioning; use --contrast (text prompts need a prior trained with captions)")
+    if contrast is not None and contrast not in names:
+        raise InputError(None, f"unknown contrast {contrast!r}; the model knows {', '.join(names)}")
+    if prompt:
+        context = prompt_context(prior, prompt, n)
+        return prompt_labels(prior, context), context
+    return torch.full((n,), names.index(contrast) if contrast is not None else null_class(prior), dtype=torch.long), None
+
+
 def generate(n: int = 1, contrast: str | None = None, prompt: str | None = None, guidance: float = DEFAULT_GUIDANCE,
              steps: int = 50, seed: int = 0, device: str = "cpu", model: str | None = None,
-             prior: Prior | None = None, progress: bool = True) -> tuple[torch.Tensor, np.ndarray]:
+             prior: Prior | None = None, progress: bool = True,
+             conditions: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> tuple[torch.Tensor, np.ndarray]:
     """Generate ``n`` volumes of the prior: class-conditional (``contrast``), text-conditional
     (``prompt``, text-conditioned priors only) or unconditional (neither).
 
     A prompt is embedded by :func:`ldp_med.models.text.load_text_encoder` (the ``text`` extra) and
     sampled with the contrast class it names (:func:`ldp_med.models.conditioning.prompt_labels`; the
     null class when it names none); ``contrast`` on a text-conditioned prior uses the class's stored
-    caption-mean embedding, so it needs no text encoder.
+    caption-mean embedding, so it needs no text encoder. ``conditions``: the request already settled by
+    :func:`request_conditions` on ``prior`` (the command line does that to report the class a prompt took).
 
     Returns:
         (images float32 (n, X, Y, Z) in [0, 1] on the model grid, the model grid's affine (4, 4)).
@@ -68,26 +105,11 @@ def generate(n: int = 1, contrast: str | None = None, prompt: str | None = None,
             without text conditioning.
         LdpError: a prompt without the ``text`` extra installed (the message names the extra).
     """
-    from ldp_med.errors import InputError
     from ldp_med.models.pretrained import load_pretrained
 
-    if n < 1:
-        raise InputError(None, f"-n must be >= 1, got {n}")
-    if contrast and prompt:
-        raise InputError(None, "give --contrast or --prompt, not both")
-    if prompt is not None and not prompt.strip():
-        raise InputError(None, "--prompt is empty")
+    check_request(n, contrast, prompt)
     prior = prior or load_pretrained(model, device=device)
-    names = prior.config.class_names
-    if prompt and not is_text_conditioned(prior):
-        raise InputError(None, "this model has no text conditioning; use --contrast (text prompts need a prior trained with captions)")
-    if contrast is not None and contrast not in names:
-        raise InputError(None, f"unknown contrast {contrast!r}; the model knows {', '.join(names)}")
-    context = prompt_context(prior, prompt, n) if prompt else None
-    if context is not None:
-        labels = prompt_labels(prior, context)
-    else:
-        labels = torch.full((n,), names.index(contrast) if contrast is not None else null_class(prior), dtype=torch.long)
+    labels, context = conditions or request_conditions(prior, n, contrast, prompt)
     gen = torch.Generator().manual_seed(seed)
     z = sample_latents(prior, labels, steps, guidance, gen, progress, context)
     imgs = decode(prior, z)

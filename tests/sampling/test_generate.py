@@ -68,6 +68,9 @@ def test_generate_cli_contrast_null_and_errors(tmp_path):
         assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.output)
     r = run("generate", "-o", tmp_path / "g", "--contrast", "T2w", "--steps", 3, "--model", model)
     assert r.exit_code == 2 and "--force" in r.stderr
+    # a request no model could serve is refused before any model is read (this folder does not exist)
+    r = run("generate", "-o", tmp_path / "e", "--contrast", "T1w", "--prompt", "x", "--model", tmp_path / "none")
+    assert r.exit_code == 2 and "not both" in r.stderr, r.output
 
 
 @torch.no_grad()
