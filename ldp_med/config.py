@@ -481,12 +481,16 @@ class DataConfig:
 
     ``noise_free`` (synthetic cohort only): also load each subject's noise-free image, so that the prior learns
     noise-free anatomy (it encodes those) and the VAE learns to return a noisy input's noise-free expectation.
+    ``sharp`` (synthetic cohort only): also the first ``sharp`` training subjects rendered from the 1 mm template
+    (``synthetic.make_subject(sharp=True)``: the same anatomy without the 2 mm interpolation blur), cached in
+    ``<cache_dir>/sharp``.
     """
 
     synthetic: int = 200
     folder: str = ""
     cache_dir: str = "cache/cohort"
     noise_free: bool = False
+    sharp: int = 0
 
 
 @dataclass

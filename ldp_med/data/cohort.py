@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,6 +52,9 @@ def noise_free_units(image: np.ndarray, clean: np.ndarray, sigma: float) -> tupl
 
 def load_training_images(data: DataConfig, model: ModelConfig, progress: bool = True) -> TrainingImages:
     """The training split only: synthetic seeds ``0 .. data.synthetic - 1`` or every scan of ``data.folder``."""
+    if data.folder and data.sharp:
+        raise InputError(data.folder, "data.sharp renders the synthetic cohort from the 1 mm template; a folder of "
+                                      "scans has no such rendering")
     if data.folder and data.noise_free:
         raise InputError(data.folder, "data.noise_free needs the synthetic cohort (a folder of scans has no "
                                       "noise-free images)")
@@ -67,23 +71,32 @@ def load_training_images(data: DataConfig, model: ModelConfig, progress: bool = 
         raise InputError(None, f"the synthetic cohort lives on {synthetic.GRID}, the model grid is {tuple(model.grid)}")
     if not 0 < data.synthetic <= 10000:
         raise InputError(None, f"data.synthetic must be in 1..10000 (the training seeds), got {data.synthetic}")
+    if not 0 <= data.sharp <= data.synthetic:
+        raise InputError(None, f"data.sharp must be in 0..data.synthetic ({data.synthetic}), got {data.sharp}")
     seeds = synthetic.seeds("train", data.synthetic)
-    synthetic.build_cohort(data.cache_dir, seeds, progress=progress)
-    entries = {e["seed"]: e for e in synthetic.load_index(data.cache_dir)}
-    imgs, clean, expected = [], [], []
-    for s in tqdm(seeds, desc="load cohort", disable=not progress):
-        if data.noise_free:
-            units = noise_free_units(*synthetic.load_subject(data.cache_dir, entries[s], clean=True))
-            for out, v in zip((imgs, clean, expected), units):
-                out.append(v.astype(np.float16))
-        else:
-            imgs.append(model_units(synthetic.load_subject(data.cache_dir, entries[s])).astype(np.float16))
-    labels = torch.tensor([entries[s]["label"] for s in seeds])
+    sources = [(data.cache_dir, seeds)]
+    if data.sharp:
+        sources.append((str(Path(data.cache_dir) / "sharp"), seeds[: data.sharp]))
+    imgs, clean, expected, labels, captions = [], [], [], [], []
+    for folder, todo in sources:
+        synthetic.build_cohort(folder, todo, progress=progress, sharp=folder != data.cache_dir)
+        entries = {e["seed"]: e for e in synthetic.load_index(folder)}
+        for s in tqdm(todo, desc="load cohort", disable=not progress):
+            if data.noise_free:
+                units = noise_free_units(*synthetic.load_subject(folder, entries[s], clean=True))
+                for out, v in zip((imgs, clean, expected), units):
+                    out.append(v.astype(np.float16))
+            else:
+                imgs.append(model_units(synthetic.load_subject(folder, entries[s])).astype(np.float16))
+            labels.append(entries[s]["label"])
+            captions.append(entries[s]["caption"])
+    labels = torch.tensor(labels)
 
     def stacked(arrays):
         return torch.from_numpy(np.stack(arrays))[:, None] if arrays else None
 
-    return TrainingImages(stacked(imgs), labels, [entries[s]["caption"] for s in seeds],
+    return TrainingImages(stacked(imgs), labels, captions,
                           f"synthetic healthy cohort (MNI152 2009a), training seeds 0-{data.synthetic - 1}"
+                          + (f", seeds 0-{data.sharp - 1} also rendered from the 1 mm template" if data.sharp else "")
                           + (", noise-free images" if data.noise_free else ""),
                           synthetic.caption_pool(), stacked(clean), stacked(expected))

@@ -263,6 +263,43 @@ def _deform(stack: np.ndarray, monai_seed: int) -> np.ndarray:
     return np.asarray(out.cpu().numpy() if hasattr(out, "cpu") else out, dtype=np.float32)
 
 
+_SHARP_SIGMA = 0.5  # 1 mm voxels: the anti-aliasing Gaussian before sampling the 2 mm grid
+
+
+@functools.lru_cache(maxsize=1)
+def _load_maps_1mm() -> tuple[np.ndarray, np.ndarray]:
+    """The template's maps at 1 mm, anti-aliased for 2 mm sampling: (stack (4, X, Y, Z) GM, WM, CSF, T1; affine)."""
+    from nilearn import datasets
+    from scipy import ndimage
+
+    img = datasets.load_mni152_template(resolution=1)
+    t1 = np.asarray(img.get_fdata(), dtype=np.float32)
+    gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).get_fdata(), dtype=np.float32)
+    wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).get_fdata(), dtype=np.float32)
+    mask = np.asarray(datasets.load_mni152_brain_mask(resolution=1).get_fdata(), dtype=np.float32)
+    t1, gm, wm, mask = (np.clip(x, 0, None) for x in (t1, gm, wm, mask))
+    gm, wm = np.clip(gm, 0, 1), np.clip(wm, 0, 1)
+    csf = np.clip(mask - gm - wm, 0, 1)
+    t1 = np.clip(t1 / float(np.percentile(t1[mask > 0], 99.9)), 0, 1)
+    stack = np.stack([ndimage.gaussian_filter(x, _SHARP_SIGMA) for x in (gm, wm, csf, t1)]).astype(np.float32)
+    stack.setflags(write=False)
+    return stack, np.asarray(img.affine, dtype=np.float64)
+
+
+def _deform_from_1mm(monai_seed: int) -> np.ndarray:
+    """The deformation of :func:`_deform` (same seed, same field: its voxel-index maps are warped), with the maps
+    sampled from the 1 mm template instead of interpolated on the 2 mm grid: one interpolation at 1 mm instead of
+    one at 2 mm, so the subject keeps the template's 2 mm sharpness rather than a 2 mm linear blur."""
+    from scipy import ndimage
+
+    stack, aff1 = _load_maps_1mm()
+    src = _deform(np.indices(GRID).astype(np.float32), monai_seed)  # grid voxel each subject voxel shows
+    m = np.linalg.inv(aff1) @ grid_affine()
+    coords = np.tensordot(m[:3, :3], src, axes=1) + m[:3, 3][:, None, None, None]
+    out = [ndimage.map_coordinates(x, coords, order=1, mode="constant", cval=0.0) for x in stack]
+    return np.stack(out).astype(np.float32)
+
+
 def _atrophy(gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, amount: float) -> tuple[np.ndarray, ...]:
     """Move probability mass from GM/WM to CSF next to CSF (wider sulci, larger ventricles)."""
     from scipy import ndimage
@@ -278,7 +315,8 @@ def _atrophy(gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, amount: float) -> 
 
 
 def make_subject(
-    seed: int, contrast: str | None = None, return_clean: bool = False, return_tissue: bool = False
+    seed: int, contrast: str | None = None, return_clean: bool = False, return_tissue: bool = False,
+    sharp: bool = False,
 ) -> dict:
     """Render synthetic healthy subject ``seed`` on ``GRID``.
 
@@ -289,6 +327,8 @@ def make_subject(
         return_clean: also return ``clean``, the image before Rician noise (bias field included).
         return_tissue: also return ``tissue``, the subject's own (deformed, atrophied) tissue
             probability maps, float32 (3, 96, 112, 96) in order GM, WM, CSF.
+        sharp: sample the template's maps at 1 mm through the same deformation instead of interpolating the
+            2 mm maps (same draws and anatomy; without the 2 mm linear blur, closer to a real 2 mm scan).
 
     Returns:
         dict with ``image`` (float32 (96, 112, 96) in [0, 1]), ``label`` (int index into CLASSES),
@@ -303,8 +343,12 @@ def make_subject(
     maps = _load_maps()
 
     # Spatial variation: all maps move together.
-    stack = np.stack([maps["gm"], maps["wm"], maps["csf"], maps["t1"]])
-    gm, wm, csf, t1 = _deform(stack, int(rng.integers(2**31 - 1)))
+    monai_seed = int(rng.integers(2**31 - 1))
+    if sharp:
+        gm, wm, csf, t1 = _deform_from_1mm(monai_seed)
+    else:
+        stack = np.stack([maps["gm"], maps["wm"], maps["csf"], maps["t1"]])
+        gm, wm, csf, t1 = _deform(stack, monai_seed)
     gm, wm, csf = (np.clip(x, 0, 1) for x in (gm, wm, csf))
     gm, wm, csf = _atrophy(gm, wm, csf, float(rng.uniform(*_ATROPHY)))
 
@@ -352,8 +396,9 @@ def _file_name(seed: int) -> str:
     return f"sub-{int(seed):05d}.npz"
 
 
-def build_cohort(out_dir: str | os.PathLike, seeds: Iterable[int], progress: bool = True) -> Path:
-    """Render subjects ``seeds`` into ``out_dir`` (one ``sub-XXXXX.npz`` each) and write ``index.json``.
+def build_cohort(out_dir: str | os.PathLike, seeds: Iterable[int], progress: bool = True, sharp: bool = False) -> Path:
+    """Render subjects ``seeds`` into ``out_dir`` (one ``sub-XXXXX.npz`` each) and write ``index.json``
+    (``sharp``: rendered from the 1 mm template, see :func:`make_subject`; keep those in a folder of their own).
 
     Each npz holds ``image`` (float16 (96, 112, 96); float16 error ~5e-4 is below the noise), ``clean``
     (the image before Rician noise, float16), ``noise_sigma``, ``affine`` and ``label``. Subjects whose file
@@ -380,7 +425,7 @@ def build_cohort(out_dir: str | os.PathLike, seeds: Iterable[int], progress: boo
             meta = subject_meta(s)
         else:
             t0 = time.perf_counter()
-            subj = make_subject(s, return_clean=True)
+            subj = make_subject(s, return_clean=True, sharp=sharp)
             t_total += time.perf_counter() - t0
             n_made += 1
             meta = {k: subj[k] for k in ("label", "contrast", "caption")}
