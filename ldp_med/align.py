@@ -22,8 +22,8 @@ How (all the registration is ``dipy.align.imaffine``; nothing here is a hand-wri
    ``AffineTransform3D`` (each started from the previous), on a pyramid of ``factors`` times ``work_mm``
    (8 / 4 mm for the first two, 8 / 4 / 2 mm for the affine by default; a level is dropped when the
    input is too small for it). dipy's finest level is always the grid it is given, so a stage whose
-   finest factor is k gets the input smoothed and taken on every k-th voxel (:func:`_reduced`). Mutual information makes no assumption on the contrast: T2w, PD and
-   FLAIR align to the T1 template.
+   finest factor is k gets the input smoothed and taken on every k-th voxel (:func:`_reduced`). Mutual
+   information makes no assumption on the contrast: T2w, PD and FLAIR align to the T1 template.
 
 When the foreground is narrower than ``min_extent_mm`` along some axis (a slab or a small part of a
 brain), shears and per-axis scales are not determined by the data: the last stage is then
@@ -233,13 +233,15 @@ def estimate_alignment(volume: Volume, cfg: AlignConfig | None = None, reference
               ("rigid", RigidTransform3D(), cfg.rigid_factors), last]
     stages = [(n, t, _levels(f, static.shape, cfg)) for n, t, f in stages]
 
+    reduced = functools.cache(lambda k: _reduced(static, s_aff, k, cfg.smoothing))  # once per factor, not per run
+
     def run(stage, matrix):
         _, transform, factors = stage
         # dipy's finest level is always the grid it is given: reduce the input to the finest factor first,
         # unless that leaves a small input (a part of a brain) under 2 x min_level_voxels along some axis
         k = min(factors) if min(static.shape) // min(factors) >= 2 * cfg.min_level_voxels else 1
-        factors = tuple(f // k for f in factors) if k > 1 else factors
-        img, aff = _reduced(static, s_aff, k, cfg.smoothing)
+        factors = tuple(f // k for f in factors)
+        img, aff = reduced(k)
         reg = AffineRegistration(metric=metric, level_iters=[cfg.iterations] * len(factors),
                                  factors=list(factors), sigmas=[cfg.smoothing * (f - 1) for f in factors],
                                  verbosity=0)

@@ -74,12 +74,12 @@ def load_training_images(data: DataConfig, model: ModelConfig, progress: bool = 
     if not 0 <= data.sharp <= data.synthetic:
         raise InputError(None, f"data.sharp must be in 0..data.synthetic ({data.synthetic}), got {data.sharp}")
     seeds = synthetic.seeds("train", data.synthetic)
-    sources = [(data.cache_dir, seeds)]
+    sources = [(data.cache_dir, seeds, False)]  # (folder, seeds, rendered from the 1 mm template)
     if data.sharp:
-        sources.append((str(Path(data.cache_dir) / "sharp"), seeds[: data.sharp]))
+        sources.append((str(Path(data.cache_dir) / "sharp"), seeds[: data.sharp], True))
     imgs, clean, expected, labels, captions = [], [], [], [], []
-    for folder, todo in sources:
-        synthetic.build_cohort(folder, todo, progress=progress, sharp=folder != data.cache_dir)
+    for folder, todo, sharp in sources:
+        synthetic.build_cohort(folder, todo, progress=progress, sharp=sharp)
         entries = {e["seed"]: e for e in synthetic.load_index(folder)}
         for s in tqdm(todo, desc="load cohort", disable=not progress):
             if data.noise_free:

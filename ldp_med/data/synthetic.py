@@ -172,22 +172,29 @@ def grid_affine() -> np.ndarray:
     return a
 
 
-@functools.lru_cache(maxsize=1)
-def _load_maps() -> dict[str, np.ndarray]:
+def _mni_maps(resolution: int, place=lambda a: a) -> dict[str, np.ndarray]:
+    """nilearn's MNI152 2009a maps at ``resolution`` mm, each ``place``d (e.g. onto ``GRID``): ``t1`` (99.9th
+    brain percentile -> 1, clipped), ``gm``, ``wm``, ``csf`` (= mask - GM - WM), ``mask``; float32."""
     from nilearn import datasets
 
-    t1 = np.asarray(datasets.load_mni152_template(resolution=2).get_fdata(), dtype=np.float32)
-    gm = np.asarray(datasets.load_mni152_gm_template(resolution=2).get_fdata(), dtype=np.float32)
-    wm = np.asarray(datasets.load_mni152_wm_template(resolution=2).get_fdata(), dtype=np.float32)
-    mask = np.asarray(datasets.load_mni152_brain_mask(resolution=2).get_fdata(), dtype=np.float32)
-    t1, gm, wm, mask = (_to_grid(np.clip(x, 0, None)) for x in (t1, gm, wm, mask))
+    t1 = np.asarray(datasets.load_mni152_template(resolution=resolution).get_fdata(), dtype=np.float32)
+    gm = np.asarray(datasets.load_mni152_gm_template(resolution=resolution).get_fdata(), dtype=np.float32)
+    wm = np.asarray(datasets.load_mni152_wm_template(resolution=resolution).get_fdata(), dtype=np.float32)
+    mask = np.asarray(datasets.load_mni152_brain_mask(resolution=resolution).get_fdata(), dtype=np.float32)
+    t1, gm, wm, mask = (place(np.clip(x, 0, None)) for x in (t1, gm, wm, mask))
     gm, wm = np.clip(gm, 0, 1), np.clip(wm, 0, 1)
     csf = np.clip(mask - gm - wm, 0, 1)
     p999 = float(np.percentile(t1[mask > 0], 99.9))
     t1 = np.clip(t1 / p999, 0, 1).astype(np.float32)
-    for x in (t1, gm, wm, csf, mask):
-        x.setflags(write=False)
     return {"t1": t1, "gm": gm, "wm": wm, "csf": csf, "mask": mask}
+
+
+@functools.lru_cache(maxsize=1)
+def _load_maps() -> dict[str, np.ndarray]:
+    maps = _mni_maps(2, _to_grid)
+    for x in maps.values():
+        x.setflags(write=False)
+    return maps
 
 
 def template_volume() -> tuple[np.ndarray, np.ndarray]:
@@ -272,32 +279,29 @@ def _load_maps_1mm() -> tuple[np.ndarray, np.ndarray]:
     from nilearn import datasets
     from scipy import ndimage
 
-    img = datasets.load_mni152_template(resolution=1)
-    t1 = np.asarray(img.get_fdata(), dtype=np.float32)
-    gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).get_fdata(), dtype=np.float32)
-    wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).get_fdata(), dtype=np.float32)
-    mask = np.asarray(datasets.load_mni152_brain_mask(resolution=1).get_fdata(), dtype=np.float32)
-    t1, gm, wm, mask = (np.clip(x, 0, None) for x in (t1, gm, wm, mask))
-    gm, wm = np.clip(gm, 0, 1), np.clip(wm, 0, 1)
-    csf = np.clip(mask - gm - wm, 0, 1)
-    t1 = np.clip(t1 / float(np.percentile(t1[mask > 0], 99.9)), 0, 1)
-    stack = np.stack([ndimage.gaussian_filter(x, _SHARP_SIGMA) for x in (gm, wm, csf, t1)]).astype(np.float32)
+    maps = _mni_maps(1)
+    stack = np.stack([ndimage.gaussian_filter(maps[k], _SHARP_SIGMA) for k in ("gm", "wm", "csf", "t1")])
+    stack = stack.astype(np.float32)
     stack.setflags(write=False)
-    return stack, np.asarray(img.affine, dtype=np.float64)
+    return stack, np.asarray(datasets.load_mni152_template(resolution=1).affine, dtype=np.float64)
+
+
+def _sample_1mm(src: np.ndarray) -> np.ndarray:
+    """The 1 mm maps (:func:`_load_maps_1mm`: GM, WM, CSF, T1) sampled, linearly, at ``src`` (3, X, Y, Z): positions
+    in ``GRID``'s voxel coordinates (the 2 mm grid)."""
+    from scipy import ndimage
+
+    stack, aff1 = _load_maps_1mm()
+    m = np.linalg.inv(aff1) @ grid_affine()
+    coords = np.tensordot(m[:3, :3], src, axes=1) + m[:3, 3][:, None, None, None]
+    return np.stack([ndimage.map_coordinates(x, coords, order=1, mode="constant", cval=0.0) for x in stack])
 
 
 def _deform_from_1mm(monai_seed: int) -> np.ndarray:
     """The deformation of :func:`_deform` (same seed, same field: its voxel-index maps are warped), with the maps
     sampled from the 1 mm template instead of interpolated on the 2 mm grid: one interpolation at 1 mm instead of
     one at 2 mm, so the subject keeps the template's 2 mm sharpness rather than a 2 mm linear blur."""
-    from scipy import ndimage
-
-    stack, aff1 = _load_maps_1mm()
-    src = _deform(np.indices(GRID).astype(np.float32), monai_seed)  # grid voxel each subject voxel shows
-    m = np.linalg.inv(aff1) @ grid_affine()
-    coords = np.tensordot(m[:3, :3], src, axes=1) + m[:3, 3][:, None, None, None]
-    out = [ndimage.map_coordinates(x, coords, order=1, mode="constant", cval=0.0) for x in stack]
-    return np.stack(out).astype(np.float32)
+    return _sample_1mm(_deform(np.indices(GRID).astype(np.float32), monai_seed)).astype(np.float32)
 
 
 def _atrophy(gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, amount: float) -> tuple[np.ndarray, ...]:
