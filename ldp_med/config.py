@@ -378,6 +378,8 @@ class VAEConfig:
     ``num_res_blocks``: one count for every level, or one per level. ``shortcut``: the encoder and decoder
     learn residuals around space-to-channel maps (:class:`ldp_med.models.shortcut.ShortcutAutoencoderKL`);
     absent from model folders saved before it existed, which therefore load as plain ``AutoencoderKL``.
+    ``shortcut_map``: the fixed map, ``"average"`` (DC-AE's; folders saved before the choice existed) or ``"pca"``
+    (the training blocks' principal components, fitted when training starts and stored with the weights).
     """
 
     channels: tuple[int, ...] = (8, 16, 32)
@@ -387,6 +389,7 @@ class VAEConfig:
     attention_levels: tuple[bool, ...] = (False, False, False)
     with_nonlocal_attn: bool = False
     shortcut: bool = True
+    shortcut_map: typing.Literal["average", "pca"] = "average"
 
 
 @dataclass

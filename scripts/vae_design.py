@@ -1,6 +1,7 @@
 """VAE designs at equal CPU time: whole-volume PSNR on validation subjects (issue 14's recipe study).
 
     OMP_NUM_THREADS=1 python scripts/vae_design.py --minutes 15 --design base16 base8 deep16 wide16 --out docs/vae_design.md
+    OMP_NUM_THREADS=1 python scripts/vae_design.py --minutes 12 --design base16 pca16 pca32 --out docs/vae_design_pca.md
 
 Each design trains from scratch with the package's parts (``build_vae``, ``patch_sampler``, ``vae_loss``) on
 the training cohort (seeds 0-119, ``cache/cohort``): AdamW 2e-3 with 100 warm-up steps and cosine decay
@@ -38,6 +39,8 @@ DESIGNS = {
     "base8": replace(BASE, latent_channels=8),
     "deep16": replace(BASE, num_res_blocks=(1, 2, 2)),  # capacity at the cheap low-resolution levels
     "wide16": replace(BASE, channels=(8, 32, 64)),
+    "pca16": replace(BASE, shortcut_map="pca"),  # the principal components of the blocks as the fixed map
+    "pca32": replace(BASE, shortcut_map="pca", latent_channels=32),
 }
 
 
@@ -60,6 +63,8 @@ def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
 def run(name: str, vae_cfg: VAEConfig, images: torch.Tensor, val, cpu_seconds: float, whole: float) -> dict:
     torch.manual_seed(0)
     model = build_vae(vae_cfg)
+    if hasattr(model, "fit_shortcut"):  # as train_vae does for a new shortcut VAE
+        model.fit_shortcut(images)
     cfg = VAETrainConfig(model=replace(ModelConfig(), vae=vae_cfg))
     loss_fn = vae_loss(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4, betas=(0.9, 0.99))
@@ -86,7 +91,8 @@ def run(name: str, vae_cfg: VAEConfig, images: torch.Tensor, val, cpu_seconds: f
         model.decode(model.encode(val[0][0])[0])
         seconds = time.perf_counter() - t1
     return {"design": name, "latent_channels": vae_cfg.latent_channels, "channels": list(vae_cfg.channels),
-            "num_res_blocks": vae_cfg.num_res_blocks, "shortcut": vae_cfg.shortcut,
+            "num_res_blocks": vae_cfg.num_res_blocks,
+            "shortcut": vae_cfg.shortcut_map if vae_cfg.shortcut else False,
             "params": sum(p.numel() for p in model.parameters()), "steps": step,
             "cpu_minutes": cpu_seconds / 60, "wall_minutes": (time.perf_counter() - wall0) / 60,
             "psnr_free": float(np.mean([s[0] for s in scores])), "psnr_noisy": float(np.mean([s[1] for s in scores])),

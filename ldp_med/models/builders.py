@@ -21,7 +21,7 @@ def build_vae(cfg: VAEConfig) -> AutoencoderKL:
         include_fc=False,
     )
     if cfg.shortcut:
-        return ShortcutAutoencoderKL(factor=2 ** (len(cfg.channels) - 1), **args)
+        return ShortcutAutoencoderKL(factor=2 ** (len(cfg.channels) - 1), shortcut_map=cfg.shortcut_map, **args)
     return AutoencoderKL(**args)
 
 class TextAndClassEmbedding(torch.nn.Embedding):
@@ -105,8 +105,10 @@ def check_model_config(cfg: ModelConfig) -> None:
     nrb = cfg.vae.num_res_blocks
     if not isinstance(nrb, int) and len(nrb) != len(cfg.vae.channels):
         raise ConfigError(f"vae.num_res_blocks {tuple(nrb)} needs one entry per channels entry {tuple(cfg.vae.channels)}")
-    if cfg.vae.shortcut and f**3 % cfg.vae.latent_channels:
+    if cfg.vae.shortcut and cfg.vae.shortcut_map == "average" and f**3 % cfg.vae.latent_channels:
         raise ConfigError(f"vae.shortcut needs latent_channels dividing {f}^3 = {f**3}, got {cfg.vae.latent_channels}")
+    if cfg.vae.shortcut and cfg.vae.latent_channels > f**3:
+        raise ConfigError(f"vae.shortcut needs latent_channels <= {f}^3 = {f**3}, got {cfg.vae.latent_channels}")
     if len(cfg.vae.attention_levels) != len(cfg.vae.channels) or len(cfg.unet.attention_levels) != len(cfg.unet.channels):
         raise ConfigError("attention_levels must have one entry per channels entry (vae and unet)")
 

@@ -124,6 +124,8 @@ def train_vae(cfg: VAETrainConfig, out_dir: str | os.PathLike, info: DistInfo, r
         from ldp_med.models.pretrained import load_pretrained
 
         vae.load_state_dict(load_pretrained(init, with_unet=False).vae.state_dict())
+    elif not resume and hasattr(vae, "fit_shortcut"):  # a new shortcut VAE: its PCA map from the training images
+        vae.fit_shortcut(data.images)
     if cfg.decoder_only:
         if not init and not resume:
             raise InputError(None, "decoder_only fine-tunes a trained VAE: give its model folder with --init")
