@@ -302,15 +302,16 @@ def head_of(vol: Volume) -> np.ndarray:
     return vol.data > 0.2 * np.percentile(vol.data, 99)
 
 
-def subject_in_model_units(seed: int):
+def subject_in_model_units(seed: int, sharp: bool = False):
     """Validation/test subject ``seed`` as (subject dict, its noisy image x, the noise-free expectation of x), the
     images (1, 1, *grid) float32 in model units (``PercentileScaleIntensity``'s range of the noisy image, as
-    ``ToModelSpace`` scales): what probe_vae and probe_prior score against."""
+    ``ToModelSpace`` scales): what probe_vae and probe_prior score against. ``sharp``: rendered from the 1 mm
+    template (``make_subject(sharp=True)``)."""
     import torch
 
     from ldp_med.data import synthetic
     from ldp_med.data.cohort import noise_free_units
 
-    subj = synthetic.make_subject(seed, return_clean=True)
+    subj = synthetic.make_subject(seed, return_clean=True, sharp=sharp)
     image, _, expected = noise_free_units(subj["image"], subj["clean"], subj["noise_sigma"])
     return subj, torch.from_numpy(image)[None, None], torch.from_numpy(expected)[None, None]

@@ -14,18 +14,17 @@ from __future__ import annotations
 import argparse
 
 import torch
-from benchlib import emit, psnr_model_units as psnr, require_validation
+from benchlib import emit, psnr_model_units as psnr, require_validation, subject_in_model_units
 
 from ldp_med.data import synthetic
-from ldp_med.data.cohort import model_units, noise_free_units
+from ldp_med.data.cohort import model_units
 from ldp_med.models.shortcut import block_pca, channel_to_space, expand, project, space_to_channel
 
 F = 4
 
 
 def noise_free(seed: int, sharp: bool = False) -> torch.Tensor:
-    subj = synthetic.make_subject(seed, return_clean=True, sharp=sharp)
-    return torch.from_numpy(noise_free_units(subj["image"], subj["clean"], subj["noise_sigma"])[2])[None, None]
+    return subject_in_model_units(seed, sharp)[2]
 
 
 def main() -> None:

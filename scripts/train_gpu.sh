@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# The GPU recipe (issue 14): a larger version of the CPU chain (configs/gpu/*.yaml: VAE (16, 32, 64) with the
-# residual shortcuts, 16 latent channels; a wider prior UNet), CUDA with bf16 autocast, meant to finish within
-# 9 minutes on one GPU; writes the model folder to OUT (default runs/gpu/model).
+# The GPU recipe (issues 14/15): the CPU chain of the PCA-shortcut model, run on one CUDA GPU. Stages (the CPU configs,
+# unchanged, so a GPU-trained model is the CPU recipe's model):
+#   vae     configs/vae_pca.yaml          32-channel PCA-shortcut VAE, 13000 steps
+#   prior   configs/prior_pca.yaml        whitened latent prior, 6000 steps
+#   metric  configs/prior_pca_metric.yaml the prior fine-tuned with the loss in the VAE's latent units, 2000 steps
+# Each stage resumes from $WORK/<stage>/checkpoint when there is one and is skipped when $WORK/<stage>/model exists,
+# so a CPU run stopped half-way (train_state/vae_pca) can be finished here: cp -r train_state/vae_pca $WORK/vae.
 #
 #   bash scripts/gpu_wheels.sh            # here, where PyPI is reachable: fills .whl/
 #   bash scripts/train_gpu.sh OUT         # on the GPU machine, from the repository root (.whl/ carried along)
@@ -9,7 +13,8 @@
 # On a machine without our dependencies it installs the wheels in .whl/ into /tmp/site; it renders the synthetic
 # cohort (cache/cohort) with one process per core when it is not there; caption embeddings come from
 # .whl/captions.safetensors when the text encoder is not installed. STEPS_SCALE (default 1) multiplies every
-# stage's steps, for a smoke test on a CPU (STEPS_SCALE=0.002).
+# stage's steps, for a smoke test on a CPU (STEPS_SCALE=0.002). Writes the final model folder to OUT
+# (default runs/gpu/model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/gpu/model}
@@ -31,13 +36,21 @@ with ProcessPoolExecutor() as pool:   # one renderer per core; the last call wri
     list(pool.map(synthetic.build_cohort, ["cache/cohort"] * len(chunks), chunks, [False] * len(chunks)))
 synthetic.build_cohort("cache/cohort", seeds, progress=False)
 PY
-steps() { "$PY" -c "import sys; print(max(2, round($1 * $SCALE)))"; }
-mkdir -p "$WORK/prior"
-[[ -f .whl/captions.safetensors && ! -f "$WORK/prior/captions.safetensors" ]] && cp .whl/captions.safetensors "$WORK/prior/"
-t0=$(date +%s)
-"$PY" -m ldp_med train vae --config configs/gpu/vae.yaml --out "$WORK/vae" --device auto \
-  --set loop.steps="$(steps 9000)" --set whole_volume_steps="$(steps 1000)"
-"$PY" -m ldp_med train prior --config configs/gpu/prior.yaml --vae "$WORK/vae/model" --out "$WORK/prior" --device auto \
-  --set loop.steps="$(steps 6000)"
-rm -rf "$OUT" && mkdir -p "$(dirname "$OUT")" && cp -r "$WORK/prior/model" "$OUT"
-echo "model folder: $OUT ($(( $(date +%s) - t0 )) s of training)"
+steps() { "$PY" -c "print(max(2, round($1 * $SCALE)))"; }
+# stage NAME KIND CONFIG STEPS [ARGS...]: train one stage into $WORK/NAME unless its model folder is there
+stage() {
+  local name=$1 kind=$2 config=$3 n=$4; shift 4
+  [[ -f "$WORK/$name/model/config.json" ]] && { echo "$name: model there, skipped"; return; }
+  mkdir -p "$WORK/$name"
+  [[ -f .whl/captions.safetensors && ! -f "$WORK/$name/captions.safetensors" ]] && cp .whl/captions.safetensors "$WORK/$name/"
+  local resume=(); [[ -f "$WORK/$name/checkpoint/state.json" ]] && resume=(--resume)
+  local t=$(date +%s)
+  "$PY" -m ldp_med train "$kind" --config "$config" --out "$WORK/$name" --device auto --set loop.threads=0 \
+    --set loop.steps="$(steps "$n")" "${resume[@]}" "$@"
+  echo "$name: $(( $(date +%s) - t )) s"
+}
+stage vae vae configs/vae_pca.yaml 13000 --set whole_volume_steps="$(steps 1000)"
+stage prior prior configs/prior_pca.yaml 6000 --vae "$WORK/vae/model"
+stage metric prior configs/prior_pca_metric.yaml 2000 --vae "$WORK/vae/model" --init "$WORK/prior/model"
+rm -rf "$OUT" && mkdir -p "$(dirname "$OUT")" && cp -r "$WORK/metric/model" "$OUT"
+echo "model folder: $OUT"

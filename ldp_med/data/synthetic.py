@@ -453,7 +453,7 @@ def _complete(path: Path) -> bool:
 
 
 def _write_index(path: Path, entries: dict) -> None:
-    tmp = path.with_name(".index.json.tmp")
+    tmp = path.with_name(f".index.json.{os.getpid()}.tmp")  # builders running side by side each write their own
     tmp.write_text(json.dumps([entries[k] for k in sorted(entries)], indent=1))
     os.replace(tmp, path)
 

@@ -55,7 +55,7 @@ def block_pca(images: torch.Tensor, factor: int, channels: int) -> tuple[torch.T
         outer += u @ u.T
         count += u.shape[1]
     mean = total / count
-    values, vectors = torch.linalg.eigh(outer / count - torch.outer(mean, mean))
+    _, vectors = torch.linalg.eigh(outer / count - torch.outer(mean, mean))
     basis = vectors.flip(1)[:, :channels]
     basis = basis * torch.sign(basis.gather(0, basis.abs().argmax(0, keepdim=True)))
     return basis.float(), mean.float()

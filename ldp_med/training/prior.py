@@ -21,9 +21,13 @@ from ldp_med.training.loop import Trainer, params_digest
 
 
 @torch.no_grad()
+@torch.no_grad()
 def encode_images(vae: torch.nn.Module, images: torch.Tensor, progress: bool = True) -> torch.Tensor:
-    """Posterior means ``z_mu`` (N, C, x, y, z) float32 of float16 images (N, 1, X, Y, Z), one at a time."""
-    out = [vae.encode(images[i : i + 1].float())[0] for i in tqdm(range(len(images)), desc="encode", disable=not progress)]
+    """Posterior means ``z_mu`` (N, C, x, y, z) float32 (on the CPU) of float16 images (N, 1, X, Y, Z), one at a
+    time on the VAE's device."""
+    dev = next(vae.parameters()).device
+    out = [vae.encode(images[i : i + 1].float().to(dev))[0].cpu()
+           for i in tqdm(range(len(images)), desc="encode", disable=not progress)]
     return torch.cat(out)
 
 
@@ -210,7 +214,8 @@ def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str 
     images = data.clean if data.clean is not None else data.images  # data.noise_free: learn noise-free anatomy
     latent_path = out / "latents.safetensors"
     if info.is_main:
-        cached_latents(vae_prior.vae, images, data.labels, latent_path, show)
+        cached_latents(vae_prior.vae.to(info.device), images, data.labels, latent_path, show)  # encoded on the GPU
+        vae_prior.vae.cpu()
     barrier(info)
     latents, labels = cached_latents(vae_prior.vae, images, data.labels, latent_path, False)
     norm = latent_normalisation(latents, cfg.latent_norm)

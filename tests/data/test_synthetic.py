@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,3 +168,20 @@ def test_build_cohort_writes_index_and_skips(tmp_path, monkeypatch):
     assert len(S.load_subject(tmp_path, e, clean=True)) == 3
     with pytest.raises(ValueError):
         S.build_cohort(tmp_path, [15000], progress=False)
+
+
+def _write_index_many(path: str) -> None:
+    for i in range(200):
+        S._write_index(Path(path), {i: {"seed": i}})
+
+
+def test_cohort_index_can_be_written_by_builders_side_by_side(tmp_path):
+    """scripts/train_gpu.sh runs one build_cohort per core; each must write the shared index.json without racing
+    the others for one temporary file."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    path = tmp_path / "index.json"
+    with ProcessPoolExecutor(2) as pool:
+        list(pool.map(_write_index_many, [str(path)] * 4))
+    assert len(json.loads(path.read_text())) == 1
+    assert not list(tmp_path.glob(".index.json*"))

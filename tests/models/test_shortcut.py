@@ -37,8 +37,8 @@ def test_pixel_unshuffle_then_shuffle_is_the_identity():
     torch.testing.assert_close(space_to_channel(x, 4, 1)[:, 0], blocks.mean(-1))
 
 
-@pytest.mark.parametrize("model", [SHORTCUT, PCA], ids=["average", "pca"])
-def test_zeroed_networks_leave_exactly_the_shortcut(model):
+@pytest.mark.parametrize("model, atol", [(SHORTCUT, 1e-6), (PCA, 1e-5)], ids=["average", "pca"])
+def test_zeroed_networks_leave_exactly_the_shortcut(model, atol):
     vae = build_vae(dataclasses.replace(model.vae, latent_channels=64))
     assert isinstance(vae, ShortcutAutoencoderKL)
     vae.fit_shortcut(torch.rand(2, 1, 8, 8, 12))  # the PCA map of other images: still lossless at 64 channels
@@ -47,7 +47,7 @@ def test_zeroed_networks_leave_exactly_the_shortcut(model):
             torch.nn.init.zeros_(p)
     x = torch.rand(1, 1, 12, 8, 16)
     with torch.no_grad():
-        torch.testing.assert_close(vae.decode(vae.encode(x)[0]), x, rtol=0, atol=1e-5)
+        torch.testing.assert_close(vae.decode(vae.encode(x)[0]), x, rtol=0, atol=atol)
 
 
 def test_block_pca_finds_the_subspace_of_the_blocks_and_its_maps_are_inverses():
