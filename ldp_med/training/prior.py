@@ -21,7 +21,6 @@ from ldp_med.training.loop import Trainer, params_digest
 
 
 @torch.no_grad()
-@torch.no_grad()
 def encode_images(vae: torch.nn.Module, images: torch.Tensor, progress: bool = True) -> torch.Tensor:
     """Posterior means ``z_mu`` (N, C, x, y, z) float32 (on the CPU) of float16 images (N, 1, X, Y, Z), one at a
     time on the VAE's device."""
@@ -214,7 +213,7 @@ def train_prior(cfg: PriorTrainConfig, vae_dir: str | os.PathLike, out_dir: str 
     images = data.clean if data.clean is not None else data.images  # data.noise_free: learn noise-free anatomy
     latent_path = out / "latents.safetensors"
     if info.is_main:
-        cached_latents(vae_prior.vae.to(info.device), images, data.labels, latent_path, show)  # encoded on the GPU
+        cached_latents(vae_prior.vae.to(info.device), images, data.labels, latent_path, show)  # on the training device
         vae_prior.vae.cpu()
     barrier(info)
     latents, labels = cached_latents(vae_prior.vae, images, data.labels, latent_path, False)
