@@ -224,11 +224,13 @@ class PosteriorConfig:
         method: "dds" (default; "prior" is an alias) or "dps".
         steps: DDIM steps of the full schedule (over ``num_train_timesteps``).
         t_start: fraction of the schedule actually run, from the warm start (1 = from pure noise);
-            UNet evaluations per sample = ``round(steps * t_start)`` (x2 with guidance).
+            UNet evaluations per sample = ``round(steps * t_start)`` (x2 with guidance). None: the task's
+            (``ldp_med.tasks.POSTERIOR_DEFAULTS``, filled in when the sampler is made).
         dc_steps: DDS data-consistency steps (each one decode + one encode per sample), spread
             evenly over the run, excluding its first and last step (the closing solve covers the end).
         dc_lam: multiplies the noise-derived DC weight (see :func:`dc_weight`).
-        prior_error: assumed relative error of the prior estimate, sets the DC weight with the noise.
+        prior_error: assumed relative error of the prior estimate, sets the DC weight with the noise. None:
+            the task's, as ``t_start``.
         cg_iters: CG iterations per DC step (multi-coil k-space; other operators have closed forms).
             Each costs one normal operator ``A^H A``: ~1.1 s for 8 coils at 2 mm on one thread.
         final_dc: closing DC solve on the final image.
@@ -255,10 +257,10 @@ class PosteriorConfig:
 
     method: str = "dds"
     steps: int = 50
-    t_start: float = 0.5
+    t_start: float | None = None
     dc_steps: int = 4
     dc_lam: float = 1.0
-    prior_error: float = 0.03
+    prior_error: float | None = None
     cg_iters: int = 3
     final_dc: bool = True
     final_cg_iters: int = 10
@@ -280,8 +282,10 @@ class PosteriorConfig:
         if self.method not in SAMPLERS:
             raise ConfigError(f"posterior.method {self.method!r} is not one of {list(SAMPLERS)}")
         checks = {
-            "steps": self.steps >= 1, "t_start": 0 < self.t_start <= 1, "dc_steps": self.dc_steps >= 0,
-            "dc_lam": self.dc_lam > 0, "prior_error": self.prior_error > 0, "cg_iters": self.cg_iters >= 0,
+            "t_start": self.t_start is None or 0 < self.t_start <= 1,
+            "prior_error": self.prior_error is None or self.prior_error > 0,
+            "steps": self.steps >= 1, "dc_steps": self.dc_steps >= 0, "dc_lam": self.dc_lam > 0,
+            "cg_iters": self.cg_iters >= 0,
             "final_cg_iters": self.final_cg_iters >= 0, "samples": self.samples >= 1, "eta": self.eta >= 0,
             "label": self.label >= -1, "guidance": self.guidance >= 0, "dps_step": self.dps_step >= 0,
             "phase_sigma": self.phase_sigma >= 0, "min_coverage": 0 <= self.min_coverage <= 1,

@@ -19,9 +19,9 @@ CLASSICAL_METHODS: dict[str, tuple[str, ...]] = {
 }
 METHODS: dict[str, tuple[str, ...]] = {t: CLASSICAL_METHODS[t] + PRIOR_METHODS for t in TASKS}
 ALL_METHODS: tuple[str, ...] = tuple(dict.fromkeys(m for t in TASKS for m in METHODS[t]))
-#: k-space: the prior, above CS on every volume measured (template and 8 test subjects +0.19 to +0.47 dB, heads with
-#: skull +0.03 to +0.31, real scans that packages ship -0.07 to +0.04) in under 0.7x CS's time on 2 mm volumes
-#: (docs/results.md, "Closing solve to its fixed point"). Denoise: the prior, above NLM on every volume measured
+#: k-space: the prior, above CS on every volume measured (template and 8 test subjects +0.26 to +0.68 dB, heads with
+#: skull +0.10 to +0.45, real scans that packages ship +0.14 to +0.30) in 0.13-0.27x CS's time on 2 mm volumes
+#: (docs/results.md, "Sampler settings per task"). Denoise: the prior, above NLM on every volume measured
 #: (synthetic +1.9 to +2.4 dB, heads with skull +1.6 / +1.7, real scans -0.01 / +1.4; docs/results.md, "Agreement
 #: with the classical estimate"). Superres stays cubic: below it on heads with skull by 1.1-1.3 dB.
 DEFAULT_METHOD: dict[str, str] = {"kspace": "prior", "denoise": "prior", "superres": "cubic"}
@@ -34,5 +34,14 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "nlm", "superres":
 #: The perturbed solves miss more of the error the fewer k-space samples there are, hence a scale per factor.
 STD_SCALE: dict[str, tuple[tuple[float, float], ...]] = {
     "kspace": ((4.0, 1.88), (8.0, 3.09)), "denoise": ((1.0, 1.32),), "superres": ((1.0, 2.13),),
+}
+#: The sampler settings of each task's prior where ``posterior.t_start`` / ``posterior.prior_error`` are None, tuned
+#: on validation subjects 10000-10001 (denoise also 10002; docs/results.md, "Sampler settings per task"): k-space
+#: leans on its data (prior_error 0.1) from a later warm start (t_start 0.3: 15 of 50 DDIM steps), R=8 +0.22 dB and
+#: R=4 +0.05 dB over (0.03, 0.5) in 25% less time; the image tasks keep (0.03, 0.5) (denoise at (0.1, 0.3): -1.5 dB).
+POSTERIOR_DEFAULTS: dict[str, dict[str, float]] = {
+    "kspace": {"t_start": 0.3, "prior_error": 0.1},
+    "denoise": {"t_start": 0.5, "prior_error": 0.03},
+    "superres": {"t_start": 0.5, "prior_error": 0.03},
 }
 SAMPLERS: tuple[str, ...] = ("dds", "prior", "dps")

@@ -32,7 +32,7 @@ network evaluations *per posterior sample* (a classifier-free-guided step counts
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -47,10 +47,10 @@ from ldp_med.models.pretrained import Prior
 from ldp_med.problems import Problem
 from ldp_med.sampling.consistency import ImageDC, KSpaceDC, dc_weight
 from ldp_med.space import SpaceMap
-from ldp_med.tasks import SAMPLERS
+from ldp_med.tasks import POSTERIOR_DEFAULTS, SAMPLERS
 
 __all__ = ["PosteriorConfig", "PosteriorResult", "PosteriorSampler", "LatentNets", "DDSUpdate", "DPSUpdate",
-           "UPDATES", "dc_indices", "run_length", "check_prior", "make_sampler", "reconstruct"]
+           "UPDATES", "dc_indices", "run_length", "check_prior", "for_task", "make_sampler", "reconstruct"]
 
 
 @dataclass
@@ -381,18 +381,26 @@ def _dc_rule(problem: Problem, lam: float, cfg: PosteriorConfig) -> ImageDC:
     return KSpaceDC(op, y, lam, cfg.cg_iters, phase_sigma=cfg.phase_sigma)
 
 
+def for_task(cfg: PosteriorConfig, task: str) -> PosteriorConfig:
+    """``cfg`` with its settings left to the task (None: ``t_start``, ``prior_error``) taken from
+    :data:`ldp_med.tasks.POSTERIOR_DEFAULTS`."""
+    fill = {k: v for k, v in POSTERIOR_DEFAULTS[task].items() if getattr(cfg, k) is None}
+    return replace(cfg, **fill) if fill else cfg
+
+
 def make_sampler(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = None,
                  progress: bool = False) -> PosteriorSampler:
     """Wire the posterior sampler that ``cfg.method`` names for ``problem``, whole.
 
     The :class:`SpaceMap` comes from the pseudo-inverse's geometry (:meth:`SpaceMap.for_volume`), the DC
-    weight from the noise level and the intensity scale, the update rule from ``cfg``.
+    weight from the noise level and the intensity scale, the update rule from ``cfg``; the settings ``cfg``
+    leaves to the task (None) are the task's (:func:`for_task`).
 
     Raises:
         InputError: the model does not fit (channels, grid, or it covers too little of the field of view).
         ConfigError: label out of range.
     """
-    cfg = cfg or PosteriorConfig()
+    cfg = for_task(cfg or PosteriorConfig(), problem.task)
     check_prior(prior)
     if cfg.label >= len(prior.config.class_names):
         raise ConfigError(f"label {cfg.label} out of range: the model has classes {list(prior.config.class_names)}")

@@ -71,11 +71,25 @@ def test_costs_are_counted_and_within_budget(prior, kproblem):
     res = reconstruct(prior, kproblem, FAST)
     assert res.nfe == 4 and res.decodes == FAST.dc_steps + 1 and res.encodes == FAST.dc_steps + 1
     assert res.seconds > 0
-    default = make_sampler(prior, kproblem, PosteriorConfig())
-    assert default.planned_nfe <= 50 and default.n_run == 25
+    default = make_sampler(prior, kproblem, PosteriorConfig())  # k-space's t_start 0.3: 15 of 50 steps
+    assert default.planned_nfe <= 50 and default.n_run == 15
     guided = make_sampler(prior, kproblem, PosteriorConfig(t_start=1.0, label=1, guidance=3.0))
     with pytest.raises(ConfigError, match="budget"):
         guided.run()
+
+
+def test_settings_left_to_the_task_come_from_the_task_and_explicit_ones_stay(prior, kproblem, phantom):
+    from ldp_med.sampling.posterior import for_task
+    from ldp_med.tasks import POSTERIOR_DEFAULTS
+
+    assert POSTERIOR_DEFAULTS["kspace"] != POSTERIOR_DEFAULTS["denoise"]
+    for task, want in POSTERIOR_DEFAULTS.items():
+        got = for_task(PosteriorConfig(), task)
+        assert (got.t_start, got.prior_error) == (want["t_start"], want["prior_error"])
+    mine = for_task(PosteriorConfig(t_start=0.7, prior_error=0.5), "kspace")
+    assert (mine.t_start, mine.prior_error) == (0.7, 0.5)
+    k, d = make_sampler(prior, kproblem), make_sampler(prior, denoise_problem(phantom, noise_std=0.02))
+    assert (k.cfg.t_start, d.cfg.t_start) == (0.3, 0.5)
 
 
 def test_same_seed_same_output_different_seed_different(prior, kproblem):
