@@ -23,7 +23,8 @@ ALL_METHODS: tuple[str, ...] = tuple(dict.fromkeys(m for t in TASKS for m in MET
 #: skull +0.10 to +0.45, real scans that packages ship +0.14 to +0.30) in 0.13-0.27x CS's time on 2 mm volumes
 #: (docs/results.md, "Sampler settings per task"). Denoise: the prior, above NLM on every volume measured
 #: (synthetic +1.9 to +2.4 dB, heads with skull +1.6 / +1.7, real scans -0.01 / +1.4; docs/results.md, "Agreement
-#: with the classical estimate"). Superres stays cubic: below it on heads with skull by 1.1-1.3 dB.
+#: with the classical estimate"). Superres stays cubic: the prior is above it on synthetic brains (+0.7 to +2.2 dB) but
+#: below it on heads with skull by 0.3-0.6 dB (docs/results.md, "Super-resolution's warm start").
 DEFAULT_METHOD: dict[str, str] = {"kspace": "prior", "denoise": "prior", "superres": "cubic"}
 #: The classical method each task's prior is measured against (docs/results.md) and, for the image tasks, blended
 #: into the result where the prior disagrees with it (``closing.image_agreement``).

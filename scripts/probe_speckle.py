@@ -2,7 +2,7 @@
 
     cd scripts && OMP_NUM_THREADS=1 python probe_speckle.py --models default ../runs/prior_pca_floor/model --case superres
 
-Per model and validation volume: the prior's reconstruction (its task defaults) before the closing solve
+Per model and validation volume: the prior's reconstruction (its task defaults, or ``--set``) before the closing solve
 (``closing.iters=0``) and after it, scored against the reference (PSNR / SSIM), with the mean |value| in the
 background (voxels more than 3 voxels from the reference's anatomy, which is 0 there) and the same after
 autoencoding the result through the model's own VAE (``D(E(x))``: whether the VAE keeps the texture or the sampler
@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["default"], help="model folders ('default': the shipped one)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[10000])
     ap.add_argument("--case", default="superres", choices=list(CASES))
+    ap.add_argument("--set", dest="overrides", nargs="*", default=[],
+                    help="overrides of the prior's ReconstructConfig, e.g. posterior.t_start=0.5")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     require_validation(args.seeds)
@@ -46,12 +48,11 @@ def main() -> None:
             rows = [(classical, "", reconstruct_file(path, recon_config(args.case, classical)).volume.data, [])]
             for name in args.models:
                 prior = load_pretrained(None if name == "default" else name)
-                rows[0][3].append(prior.vae.float().eval())  # the baseline through every model's VAE
-                for iters in (0, None):
-                    cfg = recon_config(args.case, "prior")
-                    cfg = apply_overrides(cfg, ["closing.iters=0"]) if iters == 0 else cfg
-                    rows.append((name, "off" if iters == 0 else "on", reconstruct_file(path, cfg, prior=prior).volume.data,
-                                 [prior.vae.float().eval()]))
+                vae = prior.vae.float().eval()
+                rows[0][3].append(vae)  # the baseline through every model's VAE
+                for closing, overrides in (("off", ["closing.iters=0"]), ("on", [])):
+                    cfg = apply_overrides(recon_config(args.case, "prior"), [*args.overrides, *overrides])
+                    rows.append((name, closing, reconstruct_file(path, cfg, prior=prior).volume.data, [vae]))
             for name, closing, image, vae in rows:  # vae: the VAEs to autoencode through
                 score = evaluate(image, ref)
                 ae = " / ".join(f"{np.abs(through(v, image)[background]).mean():.4f}" for v in vae)
