@@ -36,11 +36,11 @@
 # Seeds: the cohort is seeds 0-119 of the training split; every config fixes loop.seed.
 # Not part of the shipped chain (issue 14's next latent space, docs/results_vae_shortcut.md): configs/vae_pca.yaml,
 # configs/prior_pca.yaml then prior_pca_metric.yaml (~2 CPU-hours at 2 threads; trained, not shipped), and
-# configs/prior_pca_wide.yaml (UNet (32, 48, 48), 6000 steps, ~1.75 s/step at 2 threads: ~3 wall hours), in training
-# across sessions from its committed checkpoint:
-#   mkdir -p runs/prior_pca_wide && cp -r train_state/prior_pca_wide/checkpoint runs/prior_pca_wide/ && \
-#   OMP_NUM_THREADS=2 ldp-med train prior --config configs/prior_pca_wide.yaml --vae train_state/vae_pca/model \
-#     --out runs/prior_pca_wide --resume --set loop.threads=2 --max-minutes 120
+# configs/prior_pca_wide.yaml (UNet (32, 48, 48), 6000 steps: steps 1-2758 on this CPU at ~1.75 s/step, 2 threads, the
+# rest on a lent H200 in 383 s) then configs/prior_pca_wide_metric.yaml (2000 steps, ~0.9 s/step at 2 threads; 1890
+# of them on the GPU): train_state/prior_pca_wide_metric/model, ties the shipped prior (docs/results_vae_shortcut.md,
+# session 24). On a GPU: PRIOR_CONFIG=configs/prior_pca_wide.yaml METRIC_CONFIG=configs/prior_pca_wide_metric.yaml
+#   bash scripts/train_gpu.sh OUT
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/default}

@@ -6,6 +6,9 @@
 #   metric  configs/prior_pca_metric.yaml the prior fine-tuned with the loss in the VAE's latent units, 2000 steps
 # Each stage resumes from $WORK/<stage>/checkpoint when there is one and is skipped when $WORK/<stage>/model exists,
 # so a CPU run stopped half-way (train_state/vae_pca) can be finished here: cp -r train_state/vae_pca $WORK/vae.
+# PRIOR_CONFIG / METRIC_CONFIG replace the two prior stages' configs (the wide UNet: configs/prior_pca_wide.yaml and
+# configs/prior_pca_wide_metric.yaml, resumed with cp -r train_state/prior_pca_wide $WORK/prior). MAX_MINUTES
+# stops the run that long after it started, the running stage's checkpoint saved (run again to continue).
 #
 #   bash scripts/gpu_wheels.sh            # here, where PyPI is reachable: fills .whl/
 #   bash scripts/train_gpu.sh OUT         # on the GPU machine, from the repository root (.whl/ carried along)
@@ -21,6 +24,9 @@ OUT=${1:-runs/gpu/model}
 WORK=${WORK:-runs/gpu}
 PY=${PY:-python3}
 SCALE=${STEPS_SCALE:-1}
+PRIOR_CONFIG=${PRIOR_CONFIG:-configs/prior_pca.yaml}
+METRIC_CONFIG=${METRIC_CONFIG:-configs/prior_pca_metric.yaml}
+DEADLINE=$("$PY" -c "import time; print(int(time.time() + ${MAX_MINUTES:-1e5} * 60))")
 export HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ! "$PY" -c "import monai, nibabel, pydicom, nilearn, pywt" 2>/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -45,12 +51,14 @@ stage() {
   [[ -f .whl/captions.safetensors && ! -f "$WORK/$name/captions.safetensors" ]] && cp .whl/captions.safetensors "$WORK/$name/"
   local resume=(); [[ -f "$WORK/$name/checkpoint/state.json" ]] && resume=(--resume)
   local t=$(date +%s)
+  local limit=(--max-minutes "$("$PY" -c "print(max(0.1, ($DEADLINE - $t) / 60))")")
   "$PY" -m ldp_med train "$kind" --config "$config" --out "$WORK/$name" --device auto --set loop.threads=0 \
-    --set loop.steps="$(steps "$n")" "${resume[@]}" "$@"
+    --set loop.steps="$(steps "$n")" "${resume[@]}" "${limit[@]}" "$@"
+  [[ -f "$WORK/$name/model/config.json" ]] || { echo "$name: stopped before its last step; run again to continue"; exit 3; }
   echo "$name: $(( $(date +%s) - t )) s"
 }
 stage vae vae configs/vae_pca.yaml 13000 --set whole_volume_steps="$(steps 1000)"
-stage prior prior configs/prior_pca.yaml 6000 --vae "$WORK/vae/model"
-stage metric prior configs/prior_pca_metric.yaml 2000 --vae "$WORK/vae/model" --init "$WORK/prior/model"
+stage prior prior "$PRIOR_CONFIG" 6000 --vae "$WORK/vae/model"
+stage metric prior "$METRIC_CONFIG" 2000 --vae "$WORK/vae/model" --init "$WORK/prior/model"
 rm -rf "$OUT" && mkdir -p "$(dirname "$OUT")" && cp -r "$WORK/metric/model" "$OUT"
 echo "model folder: $OUT"
