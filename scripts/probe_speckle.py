@@ -39,20 +39,21 @@ def main() -> None:
     args = ap.parse_args()
     require_validation(args.seeds)
     lines = ["| volume | method | closing | PSNR (dB) | SSIM | background mean abs | after D(E(x)) |", "|" + "---|" * 7]
+    priors = {name: load_pretrained(None if name == "default" else name) for name in args.models}
+    vaes = {name: prior.vae.float().eval() for name, prior in priors.items()}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             path = Path(tmp) / f"{seed}{'.h5' if CASES[args.case]['task'] == 'kspace' else '.nii.gz'}"
             ref = simulate(str(seed), args.case, path, split="val")
             background = ~ndimage.binary_dilation(ref > 0.05, iterations=3)
             classical = BASELINE_METHOD[CASES[args.case]["task"]]
-            rows = [(classical, "", reconstruct_file(path, recon_config(args.case, classical)).volume.data, [])]
-            for name in args.models:
-                prior = load_pretrained(None if name == "default" else name)
-                vae = prior.vae.float().eval()
-                rows[0][3].append(vae)  # the baseline through every model's VAE
+            # the baseline through every model's VAE, each prior's result through its own
+            rows = [(classical, "", reconstruct_file(path, recon_config(args.case, classical)).volume.data,
+                     list(vaes.values()))]
+            for name, prior in priors.items():
                 for closing, overrides in (("off", ["closing.iters=0"]), ("on", [])):
                     cfg = apply_overrides(recon_config(args.case, "prior"), [*args.overrides, *overrides])
-                    rows.append((name, closing, reconstruct_file(path, cfg, prior=prior).volume.data, [vae]))
+                    rows.append((name, closing, reconstruct_file(path, cfg, prior=prior).volume.data, [vaes[name]]))
             for name, closing, image, vae in rows:  # vae: the VAEs to autoencode through
                 score = evaluate(image, ref)
                 ae = " / ".join(f"{np.abs(through(v, image)[background]).mean():.4f}" for v in vae)

@@ -7,7 +7,7 @@
 # Each stage resumes from $WORK/<stage>/checkpoint when there is one and is skipped when $WORK/<stage>/model exists,
 # so a CPU run stopped half-way (train_state/vae_pca) can be finished here: cp -r train_state/vae_pca $WORK/vae.
 # PRIOR_CONFIG / METRIC_CONFIG replace the two prior stages' configs (the wide UNet: configs/prior_pca_wide.yaml and
-# configs/prior_pca_wide_metric.yaml, resumed with cp -r train_state/prior_pca_wide $WORK/prior). MAX_MINUTES
+# configs/prior_pca_wide_metric.yaml; trained in session 24: train_state/prior_pca_wide_metric/model). MAX_MINUTES
 # stops the run that long after it started, the running stage's checkpoint saved (run again to continue).
 #
 #   bash scripts/gpu_wheels.sh            # here, where PyPI is reachable: fills .whl/
