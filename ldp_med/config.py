@@ -225,7 +225,7 @@ class PosteriorConfig:
         steps: DDIM steps of the full schedule (over ``num_train_timesteps``).
         t_start: fraction of the schedule actually run, from the warm start (1 = from pure noise);
             UNet evaluations per sample = ``round(steps * t_start)`` (x2 with guidance). None: the task's
-            (``ldp_med.tasks.POSTERIOR_DEFAULTS``, filled in when the sampler is made).
+            (``ldp_med.tasks.TASK_SETTINGS``, at the problem's undersampling factor, filled in when the sampler is made).
         dc_steps: DDS data-consistency steps (each one decode + one encode per sample), spread
             evenly over the run, excluding its first and last step (the closing solve covers the end).
         dc_lam: multiplies the noise-derived DC weight (see :func:`dc_weight`).
@@ -248,7 +248,7 @@ class PosteriorConfig:
             of the data's energy (SVD coil compression) for speed; 1 keeps every coil.
         std_scale: multiplies the std map (the spread of the samples' closing solves on perturbed data);
             None: the task's scale calibrated on validation subjects so that ``|error| <= 1.645 std`` holds
-            for 90% of head voxels (``ldp_med.tasks.STD_SCALE``; docs/results.md).
+            for 90% of head voxels (``ldp_med.tasks.TASK_SETTINGS``; docs/results.md).
         std_smooth: the std map pools the samples' squared deviations over a Gaussian neighbourhood of
             this sigma (voxels) before the square root: 8 samples alone give a noisy std (0: no pooling).
         align: place the model grid by registration of the pseudo-inverse to the model space
@@ -307,14 +307,18 @@ class ClosingConfig:
     values trust the prior more.
 
     Defaults tuned on validation subjects 10000-10001 with the shipped prior (docs/methods.md): k-space
-    ``anchor`` 0.02 on the model's support, 30 iterations (converged: 40 and 60 give the same image), so the
+    ``anchor`` on the model's support (per undersampling factor: ``ldp_med.tasks.TASK_SETTINGS``), 30 iterations (converged: 40 and 60 give the same image), so the
     result is a fixed point of the anchored objective, not an early stop of CS (docs/tune_support_*.md);
     denoise ``image_mu`` 16 and ``image_anchor`` 10 over the whole volume, retuned with the agreement blend on
     validation brains and synthetic heads (docs/tune_agreement_denoise*.md; 4 and 3 before the blend).
 
     Attributes:
         iters: FISTA iterations warm-started from each sample (0: no closing solve).
-        anchor: anchor weight of k-space problems (relative to the data term).
+        restarts: after the closing solve, sample again warm-started from its result (instead of the
+            pseudo-inverse) and close again, this many times; the std map is the last pass's. None: the task's
+            (``ldp_med.tasks.TASK_SETTINGS``: k-space 0 at R=4, 1 at R=8; the image tasks 0).
+        anchor: anchor weight of k-space problems (relative to the data term); None: the task's at the mask's
+            undersampling factor (``ldp_med.tasks.TASK_SETTINGS``: 0.02 at R=4, 0.2 at R=8).
         image_anchor: anchor weight of the image tasks (denoise, superres).
         coil_energy: k-space is compressed to the SVD virtual coils holding this fraction of the energy
             (1: every coil, the CS baseline's data term).
@@ -329,21 +333,30 @@ class ClosingConfig:
             (``ldp_med.tasks.BASELINE_METHOD``: NLM, cubic) where the two disagree, with this fraction of the
             classical estimate's 99th percentile as tolerance (:func:`ldp_med.sampling.closing.agreement_blend`);
             0: the closed sample alone. Tuned on validation brains and synthetic heads (docs/tune_agreement.md).
+        agreement: k-space: the anchor weight of each voxel is scaled by how well the samples agree there with
+            the data's own solve from them (the closing objective with anchor 0: CS warm-started from each
+            sample), ``exp(-d^2 / (2 t^2))`` with ``t`` this fraction of that solve's 99th percentile (as
+            ``image_agreement``); 0: off. Costs one more solve per sample. 0.03: validation brains and synthetic
+            heads 10000-10001, R=4 and R=8 (docs/tune_kspace_agreement_r*.md: +0.03 / +0.04 dB on average, the worst
+            volume's margin over CS +0.04 / +0.13).
     """
 
     iters: int = 30
-    anchor: float = 0.02
+    restarts: int | None = None
+    anchor: float | None = None
     image_anchor: float = 10.0
     coil_energy: float = 1.0
     image_mu: float = 16.0
     anchor_support: bool = True
     image_anchor_support: bool = False
     image_agreement: float = 0.04
+    agreement: float = 0.03
 
     def __post_init__(self) -> None:
-        if self.iters < 0 or min(self.anchor, self.image_anchor, self.image_mu, self.image_agreement) < 0 \
+        weights = (self.anchor or 0.0, self.image_anchor, self.image_mu, self.image_agreement, self.agreement)
+        if self.iters < 0 or (self.restarts or 0) < 0 or min(weights) < 0 \
                 or not 0 < self.coil_energy <= 1:
-            raise ConfigError("closing: need iters >= 0, anchor >= 0, 0 < coil_energy <= 1, image_mu >= 0, "
+            raise ConfigError("closing: need iters >= 0, restarts >= 0, anchor >= 0, 0 < coil_energy <= 1, image_mu >= 0, "
                               f"image_agreement >= 0; got {self}")
 
 

@@ -25,6 +25,7 @@ from ldp_med.errors import InputError
 from ldp_med.io.kspace import KSpaceData
 from ldp_med.io.volume import Volume, check_volume_array
 from ldp_med.physics.degradations import SliceAverageOperator, fine_affine
+from ldp_med.physics.masks import realised_acceleration
 from ldp_med.physics.mri import MRIOperator
 from ldp_med.physics.noise import estimate_image_noise, estimate_kspace_noise
 from ldp_med.physics.operators import DenoiseOperator, LinearOperator
@@ -79,6 +80,12 @@ class Problem:
     @property
     def is_complex(self) -> bool:
         return self.task == "kspace"
+
+    @property
+    def factor(self) -> float:
+        """The undersampling factor the task's settings are chosen at (``ldp_med.tasks.TASK_SETTINGS``): the
+        k-space mask's realised acceleration, 1 for the image tasks."""
+        return 1.0 if self.kspace is None else realised_acceleration(self.kspace.mask)
 
 
 def _noise(given: float | None, file_value, estimate) -> tuple[float, str]:

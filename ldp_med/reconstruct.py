@@ -24,9 +24,9 @@ from ldp_med.io.kspace import KSpaceData, load_kspace
 from ldp_med.io.loaders import is_kspace_file, load_volume
 from ldp_med.io.volume import Volume
 from ldp_med.problems import Problem, denoise_problem, kspace_problem, superres_problem
-from ldp_med.tasks import BASELINE_METHOD, DEFAULT_METHOD, METHODS, PRIOR_METHODS, STD_SCALE
+from ldp_med.tasks import BASELINE_METHOD, DEFAULT_METHOD, METHODS, PRIOR_METHODS, with_task_settings
 
-__all__ = ["Reconstruction", "resolve_task", "resolve_method", "load_input", "build_problem", "SOLVERS",
+__all__ = ["Reconstruction", "resolve_task", "resolve_method", "load_input", "build_problem", "SOLVERS", "settle",
            "reconstruct", "reconstruct_file", "output_name"]
 
 
@@ -122,32 +122,38 @@ def _bm4d(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
     return baselines.denoise_bm4d(problem.pinv.data, problem.noise_std), None, {}
 
 
+def settle(cfg: ReconstructConfig, problem: Problem) -> ReconstructConfig:
+    """``cfg`` with the settings it leaves to the task (None) filled in at the problem's undersampling factor
+    (``ldp_med.tasks.TASK_SETTINGS``): the sampler's ``t_start`` / ``prior_error`` / ``std_scale`` and the k-space
+    closing ``anchor``."""
+    from ldp_med.sampling.posterior import for_task
+
+    return dataclasses.replace(cfg, posterior=for_task(cfg.posterior, problem.task, problem.factor),
+                               closing=with_task_settings(cfg.closing, "closing", problem.task, problem.factor))
+
+
 def _posterior(sampler: str | None) -> Solver:
     """Latent posterior sampling with the sampler ``sampler`` (None: the one ``cfg.posterior.method`` names)."""
 
     def solve(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
         from ldp_med.sampling.posterior import reconstruct as sample
 
+        cfg = settle(cfg, problem)
         post = cfg.posterior if sampler is None else dataclasses.replace(cfg.posterior, method=sampler)
-        res = sample(prior, problem, post, progress=progress)
-        meta = {"nfe": res.nfe, "sampler": res.method, **{k: v for k, v in res.meta.items() if k.startswith("align_")}}
-        if cfg.closing.iters == 0:
-            return res.mean, None if res.std is None else res.std * std_scale(problem, post), meta
-        images, var = _close(problem, res.samples, cfg, res.support, spread=len(res.samples) > 1)
-        std = None if var is None else pooled_std(var, post.std_smooth) * std_scale(problem, post)
-        return np.abs(images).mean(0), std, {**meta, "closing_iters": cfg.closing.iters}
+        image, nfe, passes = None, 0, cfg.closing.restarts + 1
+        for last in (p == passes - 1 for p in range(passes)):  # each pass warm-starts from the one before
+            res = sample(prior, problem, post, progress=progress, init=image)
+            nfe += res.nfe
+            if cfg.closing.iters == 0:
+                image, std = res.mean, None if res.std is None else res.std * post.std_scale
+                continue
+            images, var = _close(problem, res.samples, cfg, res.support, spread=last and len(res.samples) > 1)
+            image = np.abs(images).mean(0)
+            std = None if var is None else pooled_std(var, post.std_smooth) * post.std_scale
+        meta = {"nfe": nfe, "sampler": res.method, **{k: v for k, v in res.meta.items() if k.startswith("align_")}}
+        return image, std, {**meta, **({"closing_iters": cfg.closing.iters} if cfg.closing.iters else {})}
 
     return solve
-
-
-def std_scale(problem: Problem, post) -> float:
-    """The std map's scale: ``posterior.std_scale``, or the task's calibrated one at the problem's undersampling
-    factor (``ldp_med.tasks.STD_SCALE``; 1 for the image tasks)."""
-    if post.std_scale is not None:
-        return post.std_scale
-    factor = 1.0 if problem.kspace is None else float(problem.kspace.mask.size / max(problem.kspace.mask.sum(), 1))
-    points = STD_SCALE[problem.task]
-    return float(np.interp(factor, [f for f, _ in points], [s for _, s in points]))
 
 
 def pooled_std(var: np.ndarray, smooth: float) -> np.ndarray:
@@ -174,13 +180,19 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
     from ldp_med.sampling.closing import agreement_weights, closing_solve
     from ldp_med.sampling.posterior import compressed
 
-    c = cfg.closing
+    c = settle(cfg, problem).closing
     if problem.is_complex:
         mu, anchor, on_support = cfg.baseline.cs_lambda, c.anchor, c.anchor_support
     else:
         mu, anchor, on_support = c.image_mu * problem.noise_std, c.image_anchor, c.image_anchor_support
     op, y = compressed(problem, c.coil_energy)
     weights = support if on_support else None
+    if problem.is_complex and c.agreement and anchor:
+        # the anchor only where each sample agrees with the data's own solve from it (the CS objective, anchor 0)
+        free = np.abs(closing_solve(problem, samples, 0.0, mu, c.iters, wavelet=cfg.baseline.cs_wavelet, operator=op, y=y))
+        tol = c.agreement * float(np.percentile(free, 99))
+        agree = np.mean([agreement_weights(np.abs(s)[None], f, tol)[0] for s, f in zip(samples, free)], 0)
+        weights = agree if weights is None else weights * agree
     solve = functools.partial(closing_solve, problem, samples, anchor, mu, c.iters, weights=weights,
                               wavelet=cfg.baseline.cs_wavelet, operator=op, y=y)
     closed = solve()

@@ -10,6 +10,8 @@ method ``prior`` runs the sampler that ``PosteriorConfig.method`` names; ``dps``
 
 from __future__ import annotations
 
+import dataclasses
+
 TASKS: tuple[str, ...] = ("kspace", "denoise", "superres")
 PRIOR_METHODS: tuple[str, ...] = ("prior", "dps")
 CLASSICAL_METHODS: dict[str, tuple[str, ...]] = {
@@ -19,9 +21,9 @@ CLASSICAL_METHODS: dict[str, tuple[str, ...]] = {
 }
 METHODS: dict[str, tuple[str, ...]] = {t: CLASSICAL_METHODS[t] + PRIOR_METHODS for t in TASKS}
 ALL_METHODS: tuple[str, ...] = tuple(dict.fromkeys(m for t in TASKS for m in METHODS[t]))
-#: k-space: the prior, above CS on every volume measured (template and 8 test subjects +0.26 to +0.68 dB, heads with
-#: skull +0.10 to +0.45, real scans that packages ship +0.14 to +0.30) in 0.13-0.27x CS's time on 2 mm volumes
-#: (docs/results.md, "Sampler settings per task"). Denoise: the prior, above NLM on every volume measured
+#: k-space: the prior, above CS on every volume measured but one (template and 8 test subjects R=4 +0.24 to +0.72 dB,
+#: R=8 +0.94 to +1.81; heads with skull -0.04 (pydeface R=8) to +0.63, real scans that packages ship +0.24 to +0.40) in
+#: 0.27x (R=4) and 0.51x (R=8) CS's mean time on 2 mm volumes (docs/results.md, "Settings per undersampling factor"). Denoise: the prior, above NLM on every volume measured
 #: (synthetic +1.9 to +2.4 dB, heads with skull +1.6 / +1.7, real scans -0.01 / +1.4; docs/results.md, "Agreement
 #: with the classical estimate"). Superres stays cubic: the prior is above it on synthetic brains (+0.7 to +2.2 dB) but
 #: below it on heads with skull by 0.3-0.6 dB (docs/results.md, "Super-resolution's warm start").
@@ -29,22 +31,60 @@ DEFAULT_METHOD: dict[str, str] = {"kspace": "prior", "denoise": "prior", "superr
 #: The classical method each task's prior is measured against (docs/results.md) and, for the image tasks, blended
 #: into the result where the prior disagrees with it (``closing.image_agreement``).
 BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "nlm", "superres": "cubic"}
-#: The std map's scale per task (``posterior.std_scale`` None) as (undersampling factor, scale) points, linearly
-#: interpolated and held constant past the ends (the image tasks have factor 1): calibrated on validation subjects
-#: so that ``|error| <= 1.645 std`` holds for 90% of head voxels with ``--samples 8`` (docs/results.md, "Std map").
-#: The perturbed solves miss more of the error the fewer k-space samples there are, hence a scale per factor.
-#: k-space re-calibrated at its session-22 sampler settings (docs/results.md, "Sampler settings per task").
-STD_SCALE: dict[str, tuple[tuple[float, float], ...]] = {
-    "kspace": ((4.0, 1.87), (8.0, 3.25)), "denoise": ((1.0, 1.32),), "superres": ((1.0, 6.65),),
+#: The settings a config leaves to the task (None), each as (undersampling factor, value) points, linearly
+#: interpolated and held constant past the ends: the image tasks have factor 1, k-space the mask's realised
+#: acceleration (:attr:`ldp_med.problems.Problem.factor`). Every value is tuned or calibrated on validation subjects
+#: (10000-10099) only; an explicit ``--set`` still wins (docs/results.md, "Sampler settings per task", "Super-resolution's
+#: warm start", "Settings per undersampling factor").
+#:
+#: - ``posterior.t_start`` / ``posterior.prior_error`` / ``closing.anchor``: k-space leans on its data (prior_error
+#:   0.1) from a late warm start (t_start 0.1: 5 of 50 DDIM steps), so the sample stays near the data and the closing
+#:   solve can lean on it: anchor 0.1 at R=4, 0.2 at R=8 (session 22's (0.3, 0.02): R=4 41.17 -> 41.39 dB, R=8 37.03 ->
+#:   37.70 on validation 10000-10001; R=4 also 41.32 -> 41.55 on 10002-10003). Denoise keeps (0.5, 0.03) (at (0.1,
+#:   0.3): -1.5 dB); super-resolution starts at 0.06 (3 of 50 steps: +0.8 dB over 0.5 on validation).
+#: - ``closing.restarts``: at R=8 the sampler runs a second time, warm-started from the first pass's closed image
+#:   instead of the zero-filled one, and closes again (validation 37.70 -> 37.91 dB, SSIM 0.8662 -> 0.8736, twice the
+#:   time; a third pass 37.84; at R=4 no gain: 41.39 both).
+#: - ``posterior.std_scale``: the std map's scale, calibrated so that ``|error| <= 1.645 std`` holds for 90% of head
+#:   voxels with ``--samples 8`` (docs/results.md, "Std map"); the perturbed solves miss more of the error the fewer
+#:   k-space samples there are, hence a scale per factor.
+TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {
+    "kspace": {
+        "posterior.t_start": ((4.0, 0.1),),
+        "posterior.prior_error": ((4.0, 0.1),),
+        "posterior.std_scale": ((4.0, 2.44), (8.0, 3.98)),
+        "closing.anchor": ((4.0, 0.1), (8.0, 0.2)),
+        "closing.restarts": ((4.0, 0), (8.0, 1)),
+    },
+    "denoise": {
+        "posterior.t_start": ((1.0, 0.5),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 1.32),),
+        "closing.restarts": ((1.0, 0),),
+    },
+    "superres": {
+        "posterior.t_start": ((1.0, 0.06),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 6.65),),
+        "closing.restarts": ((1.0, 0),),
+    },
 }
-#: The sampler settings of each task's prior where ``posterior.t_start`` / ``posterior.prior_error`` are None, tuned
-#: on validation subjects 10000-10001 (denoise also 10002; docs/results.md, "Sampler settings per task"): k-space
-#: leans on its data (prior_error 0.1) from a later warm start (t_start 0.3: 15 of 50 DDIM steps), R=8 +0.22 dB and
-#: R=4 +0.05 dB over (0.03, 0.5) in 25% less time; denoise keeps (0.03, 0.5) (at (0.1, 0.3): -1.5 dB); super-resolution
-#: starts at 0.06 (3 of 50 steps: +0.8 dB and SSIM above cubic's on validation; session 23, "Super-resolution's warm start").
-POSTERIOR_DEFAULTS: dict[str, dict[str, float]] = {
-    "kspace": {"t_start": 0.3, "prior_error": 0.1},
-    "denoise": {"t_start": 0.5, "prior_error": 0.03},
-    "superres": {"t_start": 0.06, "prior_error": 0.03},
-}
+
+
+def task_setting(task: str, name: str, factor: float = 1.0) -> float | int:
+    """The value of setting ``name`` (``section.field``, as in ``--set``) that ``task`` uses at undersampling
+    ``factor``: :data:`TASK_SETTINGS`'s points, linearly interpolated, held constant past the ends; a setting
+    whose points are all ints (a count) is rounded to the nearest int."""
+    points = sorted(TASK_SETTINGS[task][name])
+    value = points[0][1] if factor <= points[0][0] else points[-1][1]
+    for (f0, v0), (f1, v1) in zip(points, points[1:]):
+        if f0 < factor <= f1:
+            value = v0 + (v1 - v0) * (factor - f0) / (f1 - f0)
+    return round(value) if all(isinstance(v, int) for _, v in points) else value
+
+
+def with_task_settings(section, name: str, task: str, factor: float = 1.0):
+    """The config ``section`` (a dataclass named ``name`` in ``--set``: "posterior", "closing") with each field it
+    leaves None that :data:`TASK_SETTINGS` has for ``task`` filled in at ``factor``; explicit values stay."""
+    fill = {key: task_setting(task, f"{name}.{key}", factor) for key in (k.split(".", 1)[1] for k in TASK_SETTINGS[task]
+            if k.startswith(f"{name}.")) if getattr(section, key) is None}
+    return dataclasses.replace(section, **fill) if fill else section
+
+
 SAMPLERS: tuple[str, ...] = ("dds", "prior", "dps")

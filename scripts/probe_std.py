@@ -17,7 +17,7 @@ from scipy.ndimage import gaussian_filter
 from ldp_med.config import PosteriorConfig
 from ldp_med.io.kspace import load_kspace
 from ldp_med.models.pretrained import load_pretrained
-from ldp_med.reconstruct import build_problem, _close
+from ldp_med.reconstruct import build_problem, settle, _close
 from ldp_med.sampling.posterior import reconstruct as sample, compressed
 from ldp_med.sampling.closing import closing_solve
 from ldp_med.metrics import std_scale_for, ause, psnr
@@ -35,6 +35,7 @@ else:
     from ldp_med.io import load_volume
     data = load_volume(path)
 problem = build_problem(data, task, cfg, None, path)
+cfg = settle(cfg, problem)
 t0 = time.time()
 res = sample(prior, problem, cfg.posterior)
 pre = res.samples

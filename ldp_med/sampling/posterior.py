@@ -32,7 +32,7 @@ network evaluations *per posterior sample* (a classifier-free-guided step counts
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ from ldp_med.models.pretrained import Prior
 from ldp_med.problems import Problem
 from ldp_med.sampling.consistency import ImageDC, KSpaceDC, dc_weight
 from ldp_med.space import SpaceMap
-from ldp_med.tasks import POSTERIOR_DEFAULTS, SAMPLERS
+from ldp_med.tasks import SAMPLERS, with_task_settings
 
 __all__ = ["PosteriorConfig", "PosteriorResult", "PosteriorSampler", "LatentNets", "DDSUpdate", "DPSUpdate",
            "UPDATES", "dc_indices", "run_length", "check_prior", "for_task", "make_sampler", "reconstruct"]
@@ -381,26 +381,26 @@ def _dc_rule(problem: Problem, lam: float, cfg: PosteriorConfig) -> ImageDC:
     return KSpaceDC(op, y, lam, cfg.cg_iters, phase_sigma=cfg.phase_sigma)
 
 
-def for_task(cfg: PosteriorConfig, task: str) -> PosteriorConfig:
-    """``cfg`` with its settings left to the task (None: ``t_start``, ``prior_error``) taken from
-    :data:`ldp_med.tasks.POSTERIOR_DEFAULTS`."""
-    fill = {k: v for k, v in POSTERIOR_DEFAULTS[task].items() if getattr(cfg, k) is None}
-    return replace(cfg, **fill) if fill else cfg
+def for_task(cfg: PosteriorConfig, task: str, factor: float = 1.0) -> PosteriorConfig:
+    """``cfg`` with its settings left to the task (None: ``t_start``, ``prior_error``, ``std_scale``) taken from
+    :data:`ldp_med.tasks.TASK_SETTINGS` at undersampling ``factor``."""
+    return with_task_settings(cfg, "posterior", task, factor)
 
 
 def make_sampler(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = None,
-                 progress: bool = False) -> PosteriorSampler:
+                 progress: bool = False, init: np.ndarray | None = None) -> PosteriorSampler:
     """Wire the posterior sampler that ``cfg.method`` names for ``problem``, whole.
 
     The :class:`SpaceMap` comes from the pseudo-inverse's geometry (:meth:`SpaceMap.for_volume`), the DC
     weight from the noise level and the intensity scale, the update rule from ``cfg``; the settings ``cfg``
-    leaves to the task (None) are the task's (:func:`for_task`).
+    leaves to the task (None) are the task's (:func:`for_task`). The warm start is ``init`` (an image on the
+    acquisition grid, e.g. an earlier reconstruction), else the pseudo-inverse.
 
     Raises:
         InputError: the model does not fit (channels, grid, or it covers too little of the field of view).
         ConfigError: label out of range.
     """
-    cfg = for_task(cfg or PosteriorConfig(), problem.task)
+    cfg = for_task(cfg or PosteriorConfig(), problem.task, problem.factor)
     check_prior(prior)
     if cfg.label >= len(prior.config.class_names):
         raise ConfigError(f"label {cfg.label} out of range: the model has classes {list(prior.config.class_names)}")
@@ -412,7 +412,7 @@ def make_sampler(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = N
     guided = cfg.label >= 0 and cfg.guidance != 1.0
     return PosteriorSampler(
         net=LatentNets(prior, cfg.guidance, 2 if guided else 1), space=space, dc_rule=rule,
-        init=torch.from_numpy(np.ascontiguousarray(problem.pinv.data)), update=UPDATES[cfg.method](cfg, space, rule),
+        init=torch.from_numpy(np.ascontiguousarray(problem.pinv.data if init is None else init, np.float32)), update=UPDATES[cfg.method](cfg, space, rule),
         cfg=cfg, progress=progress,
         meta={**problem.meta, "task": problem.task, "affine": problem.affine, "noise_std": problem.noise_std,
               **(space.alignment.to_meta() if space.alignment is not None else {})},
@@ -420,6 +420,6 @@ def make_sampler(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = N
 
 
 def reconstruct(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = None,
-                progress: bool = False) -> PosteriorResult:
-    """``make_sampler(prior, problem, cfg).run()``: the sampler ``cfg.method`` names."""
-    return make_sampler(prior, problem, cfg, progress).run()
+                progress: bool = False, init: np.ndarray | None = None) -> PosteriorResult:
+    """``make_sampler(prior, problem, cfg, progress, init).run()``: the sampler ``cfg.method`` names."""
+    return make_sampler(prior, problem, cfg, progress, init).run()

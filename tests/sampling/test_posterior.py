@@ -71,25 +71,42 @@ def test_costs_are_counted_and_within_budget(prior, kproblem):
     res = reconstruct(prior, kproblem, FAST)
     assert res.nfe == 4 and res.decodes == FAST.dc_steps + 1 and res.encodes == FAST.dc_steps + 1
     assert res.seconds > 0
-    default = make_sampler(prior, kproblem, PosteriorConfig())  # k-space's t_start 0.3: 15 of 50 steps
-    assert default.planned_nfe <= 50 and default.n_run == 15
+    default = make_sampler(prior, kproblem, PosteriorConfig())  # k-space's t_start 0.1: 5 of 50 steps
+    assert default.planned_nfe <= 50 and default.n_run == 5
     guided = make_sampler(prior, kproblem, PosteriorConfig(t_start=1.0, label=1, guidance=3.0))
     with pytest.raises(ConfigError, match="budget"):
         guided.run()
 
 
-def test_settings_left_to_the_task_come_from_the_task_and_explicit_ones_stay(prior, kproblem, phantom):
+def test_settings_left_to_the_task_come_from_the_task_at_its_factor_and_explicit_ones_stay(prior, kproblem, phantom):
+    """``TASK_SETTINGS``: (factor, value) points, interpolated between and held past the ends; the sampler and the
+    closing solve take them at the problem's undersampling factor (the mask's realised acceleration)."""
+    from ldp_med.config import ClosingConfig, ReconstructConfig
+    from ldp_med.physics.masks import realised_acceleration
+    from ldp_med.reconstruct import settle
     from ldp_med.sampling.posterior import for_task
-    from ldp_med.tasks import POSTERIOR_DEFAULTS
+    from ldp_med.tasks import TASK_SETTINGS, task_setting
 
-    assert POSTERIOR_DEFAULTS["kspace"] != POSTERIOR_DEFAULTS["denoise"]
-    for task, want in POSTERIOR_DEFAULTS.items():
+    assert TASK_SETTINGS["kspace"]["posterior.t_start"] != TASK_SETTINGS["denoise"]["posterior.t_start"]
+    (f0, v0), (f1, v1) = TASK_SETTINGS["kspace"]["closing.anchor"]
+    assert task_setting("kspace", "closing.anchor", 1.0) == v0 and task_setting("kspace", "closing.anchor", 99) == v1
+    assert task_setting("kspace", "closing.anchor", (f0 + f1) / 2) == pytest.approx((v0 + v1) / 2)
+    for task in TASK_SETTINGS:
         got = for_task(PosteriorConfig(), task)
-        assert (got.t_start, got.prior_error) == (want["t_start"], want["prior_error"])
-    mine = for_task(PosteriorConfig(t_start=0.7, prior_error=0.5), "kspace")
+        assert (got.t_start, got.prior_error) == tuple(task_setting(task, f"posterior.{k}") for k in ("t_start", "prior_error"))
+    at8 = for_task(PosteriorConfig(), "kspace", 8.0)
+    assert (at8.t_start, at8.std_scale) == (task_setting("kspace", "posterior.t_start", 8.0),
+                                             task_setting("kspace", "posterior.std_scale", 8.0))
+    assert at8.std_scale != for_task(PosteriorConfig(), "kspace", 4.0).std_scale
+    mine = for_task(PosteriorConfig(t_start=0.7, prior_error=0.5), "kspace", 8.0)
     assert (mine.t_start, mine.prior_error) == (0.7, 0.5)
+    factor = realised_acceleration(kproblem.kspace.mask)
+    assert kproblem.factor == factor and denoise_problem(phantom, noise_std=0.02).factor == 1.0
     k, d = make_sampler(prior, kproblem), make_sampler(prior, denoise_problem(phantom, noise_std=0.02))
-    assert (k.cfg.t_start, d.cfg.t_start) == (0.3, 0.5)
+    assert (k.cfg.t_start, d.cfg.t_start) == (task_setting("kspace", "posterior.t_start", factor), 0.5)
+    settled = settle(ReconstructConfig(), kproblem)
+    assert settled.closing.anchor == task_setting("kspace", "closing.anchor", factor) and settled.posterior == k.cfg
+    assert settle(ReconstructConfig(closing=ClosingConfig(anchor=0.7)), kproblem).closing.anchor == 0.7
 
 
 def test_same_seed_same_output_different_seed_different(prior, kproblem):
@@ -249,21 +266,25 @@ def test_closing_anchors_kspace_on_the_support_and_image_tasks_everywhere(kprobl
     import ldp_med.sampling.closing as closing
     from ldp_med.config import ClosingConfig, ReconstructConfig
     from ldp_med.reconstruct import _close
+    from ldp_med.tasks import task_setting
 
-    seen = []
+    seen = []  # the anchored solves (k-space's anchor-free agreement solve, lam 0, is left out)
     monkeypatch.setattr(closing, "closing_solve", lambda problem, samples, lam, mu, iters, weights=None, **kw:
-                        seen.append((lam, weights)) or samples)
+                        (lam and seen.append((lam, weights))) or samples)
     support = np.full(phantom.shape, 0.5, np.float32)
     dproblem = denoise_problem(phantom, noise_std=1.0)
     cfg = ReconstructConfig()
-    _close(kproblem, np.zeros((1, *kproblem.shape), np.complex64), cfg, support)
+    _close(kproblem, np.ones((1, *kproblem.shape), np.complex64), cfg, support)
     _close(dproblem, np.zeros((1, *phantom.shape), np.float32), cfg, support)
     (k_lam, k_w), (d_lam, d_w) = seen
-    assert k_w is support and d_w is None and (k_lam, d_lam) == (cfg.closing.anchor, cfg.closing.image_anchor)
+    assert d_w is None and d_lam == cfg.closing.image_anchor
+    np.testing.assert_allclose(k_w, support)  # the samples agree with the data's own solve everywhere: weight 1
+    assert k_lam == task_setting("kspace", "closing.anchor", kproblem.factor)  # left to the task (None)
     flipped = ReconstructConfig(closing=ClosingConfig(anchor_support=False, image_anchor_support=True))
-    _close(kproblem, np.zeros((1, *kproblem.shape), np.complex64), flipped, support)
+    _close(kproblem, np.ones((1, *kproblem.shape), np.complex64), flipped, support)
     _close(dproblem, np.zeros((1, *phantom.shape), np.float32), flipped, support)
-    assert seen[2][1] is None and seen[3][1] is support
+    np.testing.assert_allclose(seen[2][1], 1.0)
+    assert seen[3][1] is support
 
 
 def test_closing_blends_the_image_tasks_result_with_the_classical_estimate_where_they_disagree(phantom, monkeypatch):
@@ -289,9 +310,12 @@ def test_closing_blends_the_image_tasks_result_with_the_classical_estimate_where
 def test_std_map_pools_the_variance_and_takes_the_tasks_calibrated_scale(kproblem, phantom, monkeypatch):
     """``pooled_std``: the square root of a variance map pooled over a Gaussian neighbourhood (the pooled estimate
     of a constant spread is that spread, and less noisy); ``std_scale``: the config's, else the task's."""
-    from ldp_med.config import PosteriorConfig
-    from ldp_med.reconstruct import pooled_std, std_scale
-    from ldp_med.tasks import STD_SCALE
+    from ldp_med.config import PosteriorConfig, ReconstructConfig
+    from ldp_med.reconstruct import pooled_std, settle
+    from ldp_med.tasks import TASK_SETTINGS
+
+    def std_scale(problem, post):
+        return settle(ReconstructConfig(posterior=post), problem).posterior.std_scale
 
     var = np.random.default_rng(0).normal(0, 2.0, (8, 15, 13, 11)).var(0, ddof=1)
     raw, pooled = pooled_std(var, 0), pooled_std(var, 1.5)
@@ -300,12 +324,12 @@ def test_std_map_pools_the_variance_and_takes_the_tasks_calibrated_scale(kproble
     import ldp_med.tasks
 
     dproblem = denoise_problem(phantom, noise_std=1.0)
-    assert std_scale(dproblem, PosteriorConfig()) == STD_SCALE["denoise"][0][1]
+    assert std_scale(dproblem, PosteriorConfig()) == TASK_SETTINGS["denoise"]["posterior.std_scale"][0][1]
     assert std_scale(dproblem, PosteriorConfig(std_scale=2.5)) == 2.5
     # k-space: interpolated at the mask's undersampling factor, held constant past the calibrated ones
     factor = kproblem.kspace.mask.size / kproblem.kspace.mask.sum()
     for points, want in ((((factor - 1, 1.0), (factor + 1, 3.0)), 2.0), (((factor + 1, 5.0), (factor + 2, 6.0)), 5.0)):
-        monkeypatch.setitem(ldp_med.tasks.STD_SCALE, "kspace", points)
+        monkeypatch.setitem(ldp_med.tasks.TASK_SETTINGS["kspace"], "posterior.std_scale", points)
         assert std_scale(kproblem, PosteriorConfig()) == pytest.approx(want)
 
 
@@ -328,3 +352,52 @@ def test_image_task_variance_adds_the_blends_mixture_term(phantom, monkeypatch):
     spread = samples.var(0, ddof=1)  # the stubbed solves return the samples themselves
     np.testing.assert_allclose(var, spread + np.mean(w * (1 - w) * offsets[:, 0, 0, 0] ** 2), rtol=1e-3)
     np.testing.assert_allclose(blended[2], nlm, atol=1e-3)
+
+
+def test_a_restart_warm_starts_the_sampler_from_the_closed_image_of_the_pass_before(prior, kproblem, monkeypatch):
+    """``closing.restarts``: pass 1 starts from the pseudo-inverse, every later pass from the magnitude of the previous
+    pass's closed image; the UNet evaluations add up and the std map is the last pass's."""
+    import ldp_med.sampling.posterior as posterior
+    from ldp_med.config import ClosingConfig, ReconstructConfig
+    from ldp_med.reconstruct import SOLVERS
+
+    inits, real = [], posterior.reconstruct
+    monkeypatch.setattr(posterior, "reconstruct", lambda *a, init=None, **kw: inits.append(init) or real(*a, init=init, **kw))
+    solve = SOLVERS["kspace", "prior"]
+    cfg = ReconstructConfig(posterior=dataclasses.replace(FAST, samples=2), closing=ClosingConfig(iters=5, restarts=0))
+    once, std_once, meta_once = solve(kproblem, cfg, prior, False)
+    assert inits == [None]
+    inits.clear()
+    twice, std_twice, meta_twice = solve(kproblem, dataclasses.replace(cfg, closing=ClosingConfig(iters=5, restarts=1)),
+                                         prior, False)
+    assert inits[0] is None and inits[1] is not None and meta_twice["nfe"] == 2 * meta_once["nfe"]
+    np.testing.assert_array_equal(inits[1], once)  # same seed: pass 1 is the single pass's result
+    assert not np.allclose(twice, once) and std_twice is not None and std_twice.shape == twice.shape
+
+
+def test_kspace_anchor_is_lowered_where_the_sample_disagrees_with_the_datas_own_solve(kproblem, monkeypatch):
+    """``closing.agreement``: one anchor-free solve per sample (the CS objective from it), then the anchored solve
+    with the anchor weighted by their agreement: ~0 where they differ by many tolerances, 1 where they agree."""
+    import ldp_med.sampling.closing as closing
+    from ldp_med.config import ClosingConfig, ReconstructConfig
+    from ldp_med.reconstruct import _close
+
+    calls = []
+
+    def fake(problem, samples, lam, mu, iters, weights=None, **kw):
+        calls.append((lam, weights))
+        out = samples.copy()
+        if lam == 0:  # the data's own solve: it disagrees with the samples in one corner
+            out[:, :3, :3, :3] += 100
+        return out
+
+    monkeypatch.setattr(closing, "closing_solve", fake)
+    samples = np.full((2, *kproblem.shape), 10, np.complex64)
+    support = np.ones(kproblem.shape, np.float32)
+    _close(kproblem, samples, ReconstructConfig(closing=ClosingConfig(agreement=0.05)), support)
+    (lam0, _), (lam, w) = calls
+    assert lam0 == 0 and lam > 0 and w.shape == kproblem.shape
+    assert w[0, 0, 0] < 0.01 and w[-1, -1, -1] == pytest.approx(1.0)
+    calls.clear()
+    _close(kproblem, samples, ReconstructConfig(closing=ClosingConfig(agreement=0)), support)
+    assert len(calls) == 1 and calls[0][1] is support
