@@ -124,8 +124,8 @@ def _bm4d(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
 
 def settle(cfg: ReconstructConfig, problem: Problem) -> ReconstructConfig:
     """``cfg`` with the settings it leaves to the task (None) filled in at the problem's undersampling factor
-    (``ldp_med.tasks.TASK_SETTINGS``): the sampler's ``t_start`` / ``prior_error`` / ``std_scale`` and the k-space
-    closing ``anchor``."""
+    (``ldp_med.tasks.TASK_SETTINGS``): the sampler's ``t_start`` / ``prior_error`` / ``std_scale`` and the closing
+    ``anchor`` (k-space) and ``restarts``."""
     from ldp_med.sampling.posterior import for_task
 
     return dataclasses.replace(cfg, posterior=for_task(cfg.posterior, problem.task, problem.factor),
