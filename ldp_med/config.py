@@ -307,8 +307,8 @@ class ClosingConfig:
     values trust the prior more.
 
     Defaults tuned on validation subjects 10000-10001 with the shipped prior (docs/methods.md): k-space
-    ``anchor`` on the model's support (per undersampling factor: ``ldp_med.tasks.TASK_SETTINGS``), 30 iterations (converged: 40 and 60 give the same image), so the
-    result is a fixed point of the anchored objective, not an early stop of CS (docs/tune_support_*.md);
+    ``anchor`` on the model's support (per undersampling factor: ``ldp_med.tasks.TASK_SETTINGS``), 30 iterations
+    (converged: 40 and 60 give the same image), so the result is a fixed point of the anchored objective, not an early stop of CS (docs/tune_support_*.md);
     denoise ``image_mu`` 16 and ``image_anchor`` 10 over the whole volume, retuned with the agreement blend on
     validation brains and synthetic heads (docs/tune_agreement_denoise*.md; 4 and 3 before the blend).
 
@@ -318,7 +318,7 @@ class ClosingConfig:
             pseudo-inverse) and close again, this many times; the std map is the last pass's. None: the task's
             (``ldp_med.tasks.TASK_SETTINGS``: k-space 0 at R=4, 1 at R=8; the image tasks 0).
         anchor: anchor weight of k-space problems (relative to the data term); None: the task's at the mask's
-            undersampling factor (``ldp_med.tasks.TASK_SETTINGS``: 0.02 at R=4, 0.2 at R=8).
+            undersampling factor (``ldp_med.tasks.TASK_SETTINGS``: 0.1 at R=4, 0.2 at R=8).
         image_anchor: anchor weight of the image tasks (denoise, superres).
         coil_energy: k-space is compressed to the SVD virtual coils holding this fraction of the energy
             (1: every coil, the CS baseline's data term).
@@ -357,7 +357,7 @@ class ClosingConfig:
         if self.iters < 0 or (self.restarts or 0) < 0 or min(weights) < 0 \
                 or not 0 < self.coil_energy <= 1:
             raise ConfigError("closing: need iters >= 0, restarts >= 0, anchor >= 0, 0 < coil_energy <= 1, image_mu >= 0, "
-                              f"image_agreement >= 0; got {self}")
+                              f"image_agreement >= 0, agreement >= 0; got {self}")
 
 
 @dataclass

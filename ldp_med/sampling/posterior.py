@@ -412,7 +412,8 @@ def make_sampler(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = N
     guided = cfg.label >= 0 and cfg.guidance != 1.0
     return PosteriorSampler(
         net=LatentNets(prior, cfg.guidance, 2 if guided else 1), space=space, dc_rule=rule,
-        init=torch.from_numpy(np.ascontiguousarray(problem.pinv.data if init is None else init, np.float32)), update=UPDATES[cfg.method](cfg, space, rule),
+        init=torch.from_numpy(np.ascontiguousarray(problem.pinv.data if init is None else init, np.float32)),
+        update=UPDATES[cfg.method](cfg, space, rule),
         cfg=cfg, progress=progress,
         meta={**problem.meta, "task": problem.task, "affine": problem.affine, "noise_std": problem.noise_std,
               **(space.alignment.to_meta() if space.alignment is not None else {})},
