@@ -301,14 +301,15 @@ class PosteriorConfig:
 class ClosingConfig:
     """The closing solve after posterior sampling (:mod:`ldp_med.sampling.closing`), per sample.
 
-    ``argmin_x 1/2 ||A x - y||^2 + anchor / 2 ||x - x_bar||^2 + mu ||W x||_1``: for k-space ``mu`` is the CS
-    baseline's ``baseline.cs_lambda`` and the weight ``anchor``; for denoise / superres ``mu = image_mu *
-    noise_std`` and the weight ``image_anchor``. A weight of 0 is the CS objective (the floor); larger
-    values trust the prior more.
+    ``argmin_x 1/2 ||A x - y||^2 + anchor / 2 ||x - x_bar||^2 + mu ||W x||_1``: for k-space the weights ``mu``
+    and ``anchor``; for denoise / superres ``mu = image_mu * noise_std`` and the weight ``image_anchor``. A weight
+    of 0 is the CS objective (the floor); larger values trust the prior more.
 
     Defaults tuned on validation subjects 10000-10001 with the shipped prior (docs/methods.md): k-space
     ``anchor`` on the model's support (per undersampling factor: ``ldp_med.tasks.TASK_SETTINGS``), 30 iterations
-    (converged: 40 and 60 give the same image), so the result is a fixed point of the anchored objective, not an early stop of CS (docs/tune_support_*.md);
+    (converged: 40 and 60 give the same image), so the result is a fixed point of the anchored objective, not an
+    early stop of CS (docs/tune_support_*.md; 15 iterations gain on validation but fall under CS on a head with
+    skull and a real partial scan: docs/results.md, "An early stop, measured again");
     denoise ``image_mu`` 16 and ``image_anchor`` 10 over the whole volume, retuned with the agreement blend on
     validation brains and synthetic heads (docs/tune_agreement_denoise*.md; 4 and 3 before the blend).
 
@@ -319,6 +320,8 @@ class ClosingConfig:
             (``ldp_med.tasks.TASK_SETTINGS``: k-space 0 at R=4, 1 at R=8; the image tasks 0).
         anchor: anchor weight of k-space problems (relative to the data term); None: the task's at the mask's
             undersampling factor (``ldp_med.tasks.TASK_SETTINGS``: 0.1 at R=4, 0.2 at R=8).
+        mu: wavelet weight of k-space problems; None: the CS baseline's ``baseline.cs_lambda``. (0.003 lifts
+            validation brains at R=4 by 0.3 dB but costs heads with skull as much: docs/tune_kspace_closing_mu_r4.md.)
         image_anchor: anchor weight of the image tasks (denoise, superres).
         coil_energy: k-space is compressed to the SVD virtual coils holding this fraction of the energy
             (1: every coil, the CS baseline's data term).
@@ -339,11 +342,15 @@ class ClosingConfig:
             ``image_agreement``); 0: off. Costs one more solve per sample. 0.03: validation brains and synthetic
             heads 10000-10001, R=4 and R=8 (docs/tune_kspace_agreement_r*.md: +0.03 / +0.04 dB on average, the worst
             volume's margin over CS +0.04 / +0.13).
+        agreement_iters: FISTA iterations of that anchor-free solve. The protection needs it converged: at 10
+            validation brains and heads lose only 0.02 dB for a quarter of the time, but a head with skull and a
+            real partial scan then fall under CS (docs/results.md, "An early stop, measured again").
     """
 
     iters: int = 30
     restarts: int | None = None
     anchor: float | None = None
+    mu: float | None = None
     image_anchor: float = 10.0
     coil_energy: float = 1.0
     image_mu: float = 16.0
@@ -351,13 +358,15 @@ class ClosingConfig:
     image_anchor_support: bool = False
     image_agreement: float = 0.04
     agreement: float = 0.03
+    agreement_iters: int = 30
 
     def __post_init__(self) -> None:
-        weights = (self.anchor or 0.0, self.image_anchor, self.image_mu, self.image_agreement, self.agreement)
-        if self.iters < 0 or (self.restarts or 0) < 0 or min(weights) < 0 \
+        weights = (self.anchor or 0.0, self.mu or 0.0, self.image_anchor, self.image_mu, self.image_agreement, self.agreement)
+        if min(self.iters, self.agreement_iters, self.restarts or 0) < 0 or min(weights) < 0 \
                 or not 0 < self.coil_energy <= 1:
-            raise ConfigError("closing: need iters >= 0, restarts >= 0, anchor >= 0, 0 < coil_energy <= 1, image_mu >= 0, "
-                              f"image_agreement >= 0, agreement >= 0; got {self}")
+            raise ConfigError("closing: need iters >= 0, agreement_iters >= 0, restarts >= 0, anchor >= 0, mu >= 0, "
+                              "0 < coil_energy <= 1, image_mu >= 0, image_agreement >= 0, agreement >= 0; "
+                              f"got {self}")
 
 
 @dataclass

@@ -23,7 +23,8 @@ METHODS: dict[str, tuple[str, ...]] = {t: CLASSICAL_METHODS[t] + PRIOR_METHODS f
 ALL_METHODS: tuple[str, ...] = tuple(dict.fromkeys(m for t in TASKS for m in METHODS[t]))
 #: k-space: the prior, above CS on every volume measured but one (template and 8 test subjects R=4 +0.24 to +0.72 dB,
 #: R=8 +0.94 to +1.81; heads with skull -0.04 (pydeface R=8) to +0.63, real scans that packages ship +0.24 to +0.40) in
-#: 0.27x (R=4) and 0.51x (R=8) CS's mean time on 2 mm volumes (docs/results.md, "Settings per undersampling factor").
+#: 0.6x (R=4) and 1.2x (R=8) CS's time on 2 mm volumes, CS timed beside it (docs/results.md, "Settings per
+#: undersampling factor", "An early stop, measured again").
 #: Denoise: the prior, above NLM on every volume measured (synthetic +1.9 to +2.4 dB, heads with skull +1.6 / +1.7,
 #: real scans -0.01 / +1.4; docs/results.md, "Agreement with the classical estimate"). Superres stays cubic: the prior
 #: is above it on synthetic brains (+0.7 to +2.2 dB) but below it on heads with skull by 0.3-0.6 dB (docs/results.md,

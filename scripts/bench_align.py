@@ -37,10 +37,8 @@ import os
 import sys
 
 import numpy as np
-from scipy import ndimage
-from scipy.spatial.transform import Rotation
 
-from benchlib import emit, head_of, real_scans, require_validation
+from benchlib import emit, head_of, moved_copy, real_scans, require_validation, rigid
 from ldp_med.align import AlignConfig, estimate_alignment, placement_rms
 from ldp_med.data import synthetic
 from ldp_med.io.nifti import load_nifti
@@ -70,49 +68,6 @@ def synthetic_truth(seed: int) -> tuple[Volume, np.ndarray, np.ndarray, np.ndarr
     x = np.argwhere(brain) @ aff[:3, :3].T + aff[:3, 3]
     y = src[:, brain].T @ aff[:3, :3].T + aff[:3, 3]
     return Volume(subj["image"], aff, {"source": f"validation subject {seed}"}), lstsq_affine(x, y), brain, y
-
-
-def rigid(deg: float, axis, shift, centre) -> np.ndarray:
-    """World move: rotation by ``deg`` about ``axis`` through ``centre``, then ``shift`` (mm)."""
-    axis = np.asarray(axis, float)
-    r = Rotation.from_rotvec(np.deg2rad(deg) * axis / np.linalg.norm(axis)).as_matrix()
-    t = np.eye(4)
-    t[:3, :3] = r
-    t[:3, 3] = centre - r @ centre + np.asarray(shift, float)
-    return t
-
-
-def moved_copy(vol: Volume, move: np.ndarray, vox=None, flip=(), crop=None) -> Volume:
-    """``vol`` with its world moved by ``move``; optionally on ``vox`` mm voxels with ``flip``ped axes, then cropped.
-
-    ``crop = (axis, side)`` keeps the first (``"lo"``) or second (``"hi"``) half of the voxels along ``axis``.
-    """
-    a0 = vol.affine
-    if vox is None:
-        data, a1 = vol.data, move @ a0
-    else:
-        vox0 = np.linalg.norm(a0[:3, :3], axis=0)
-        vox = np.asarray(vox, float)
-        shape = np.floor((np.array(vol.shape) - 1) * vox0 / vox).astype(int) + 1
-        a = a0.copy()
-        a[:3, :3] = a0[:3, :3] / vox0 * vox
-        for ax in flip:
-            a[:3, 3] += a[:3, ax] * (shape[ax] - 1)
-            a[:3, ax] *= -1
-        a1 = move @ a
-        pull = np.linalg.solve(a0, np.linalg.solve(move, a1))  # copy voxel -> original voxel
-        src = pull[:3, :3] @ np.indices(shape).reshape(3, -1) + pull[:3, 3:]
-        data = ndimage.map_coordinates(vol.data, src, order=1).reshape(shape).astype(np.float32)
-    if crop is not None:
-        ax, side = crop
-        n = data.shape[ax]
-        keep = [slice(None)] * 3
-        keep[ax] = slice(0, n // 2) if side == "lo" else slice(n // 2, n)
-        if side == "hi":
-            a1 = a1.copy()
-            a1[:3, 3] += a1[:3, ax] * (n // 2)
-        data = data[tuple(keep)]
-    return Volume(np.ascontiguousarray(data), a1, dict(vol.meta))
 
 
 def make_case(vol: Volume, case: str, centre: np.ndarray, seed: int) -> tuple[Volume, np.ndarray]:

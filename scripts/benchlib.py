@@ -114,9 +114,59 @@ def packaged_file(requirement: str, member: str, cache: Path = Path(__file__).re
     return out
 
 
+def rigid(deg: float, axis, shift, centre) -> np.ndarray:
+    """World move: rotation by ``deg`` about ``axis`` through ``centre``, then ``shift`` (mm)."""
+    from scipy.spatial.transform import Rotation
+
+    axis = np.asarray(axis, float)
+    r = Rotation.from_rotvec(np.deg2rad(deg) * axis / np.linalg.norm(axis)).as_matrix()
+    t = np.eye(4)
+    t[:3, :3] = r
+    t[:3, 3] = centre - r @ centre + np.asarray(shift, float)
+    return t
+
+
+def moved_copy(vol: Volume, move: np.ndarray, vox=None, flip=(), crop=None) -> Volume:
+    """``vol`` with its world moved by ``move``; optionally on ``vox`` mm voxels with ``flip``ped axes, then cropped.
+
+    ``crop = (axis, side)`` keeps the first (``"lo"``) or second (``"hi"``) half of the voxels along ``axis``.
+    """
+    from scipy import ndimage
+    from ldp_med.io.volume import Volume
+
+    a0 = vol.affine
+    if vox is None:
+        data, a1 = vol.data, move @ a0
+    else:
+        vox0 = np.linalg.norm(a0[:3, :3], axis=0)
+        vox = np.asarray(vox, float)
+        shape = np.floor((np.array(vol.shape) - 1) * vox0 / vox).astype(int) + 1
+        a = a0.copy()
+        a[:3, :3] = a0[:3, :3] / vox0 * vox
+        for ax in flip:
+            a[:3, 3] += a[:3, ax] * (shape[ax] - 1)
+            a[:3, ax] *= -1
+        a1 = move @ a
+        pull = np.linalg.solve(a0, np.linalg.solve(move, a1))  # copy voxel -> original voxel
+        src = pull[:3, :3] @ np.indices(shape).reshape(3, -1) + pull[:3, 3:]
+        data = ndimage.map_coordinates(vol.data, src, order=1).reshape(shape).astype(np.float32)
+    if crop is not None:
+        ax, side = crop
+        n = data.shape[ax]
+        keep = [slice(None)] * 3
+        keep[ax] = slice(0, n // 2) if side == "lo" else slice(n // 2, n)
+        if side == "hi":
+            a1 = a1.copy()
+            a1[:3, 3] += a1[:3, ax] * (n // 2)
+        data = data[tuple(keep)]
+    return Volume(np.ascontiguousarray(data), a1, dict(vol.meta))
+
+
 def volume_of(name: str, split: str = "test"):
-    """``template``, a head of :data:`HEADS`, a real scan of :data:`REAL` (the scan itself is the reference), or a
-    seed of ``split``: (noise-free Volume, the reference; description)."""
+    """``template``, a head of :data:`HEADS`, a real scan of :data:`REAL` (the scan itself is the reference), a seed
+    of ``split``, ``head:<seed>`` (that subject in a synthetic skull and scalp) or ``crop:<seed>`` (that head moved
+    and cut to half its field of view, as bench_align's ``crop-half``): (noise-free Volume, the reference;
+    description)."""
     from ldp_med.data import synthetic
     from ldp_med.data.template import mni152_template
     from ldp_med.io.volume import Volume
@@ -137,6 +187,13 @@ def volume_of(name: str, split: str = "test"):
             img = resample_to_output(img, voxel_sizes=voxel_mm, order=3)
         data = np.clip(np.asarray(img.get_fdata(), np.float32), 0, None)
         return Volume(data / np.percentile(data, 99.5), np.asarray(img.affine, np.float64), {}), description
+    if name.startswith("crop:"):  # the synthetic head of a seed, moved (10 degrees, up to 20 mm), half of it in view
+        head, description = volume_of(f"head:{name[5:]}", split)
+        rng = np.random.default_rng(int(name[5:]))
+        centre = head.affine[:3, :3] @ ((np.array(head.shape) - 1) / 2) + head.affine[:3, 3]
+        move = rigid(10.0, rng.normal(size=3), rng.uniform(0, 20) * rng.normal(size=3) / np.sqrt(3), centre)
+        crop = (int(rng.integers(3)), ("lo", "hi")[int(rng.integers(2))])
+        return moved_copy(head, move, crop=crop), f"{description}, moved, half the field of view (axis {crop[0]})"
     if name.startswith("head:"):  # a synthetic subject wrapped in a synthetic skull and scalp (tuning heads)
         seed = int(name[5:])
         if synthetic.split_of(seed) != split:

@@ -5,13 +5,14 @@
 Runs the shipped prior with the closing solve, then scores candidate maps by Spearman with |error| inside the
 head (raw and Gaussian-smoothed by 1 and 2 voxels), the 90% scale and AUSE: the closed samples' spread, the spread
 before the closing solve, the distance of the result to the samples, the spread of randomize-then-optimize solves
-(perturbed data) and local image detail. Results: docs/results.md, "Std map".
+(perturbed data), the spread of the data's own solves from the samples and the result's distance to them, local
+image detail; and the Spearman ceiling (a map that knows every neighbour's true error). Results: docs/results.md, "Std map".
 """
 import sys, tempfile, time
 from pathlib import Path
 import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import simulate, recon_config, head_mask, require_validation
+from benchlib import simulate, recon_config, head_mask, require_validation, spearman_ceiling
 from scipy.stats import spearmanr
 from scipy.ndimage import gaussian_filter
 from ldp_med.config import PosteriorConfig
@@ -51,11 +52,16 @@ maps["abs_final_minus_premean"] = np.abs(final - np.abs(pre).mean(0))
 if problem.is_complex:
     c = cfg.closing
     op, y = compressed(problem, c.coil_energy)
-    rto = np.abs(closing_solve(problem, pre, c.anchor, cfg.baseline.cs_lambda, c.iters,
+    rto = np.abs(closing_solve(problem, pre, c.anchor, cfg.baseline.cs_lambda if c.mu is None else c.mu, c.iters,
                                weights=res.support if c.anchor_support else None, wavelet=cfg.baseline.cs_wavelet,
                                operator=op, y=y, perturb=np.random.default_rng(1)))
     maps["std_rto"] = rto.std(0, ddof=1)
     print("rto mean psnr", psnr(rto.mean(0), ref), flush=True)
+    # the data's own solve from each sample (closing.agreement's): its spread, and how far the result is from it
+    free = np.abs(closing_solve(problem, pre, 0.0, cfg.baseline.cs_lambda if c.mu is None else c.mu, c.iters,
+                                wavelet=cfg.baseline.cs_wavelet, operator=op, y=y))
+    maps["std_free"] = free.std(0, ddof=1)
+    maps["abs_final_minus_free"] = np.abs(final - free.mean(0))
 maps["detail"] = np.abs(final - gaussian_filter(final, 1.0))
 head = head_mask(ref)
 err = (final - ref)
@@ -67,3 +73,4 @@ for name, m in list(maps.items()):
         sc = std_scale_for(err[head], mm[head])
         a = ause(err[head], mm[head])
         print(f"  {name:26s} smooth {s}: spearman {rho:.3f} scale {sc:.2f} ause {a:.3f}", flush=True)
+print(f"  Spearman ceiling (benchlib.spearman_ceiling): {spearman_ceiling(final, ref):.3f}", flush=True)

@@ -9,7 +9,8 @@
 
 Each grid point (ReconstructConfig fields, dotted) runs `reconstruct_file` (``--method``, default prior with --samples
 posterior samples, default one) on the simulated file of each seed (bench_recon's acquisitions,
-scripts/benchlib.py; with ``--heads`` also of each seed inside a synthetic skull, ``benchlib.synthetic_head``)
+scripts/benchlib.py; with ``--heads`` also of each seed inside a synthetic skull, ``benchlib.synthetic_head``; with
+``--crops`` also of that head moved and cut to half its field of view, ``benchlib.volume_of``'s ``crop:<seed>``)
 and reports mean PSNR / SSIM and seconds; ``--reference-method`` adds that method's
 mean PSNR / SSIM on the same files (once) for comparison; with --samples > 1 also the Spearman
 correlation of the std map with the absolute error inside the head (bench_recon's definition), the ratio
@@ -46,6 +47,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1, help="posterior samples (> 1: Spearman of the std map)")
     ap.add_argument("--heads", action="store_true",
                     help="also each seed inside a synthetic skull and scalp (benchlib.synthetic_head, 'head:<seed>')")
+    ap.add_argument("--crops", action="store_true",
+                    help="also each seed's synthetic head moved and cut to half its field of view ('crop:<seed>': a "
+                         "volume where the prior sees only part of a head, like a partial real scan)")
     ap.add_argument("--method", default="prior", help="the method whose settings the grid varies (default prior)")
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default=None)
@@ -61,7 +65,8 @@ def main() -> None:
     lines = ["| " + " | ".join([*grid, "PSNR (dB)", "SSIM", "s/volume", *extra]) + " |", "|" + "---|" * (len(grid) + 3 + len(extra))]
     with tempfile.TemporaryDirectory() as tmp:
         files = []
-        for s in [str(s) for s in args.seeds] + ([f"head:{s}" for s in args.seeds] if args.heads else []):
+        kinds = [""] + ["head:"] * args.heads + ["crop:"] * args.crops
+        for s in [f"{kind}{seed}" for kind in kinds for seed in args.seeds]:
             path = Path(tmp) / f"{s.replace(':', '-')}{'.h5' if task == 'kspace' else '.nii.gz'}"
             ref = simulate(s, args.case, path, split="val")
             files.append((path, load_kspace(path).reference if task == "kspace" else ref))

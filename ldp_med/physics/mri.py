@@ -172,26 +172,32 @@ class MRIOperator(LinearOperator):
 
         ``ifftnc(M fftnc(v)) = fftshift(ifftn(M' fftn(ifftshift(v))))`` with ``M' = ifftshift(M)``, and the
         image-side shifts commute with the coil products when the maps are shifted too (``S' = ifftshift(S)``),
-        so the inner loop is pure FFTs and products on pre-shifted operands (cached per device).
+        so the inner loop is pure FFTs and products on pre-shifted operands (cached per device). Along an axis
+        where the mask is constant (size 1: a fully sampled readout) the FFT pair cancels, so neither the FFTs nor
+        the shifts run along it.
         """
         x = self.check_image(x)
-        mask, maps = self._shifted_on(x)
-        v = torch.fft.ifftshift(x, dim=DIMS3)[:, None]
+        mask, maps, maps_conj, dims = self._shifted_on(x)
+        v = torch.fft.ifftshift(x, dim=dims)[:, None]
         if maps is not None:
             v = maps * v
-        v = torch.fft.ifftn(mask * torch.fft.fftn(v, dim=DIMS3, norm="ortho"), dim=DIMS3, norm="ortho")
-        v = v[:, 0] if maps is None else (maps.conj() * v).sum(dim=1)
-        return torch.fft.fftshift(v, dim=DIMS3)
+        v = torch.fft.ifftn(mask * torch.fft.fftn(v, dim=dims, norm="ortho"), dim=dims, norm="ortho")
+        v = v[:, 0] if maps is None else torch.einsum("bcxyz,bcxyz->bxyz", maps_conj, v)
+        return torch.fft.fftshift(v, dim=dims)
 
-    def _shifted_on(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The ifftshifted mask and maps on ``t``'s device, recomputed whenever ``mask`` or ``maps`` is replaced."""
+    def _shifted_on(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None,
+                                                    tuple[int, ...]]:
+        """The ifftshifted mask and maps (and the maps' conjugate) on ``t``'s device and the axes the mask varies
+        along (the FFT axes of :meth:`normal`), recomputed whenever ``mask`` or ``maps`` is replaced."""
         mask = self._mask_on(t)
         maps = None if self.maps is None else self._maps_on(t)
         cached = getattr(self, "_shifted", None)
-        if cached is None or cached[2] is not mask or cached[3] is not maps:
-            shifted_maps = None if maps is None else torch.fft.ifftshift(maps, dim=DIMS3)
-            self._shifted = (torch.fft.ifftshift(mask, dim=DIMS3), shifted_maps, mask, maps)
-        return self._shifted[0], self._shifted[1]
+        if cached is None or cached[-2] is not mask or cached[-1] is not maps:
+            dims = tuple(d for d in DIMS3 if mask.shape[d] > 1) or DIMS3
+            shifted_maps = None if maps is None else torch.fft.ifftshift(maps, dim=dims)
+            conj = None if maps is None else shifted_maps.conj().resolve_conj()
+            self._shifted = (torch.fft.ifftshift(mask, dim=dims), shifted_maps, conj, dims, mask, maps)
+        return self._shifted[:4]
 
     def dc_solve(self, y: torch.Tensor, x0: torch.Tensor, lam: Lam, n_iter: int = 10) -> torch.Tensor:
         """``argmin_x ||A x - y||^2 + lam ||x - x0||^2``.

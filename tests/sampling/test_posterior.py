@@ -268,18 +268,25 @@ def test_closing_anchors_kspace_on_the_support_and_image_tasks_everywhere(kprobl
     from ldp_med.reconstruct import _close
     from ldp_med.tasks import task_setting
 
-    seen = []  # the anchored solves (k-space's anchor-free agreement solve, lam 0, is left out)
+    seen, free_iters = [], []  # the anchored solves; the iterations of k-space's anchor-free agreement solve (lam 0)
     monkeypatch.setattr(closing, "closing_solve", lambda problem, samples, lam, mu, iters, weights=None, **kw:
-                        (lam and seen.append((lam, weights))) or samples)
+                        (seen.append((lam, weights, mu)) if lam else free_iters.append(iters)) or samples)
     support = np.full(phantom.shape, 0.5, np.float32)
     dproblem = denoise_problem(phantom, noise_std=1.0)
     cfg = ReconstructConfig()
     _close(kproblem, np.ones((1, *kproblem.shape), np.complex64), cfg, support)
     _close(dproblem, np.zeros((1, *phantom.shape), np.float32), cfg, support)
-    (k_lam, k_w), (d_lam, d_w) = seen
-    assert d_w is None and d_lam == cfg.closing.image_anchor
+    (k_lam, k_w, k_mu), (d_lam, d_w, d_mu) = seen
+    assert d_w is None and d_lam == cfg.closing.image_anchor and d_mu == cfg.closing.image_mu * dproblem.noise_std
     np.testing.assert_allclose(k_w, support)  # the samples agree with the data's own solve everywhere: weight 1
     assert k_lam == task_setting("kspace", "closing.anchor", kproblem.factor)  # left to the task (None)
+    assert k_mu == cfg.baseline.cs_lambda  # closing.mu None: the CS baseline's weight
+    assert free_iters == [cfg.closing.agreement_iters]
+    _close(kproblem, np.ones((1, *kproblem.shape), np.complex64), ReconstructConfig(closing=ClosingConfig(agreement_iters=3)),
+           support)
+    assert free_iters[-1] == 3 and seen.pop()[0] == k_lam
+    _close(kproblem, np.ones((1, *kproblem.shape), np.complex64), ReconstructConfig(closing=ClosingConfig(mu=0.007)), support)
+    assert seen.pop()[2] == 0.007
     flipped = ReconstructConfig(closing=ClosingConfig(anchor_support=False, image_anchor_support=True))
     _close(kproblem, np.ones((1, *kproblem.shape), np.complex64), flipped, support)
     _close(dproblem, np.zeros((1, *phantom.shape), np.float32), flipped, support)
