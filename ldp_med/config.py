@@ -308,8 +308,8 @@ class ClosingConfig:
     Defaults tuned on validation subjects 10000-10001 with the shipped prior (docs/methods.md): k-space
     ``anchor`` on the model's support (per undersampling factor: ``ldp_med.tasks.TASK_SETTINGS``), 30 iterations
     (converged: 40 and 60 give the same image), so the result is a fixed point of the anchored objective, not an
-    early stop of CS (docs/tune_support_*.md; 15 iterations gain on validation but fall under CS on a head with
-    skull and a real partial scan: docs/results.md, "An early stop, measured again");
+    early stop of CS (docs/tune_support_*.md; 15 iterations, with the agreement solve at 10, gain on validation but
+    fall under CS on a head with skull and a real partial scan: docs/results.md, "An early stop, measured again");
     denoise ``image_mu`` 16 and ``image_anchor`` 10 over the whole volume, retuned with the agreement blend on
     validation brains and synthetic heads (docs/tune_agreement_denoise*.md; 4 and 3 before the blend).
 
@@ -361,7 +361,8 @@ class ClosingConfig:
     agreement_iters: int = 30
 
     def __post_init__(self) -> None:
-        weights = (self.anchor or 0.0, self.mu or 0.0, self.image_anchor, self.image_mu, self.image_agreement, self.agreement)
+        weights = (self.anchor or 0.0, self.mu or 0.0, self.image_anchor, self.image_mu, self.image_agreement,
+                   self.agreement)
         if min(self.iters, self.agreement_iters, self.restarts or 0) < 0 or min(weights) < 0 \
                 or not 0 < self.coil_energy <= 1:
             raise ConfigError("closing: need iters >= 0, agreement_iters >= 0, restarts >= 0, anchor >= 0, mu >= 0, "

@@ -190,7 +190,8 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
     weights = support if on_support else None
     if problem.is_complex and c.agreement and anchor:
         # the anchor only where each sample agrees with the data's own solve from it (the CS objective, anchor 0)
-        free = np.abs(closing_solve(problem, samples, 0.0, mu, c.agreement_iters, wavelet=cfg.baseline.cs_wavelet, operator=op, y=y))
+        free = np.abs(closing_solve(problem, samples, 0.0, mu, c.agreement_iters, wavelet=cfg.baseline.cs_wavelet,
+                                    operator=op, y=y))
         tol = c.agreement * float(np.percentile(free, 99))
         agree = np.mean([agreement_weights(np.abs(s)[None], f, tol)[0] for s, f in zip(samples, free)], 0)
         weights = agree if weights is None else weights * agree

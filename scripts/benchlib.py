@@ -164,8 +164,9 @@ def moved_copy(vol: Volume, move: np.ndarray, vox=None, flip=(), crop=None) -> V
 
 def volume_of(name: str, split: str = "test"):
     """``template``, a head of :data:`HEADS`, a real scan of :data:`REAL` (the scan itself is the reference), a seed
-    of ``split``, ``head:<seed>`` (that subject in a synthetic skull and scalp) or ``crop:<seed>`` (that head moved
-    and cut to half its field of view, as bench_align's ``crop-half``): (noise-free Volume, the reference;
+    of ``split``, ``head:<seed>`` (that subject in a synthetic skull and scalp), ``crop:<seed>`` (that head moved
+    and cut to half its field of view, as bench_align's ``crop-half``) or ``neck:<seed>`` (that head with a neck
+    below it, past the model grid: :func:`with_neck`): (noise-free Volume, the reference;
     description)."""
     from ldp_med.data import synthetic
     from ldp_med.data.template import mni152_template
@@ -194,6 +195,9 @@ def volume_of(name: str, split: str = "test"):
         move = rigid(10.0, rng.normal(size=3), rng.uniform(0, 20) * rng.normal(size=3) / np.sqrt(3), centre)
         crop = (int(rng.integers(3)), ("lo", "hi")[int(rng.integers(2))])
         return moved_copy(head, move, crop=crop), f"{description}, moved, half the field of view (axis {crop[0]})"
+    if name.startswith("neck:"):  # the synthetic head of a seed on a field of view that reaches past the model grid
+        head, description = volume_of(f"head:{name[5:]}", split)
+        return with_neck(head, int(name[5:])), f"{description}, with a neck below it (56 mm past the grid)"
     if name.startswith("head:"):  # a synthetic subject wrapped in a synthetic skull and scalp (tuning heads)
         seed = int(name[5:])
         if synthetic.split_of(seed) != split:
@@ -241,6 +245,40 @@ def synthetic_head(clean: np.ndarray, tissue: np.ndarray, contrast: str, seed: i
     head = ndimage.gaussian_filter(head, 0.6)  # partial volume at the layer edges
     outside = np.clip(dist / 2.0, 0, 1)  # fades in over the first 2 mm outside the brain mask
     return np.clip(clean + outside * head, 0, 1).astype(np.float32)
+
+
+def with_neck(head: Volume, seed: int, slices: int = 28) -> Volume:
+    """``head`` (a :func:`synthetic_head` volume, axis 2 inferior -> superior) on a field of view ``slices`` slices
+    longer at the inferior end, filled with a neck: a textured soft-tissue cylinder under the head's lowest slices
+    with a brighter skin and a vertebral body (dark cortex, brighter marrow) behind its centre; the world position
+    of the head is kept. For *tuning*: anatomy past the model grid that the prior never saw, the way a brain prior
+    meets a head scanned with its neck (the heads of :data:`HEADS` stay test data)."""
+    from scipy import ndimage
+    from ldp_med.io.volume import Volume
+
+    rng = np.random.default_rng([seed, 23])
+    data = head.data
+    low = data[:, :, :6].max(axis=2) > 0.05  # the head's footprint on its lowest slices
+    foot = np.argwhere(low) if low.any() else np.argwhere(np.ones(data.shape[:2], bool))
+    (cx, cy), (rx, ry) = foot.mean(0), np.maximum(np.ptp(foot, axis=0) / 2 * 0.75, 4)
+    x, y = np.meshgrid(np.arange(data.shape[0]), np.arange(data.shape[1]), indexing="ij")
+    r = np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)
+    spine = np.sqrt((x - cx) ** 2 + (y - (cy - 0.45 * ry)) ** 2)  # a vertebral body towards posterior (-y)
+    level = float(np.percentile(data[data > 0.05], 60)) if (data > 0.05).any() else 0.5
+    neck = np.zeros((*data.shape[:2], slices), np.float32)
+    for k in range(slices):
+        grow = 1.0 - 0.15 * k / slices  # the neck narrows away from the head
+        tissue = (r < grow).astype(np.float32) * level * rng.uniform(0.5, 0.6)
+        skin = ((r >= grow - 0.08) & (r < grow)).astype(np.float32) * level * 0.4
+        tissue = np.where(spine < 0.22 * min(rx, ry), level * 0.15, tissue)  # cortical bone
+        tissue = np.where(spine < 0.16 * min(rx, ry), level * 0.75, tissue)  # marrow
+        neck[:, :, slices - 1 - k] = tissue + skin
+    texture = ndimage.gaussian_filter(rng.standard_normal(neck.shape), 0.8)
+    neck *= 1 + 0.1 * texture / texture.std()
+    neck = np.clip(ndimage.gaussian_filter(neck, 0.7), 0, 1).astype(np.float32)
+    affine = head.affine.copy()
+    affine[:3, 3] -= affine[:3, 2] * slices
+    return Volume(np.concatenate([neck, data], axis=2), affine, dict(head.meta))
 
 
 def simulate(name: str, case: str, path: Path, split: str = "test") -> np.ndarray:

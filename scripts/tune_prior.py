@@ -10,7 +10,8 @@
 Each grid point (ReconstructConfig fields, dotted) runs `reconstruct_file` (``--method``, default prior with --samples
 posterior samples, default one) on the simulated file of each seed (bench_recon's acquisitions,
 scripts/benchlib.py; with ``--heads`` also of each seed inside a synthetic skull, ``benchlib.synthetic_head``; with
-``--crops`` also of that head moved and cut to half its field of view, ``benchlib.volume_of``'s ``crop:<seed>``)
+``--crops`` also of that head moved and cut to half its field of view, ``benchlib.volume_of``'s ``crop:<seed>``; with
+``--necks`` also of that head with a neck below it, past the model grid, ``neck:<seed>``)
 and reports mean PSNR / SSIM and seconds; ``--reference-method`` adds that method's
 mean PSNR / SSIM on the same files (once) for comparison; with --samples > 1 also the Spearman
 correlation of the std map with the absolute error inside the head (bench_recon's definition), the ratio
@@ -50,6 +51,9 @@ def main() -> None:
     ap.add_argument("--crops", action="store_true",
                     help="also each seed's synthetic head moved and cut to half its field of view ('crop:<seed>': a "
                          "volume where the prior sees only part of a head, like a partial real scan)")
+    ap.add_argument("--necks", action="store_true",
+                    help="also each seed's synthetic head with a neck below it, past the model grid ('neck:<seed>', "
+                         "benchlib.with_neck: anatomy the prior never saw, like a head scanned with its neck)")
     ap.add_argument("--method", default="prior", help="the method whose settings the grid varies (default prior)")
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default=None)
@@ -65,7 +69,7 @@ def main() -> None:
     lines = ["| " + " | ".join([*grid, "PSNR (dB)", "SSIM", "s/volume", *extra]) + " |", "|" + "---|" * (len(grid) + 3 + len(extra))]
     with tempfile.TemporaryDirectory() as tmp:
         files = []
-        kinds = [""] + ["head:"] * args.heads + ["crop:"] * args.crops
+        kinds = [""] + ["head:"] * args.heads + ["crop:"] * args.crops + ["neck:"] * args.necks
         for s in [f"{kind}{seed}" for kind in kinds for seed in args.seeds]:
             path = Path(tmp) / f"{s.replace(':', '-')}{'.h5' if task == 'kspace' else '.nii.gz'}"
             ref = simulate(s, args.case, path, split="val")
