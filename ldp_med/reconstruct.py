@@ -125,11 +125,13 @@ def _bm4d(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
 def settle(cfg: ReconstructConfig, problem: Problem) -> ReconstructConfig:
     """``cfg`` with the settings it leaves to the task (None) filled in at the problem's undersampling factor
     (``ldp_med.tasks.TASK_SETTINGS``): the sampler's ``t_start`` / ``prior_error`` / ``std_scale`` and the closing
-    ``anchor`` (k-space) and ``restarts``."""
+    ``anchor`` (k-space) and ``restarts``; k-space's closing ``mu`` left None is the CS baseline's ``cs_lambda``."""
     from ldp_med.sampling.posterior import for_task
 
-    return dataclasses.replace(cfg, posterior=for_task(cfg.posterior, problem.task, problem.factor),
-                               closing=with_task_settings(cfg.closing, "closing", problem.task, problem.factor))
+    closing = with_task_settings(cfg.closing, "closing", problem.task, problem.factor)
+    if problem.is_complex and closing.mu is None:
+        closing = dataclasses.replace(closing, mu=cfg.baseline.cs_lambda)
+    return dataclasses.replace(cfg, posterior=for_task(cfg.posterior, problem.task, problem.factor), closing=closing)
 
 
 def _posterior(sampler: str | None) -> Solver:
@@ -182,8 +184,7 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
 
     c = settle(cfg, problem).closing
     if problem.is_complex:
-        mu = cfg.baseline.cs_lambda if c.mu is None else c.mu
-        anchor, on_support = c.anchor, c.anchor_support
+        mu, anchor, on_support = c.mu, c.anchor, c.anchor_support
     else:
         mu, anchor, on_support = c.image_mu * problem.noise_std, c.image_anchor, c.image_anchor_support
     op, y = compressed(problem, c.coil_energy)

@@ -52,13 +52,13 @@ maps["abs_final_minus_premean"] = np.abs(final - np.abs(pre).mean(0))
 if problem.is_complex:
     c = cfg.closing
     op, y = compressed(problem, c.coil_energy)
-    rto = np.abs(closing_solve(problem, pre, c.anchor, cfg.baseline.cs_lambda if c.mu is None else c.mu, c.iters,
+    rto = np.abs(closing_solve(problem, pre, c.anchor, c.mu, c.iters,
                                weights=res.support if c.anchor_support else None, wavelet=cfg.baseline.cs_wavelet,
                                operator=op, y=y, perturb=np.random.default_rng(1)))
     maps["std_rto"] = rto.std(0, ddof=1)
     print("rto mean psnr", psnr(rto.mean(0), ref), flush=True)
     # the data's own solve from each sample (closing.agreement's): its spread, and how far the result is from it
-    free = np.abs(closing_solve(problem, pre, 0.0, cfg.baseline.cs_lambda if c.mu is None else c.mu, c.iters,
+    free = np.abs(closing_solve(problem, pre, 0.0, c.mu, c.agreement_iters,
                                 wavelet=cfg.baseline.cs_wavelet, operator=op, y=y))
     maps["std_free"] = free.std(0, ddof=1)
     maps["abs_final_minus_free"] = np.abs(final - free.mean(0))

@@ -107,6 +107,8 @@ def test_settings_left_to_the_task_come_from_the_task_at_its_factor_and_explicit
     settled = settle(ReconstructConfig(), kproblem)
     assert settled.closing.anchor == task_setting("kspace", "closing.anchor", factor) and settled.posterior == k.cfg
     assert settle(ReconstructConfig(closing=ClosingConfig(anchor=0.7)), kproblem).closing.anchor == 0.7
+    assert settled.closing.mu == settled.baseline.cs_lambda  # k-space's closing mu left None: CS's weight
+    assert settle(ReconstructConfig(), denoise_problem(phantom, noise_std=0.02)).closing.mu is None  # image_mu's
 
 
 def test_same_seed_same_output_different_seed_different(prior, kproblem):
