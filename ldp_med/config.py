@@ -306,15 +306,20 @@ class ClosingConfig:
     of 0 is the CS objective (the floor); larger values trust the prior more.
 
     Defaults tuned on validation subjects 10000-10001 with the shipped prior (docs/methods.md): k-space
-    ``anchor`` on the model's support (per undersampling factor: ``ldp_med.tasks.TASK_SETTINGS``), 30 iterations
-    (converged: 40 and 60 give the same image), so the result is a fixed point of the anchored objective, not an
-    early stop of CS (docs/tune_support_*.md; 15 iterations, with the agreement solve at 10, gain on validation but
-    fall under CS on a head with skull and a real partial scan: docs/results.md, "An early stop, measured again");
+    ``anchor`` on the model's support (per undersampling factor: ``ldp_med.tasks.TASK_SETTINGS``); the anchored
+    solve from the sample needs 30 iterations (converged: 40 and 60 give the same image), so the result is a fixed
+    point of the anchored objective, not an early stop of CS (docs/tune_support_*.md; 15 iterations, with the
+    agreement solve at 10, gain on validation but fall under CS on a head with skull and a real partial scan:
+    docs/results.md, "An early stop, measured again"); started from the agreement's converged anchor-free solve
+    (``from_free``) 10 iterations do, an early stop on CS's side (docs/results.md, "The anchored solve from the
+    anchor-free one");
     denoise ``image_mu`` 16 and ``image_anchor`` 10 over the whole volume, retuned with the agreement blend on
     validation brains and synthetic heads (docs/tune_agreement_denoise*.md; 4 and 3 before the blend).
 
     Attributes:
-        iters: FISTA iterations warm-started from each sample (0: no closing solve).
+        iters: FISTA iterations of the (anchored) closing solve (0: no closing solve). None: the task's
+            (``ldp_med.tasks.TASK_SETTINGS``: k-space 10, warm-started from the agreement's anchor-free solve
+            (``from_free``); the image tasks 30, warm-started from each sample).
         restarts: after the closing solve, sample again warm-started from its result (instead of the
             pseudo-inverse) and close again, this many times; the std map is the last pass's. None: the task's
             (``ldp_med.tasks.TASK_SETTINGS``: k-space 0 at R=4, 1 at R=8; the image tasks 0).
@@ -345,9 +350,16 @@ class ClosingConfig:
         agreement_iters: FISTA iterations of that anchor-free solve. The protection needs it converged: at 10
             validation brains and heads lose only 0.02 dB for a quarter of the time, but a head with skull and a
             real partial scan then fall under CS (docs/results.md, "An early stop, measured again").
+        from_free: k-space with ``agreement``: the anchored solve starts from that anchor-free solve (the CS
+            objective's solution from the sample) instead of the sample, so stopping it early leaves the result
+            between CS and the anchored optimum, never nearer the sample than the optimum is; False: from the
+            sample (30 iterations starting there are needed: at 15 a head with skull falls 0.8 dB under CS).
+        restart_iters: in the passes before the last (``restarts``), whose closed image only warm-starts the next
+            pass, the anchored solve alone (no agreement solve) for this many iterations, from the sample;
+            None: the same closing as the last pass.
     """
 
-    iters: int = 30
+    iters: int | None = None
     restarts: int | None = None
     anchor: float | None = None
     mu: float | None = None
@@ -359,11 +371,13 @@ class ClosingConfig:
     image_agreement: float = 0.04
     agreement: float = 0.03
     agreement_iters: int = 30
+    from_free: bool = True
+    restart_iters: int | None = 5
 
     def __post_init__(self) -> None:
         weights = (self.anchor or 0.0, self.mu or 0.0, self.image_anchor, self.image_mu, self.image_agreement,
                    self.agreement)
-        if min(self.iters, self.agreement_iters, self.restarts or 0) < 0 or min(weights) < 0 \
+        if min(self.iters or 0, self.agreement_iters, self.restarts or 0, self.restart_iters or 0) < 0 or min(weights) < 0 \
                 or not 0 < self.coil_energy <= 1:
             raise ConfigError("closing: need iters >= 0, agreement_iters >= 0, restarts >= 0, anchor >= 0, mu >= 0, "
                               "0 < coil_energy <= 1, image_mu >= 0, image_agreement >= 0, agreement >= 0; "

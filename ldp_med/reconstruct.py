@@ -125,7 +125,8 @@ def _bm4d(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
 def settle(cfg: ReconstructConfig, problem: Problem) -> ReconstructConfig:
     """``cfg`` with the settings it leaves to the task (None) filled in at the problem's undersampling factor
     (``ldp_med.tasks.TASK_SETTINGS``): the sampler's ``t_start`` / ``prior_error`` / ``std_scale`` and the closing
-    ``anchor`` (k-space) and ``restarts``; k-space's closing ``mu`` left None is the CS baseline's ``cs_lambda``."""
+    ``anchor`` (k-space), ``restarts`` and ``iters``; k-space's closing ``mu`` left None is the CS baseline's
+    ``cs_lambda``."""
     from ldp_med.sampling.posterior import for_task
 
     closing = with_task_settings(cfg.closing, "closing", problem.task, problem.factor)
@@ -149,7 +150,8 @@ def _posterior(sampler: str | None) -> Solver:
             if cfg.closing.iters == 0:
                 image, std = res.mean, None if res.std is None else res.std * post.std_scale
                 continue
-            images, var = _close(problem, res.samples, cfg, res.support, spread=last and len(res.samples) > 1)
+            images, var = _close(problem, res.samples, cfg, res.support, spread=last and len(res.samples) > 1,
+                                 restart=not last)
             image = np.abs(images).mean(0)
             std = None if var is None else pooled_std(var, post.std_smooth) * post.std_scale
         meta = {"nfe": nfe, "sampler": res.method, **{k: v for k, v in res.meta.items() if k.startswith("align_")}}
@@ -168,7 +170,7 @@ def pooled_std(var: np.ndarray, smooth: float) -> np.ndarray:
 
 
 def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, support: np.ndarray | None,
-           spread: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+           spread: bool = False, restart: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """The closing solve of every posterior sample (:mod:`ldp_med.sampling.closing`); weights from the config,
     the anchor restricted to the model's ``support`` when ``closing.anchor_support`` (k-space) or
     ``closing.image_anchor_support`` (denoise, superres) is on; for the image tasks each closed sample is then
@@ -178,7 +180,8 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
     by fresh noise of the problem's level (randomize-then-optimize, seeded by ``posterior.seed``), plus for the
     blended image tasks the mixture term ``w (1 - w) (x - c)^2`` (averaged over samples): the blend's expected
     squared error if the truth lies, with probability ``w``, around the closed sample ``x`` and otherwise around
-    the classical estimate ``c``, each as uncertain as the perturbed solves."""
+    the classical estimate ``c``, each as uncertain as the perturbed solves. ``restart``: a pass before the last,
+    closed as ``closing.restart_iters`` says."""
     from ldp_med.sampling.closing import agreement_weights, closing_solve
     from ldp_med.sampling.posterior import compressed
 
@@ -188,16 +191,19 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
     else:
         mu, anchor, on_support = c.image_mu * problem.noise_std, c.image_anchor, c.image_anchor_support
     op, y = compressed(problem, c.coil_energy)
-    weights = support if on_support else None
-    if problem.is_complex and c.agreement and anchor:
+    weights, starts = support if on_support else None, None
+    plain = restart and c.restart_iters is not None  # a pass whose image only warm-starts the next one
+    if problem.is_complex and c.agreement and anchor and not plain:
         # the anchor only where each sample agrees with the data's own solve from it (the CS objective, anchor 0)
-        free = np.abs(closing_solve(problem, samples, 0.0, mu, c.agreement_iters, wavelet=cfg.baseline.cs_wavelet,
-                                    operator=op, y=y))
+        free = closing_solve(problem, samples, 0.0, mu, c.agreement_iters, wavelet=cfg.baseline.cs_wavelet,
+                             operator=op, y=y)
+        starts = free if c.from_free else None
+        free = np.abs(free)
         tol = c.agreement * float(np.percentile(free, 99))
         agree = np.mean([agreement_weights(np.abs(s)[None], f, tol)[0] for s, f in zip(samples, free)], 0)
         weights = agree if weights is None else weights * agree
-    solve = functools.partial(closing_solve, problem, samples, anchor, mu, c.iters, weights=weights,
-                              wavelet=cfg.baseline.cs_wavelet, operator=op, y=y)
+    solve = functools.partial(closing_solve, problem, samples, anchor, mu, c.restart_iters if plain else c.iters,
+                              weights=weights, wavelet=cfg.baseline.cs_wavelet, operator=op, y=y, starts=starts)
     closed = solve()
     var = np.abs(solve(perturb=np.random.default_rng(cfg.posterior.seed))).var(0, ddof=1) if spread else None
     if problem.is_complex or not c.image_agreement:

@@ -21,10 +21,10 @@ CLASSICAL_METHODS: dict[str, tuple[str, ...]] = {
 }
 METHODS: dict[str, tuple[str, ...]] = {t: CLASSICAL_METHODS[t] + PRIOR_METHODS for t in TASKS}
 ALL_METHODS: tuple[str, ...] = tuple(dict.fromkeys(m for t in TASKS for m in METHODS[t]))
-#: k-space: the prior, above CS on every volume measured but one (template and 8 test subjects R=4 +0.24 to +0.72 dB,
-#: R=8 +0.94 to +1.81; heads with skull -0.04 (pydeface R=8) to +0.63, real scans that packages ship +0.24 to +0.40) in
-#: 0.6x (R=4) and 1.2x (R=8) CS's time on 2 mm volumes, CS timed beside it (docs/results.md, "Settings per
-#: undersampling factor", "An early stop, measured again").
+#: k-space: the prior, above CS on every volume measured (template and 8 test subjects R=4 +0.37 to +0.72 dB, R=8
+#: +0.85 to +1.56; heads with skull +0.05 (pydeface R=8) to +0.67, real scans that packages ship +0.23 to +0.47) in
+#: 0.45x (R=4) and 0.6x (R=8) CS's time on 2 mm volumes, CS timed beside it (docs/results.md, "The anchored solve
+#: from the anchor-free one").
 #: Denoise: the prior, above NLM on every volume measured (synthetic +1.9 to +2.4 dB, heads with skull +1.6 / +1.7,
 #: real scans -0.01 / +1.4; docs/results.md, "Agreement with the classical estimate"). Superres stays cubic: the prior
 #: is above it on synthetic brains (+0.7 to +2.2 dB) but below it on heads with skull by 0.3-0.6 dB (docs/results.md,
@@ -47,6 +47,8 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "nlm", "superres":
 #: - ``closing.restarts``: at R=8 the sampler runs a second time, warm-started from the first pass's closed image
 #:   instead of the zero-filled one, and closes again (validation 37.70 -> 37.91 dB, SSIM 0.8662 -> 0.8736, twice the
 #:   time; a third pass 37.84; at R=4 no gain: 41.39 both).
+#: - ``closing.iters``: k-space 10 from the agreement's anchor-free solve (``closing.from_free``: as good as 30 from
+#:   the sample on validation at R=4, -0.07 dB at R=8, in 0.6-0.8x the time); the image tasks 30 from the sample.
 #: - ``posterior.std_scale``: the std map's scale, calibrated so that ``|error| <= 1.645 std`` holds for 90% of head
 #:   voxels with ``--samples 8`` (docs/results.md, "Std map"); the perturbed solves miss more of the error the fewer
 #:   k-space samples there are, hence a scale per factor.
@@ -57,14 +59,15 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {
         "posterior.std_scale": ((4.0, 2.44), (8.0, 3.98)),
         "closing.anchor": ((4.0, 0.1), (8.0, 0.2)),
         "closing.restarts": ((4.0, 0), (8.0, 1)),
+        "closing.iters": ((4.0, 10),),
     },
     "denoise": {
         "posterior.t_start": ((1.0, 0.5),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 1.32),),
-        "closing.restarts": ((1.0, 0),),
+        "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),),
     },
     "superres": {
         "posterior.t_start": ((1.0, 0.06),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 6.65),),
-        "closing.restarts": ((1.0, 0),),
+        "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),),
     },
 }
 

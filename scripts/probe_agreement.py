@@ -28,7 +28,7 @@ def main() -> None:
     from ldp_med.io.loaders import load_volume
     from ldp_med.metrics import psnr
     from ldp_med.models.pretrained import load_pretrained
-    from ldp_med.reconstruct import SOLVERS, build_problem
+    from ldp_med.reconstruct import settle, SOLVERS, build_problem
     from ldp_med.sampling.closing import agreement_blend, closing_solve
     from ldp_med.sampling.posterior import reconstruct as sample
     from ldp_med.tasks import BASELINE_METHOD
@@ -43,7 +43,7 @@ def main() -> None:
             problem = build_problem(load_volume(path), case, cfg)
             x0 = sample(prior, problem, cfg.posterior).samples
             classical = SOLVERS[case, BASELINE_METHOD[case]](problem, cfg, None, False)[0]  # NLM / cubic, as configured
-            c, s = cfg.closing, problem.noise_std
+            c, s = settle(cfg, problem).closing, problem.noise_std
             mu = c.image_mu * s
             closed = closing_solve(problem, x0, c.image_anchor, mu, c.iters)
             out = {"classical": psnr(classical, ref), "closing": psnr(closed[0], ref)}

@@ -52,14 +52,14 @@ maps["abs_final_minus_premean"] = np.abs(final - np.abs(pre).mean(0))
 if problem.is_complex:
     c = cfg.closing
     op, y = compressed(problem, c.coil_energy)
+    # the data's own solve from each sample (closing.agreement's): its spread, and how far the result is from it
+    free_c = closing_solve(problem, pre, 0.0, c.mu, c.agreement_iters, wavelet=cfg.baseline.cs_wavelet, operator=op, y=y)
+    free = np.abs(free_c)
     rto = np.abs(closing_solve(problem, pre, c.anchor, c.mu, c.iters,
                                weights=res.support if c.anchor_support else None, wavelet=cfg.baseline.cs_wavelet,
-                               operator=op, y=y, perturb=np.random.default_rng(1)))
+                               operator=op, y=y, perturb=np.random.default_rng(1), starts=free_c if c.from_free else None))
     maps["std_rto"] = rto.std(0, ddof=1)
     print("rto mean psnr", psnr(rto.mean(0), ref), flush=True)
-    # the data's own solve from each sample (closing.agreement's): its spread, and how far the result is from it
-    free = np.abs(closing_solve(problem, pre, 0.0, c.mu, c.agreement_iters,
-                                wavelet=cfg.baseline.cs_wavelet, operator=op, y=y))
     maps["std_free"] = free.std(0, ddof=1)
     maps["abs_final_minus_free"] = np.abs(final - free.mean(0))
 maps["detail"] = np.abs(final - gaussian_filter(final, 1.0))

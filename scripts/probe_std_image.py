@@ -15,7 +15,7 @@ from scipy.ndimage import gaussian_filter
 from ldp_med.config import PosteriorConfig
 from ldp_med.io import load_volume
 from ldp_med.models.pretrained import load_pretrained
-from ldp_med.reconstruct import build_problem, _close, SOLVERS
+from ldp_med.reconstruct import settle, build_problem, _close, SOLVERS
 from ldp_med.sampling.posterior import reconstruct as sample
 from ldp_med.sampling.closing import agreement_weights, closing_solve
 from ldp_med.tasks import BASELINE_METHOD
@@ -34,7 +34,7 @@ res = sample(prior, problem, cfg.posterior)
 pre = res.samples
 raw = dataclasses.replace(cfg, closing=dataclasses.replace(cfg.closing, image_agreement=0.0))
 closed, _ = _close(problem, pre, raw, res.support)   # unblended
-k = cfg.closing
+k = settle(cfg, problem).closing
 pert = closing_solve(problem, pre, k.image_anchor, k.image_mu * problem.noise_std, k.iters,
                      wavelet=cfg.baseline.cs_wavelet, perturb=np.random.default_rng(cfg.posterior.seed))
 c = SOLVERS[case, BASELINE_METHOD[case]](problem, cfg, None, False)[0]

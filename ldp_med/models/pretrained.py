@@ -70,7 +70,9 @@ class Prior:
                                                align_corners=False)[0, 0].clamp(0, 1)
 
     def to(self, device: torch.device | str) -> "Prior":
-        self.vae.to(device)
+        """Move the networks and extras to ``device``; the VAE's 3-D convolution weights go channels-last (their
+        outputs agree to 5e-4, the decoder runs 0.40 -> 0.26 s on 2 CPU cores; the UNet gains nothing: session 27)."""
+        self.vae.to(device, memory_format=torch.channels_last_3d)
         if self.unet is not None:
             self.unet.to(device)
         self.extras = {k: v.to(device) for k, v in self.extras.items()}

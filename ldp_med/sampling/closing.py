@@ -43,7 +43,8 @@ def operator_norm_sq(problem: Problem) -> float:
 
 def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, iters: int,
                   weights: np.ndarray | None = None, wavelet: str = "db4", operator=None,
-                  y: torch.Tensor | None = None, perturb: np.random.Generator | None = None) -> np.ndarray:
+                  y: torch.Tensor | None = None, perturb: np.random.Generator | None = None,
+                  starts: np.ndarray | None = None) -> np.ndarray:
     """Refine each anchor with the anchored CS objective of the module docstring.
 
     Args:
@@ -59,6 +60,7 @@ def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, 
             Papandreou & Yuille, ICCV 2011): each anchor's solve sees ``y`` plus fresh Gaussian noise of
             ``problem.noise_std`` drawn from this generator (complex for k-space, on the measured samples
             only), so the spread of the solutions carries the data noise as well as the anchors' disagreement.
+        starts: (B, X, Y, Z) warm starts, one per anchor (None: the anchors themselves).
 
     Returns:
         (B, X, Y, Z) of the anchors' dtype.
@@ -76,8 +78,9 @@ def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, 
     wavelet_l1 = sp.prox.UnitaryTransform(sp.prox.L1Reg(W.oshape, mu), W)
     proxg = wavelet_l1 if problem.is_complex else lambda a, x: np.real(wavelet_l1(a, x)).astype(dtype)
     out = []
-    for anchor in anchors:
+    for i, anchor in enumerate(anchors):
         x_bar = np.ascontiguousarray(anchor.astype(dtype))
+        x0 = x_bar.copy() if starts is None else np.array(starts[i], dtype=dtype)
         aty = aty_y if perturb is None else op.A_adjoint(y + _noise(perturb, y, problem.noise_std, measured))[0].numpy()
 
         def gradf(x: np.ndarray, x_bar=x_bar, aty=aty) -> np.ndarray:
@@ -86,7 +89,7 @@ def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, 
                 g += lam * w2 * (x - x_bar)
             return g.astype(dtype, copy=False)
 
-        alg = sp.alg.GradientMethod(gradf, x_bar.copy(), step, proxg=proxg, max_iter=iters, accelerate=True)
+        alg = sp.alg.GradientMethod(gradf, x0, step, proxg=proxg, max_iter=iters, accelerate=True)
         while not alg.done():
             alg.update()
         out.append(alg.x)

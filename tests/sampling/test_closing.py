@@ -59,6 +59,19 @@ def test_zero_anchor_weights_leave_the_cs_objective(problem):
     assert np.abs(out[8:] - free[8:]).max() < 0.2 * scale  # two rows away: the CS solution's (coupled by aliasing)
 
 
+def test_a_warm_start_moves_the_path_not_the_fixed_point(problem):
+    """``starts``: the iterations begin there (0 iterations return them), and the solve still heads for the same
+    anchored solution (the objective is strictly convex)."""
+    anchor = np.zeros((1, *problem.shape), np.complex64)
+    start = np.full((1, *problem.shape), 0.5, np.complex64)
+    np.testing.assert_array_equal(closing_solve(problem, anchor, 0.1, 0.002, 0, starts=start), start)
+    from_anchor = closing_solve(problem, anchor, 0.1, 0.002, 200)[0]
+    from_start = closing_solve(problem, anchor, 0.1, 0.002, 200, starts=start)[0]
+    early = closing_solve(problem, anchor, 0.1, 0.002, 3, starts=start)[0]
+    scale = np.abs(from_anchor).max()
+    assert np.abs(from_start - from_anchor).max() < 1e-3 * scale < np.abs(early - from_anchor).max()
+
+
 def test_real_problems_close_too():
     rng = np.random.default_rng(1)
     clean = ellipsoid_phantom((12, 16, 14))

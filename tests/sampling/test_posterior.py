@@ -296,6 +296,36 @@ def test_closing_anchors_kspace_on_the_support_and_image_tasks_everywhere(kprobl
     assert seen[3][1] is support
 
 
+def test_closing_can_start_from_the_agreement_solve_and_keep_restart_passes_plain(kproblem, phantom, monkeypatch):
+    """``closing.from_free``: the anchored solve starts from the agreement's anchor-free solve (not the sample);
+    ``closing.restart_iters``: a pass that only warm-starts the next one runs the anchored solve alone, that long."""
+    import ldp_med.sampling.closing as closing
+    from ldp_med.config import ClosingConfig, ReconstructConfig
+    from ldp_med.reconstruct import _close
+
+    calls = []  # (lam, iters, weights, starts) of every solve; the anchor-free one returns its own marker
+
+    def fake(problem, samples, lam, mu, iters, weights=None, starts=None, **kw):
+        calls.append((lam, iters, weights, starts))
+        return samples if lam else np.full_like(samples, 3.0)
+
+    monkeypatch.setattr(closing, "closing_solve", fake)
+    samples = np.ones((1, *kproblem.shape), np.complex64)
+    support = np.ones(phantom.shape, np.float32)
+    off = ReconstructConfig(closing=ClosingConfig(from_free=False, iters=30, restart_iters=None))
+    _close(kproblem, samples, off, support, restart=True)  # both off: both solves in every pass, from the sample
+    assert [(c[0] > 0, c[1], c[3] is None) for c in calls] == [(False, 30, True), (True, 30, True)]
+    calls.clear()
+    cfg = ReconstructConfig(closing=ClosingConfig(restart_iters=5))  # k-space's 10 iterations from the free solve
+    _close(kproblem, samples, cfg, support)
+    (_, free_iters, _, free_starts), (lam, iters, _, starts) = calls
+    assert free_iters == 30 and free_starts is None and iters == 10 and np.all(starts == 3.0)
+    calls.clear()
+    _close(kproblem, samples, cfg, support, restart=True)
+    ((lam, iters, weights, starts),) = calls  # no agreement solve: the support alone weighs the anchor
+    assert lam > 0 and iters == 5 and starts is None and weights is support
+
+
 def test_closing_blends_the_image_tasks_result_with_the_classical_estimate_where_they_disagree(phantom, monkeypatch):
     """``closing.image_agreement``: a closed sample far from the input (a brain prior on a head) is replaced by the
     task's classical estimate (NLM for denoise); 0 passes the closed sample through."""
@@ -373,11 +403,11 @@ def test_a_restart_warm_starts_the_sampler_from_the_closed_image_of_the_pass_bef
     inits, real = [], posterior.reconstruct
     monkeypatch.setattr(posterior, "reconstruct", lambda *a, init=None, **kw: inits.append(init) or real(*a, init=init, **kw))
     solve = SOLVERS["kspace", "prior"]
-    cfg = ReconstructConfig(posterior=dataclasses.replace(FAST, samples=2), closing=ClosingConfig(iters=5, restarts=0))
+    cfg = ReconstructConfig(posterior=dataclasses.replace(FAST, samples=2), closing=ClosingConfig(iters=5, restarts=0, restart_iters=None))
     once, std_once, meta_once = solve(kproblem, cfg, prior, False)
     assert inits == [None]
     inits.clear()
-    twice, std_twice, meta_twice = solve(kproblem, dataclasses.replace(cfg, closing=ClosingConfig(iters=5, restarts=1)),
+    twice, std_twice, meta_twice = solve(kproblem, dataclasses.replace(cfg, closing=ClosingConfig(iters=5, restarts=1, restart_iters=None)),
                                          prior, False)
     assert inits[0] is None and inits[1] is not None and meta_twice["nfe"] == 2 * meta_once["nfe"]
     np.testing.assert_array_equal(inits[1], once)  # same seed: pass 1 is the single pass's result
