@@ -56,7 +56,7 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {
     "kspace": {
         "posterior.t_start": ((4.0, 0.1),),
         "posterior.prior_error": ((4.0, 0.1),),
-        "posterior.std_scale": ((4.0, 2.44), (8.0, 3.98)),
+        "posterior.std_scale": ((4.0, 2.56), (8.0, 4.41)),
         "closing.anchor": ((4.0, 0.1), (8.0, 0.2)),
         "closing.restarts": ((4.0, 0), (8.0, 1)),
         "closing.iters": ((4.0, 10),),
