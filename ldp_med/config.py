@@ -377,11 +377,11 @@ class ClosingConfig:
     def __post_init__(self) -> None:
         weights = (self.anchor or 0.0, self.mu or 0.0, self.image_anchor, self.image_mu, self.image_agreement,
                    self.agreement)
-        if min(self.iters or 0, self.agreement_iters, self.restarts or 0, self.restart_iters or 0) < 0 or min(weights) < 0 \
-                or not 0 < self.coil_energy <= 1:
-            raise ConfigError("closing: need iters >= 0, agreement_iters >= 0, restarts >= 0, anchor >= 0, mu >= 0, "
-                              "0 < coil_energy <= 1, image_mu >= 0, image_agreement >= 0, agreement >= 0; "
-                              f"got {self}")
+        counts = (self.iters or 0, self.agreement_iters, self.restarts or 0, self.restart_iters or 0)
+        if min(counts) < 0 or min(weights) < 0 or not 0 < self.coil_energy <= 1:
+            raise ConfigError("closing: need iters >= 0, agreement_iters >= 0, restarts >= 0, restart_iters >= 0, "
+                              "anchor >= 0, mu >= 0, 0 < coil_energy <= 1, image_mu >= 0, image_agreement >= 0, "
+                              f"agreement >= 0; got {self}")
 
 
 @dataclass

@@ -150,14 +150,24 @@ def _posterior(sampler: str | None) -> Solver:
             if cfg.closing.iters == 0:
                 image, std = res.mean, None if res.std is None else res.std * post.std_scale
                 continue
-            images, var = _close(problem, res.samples, cfg, res.support, spread=last and len(res.samples) > 1,
-                                 restart=not last)
+            images, var = _close(problem, res.samples, cfg if last else _restart_config(cfg), res.support,
+                                 spread=last and len(res.samples) > 1)
             image = np.abs(images).mean(0)
             std = None if var is None else pooled_std(var, post.std_smooth) * post.std_scale
         meta = {"nfe": nfe, "sampler": res.method, **{k: v for k, v in res.meta.items() if k.startswith("align_")}}
         return image, std, {**meta, **({"closing_iters": cfg.closing.iters} if cfg.closing.iters else {})}
 
     return solve
+
+
+def _restart_config(cfg: ReconstructConfig) -> ReconstructConfig:
+    """The config of a pass before the last, whose closed image only warm-starts the next pass: with
+    ``closing.restart_iters`` set, the anchored solve alone (no agreement solve), that many iterations from the
+    sample; otherwise ``cfg``."""
+    c = cfg.closing
+    if c.restart_iters is None:
+        return cfg
+    return dataclasses.replace(cfg, closing=dataclasses.replace(c, iters=c.restart_iters, agreement=0.0))
 
 
 def pooled_std(var: np.ndarray, smooth: float) -> np.ndarray:
@@ -170,7 +180,7 @@ def pooled_std(var: np.ndarray, smooth: float) -> np.ndarray:
 
 
 def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, support: np.ndarray | None,
-           spread: bool = False, restart: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+           spread: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """The closing solve of every posterior sample (:mod:`ldp_med.sampling.closing`); weights from the config,
     the anchor restricted to the model's ``support`` when ``closing.anchor_support`` (k-space) or
     ``closing.image_anchor_support`` (denoise, superres) is on; for the image tasks each closed sample is then
@@ -180,8 +190,7 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
     by fresh noise of the problem's level (randomize-then-optimize, seeded by ``posterior.seed``), plus for the
     blended image tasks the mixture term ``w (1 - w) (x - c)^2`` (averaged over samples): the blend's expected
     squared error if the truth lies, with probability ``w``, around the closed sample ``x`` and otherwise around
-    the classical estimate ``c``, each as uncertain as the perturbed solves. ``restart``: a pass before the last,
-    closed as ``closing.restart_iters`` says."""
+    the classical estimate ``c``, each as uncertain as the perturbed solves."""
     from ldp_med.sampling.closing import agreement_weights, closing_solve
     from ldp_med.sampling.posterior import compressed
 
@@ -192,18 +201,17 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
         mu, anchor, on_support = c.image_mu * problem.noise_std, c.image_anchor, c.image_anchor_support
     op, y = compressed(problem, c.coil_energy)
     weights, starts = support if on_support else None, None
-    plain = restart and c.restart_iters is not None  # a pass whose image only warm-starts the next one
-    if problem.is_complex and c.agreement and anchor and not plain:
+    if problem.is_complex and c.agreement and anchor:
         # the anchor only where each sample agrees with the data's own solve from it (the CS objective, anchor 0)
         free = closing_solve(problem, samples, 0.0, mu, c.agreement_iters, wavelet=cfg.baseline.cs_wavelet,
                              operator=op, y=y)
         starts = free if c.from_free else None
-        free = np.abs(free)
-        tol = c.agreement * float(np.percentile(free, 99))
-        agree = np.mean([agreement_weights(np.abs(s)[None], f, tol)[0] for s, f in zip(samples, free)], 0)
+        free_abs = np.abs(free)
+        tol = c.agreement * float(np.percentile(free_abs, 99))
+        agree = np.mean([agreement_weights(np.abs(s)[None], f, tol)[0] for s, f in zip(samples, free_abs)], 0)
         weights = agree if weights is None else weights * agree
-    solve = functools.partial(closing_solve, problem, samples, anchor, mu, c.restart_iters if plain else c.iters,
-                              weights=weights, wavelet=cfg.baseline.cs_wavelet, operator=op, y=y, starts=starts)
+    solve = functools.partial(closing_solve, problem, samples, anchor, mu, c.iters, weights=weights,
+                              wavelet=cfg.baseline.cs_wavelet, operator=op, y=y, starts=starts)
     closed = solve()
     var = np.abs(solve(perturb=np.random.default_rng(cfg.posterior.seed))).var(0, ddof=1) if spread else None
     if problem.is_complex or not c.image_agreement:

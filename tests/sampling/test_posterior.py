@@ -301,7 +301,7 @@ def test_closing_can_start_from_the_agreement_solve_and_keep_restart_passes_plai
     ``closing.restart_iters``: a pass that only warm-starts the next one runs the anchored solve alone, that long."""
     import ldp_med.sampling.closing as closing
     from ldp_med.config import ClosingConfig, ReconstructConfig
-    from ldp_med.reconstruct import _close
+    from ldp_med.reconstruct import _close, _restart_config
 
     calls = []  # (lam, iters, weights, starts) of every solve; the anchor-free one returns its own marker
 
@@ -313,7 +313,7 @@ def test_closing_can_start_from_the_agreement_solve_and_keep_restart_passes_plai
     samples = np.ones((1, *kproblem.shape), np.complex64)
     support = np.ones(phantom.shape, np.float32)
     off = ReconstructConfig(closing=ClosingConfig(from_free=False, iters=30, restart_iters=None))
-    _close(kproblem, samples, off, support, restart=True)  # both off: both solves in every pass, from the sample
+    _close(kproblem, samples, _restart_config(off), support)  # both off: both solves in every pass, from the sample
     assert [(c[0] > 0, c[1], c[3] is None) for c in calls] == [(False, 30, True), (True, 30, True)]
     calls.clear()
     cfg = ReconstructConfig(closing=ClosingConfig(restart_iters=5))  # k-space's 10 iterations from the free solve
@@ -321,7 +321,7 @@ def test_closing_can_start_from_the_agreement_solve_and_keep_restart_passes_plai
     (_, free_iters, _, free_starts), (lam, iters, _, starts) = calls
     assert free_iters == 30 and free_starts is None and iters == 10 and np.all(starts == 3.0)
     calls.clear()
-    _close(kproblem, samples, cfg, support, restart=True)
+    _close(kproblem, samples, _restart_config(cfg), support)
     ((lam, iters, weights, starts),) = calls  # no agreement solve: the support alone weighs the anchor
     assert lam > 0 and iters == 5 and starts is None and weights is support
 
