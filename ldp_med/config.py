@@ -419,18 +419,19 @@ class VAEConfig:
     ``num_res_blocks``: one count for every level, or one per level. ``shortcut``: the encoder and decoder
     learn residuals around space-to-channel maps (:class:`ldp_med.models.shortcut.ShortcutAutoencoderKL`);
     absent from model folders saved before it existed, which therefore load as plain ``AutoencoderKL``.
-    ``shortcut_map``: the fixed map, ``"average"`` (DC-AE's; folders saved before the choice existed) or ``"pca"``
-    (the training blocks' principal components, fitted when training starts and stored with the weights).
+    ``shortcut_map``: the fixed map, ``"pca"`` (the training blocks' principal components, fitted when training
+    starts and stored with the weights; the shipped model's) or ``"average"`` (DC-AE's; folders saved before the
+    choice existed load with it).
     """
 
     channels: tuple[int, ...] = (8, 16, 32)
-    latent_channels: int = 16
+    latent_channels: int = 32
     num_res_blocks: int | tuple[int, ...] = 1
     norm_num_groups: int = 8
     attention_levels: tuple[bool, ...] = (False, False, False)
     with_nonlocal_attn: bool = False
     shortcut: bool = True
-    shortcut_map: typing.Literal["average", "pca"] = "average"
+    shortcut_map: typing.Literal["average", "pca"] = "pca"
 
 
 @dataclass
@@ -442,7 +443,7 @@ class UNetConfig:
     through the cross-attention of the attention levels.
     """
 
-    channels: tuple[int, ...] = (16, 32, 32)
+    channels: tuple[int, ...] = (32, 48, 48)
     attention_levels: tuple[bool, ...] = (False, False, True)
     num_res_blocks: int = 1
     num_head_channels: int = 16

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The GPU recipe (issues 14/15): the CPU chain of the PCA-shortcut model, run on one CUDA GPU. Stages (the CPU configs,
-# unchanged, so a GPU-trained model is the CPU recipe's model):
-#   vae     configs/vae_pca.yaml          32-channel PCA-shortcut VAE, 13000 steps
-#   prior   configs/prior_pca.yaml        whitened latent prior, 6000 steps
-#   metric  configs/prior_pca_metric.yaml the prior fine-tuned with the loss in the VAE's latent units, 2000 steps
+# The GPU recipe (issues 14/15): the CPU chain of the shipped default (scripts/train_default.sh), run on one CUDA GPU.
+# Stages (the CPU configs, unchanged, so a GPU-trained model is the CPU recipe's model):
+#   vae     configs/vae_pca.yaml                32-channel PCA-shortcut VAE, 13000 steps
+#   prior   configs/prior_pca_wide.yaml         whitened latent prior, UNet (32, 48, 48), 6000 steps
+#   metric  configs/prior_pca_wide_metric.yaml  the prior fine-tuned with the loss in the VAE's latent units, 2000 steps
 # Each stage resumes from $WORK/<stage>/checkpoint when there is one and is skipped when $WORK/<stage>/model exists,
 # so a CPU run stopped half-way (train_state/vae_pca) can be finished here: cp -r train_state/vae_pca $WORK/vae.
-# PRIOR_CONFIG / METRIC_CONFIG replace the two prior stages' configs (the wide UNet: configs/prior_pca_wide.yaml and
-# configs/prior_pca_wide_metric.yaml; trained in session 24: train_state/prior_pca_wide_metric/model). MAX_MINUTES
+# PRIOR_CONFIG / METRIC_CONFIG replace the two prior stages' configs (the (16, 32, 32) UNet of session 22:
+# configs/prior_pca.yaml and configs/prior_pca_metric.yaml). MAX_MINUTES
 # stops the run that long after it started, the running stage's checkpoint saved (run again to continue).
 #
 #   bash scripts/gpu_wheels.sh            # here, where PyPI is reachable: fills .whl/
@@ -24,8 +24,8 @@ OUT=${1:-runs/gpu/model}
 WORK=${WORK:-runs/gpu}
 PY=${PY:-python3}
 SCALE=${STEPS_SCALE:-1}
-PRIOR_CONFIG=${PRIOR_CONFIG:-configs/prior_pca.yaml}
-METRIC_CONFIG=${METRIC_CONFIG:-configs/prior_pca_metric.yaml}
+PRIOR_CONFIG=${PRIOR_CONFIG:-configs/prior_pca_wide.yaml}
+METRIC_CONFIG=${METRIC_CONFIG:-configs/prior_pca_wide_metric.yaml}
 DEADLINE=$("$PY" -c "import time; print(int(time.time() + ${MAX_MINUTES:-1e5} * 60))")
 export HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ! "$PY" -c "import monai, nibabel, pydicom, nilearn, pywt" 2>/dev/null; then

@@ -32,7 +32,8 @@ from ldp_med.physics.noise import rician_mean
 from ldp_med.space import PercentileScaleIntensity
 from ldp_med.training.vae import patch_sampler, vae_loss
 
-BASE = VAEConfig(channels=(8, 16, 32), latent_channels=16, num_res_blocks=1, norm_num_groups=8, shortcut=True)
+BASE = VAEConfig(channels=(8, 16, 32), latent_channels=16, num_res_blocks=1, norm_num_groups=8, shortcut=True,
+                 shortcut_map="average")
 DESIGNS = {
     "plain4": replace(BASE, latent_channels=4, shortcut=False),  # the architecture shipped until session 14
     "base16": BASE,

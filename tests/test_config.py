@@ -41,7 +41,7 @@ def test_shipped_configs_load_and_the_last_stage_matches_the_shipped_weights():
     configs = Path(__file__).resolve().parents[1] / "configs"
     for p in sorted(configs.glob("*.yaml")):
         load_config(VAETrainConfig if p.name.startswith("vae") else PriorTrainConfig, p)
-    last = load_config(PriorTrainConfig, configs / "prior_shortcut_noise_free.yaml")  # train_default.sh stage 9, shipped
+    last = load_config(PriorTrainConfig, configs / "prior_pca_wide_metric.yaml")  # train_default.sh stage 3, shipped
     shipped = load_pretrained(with_unet=False).config
     assert (last.model.vae, last.model.unet, last.model.scheduler) == (shipped.vae, shipped.unet, shipped.scheduler)
     assert tuple(last.model.grid) == tuple(shipped.grid)
