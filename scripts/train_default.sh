@@ -13,7 +13,8 @@
 #              4x4x4 blocks, fitted when training starts; posterior mean, no KL, noise-free targets  ~3.5 CPU-hours
 #              (the shipped run: 11750 steps here, the last 1250 on a lent H200 resuming the checkpoint)
 #   2. prior   configs/prior_pca_wide.yaml: UNet (32, 48, 48) on the ZCA-whitened latents of the noise-free subjects,
-#              class + caption context, 6000 steps at ~1.75 s/step, 2 threads                      ~5.8 CPU-hours
+#              class + caption context, 6000 steps; ~1.75 s/step measured at 2 threads (the config
+#              runs 1)                                                                                ~5.8 CPU-hours
 #              (the shipped run: steps 1-2758 here, the rest on a lent H200, 383 s)
 #   3. metric  configs/prior_pca_wide_metric.yaml: 2000 steps from 2 with the loss in the VAE's latent units,
 #              ~0.9 s/step at 2 threads: the shipped model                                         ~1.0 CPU-hours

@@ -181,9 +181,9 @@ def read_config(folder: str | os.PathLike) -> ModelConfig:
         raise InputError(path, f"unreadable JSON ({_one_line(exc)})") from None
     if not isinstance(data, dict):
         raise InputError(path, f"expected a JSON object, got {type(data).__name__}")
-    if isinstance(data.get("vae"), dict):  # folders saved before the shortcut VAE hold a plain AutoencoderKL,
-        data["vae"].setdefault("shortcut", False)  # those saved before the PCA map DC-AE's average map
-        data["vae"].setdefault("shortcut_map", "average")
+    if isinstance(data.get("vae"), dict):  # keys that older folders lack, at the values they were trained with:
+        data["vae"].setdefault("shortcut", False)  # before the shortcut VAE, a plain AutoencoderKL
+        data["vae"].setdefault("shortcut_map", "average")  # before the PCA map, DC-AE's average map
     try:
         cfg = from_dict(ModelConfig, data)
         check_model_config(cfg)

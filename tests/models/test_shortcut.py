@@ -21,7 +21,8 @@ from ldp_med.training.distributed import DistInfo
 from ldp_med.training.vae import train_vae
 from tests.conftest import TINY_MODEL, vae_cfg
 
-SHORTCUT = dataclasses.replace(TINY_MODEL, vae=dataclasses.replace(TINY_MODEL.vae, shortcut=True, shortcut_map="average"))
+SHORTCUT = dataclasses.replace(TINY_MODEL, vae=dataclasses.replace(TINY_MODEL.vae, shortcut=True,
+                                                                   shortcut_map="average"))
 PCA = dataclasses.replace(TINY_MODEL, vae=dataclasses.replace(TINY_MODEL.vae, shortcut=True, shortcut_map="pca"))
 
 

@@ -403,12 +403,13 @@ def test_a_restart_warm_starts_the_sampler_from_the_closed_image_of_the_pass_bef
     inits, real = [], posterior.reconstruct
     monkeypatch.setattr(posterior, "reconstruct", lambda *a, init=None, **kw: inits.append(init) or real(*a, init=init, **kw))
     solve = SOLVERS["kspace", "prior"]
-    cfg = ReconstructConfig(posterior=dataclasses.replace(FAST, samples=2), closing=ClosingConfig(iters=5, restarts=0, restart_iters=None))
+    closing = ClosingConfig(iters=5, restarts=0, restart_iters=None)
+    cfg = ReconstructConfig(posterior=dataclasses.replace(FAST, samples=2), closing=closing)
     once, std_once, meta_once = solve(kproblem, cfg, prior, False)
     assert inits == [None]
     inits.clear()
-    twice, std_twice, meta_twice = solve(kproblem, dataclasses.replace(cfg, closing=ClosingConfig(iters=5, restarts=1, restart_iters=None)),
-                                         prior, False)
+    again = dataclasses.replace(cfg, closing=dataclasses.replace(closing, restarts=1))
+    twice, std_twice, meta_twice = solve(kproblem, again, prior, False)
     assert inits[0] is None and inits[1] is not None and meta_twice["nfe"] == 2 * meta_once["nfe"]
     np.testing.assert_array_equal(inits[1], once)  # same seed: pass 1 is the single pass's result
     assert not np.allclose(twice, once) and std_twice is not None and std_twice.shape == twice.shape
