@@ -253,6 +253,12 @@ class PosteriorConfig:
             this sigma (voxels) before the square root: 8 samples alone give a noisy std (0: no pooling).
         align: place the model grid by registration of the pseudo-inverse to the model space
             (:mod:`ldp_med.align`) instead of centring the field of view (off until measured end to end).
+        crop: run the networks on the box of the model grid that holds the field of view (plus ``crop_margin``
+            latent cells, corners on the UNet's down-sampling lattice) instead of the whole grid
+            (:meth:`ldp_med.space.SpaceMap.cropped`); the same as the whole grid for a field of view that fills it.
+        autocast: ``"bf16"``: the networks run under ``torch.autocast`` in bfloat16 (on the device they are on;
+            the shortcut maps and everything outside the networks stay float32); ``""``: float32; ``"auto"``:
+            bfloat16 where the device computes it natively (``ldp_med.sampling.posterior.native_bf16``).
     """
 
     method: str = "dds"
@@ -277,6 +283,9 @@ class PosteriorConfig:
     std_scale: float | None = None
     std_smooth: float = 1.0
     align: bool = False
+    crop: bool = True
+    crop_margin: int = 2
+    autocast: typing.Literal["", "bf16", "auto"] = "auto"
 
     def __post_init__(self) -> None:
         if self.method not in SAMPLERS:
@@ -291,6 +300,7 @@ class PosteriorConfig:
             "phase_sigma": self.phase_sigma >= 0, "min_coverage": 0 <= self.min_coverage <= 1,
             "max_nfe": self.max_nfe >= 1, "coil_energy": 0 < self.coil_energy <= 1,
             "std_scale": self.std_scale is None or self.std_scale > 0, "std_smooth": self.std_smooth >= 0,
+            "crop_margin": self.crop_margin >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

@@ -512,6 +512,7 @@ class SpaceMap:
         self.scale, self.offset = float(scale), float(offset)
         acq_affine = np.asarray(acq_affine, np.float64)
         model_affine = np.asarray(model_affine, np.float64)
+        self._acq_affine, self._model_affine = acq_affine, model_affine
         # pull matrices: output voxel index -> input voxel index
         self._to_acq = torch.as_tensor(np.linalg.solve(model_affine, acq_affine), dtype=torch.float32)
         self._to_model = torch.as_tensor(np.linalg.solve(acq_affine, model_affine), dtype=torch.float32)
@@ -523,6 +524,8 @@ class SpaceMap:
         self.transform: np.ndarray | None = None
         #: the :class:`ldp_med.align.Alignment` estimated by ``for_volume(..., align=True)`` (else None)
         self.alignment = None
+        #: the full model grid this map's grid is a box of, and the box's first voxel (:meth:`cropped`)
+        self.full_grid, self.box_start = self.grid, (0, 0, 0)
 
     @classmethod
     def for_volume(cls, volume: Volume, model_cfg, align: bool = False, transform: np.ndarray | None = None,
@@ -551,6 +554,30 @@ class SpaceMap:
         out.transform, out.alignment = space.transform, alignment
         return out
 
+    def cropped(self, multiple: int, margin: int) -> "SpaceMap":
+        """The same map on the smallest box of the model grid that holds the field of view plus ``margin`` voxels,
+        its corners on multiples of ``multiple`` voxels (so the networks' down-sampling lattice is the full grid's)
+        and clipped to the grid; ``self`` when the box is the whole grid. Networks then run on the box only: for a
+        partial field of view (a slab, a part of the brain) most of the grid is empty padding."""
+        n = np.array(self.acq_shape, np.float64)
+        corners = np.array(np.meshgrid(*[[-0.5, m - 0.5] for m in n], indexing="ij")).reshape(3, -1)
+        pts = self._to_acq.double().numpy() @ np.vstack([corners, np.ones(corners.shape[1])])
+        grid = np.array(self.grid)
+        lo = np.clip(np.floor((pts[:3].min(1) - margin) / multiple) * multiple, 0, None).astype(int)
+        hi = np.minimum(np.ceil((pts[:3].max(1) + margin + 1) / multiple) * multiple, grid).astype(int)
+        if np.all(lo == 0) and np.all(hi == grid) or np.any(hi <= lo):
+            return self
+        model_affine = self._model_affine.copy()
+        model_affine[:3, 3] += model_affine[:3, :3] @ lo
+        out = SpaceMap(self.acq_shape, self._acq_affine, tuple(hi - lo), model_affine, self.scale, self.offset)
+        out.transform, out.alignment = self.transform, self.alignment
+        out.full_grid, out.box_start = self.full_grid, tuple(int(v) + s for v, s in zip(lo, self.box_start))
+        return out
+
+    def crop(self, t: torch.Tensor) -> torch.Tensor:
+        """The part of a full-model-grid tensor (..., *full_grid) that this map's grid covers."""
+        return t[(...,) + tuple(slice(s, s + n) for s, n in zip(self.box_start, self.grid))]
+
     @property
     def coverage_fraction(self) -> float:
         """Fraction of the acquisition field of view that lies inside the model grid."""
@@ -559,6 +586,7 @@ class SpaceMap:
     def mask_to_acq(self, mask: torch.Tensor) -> np.ndarray:
         """A model-grid map (*grid) in [0, 1] (e.g. ``Prior.support``) on the acquisition grid, float32 (X, Y, Z);
         0 where the model grid does not reach. No intensity map."""
+        mask = self.crop(mask) if tuple(mask.shape) == self.full_grid else mask
         out = self._resample(mask.float().cpu()[None, None], self._to_acq, self.acq_shape)[0, 0]
         return out.clamp(0, 1).numpy().astype(np.float32)
 

@@ -224,3 +224,26 @@ def test_a_model_grid_mask_lands_where_the_model_grid_covers_the_acquisition():
     half[8:] = 1.0  # the model grid's +x half (RAS): the acquisition's +x side
     m = smap.mask_to_acq(half)
     assert m[:12].max() == 0 and m[17:23].min() == 1
+
+
+def test_a_crop_of_the_model_grid_maps_the_field_of_view_as_the_whole_grid_does():
+    from ldp_med.config import ModelConfig
+    from ldp_med.space import SpaceMap
+
+    cfg = ModelConfig(grid=(64, 64, 48), voxel_mm=2.0)
+    vol = Volume(ellipsoid_phantom((13, 17, 9)) * 7.0, np.diag([2.0, 2.0, 3.0, 1.0]))  # a small slab
+    full = SpaceMap.for_volume(vol, cfg)
+    box = full.cropped(16, 4)
+    assert box.full_grid == (64, 64, 48) and all(n % 16 == 0 and s % 16 == 0 for n, s in zip(box.grid, box.box_start))
+    # 13 x 17 x 13.5 model voxels around the grid centre, 4 more each side, out to the 16-voxel lattice
+    assert box.grid == (32, 32, 48) and box.box_start == (16, 16, 0)
+    np.testing.assert_allclose(box.coverage.numpy(), full.coverage.numpy(), atol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    m = torch.rand(1, 1, *full.grid, generator=g)
+    torch.testing.assert_close(box.to_acq(box.crop(m)), full.to_acq(m), atol=1e-4, rtol=0)  # float32 coordinates
+    x = torch.from_numpy(vol.data)[None]
+    torch.testing.assert_close(box.to_model(x), box.crop(full.to_model(x)), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(box.mask_to_acq(m[0, 0]), full.mask_to_acq(m[0, 0]), atol=1e-5)
+    # a field of view that fills the grid keeps the whole grid
+    whole = SpaceMap.for_volume(Volume(ellipsoid_phantom((63, 63, 47)), np.diag([2.0, 2.0, 2.0, 1.0])), cfg)
+    assert whole.cropped(16, 4) is whole

@@ -108,20 +108,28 @@ class ShortcutAutoencoderKL(AutoencoderKL):
             self.shortcut_mean.copy_(mean)
 
     def shortcut_down(self, x: torch.Tensor) -> torch.Tensor:
-        """The fixed map image -> latent."""
+        """The fixed map image -> latent, in float32 also under autocast (it carries the nearly lossless part)."""
+        with torch.autocast(x.device.type, enabled=False):
+            return self._shortcut_down(x.float())
+
+    def shortcut_up(self, z: torch.Tensor) -> torch.Tensor:
+        """The fixed map latent -> image (a right inverse of :meth:`shortcut_down`), in float32 also under autocast."""
+        with torch.autocast(z.device.type, enabled=False):
+            return self._shortcut_up(z.float())
+
+    def _shortcut_down(self, x: torch.Tensor) -> torch.Tensor:
         if self.shortcut_map == "pca":
             return project(x, self.factor, self.shortcut_basis, self.shortcut_mean)
         return space_to_channel(x, self.factor, self.latent_channels)
 
-    def shortcut_up(self, z: torch.Tensor) -> torch.Tensor:
-        """The fixed map latent -> image (a right inverse of :meth:`shortcut_down`)."""
+    def _shortcut_up(self, z: torch.Tensor) -> torch.Tensor:
         if self.shortcut_map == "pca":
             return expand(z, self.factor, self.shortcut_basis, self.shortcut_mean)
         return channel_to_space(z, self.factor)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z_mu, z_sigma = super().encode(x)
-        return z_mu + self.shortcut_down(x), z_sigma
+        return z_mu.float() + self.shortcut_down(x), z_sigma
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return super().decode(z) + self.shortcut_up(z)
+        return super().decode(z).float() + self.shortcut_up(z)

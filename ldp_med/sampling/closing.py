@@ -32,7 +32,7 @@ import torch
 from ldp_med.errors import require
 from ldp_med.problems import Problem
 
-__all__ = ["closing_solve", "operator_norm_sq", "agreement_blend", "agreement_weights"]
+__all__ = ["closing_solve", "operator_norm_sq", "soft_threshold", "agreement_blend", "agreement_weights"]
 
 
 def operator_norm_sq(problem: Problem) -> float:
@@ -75,7 +75,7 @@ def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, 
     step = 1.0 / (operator_norm_sq(problem) + lam * float(np.max(w2)))
     anchors = np.asarray(anchors)
     W = sp.linop.Wavelet(tuple(anchors.shape[1:]), wave_name=wavelet)
-    wavelet_l1 = sp.prox.UnitaryTransform(sp.prox.L1Reg(W.oshape, mu), W)
+    wavelet_l1 = sp.prox.UnitaryTransform(_l1_reg(sp, W.oshape, mu), W)
     proxg = wavelet_l1 if problem.is_complex else lambda a, x: np.real(wavelet_l1(a, x)).astype(dtype)
     out = []
     for i, anchor in enumerate(anchors):
@@ -94,6 +94,24 @@ def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, 
             alg.update()
         out.append(alg.x)
     return np.stack(out)
+
+
+def soft_threshold(lamda: float, x: np.ndarray) -> np.ndarray:
+    """``(|x| - lamda)_+ sgn(x)`` of a real or complex numpy array, in torch (sigpy's ``soft_thresh`` is a numba
+    ufunc compiled in every new process: 0.5-0.8 s before the first call; this is also 2x faster on complex64)."""
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    mag = t.abs()
+    return (t * (mag - lamda).clamp_min_(0).div_(mag.clamp_min_(1e-30))).numpy()
+
+
+def _l1_reg(sp, shape: tuple, mu: float):
+    """sigpy's ``L1Reg`` prox with :func:`soft_threshold` in place of its numba one (same ``lamda * alpha``)."""
+
+    class L1Reg(sp.prox.L1Reg):
+        def _prox(self, alpha, input):
+            return soft_threshold(self.lamda * alpha, input)
+
+    return L1Reg(shape, mu)
 
 
 def _noise(rng: np.random.Generator, y: torch.Tensor, sigma: float, measured: torch.Tensor | None) -> torch.Tensor:

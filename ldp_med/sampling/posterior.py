@@ -50,7 +50,8 @@ from ldp_med.space import SpaceMap
 from ldp_med.tasks import SAMPLERS, with_task_settings
 
 __all__ = ["PosteriorConfig", "PosteriorResult", "PosteriorSampler", "LatentNets", "DDSUpdate", "DPSUpdate",
-           "UPDATES", "dc_indices", "run_length", "check_prior", "for_task", "make_sampler", "reconstruct"]
+           "UPDATES", "dc_indices", "run_length", "check_prior", "for_task", "make_sampler", "reconstruct", "native_bf16",
+           "settle_autocast"]
 
 
 @dataclass
@@ -163,10 +164,16 @@ class LatentNets:
     prior: Prior
     guidance: float = 1.0
     evals_per_step: int = 1
+    autocast: str = ""
+
+    def _cast(self, device: torch.device):
+        """The autocast context the networks run in (``autocast`` "bf16": bfloat16; else off)."""
+        return torch.autocast(device.type, torch.bfloat16, enabled=self.autocast == "bf16")
 
     def predict(self, z: torch.Tensor, t: int, st: _State) -> torch.Tensor:
         tt = torch.full((len(z),), int(t), device=z.device, dtype=torch.long)
-        pred = guided_prediction(self.prior, z, tt, st.labels, self.guidance)
+        with self._cast(z.device):
+            pred = guided_prediction(self.prior, z, tt, st.labels, self.guidance).float()
         st.nfe += self.evals_per_step
         if not torch.isfinite(pred).all():
             raise LdpError(f"the diffusion UNet produced NaN/Inf at timestep {int(t)}")
@@ -175,7 +182,8 @@ class LatentNets:
     def decode(self, zs: torch.Tensor, st: _State, count: bool = True) -> torch.Tensor:
         """Scaled latents (B, C, *latent) -> model images (B, 1, *grid) in [0, 1], one sample at a time."""
         zs = self.prior.from_diffusion(zs)
-        out = torch.cat([self.prior.vae.decode(zs[b : b + 1]) for b in range(len(zs))])
+        with self._cast(zs.device):
+            out = torch.cat([self.prior.vae.decode(zs[b : b + 1]).float() for b in range(len(zs))])
         if count:
             st.decodes += 1
         if not torch.isfinite(out).all():
@@ -185,13 +193,17 @@ class LatentNets:
     @torch.no_grad()
     def encode(self, m: torch.Tensor, st: _State) -> torch.Tensor:
         """Model images (B, 1, *grid) -> scaled latent means (B, C, *latent), one sample at a time."""
-        z = self.prior.to_diffusion(torch.cat([self.prior.vae.encode(m[b : b + 1])[0] for b in range(len(m))]))
+        with self._cast(m.device):
+            z = torch.cat([self.prior.vae.encode(m[b : b + 1])[0].float() for b in range(len(m))])
+        z = self.prior.to_diffusion(z)
         st.encodes += 1
         if not torch.isfinite(z).all():
             raise LdpError("the VAE encoder produced NaN/Inf")
-        if tuple(z.shape[1:]) != tuple(self.prior.config.latent_shape):
+        f, want = self.prior.config.vae_factor, self.prior.config.latent_shape[0]
+        want = (want, *(n // f for n in m.shape[2:]))
+        if tuple(z.shape[1:]) != want:
             raise InputError(self.prior.path, f"the VAE gives latents of shape {tuple(z.shape[1:])}, the config says "
-                                              f"{tuple(self.prior.config.latent_shape)}: the model does not fit its grid")
+                                              f"{want}: the model does not fit its grid")
         return z
 
 
@@ -313,7 +325,8 @@ class PosteriorSampler:
         init = self.init.to(device, torch.float32)[None]
         st = _State(sched, gen, torch.full((b,), label, device=device, dtype=torch.long), init)
 
-        z0 = self.net.encode(self.space.to_model(init), st).expand(b, *prior.config.latent_shape)
+        z0 = self.net.encode(self.space.to_model(init), st)
+        z0 = z0.expand(b, *z0.shape[1:])
         noise = torch.randn(z0.shape, generator=gen, device=device)
         z = sched.add_noise(z0, noise, torch.full((b,), timesteps[0], device=device, dtype=torch.long))
         for i, t in enumerate(tqdm(timesteps, desc=self.update.name, disable=not self.progress)):
@@ -357,6 +370,22 @@ def _dps(cfg: PosteriorConfig, space: SpaceMap, rule: ImageDC) -> DPSUpdate:
 #: Named samplers: thin constructors of the update rule (``prior`` is the CLI's name for the default).
 UPDATES = {"dds": _dds, "prior": _dds, "dps": _dps}
 assert tuple(UPDATES) == SAMPLERS
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX
+    instructions (elsewhere oneDNN emulates bfloat16, slower than float32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    return device.type == "cpu" and any(bool(getattr(cpu, f, lambda: False)())
+                                        for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def settle_autocast(setting: str, device: torch.device | str) -> str:
+    """``PosteriorConfig.autocast`` for ``device``: ``"auto"`` is ``"bf16"`` where :func:`native_bf16`, else ``""``."""
+    return ("bf16" if native_bf16(device) else "") if setting == "auto" else setting
 
 
 def compressed(problem: Problem, coil_energy: float):
@@ -408,10 +437,14 @@ def make_sampler(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = N
     if space.coverage_fraction < cfg.min_coverage:
         raise InputError(problem.source, f"the model grid ({'x'.join(map(str, prior.config.grid))} at "
                          f"{prior.config.voxel_mm} mm) covers only {space.coverage_fraction:.0%} of the field of view")
+    if cfg.crop:
+        space = space.cropped(prior.config.vae_factor * 2 ** (len(prior.config.unet.channels) - 1),
+                              cfg.crop_margin * prior.config.vae_factor)
     rule = _dc_rule(problem, dc_weight(problem.noise_std, space.scale, cfg.prior_error, cfg.dc_lam), cfg)
     guided = cfg.label >= 0 and cfg.guidance != 1.0
     return PosteriorSampler(
-        net=LatentNets(prior, cfg.guidance, 2 if guided else 1), space=space, dc_rule=rule,
+        net=LatentNets(prior, cfg.guidance, 2 if guided else 1,
+                       settle_autocast(cfg.autocast, next(prior.vae.parameters()).device)), space=space, dc_rule=rule,
         init=torch.from_numpy(np.ascontiguousarray(problem.pinv.data if init is None else init, np.float32)),
         update=UPDATES[cfg.method](cfg, space, rule),
         cfg=cfg, progress=progress,

@@ -143,3 +143,17 @@ def test_old_and_new_model_folders(tmp_path):
     with pytest.raises(InputError, match="weights do not match config.json") as err:
         load_pretrained(new, with_unet=False)
     assert "\n" not in str(err.value)
+
+
+def test_the_shortcut_maps_stay_float32_under_bf16_autocast():
+    vae = build_vae(dataclasses.replace(PCA.vae, latent_channels=64))
+    vae.fit_shortcut(torch.rand(2, 1, 8, 8, 12))
+    for conv in (vae.quant_conv_mu, vae.decoder.blocks[-1]):
+        for p in conv.parameters():
+            torch.nn.init.zeros_(p)
+    x = torch.rand(1, 1, 12, 8, 16)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        z = vae.encode(x)[0]
+        out = vae.decode(z)
+    assert z.dtype == out.dtype == torch.float32
+    torch.testing.assert_close(out, x, rtol=0, atol=1e-5)  # bfloat16 would be 1e-2 off

@@ -113,3 +113,17 @@ def test_kspace_perturbations_fall_on_the_measured_samples_only(problem):
     measured = np.broadcast_to(problem.operator.mask.numpy().astype(bool), n.shape)
     assert n.dtype == problem.y.dtype and (n.numpy()[~measured] == 0).all()
     assert np.std(n.numpy()[measured].real) == pytest.approx(0.3, rel=0.05)
+
+
+def test_the_torch_soft_threshold_is_sigpys():
+    from sigpy.thresh import soft_thresh
+
+    from ldp_med.sampling.closing import soft_threshold
+
+    rng = np.random.default_rng(0)
+    z = (rng.standard_normal((5, 6, 7)) + 1j * rng.standard_normal((5, 6, 7))).astype(np.complex64)
+    z[0, 0, 0] = 0
+    for x in (z, z.real.copy()):
+        out = soft_threshold(0.7, x)
+        assert out.dtype == x.dtype and np.count_nonzero(out) < np.count_nonzero(x)
+        np.testing.assert_allclose(out, soft_thresh(0.7, x), atol=1e-6, rtol=0)

@@ -441,3 +441,48 @@ def test_kspace_anchor_is_lowered_where_the_sample_disagrees_with_the_datas_own_
     calls.clear()
     _close(kproblem, samples, ReconstructConfig(closing=ClosingConfig(agreement=0)), support)
     assert len(calls) == 1 and calls[0][1] is support
+
+
+def test_crop_runs_the_networks_on_the_box_that_holds_the_field_of_view(prior, kproblem, monkeypatch):
+    seen = []
+    encode = prior.vae.encode
+    monkeypatch.setattr(prior.vae, "encode", lambda x: seen.append(tuple(x.shape[2:])) or encode(x))
+    # on the tiny grid the phantom's box is the whole grid: crop changes nothing
+    whole = reconstruct(prior, kproblem, FAST)
+    same = reconstruct(prior, kproblem, dataclasses.replace(FAST, crop=True))
+    np.testing.assert_array_equal(same.mean, whole.mean)
+    assert set(seen) == {TINY_MODEL.grid}
+    # a 48^3 grid around the same field of view (21 x 26.4 x 17.1 mm, 1 voxel of margin = 4 mm, corners on the
+    # 8-voxel lattice): the networks see a 32 x 48 x 32 box of it
+    big = Prior(dataclasses.replace(TINY_MODEL, grid=(48, 48, 48)), prior.vae, prior.unet)
+    seen.clear()
+    res = reconstruct(big, kproblem, dataclasses.replace(FAST, crop=True, crop_margin=1))
+    assert set(seen) == {(32, 48, 32)} and res.mean.shape == kproblem.pinv.shape and np.isfinite(res.mean).all()
+    zero_filled = kproblem.operator.A_adjoint(kproblem.y)[0].numpy()
+    assert residual(kproblem, res.image) < residual(kproblem, zero_filled)
+
+
+def test_bf16_autocast_runs_the_networks_in_bfloat16_and_stays_close(prior, kproblem, monkeypatch):
+    dtypes = []
+    decode = prior.vae.decode
+    monkeypatch.setattr(prior.vae, "decode", lambda z: dtypes.append(torch.get_autocast_dtype("cpu")
+                                                                     if torch.is_autocast_enabled("cpu") else None)
+                        or decode(z))
+    ref = reconstruct(prior, kproblem, dataclasses.replace(FAST, autocast=""))
+    res = reconstruct(prior, kproblem, dataclasses.replace(FAST, autocast="bf16"))
+    assert dtypes == [None] * ref.decodes + [torch.bfloat16] * res.decodes
+    assert res.mean.dtype == np.float32 and np.isfinite(res.mean).all()
+    diff = np.abs(res.mean - ref.mean).mean() / np.abs(ref.mean).mean()
+    assert 0 < diff < 0.02, diff
+
+
+def test_auto_autocast_is_bf16_only_where_the_device_computes_it_natively(monkeypatch):
+    from ldp_med.sampling import posterior
+
+    assert posterior.settle_autocast("", "cpu") == "" and posterior.settle_autocast("bf16", "cpu") == "bf16"
+    for native, want in ((True, "bf16"), (False, "")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda n=native: n, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+        assert posterior.settle_autocast("auto", "cpu") == want
+    with pytest.raises(ConfigError, match="autocast"):
+        from_dict(PosteriorConfig, {"autocast": "fp16"})
