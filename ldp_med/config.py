@@ -256,6 +256,9 @@ class PosteriorConfig:
         crop: run the networks on the box of the model grid that holds the field of view (plus ``crop_margin``
             latent cells, corners on the UNet's down-sampling lattice) instead of the whole grid
             (:meth:`ldp_med.space.SpaceMap.cropped`); the same as the whole grid for a field of view that fills it.
+        latent_fit_iters, latent_fit_lr: before the final decode, that many Adam steps (learning rate in the UNet's
+            latent units) on each sample's latent toward the data through the decoder, in float32
+            (:func:`ldp_med.sampling.posterior.fit_latents`); None: the task's (``TASK_SETTINGS``), 0: none.
         autocast: ``"bf16"``: the networks run under ``torch.autocast`` in bfloat16 (on the device they are on;
             the shortcut maps and everything outside the networks stay float32); ``""``: float32; ``"auto"``:
             bfloat16 where the device computes it natively (``ldp_med.sampling.posterior.native_bf16``).
@@ -285,6 +288,8 @@ class PosteriorConfig:
     align: bool = False
     crop: bool = True
     crop_margin: int = 2
+    latent_fit_iters: int | None = None
+    latent_fit_lr: float = 0.1
     autocast: typing.Literal["", "bf16", "auto"] = "auto"
 
     def __post_init__(self) -> None:
@@ -300,7 +305,8 @@ class PosteriorConfig:
             "phase_sigma": self.phase_sigma >= 0, "min_coverage": 0 <= self.min_coverage <= 1,
             "max_nfe": self.max_nfe >= 1, "coil_energy": 0 < self.coil_energy <= 1,
             "std_scale": self.std_scale is None or self.std_scale > 0, "std_smooth": self.std_smooth >= 0,
-            "crop_margin": self.crop_margin >= 0,
+            "crop_margin": self.crop_margin >= 0, "latent_fit_lr": self.latent_fit_lr > 0,
+            "latent_fit_iters": self.latent_fit_iters is None or self.latent_fit_iters >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

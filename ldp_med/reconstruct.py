@@ -145,7 +145,9 @@ def _posterior(sampler: str | None) -> Solver:
         post = cfg.posterior if sampler is None else dataclasses.replace(cfg.posterior, method=sampler)
         image, nfe, passes = None, 0, cfg.closing.restarts + 1
         for last in (p == passes - 1 for p in range(passes)):  # each pass warm-starts from the one before
-            res = sample(prior, problem, post, progress=progress, init=image)
+            # a pass before the last only warm-starts the next one: no latent fit there
+            res = sample(prior, problem, post if last else dataclasses.replace(post, latent_fit_iters=0),
+                         progress=progress, init=image)
             nfe += res.nfe
             if cfg.closing.iters == 0:
                 image, std = res.mean, None if res.std is None else res.std * post.std_scale

@@ -48,6 +48,9 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "nlm", "superres":
 #:   time; a third pass 37.84; at R=4 no gain: 41.39 both).
 #: - ``closing.iters``: k-space 10 from the agreement's anchor-free solve (``closing.from_free``: as good as 30 from
 #:   the sample on validation at R=4, -0.07 dB at R=8, in 0.6-0.8x the time); the image tasks 30 from the sample.
+#: - ``posterior.latent_fit_iters``: at R=8, 10 Adam steps on the final latent toward the data through the decoder
+#:   (``fit_latents``; validation brains and heads 10000-10003: R=8 35.91 -> 36.10 dB, SSIM +0.006, +6 s per volume;
+#:   R=4 +0.08 dB for the same 6 s, not taken: docs/results.md, "A latent fit before the closing solve").
 #: - ``posterior.std_scale``: the std map's scale, calibrated so that ``|error| <= 1.645 std`` holds for 90% of head
 #:   voxels with ``--samples 8`` (docs/results.md, "Std map"); the perturbed solves miss more of the error the fewer
 #:   k-space samples there are, hence a scale per factor.
@@ -59,14 +62,15 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {
         "closing.anchor": ((4.0, 0.1), (8.0, 0.2)),
         "closing.restarts": ((4.0, 0), (8.0, 1)),
         "closing.iters": ((4.0, 10),),
+        "posterior.latent_fit_iters": ((4.0, 0), (8.0, 10)),
     },
     "denoise": {
         "posterior.t_start": ((1.0, 0.5),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 1.36),),
-        "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),),
+        "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),), "posterior.latent_fit_iters": ((1.0, 0),),
     },
     "superres": {
         "posterior.t_start": ((1.0, 0.06),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 3.67),),
-        "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),),
+        "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),), "posterior.latent_fit_iters": ((1.0, 0),),
     },
 }
 

@@ -128,7 +128,7 @@ class ImageDC:
         y = _batched(self.y.to(x_prior.device), x_prior.shape[0])
         return self.operator.dc_solve(y, x_prior, self.lam, self.n_iter if n_iter is None else int(n_iter))
 
-    def complex_image(self, x: torch.Tensor) -> torch.Tensor:
+    def complex_image(self, x: torch.Tensor, sample: int | None = None) -> torch.Tensor:
         """The image the operator sees: ``x`` itself (real problems carry no phase)."""
         return x
 
@@ -180,9 +180,12 @@ class KSpaceDC(ImageDC):
         """Go back to the initial phase estimate (called at the start of every sampler run)."""
         self.phase = self.initial_phase
 
-    def complex_image(self, x: torch.Tensor) -> torch.Tensor:
-        """``|x| * exp(i phase)``: complex64 (B, X, Y, Z) from a magnitude (B, X, Y, Z)."""
+    def complex_image(self, x: torch.Tensor, sample: int | None = None) -> torch.Tensor:
+        """``|x| * exp(i phase)``: complex64 (B, X, Y, Z) from a magnitude (B, X, Y, Z); with ``sample``, ``x`` is
+        that one sample (1, X, Y, Z) and takes its own phase estimate."""
         phase = self.phase.to(x.device)
+        if sample is not None and len(phase) > 1:
+            phase = phase[sample : sample + 1]
         return torch.polar(x.abs().float(), phase.expand_as(x).contiguous())
 
     def solve(self, x_prior: torch.Tensor, n_iter: int | None = None) -> torch.Tensor:

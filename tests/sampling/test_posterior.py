@@ -395,22 +395,24 @@ def test_image_task_variance_adds_the_blends_mixture_term(phantom, monkeypatch):
 
 def test_a_restart_warm_starts_the_sampler_from_the_closed_image_of_the_pass_before(prior, kproblem, monkeypatch):
     """``closing.restarts``: pass 1 starts from the pseudo-inverse, every later pass from the magnitude of the previous
-    pass's closed image; the UNet evaluations add up and the std map is the last pass's."""
+    pass's closed image; the UNet evaluations add up, the std map and the latent fit are the last pass's."""
     import ldp_med.sampling.posterior as posterior
     from ldp_med.config import ClosingConfig, ReconstructConfig
     from ldp_med.reconstruct import SOLVERS
 
-    inits, real = [], posterior.reconstruct
+    inits, fits, real = [], [], posterior.reconstruct
     monkeypatch.setattr(posterior, "reconstruct", lambda *a, init=None, **kw: inits.append(init) or real(*a, init=init, **kw))
+    monkeypatch.setattr(posterior, "fit_latents", lambda net, space, rule, z, *a: fits.append(len(inits)) or z)
     solve = SOLVERS["kspace", "prior"]
     closing = ClosingConfig(iters=5, restarts=0, restart_iters=None)
-    cfg = ReconstructConfig(posterior=dataclasses.replace(FAST, samples=2), closing=closing)
+    cfg = ReconstructConfig(posterior=dataclasses.replace(FAST, samples=2, latent_fit_iters=1), closing=closing)
     once, std_once, meta_once = solve(kproblem, cfg, prior, False)
     assert inits == [None]
     inits.clear()
     again = dataclasses.replace(cfg, closing=dataclasses.replace(closing, restarts=1))
     twice, std_twice, meta_twice = solve(kproblem, again, prior, False)
     assert inits[0] is None and inits[1] is not None and meta_twice["nfe"] == 2 * meta_once["nfe"]
+    assert fits == [1, 2]  # the latent fit: in the single pass, then only in the last of two
     np.testing.assert_array_equal(inits[1], once)  # same seed: pass 1 is the single pass's result
     assert not np.allclose(twice, once) and std_twice is not None and std_twice.shape == twice.shape
 
@@ -486,3 +488,11 @@ def test_auto_autocast_is_bf16_only_where_the_device_computes_it_natively(monkey
         assert posterior.settle_autocast("auto", "cpu") == want
     with pytest.raises(ConfigError, match="autocast"):
         from_dict(PosteriorConfig, {"autocast": "fp16"})
+
+
+def test_the_latent_fit_moves_the_decoded_image_toward_the_data(prior, kproblem):
+    raw = dataclasses.replace(FAST, final_dc=False, autocast="")  # the decoded image itself, no DC solve after it
+    before = reconstruct(prior, kproblem, raw)
+    after = reconstruct(prior, kproblem, dataclasses.replace(raw, latent_fit_iters=5, latent_fit_lr=0.5))
+    assert after.decodes == before.decodes + 5 and np.isfinite(after.mean).all()
+    assert residual(kproblem, after.image) < 0.9 * residual(kproblem, before.image)
