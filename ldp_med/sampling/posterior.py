@@ -50,8 +50,8 @@ from ldp_med.space import SpaceMap
 from ldp_med.tasks import SAMPLERS, with_task_settings
 
 __all__ = ["PosteriorConfig", "PosteriorResult", "PosteriorSampler", "LatentNets", "DDSUpdate", "DPSUpdate",
-           "UPDATES", "dc_indices", "fit_latents", "run_length", "check_prior", "for_task", "make_sampler", "reconstruct", "native_bf16",
-           "settle_autocast"]
+           "UPDATES", "dc_indices", "fit_latents", "run_length", "check_prior", "for_task", "make_sampler", "reconstruct",
+           "native_bf16", "settle_autocast"]
 
 
 @dataclass
@@ -370,8 +370,7 @@ def fit_latents(net: LatentNets, space: SpaceMap, dc_rule: ImageDC, z: torch.Ten
                 m = net.prior.vae.decode(net.prior.from_diffusion(zb)).float().clamp(0, 1)
                 x = dc_rule.complex_image(space.to_acq(m, fallback), sample=b)
                 loss = dc_rule.residual(x).abs().pow(2).sum() / space.scale**2
-            opt.zero_grad()
-            loss.backward()
+            zb.grad = torch.autograd.grad(loss, [zb])[0]  # the latent's gradient only, none left on the weights
             opt.step()
         if not torch.isfinite(zb).all():
             raise LdpError("the latent fit to the data produced NaN/Inf")
