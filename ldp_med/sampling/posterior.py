@@ -32,7 +32,7 @@ network evaluations *per posterior sample* (a classifier-free-guided step counts
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -199,8 +199,8 @@ class LatentNets:
         st.encodes += 1
         if not torch.isfinite(z).all():
             raise LdpError("the VAE encoder produced NaN/Inf")
-        f, want = self.prior.config.vae_factor, self.prior.config.latent_shape[0]
-        want = (want, *(n // f for n in m.shape[2:]))
+        f = self.prior.config.vae_factor
+        want = (self.prior.config.vae.latent_channels, *(n // f for n in m.shape[2:]))  # the grid it ran on (a crop)
         if tuple(z.shape[1:]) != want:
             raise InputError(self.prior.path, f"the VAE gives latents of shape {tuple(z.shape[1:])}, the config says "
                                               f"{want}: the model does not fit its grid")
@@ -360,15 +360,14 @@ def fit_latents(net: LatentNets, space: SpaceMap, dc_rule: ImageDC, z: torch.Ten
     bfloat16 was slower on the CPU). The latent optimisation of ReSample (Song et al., ICLR 2024) at the end of
     sampling: the decoded image fits the data as far as the decoder can draw it, and the closing solve starts from
     there. Costs ``iters`` decodes and backward passes per sample (counted as decodes)."""
-    out = []
+    out, plain = [], replace(net, autocast="")  # LatentNets.decode, in float32
     for b in range(len(z)):
         zb = z[b : b + 1].detach().clone().requires_grad_(True)
         fallback = st.fallback[b : b + 1] if len(st.fallback) > 1 else st.fallback
         opt = torch.optim.Adam([zb], lr=float(lr))
         for _ in range(int(iters)):
             with torch.enable_grad():
-                m = net.prior.vae.decode(net.prior.from_diffusion(zb)).float().clamp(0, 1)
-                x = dc_rule.complex_image(space.to_acq(m, fallback), sample=b)
+                x = dc_rule.complex_image(space.to_acq(plain.decode(zb, st, count=False), fallback), sample=b)
                 loss = dc_rule.residual(x).abs().pow(2).sum() / space.scale**2
             zb.grad = torch.autograd.grad(loss, [zb])[0]  # the latent's gradient only, none left on the weights
             opt.step()
