@@ -259,6 +259,10 @@ class PosteriorConfig:
         latent_fit_iters, latent_fit_lr: before the final decode, that many Adam steps (learning rate in the UNet's
             latent units) on each sample's latent toward the data through the decoder, in float32
             (:func:`ldp_med.sampling.posterior.fit_latents`); None: the task's (``TASK_SETTINGS``), 0: none.
+        keep_detail: every model image mapped to the acquisition grid gets back what the grid's round trip
+            loses of the last data-consistent image (``SpaceMap.detail``): the prior changes that image by its own
+            change, interpolated, instead of replacing it with its interpolated self (matters where the grids do
+            not line up: an aligned placement, a coarse or partial field of view). None: the task's (``TASK_SETTINGS``).
         autocast: ``"bf16"``: the networks run under ``torch.autocast`` in bfloat16 (on the device they are on;
             the shortcut maps and everything outside the networks stay float32); ``""``: float32; ``"auto"``:
             bfloat16 where the device computes it natively (``ldp_med.sampling.posterior.native_bf16``).
@@ -290,6 +294,7 @@ class PosteriorConfig:
     crop_margin: int = 2
     latent_fit_iters: int | None = None
     latent_fit_lr: float = 0.1
+    keep_detail: bool | None = None
     autocast: typing.Literal["", "bf16", "auto"] = "auto"
 
     def __post_init__(self) -> None:

@@ -143,12 +143,12 @@ def _posterior(sampler: str | None) -> Solver:
 
         cfg = settle(cfg, problem)
         post = cfg.posterior if sampler is None else dataclasses.replace(cfg.posterior, method=sampler)
-        image, nfe, passes = None, 0, cfg.closing.restarts + 1
+        image, nfe, passes, alignment = None, 0, cfg.closing.restarts + 1, None
         for last in (p == passes - 1 for p in range(passes)):  # each pass warm-starts from the one before
-            # a pass before the last only warm-starts the next one: no latent fit there
+            # a pass before the last only warm-starts the next one: no latent fit there; the placement is estimated once
             res = sample(prior, problem, post if last else dataclasses.replace(post, latent_fit_iters=0),
-                         progress=progress, init=image)
-            nfe += res.nfe
+                         progress=progress, init=image, alignment=alignment)
+            nfe, alignment = nfe + res.nfe, res.alignment
             if cfg.closing.iters == 0:
                 image, std = res.mean, None if res.std is None else res.std * post.std_scale
                 continue

@@ -528,7 +528,7 @@ class SpaceMap:
         self.full_grid, self.box_start = self.grid, (0, 0, 0)
 
     @classmethod
-    def for_volume(cls, volume: Volume, model_cfg, align: bool = False, transform: np.ndarray | None = None,
+    def for_volume(cls, volume: Volume, model_cfg, align: bool = False, transform=None,
                    align_cfg=None) -> "SpaceMap":
         """The map of :class:`ToModelSpace` (``model_cfg``'s grid and voxel size) for ``volume``'s grid.
 
@@ -538,12 +538,15 @@ class SpaceMap:
             align: False: centring (``ToModelSpace``'s default, exactly as before); True: estimate the
                 placement with :func:`ldp_med.align.estimate_alignment` (``align_cfg``), kept in
                 ``self.alignment`` and ``self.transform``.
-            transform: a known input-world -> MNI-world matrix (4, 4); implies the aligned placement and
-                skips the estimate (e.g. the one an earlier ``align=True`` call returned).
+            transform: a known input-world -> MNI-world matrix (4, 4), or an earlier estimate's
+                :class:`ldp_med.align.Alignment` (kept in ``self.alignment``); implies the aligned placement and
+                skips the estimate.
             align_cfg: :class:`ldp_med.align.AlignConfig` of the estimate (None: defaults).
         """
         alignment = None
-        if transform is None and align:
+        if transform is not None and hasattr(transform, "matrix"):  # an Alignment
+            alignment, transform = transform, transform.matrix
+        elif transform is None and align:
             from ldp_med.align import estimate_alignment
 
             alignment = estimate_alignment(volume, align_cfg)
@@ -595,6 +598,12 @@ class SpaceMap:
         m = (x.float() - self.offset) / self.scale
         out = self._resample(m[:, None], self._to_model.to(x.device), self.grid)
         return out.clamp(0, 1)
+
+    def detail(self, x: torch.Tensor) -> torch.Tensor:
+        """What the model grid cannot hold of an acquisition image (B, X, Y, Z): ``x - to_acq(to_model(x), x)``,
+        the detail its round trip through the model grid (trilinear both ways, clamped to the model's range) loses;
+        0 where the model grid does not reach."""
+        return x.float() - self.to_acq(self.to_model(x), x)
 
     def to_acq(self, m: torch.Tensor, fallback: torch.Tensor | None = None) -> torch.Tensor:
         """Model image (B, 1, *grid) -> acquisition image (B, X, Y, Z) in acquisition units.

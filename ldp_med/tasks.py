@@ -51,10 +51,14 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "nlm", "superres":
 #: - ``posterior.latent_fit_iters``: at R=8, 10 Adam steps on the final latent toward the data through the decoder
 #:   (``fit_latents``; validation brains and heads 10000-10003: R=8 35.91 -> 36.10 dB, SSIM +0.006, +6 s per volume;
 #:   R=4 +0.08 dB for the same 6 s, not taken: docs/results.md, "A latent fit before the closing solve").
+#: - ``posterior.keep_detail``: mapped model images keep the detail of the last data-consistent image that the model
+#:   grid cannot hold (``SpaceMap.detail``); validation brains, heads, half fields of view and necks 10000-10001: k-space
+#:   R=8 34.56 -> 34.83 dB, R=4 39.08 -> 39.20, super-resolution +0.04 dB, denoising -0.01 (off: the detail of a noisy
+#:   image is noise); docs/tune_keep_detail_*.md.
 #: - ``posterior.std_scale``: the std map's scale, calibrated so that ``|error| <= 1.645 std`` holds for 90% of head
 #:   voxels with ``--samples 8`` (docs/results.md, "Std map"); the perturbed solves miss more of the error the fewer
 #:   k-space samples there are, hence a scale per factor.
-TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {
+TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
     "kspace": {
         "posterior.t_start": ((4.0, 0.1),),
         "posterior.prior_error": ((4.0, 0.1),),
@@ -63,14 +67,17 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {
         "closing.restarts": ((4.0, 0), (8.0, 1)),
         "closing.iters": ((4.0, 10),),
         "posterior.latent_fit_iters": ((4.0, 0), (8.0, 10)),
+        "posterior.keep_detail": ((4.0, True),),
     },
     "denoise": {
         "posterior.t_start": ((1.0, 0.5),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 1.36),),
         "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),), "posterior.latent_fit_iters": ((1.0, 0),),
+        "posterior.keep_detail": ((1.0, False),),
     },
     "superres": {
         "posterior.t_start": ((1.0, 0.06),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 3.67),),
         "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),), "posterior.latent_fit_iters": ((1.0, 0),),
+        "posterior.keep_detail": ((1.0, True),),
     },
 }
 
@@ -78,12 +85,14 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {
 def task_setting(task: str, name: str, factor: float = 1.0) -> float | int:
     """The value of setting ``name`` (``section.field``, as in ``--set``) that ``task`` uses at undersampling
     ``factor``: :data:`TASK_SETTINGS`'s points, linearly interpolated, held constant past the ends; a setting
-    whose points are all ints (a count) is rounded to the nearest int."""
+    whose points are all ints (a count) is rounded to the nearest int, one whose points are all bools is a bool."""
     points = sorted(TASK_SETTINGS[task][name])
     value = points[0][1] if factor <= points[0][0] else points[-1][1]
     for (f0, v0), (f1, v1) in zip(points, points[1:]):
         if f0 < factor <= f1:
             value = v0 + (v1 - v0) * (factor - f0) / (f1 - f0)
+    if all(isinstance(v, bool) for _, v in points):
+        return bool(round(value))
     return round(value) if all(isinstance(v, int) for _, v in points) else value
 
 

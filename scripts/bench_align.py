@@ -107,8 +107,8 @@ def run_volume(name: str, vol: Volume, m_true: np.ndarray | None, mask: np.ndarr
     centre = pts.mean(0)
     rows = []
     ref, unmoved = m_true, None
-    for k, case in enumerate(["orig"] + [c for c in cases if c != "orig"]):
-        copy, move = make_case(vol, case, centre, seed * 100 + k)
+    for case in ["orig"] + [c for c in cases if c != "orig"]:
+        copy, move = make_case(vol, case, centre, seed * 100 + CASES.index(case))  # the same copy whatever --cases
         est = estimate_alignment(copy, cfg)
         if unmoved is None:  # consistency reference: the unmoved scan's estimate
             unmoved = est.matrix

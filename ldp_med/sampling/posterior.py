@@ -71,6 +71,7 @@ class PosteriorResult:
             k-space, float32 otherwise; what the closing solve (:mod:`ldp_med.sampling.closing`) refines.
         support: float32 (X, Y, Z) in [0, 1]: the model's ``Prior.support`` (where its training images had
             anatomy) on the acquisition grid, 0 outside the model grid; None for a model without one.
+        alignment: the :class:`ldp_med.align.Alignment` of an aligned placement (``posterior.align``), else None.
     """
 
     mean: np.ndarray
@@ -87,6 +88,7 @@ class PosteriorResult:
     meta: dict = field(default_factory=dict)
     samples: np.ndarray | None = None
     support: np.ndarray | None = None
+    alignment: object = None
 
     def volume(self) -> Volume:
         """The mean as a :class:`Volume` (acquisition grid and affine)."""
@@ -149,6 +151,17 @@ class _State:
     nfe: int = 0
     decodes: int = 0
     encodes: int = 0
+    detail: torch.Tensor | None = None  # SpaceMap.detail of fallback (PosteriorConfig.keep_detail), else None
+
+    def set_fallback(self, x: torch.Tensor, space: SpaceMap, keep_detail: bool) -> None:
+        self.fallback = x
+        self.detail = space.detail(x) if keep_detail else None
+
+    def to_acq(self, space: SpaceMap, m: torch.Tensor, b: int | None = None) -> torch.Tensor:
+        """``space.to_acq(m, fallback)`` plus the fallback's detail (if kept); ``b``: sample ``b``'s own."""
+        pick = (lambda t: t if b is None or len(t) == 1 else t[b : b + 1])
+        out = space.to_acq(m, pick(self.fallback))
+        return out if self.detail is None else out + pick(self.detail)
 
 
 @dataclass
@@ -219,9 +232,9 @@ class DDSUpdate:
 
     name = "dds"
 
-    def __init__(self, dc_at, space: SpaceMap, dc_rule: ImageDC, eta: float):
+    def __init__(self, dc_at, space: SpaceMap, dc_rule: ImageDC, eta: float, keep_detail: bool = False):
         self.dc_at = frozenset(int(i) for i in dc_at)
-        self.space, self.dc_rule, self.eta = space, dc_rule, float(eta)
+        self.space, self.dc_rule, self.eta, self.keep_detail = space, dc_rule, float(eta), bool(keep_detail)
 
     @torch.no_grad()
     def __call__(self, net: LatentNets, st: _State, i: int, t: int, z: torch.Tensor) -> torch.Tensor:
@@ -231,8 +244,8 @@ class DDSUpdate:
         _, z0 = st.sched.step(pred, t, z)  # eta 0: the Tweedie estimate, no noise drawn
         ab = st.sched.alphas_cumprod[t].to(z)
         eps = (z - ab.sqrt() * z0) / (1 - ab).sqrt()
-        x = self.dc_rule(self.space.to_acq(net.decode(z0, st), st.fallback))
-        st.fallback = x
+        x = self.dc_rule(st.to_acq(self.space, net.decode(z0, st)))
+        st.set_fallback(x, self.space, self.keep_detail)
         z0 = net.encode(self.space.to_model(x), st)
         tt = torch.full((len(z),), t, device=z.device, dtype=torch.long)
         # continue from the corrected z0 with the network's noise direction, MONAI doing the step
@@ -260,7 +273,7 @@ class DPSUpdate:
             z_prev, z0 = st.sched.step(pred, t, z, self.eta, st.gen)
             grad = torch.zeros_like(z)
             for b in range(len(z)):
-                x = self.space.to_acq(net.decode(z0[b : b + 1], st, count=False), st.fallback)
+                x = st.to_acq(self.space, net.decode(z0[b : b + 1], st, count=False), b)
                 loss = self.dc_rule.residual(x).flatten().norm() / self.space.scale
                 grad += torch.autograd.grad(loss, z, retain_graph=b < len(z) - 1)[0]
             st.decodes += 1
@@ -324,6 +337,7 @@ class PosteriorSampler:
         self.dc_rule.reset()
         init = self.init.to(device, torch.float32)[None]
         st = _State(sched, gen, torch.full((b,), label, device=device, dtype=torch.long), init)
+        st.set_fallback(init, self.space, self.cfg.keep_detail)
 
         z0 = self.net.encode(self.space.to_model(init), st)
         z0 = z0.expand(b, *z0.shape[1:])
@@ -334,7 +348,7 @@ class PosteriorSampler:
         if self.cfg.latent_fit_iters:
             z = fit_latents(self.net, self.space, self.dc_rule, z, st, self.cfg.latent_fit_iters, self.cfg.latent_fit_lr)
         with torch.no_grad():
-            x = self.dc_rule.close(self.space.to_acq(self.net.decode(z, st), st.fallback), self.cfg.final_cg_iters,
+            x = self.dc_rule.close(st.to_acq(self.space, self.net.decode(z, st)), self.cfg.final_cg_iters,
                                    self.cfg.final_dc)
             samples = x.cpu().numpy().astype(np.complex64 if x.is_complex() else np.float32)
             image = samples.mean(0) if x.is_complex() else None
@@ -350,6 +364,7 @@ class PosteriorSampler:
             lam=float(self.dc_rule.lam), noise_std=float(self.meta.get("noise_std", float("nan"))), image=image,
             meta={k: v for k, v in self.meta.items() if k not in ("affine", "noise_std")}, samples=samples,
             support=None if (sup := prior.support()) is None else self.space.mask_to_acq(sup),
+            alignment=self.space.alignment,
         )
 
 
@@ -363,11 +378,10 @@ def fit_latents(net: LatentNets, space: SpaceMap, dc_rule: ImageDC, z: torch.Ten
     out, plain = [], replace(net, autocast="")  # LatentNets.decode, in float32
     for b in range(len(z)):
         zb = z[b : b + 1].detach().clone().requires_grad_(True)
-        fallback = st.fallback[b : b + 1] if len(st.fallback) > 1 else st.fallback
         opt = torch.optim.Adam([zb], lr=float(lr))
         for _ in range(int(iters)):
             with torch.enable_grad():
-                x = dc_rule.complex_image(space.to_acq(plain.decode(zb, st, count=False), fallback), sample=b)
+                x = dc_rule.complex_image(st.to_acq(space, plain.decode(zb, st, count=False), b), sample=b)
                 loss = dc_rule.residual(x).abs().pow(2).sum() / space.scale**2
             zb.grad = torch.autograd.grad(loss, [zb])[0]  # the latent's gradient only, none left on the weights
             opt.step()
@@ -387,7 +401,7 @@ def dc_indices(n_run: int, dc_steps: int) -> list[int]:
 
 
 def _dds(cfg: PosteriorConfig, space: SpaceMap, rule: ImageDC) -> DDSUpdate:
-    return DDSUpdate(dc_indices(run_length(cfg), cfg.dc_steps), space, rule, cfg.eta)
+    return DDSUpdate(dc_indices(run_length(cfg), cfg.dc_steps), space, rule, cfg.eta, cfg.keep_detail)
 
 
 def _dps(cfg: PosteriorConfig, space: SpaceMap, rule: ImageDC) -> DPSUpdate:
@@ -444,13 +458,14 @@ def for_task(cfg: PosteriorConfig, task: str, factor: float = 1.0) -> PosteriorC
 
 
 def make_sampler(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = None,
-                 progress: bool = False, init: np.ndarray | None = None) -> PosteriorSampler:
+                 progress: bool = False, init: np.ndarray | None = None, alignment=None) -> PosteriorSampler:
     """Wire the posterior sampler that ``cfg.method`` names for ``problem``, whole.
 
     The :class:`SpaceMap` comes from the pseudo-inverse's geometry (:meth:`SpaceMap.for_volume`), the DC
     weight from the noise level and the intensity scale, the update rule from ``cfg``; the settings ``cfg``
     leaves to the task (None) are the task's (:func:`for_task`). The warm start is ``init`` (an image on the
-    acquisition grid, e.g. an earlier reconstruction), else the pseudo-inverse.
+    acquisition grid, e.g. an earlier reconstruction), else the pseudo-inverse. ``alignment``: an earlier
+    run's :class:`ldp_med.align.Alignment` of the same problem, used instead of a new estimate when ``cfg.align``.
 
     Raises:
         InputError: the model does not fit (channels, grid, or it covers too little of the field of view).
@@ -460,7 +475,7 @@ def make_sampler(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = N
     check_prior(prior)
     if cfg.label >= len(prior.config.class_names):
         raise ConfigError(f"label {cfg.label} out of range: the model has classes {list(prior.config.class_names)}")
-    space = SpaceMap.for_volume(problem.pinv, prior.config, align=cfg.align)
+    space = SpaceMap.for_volume(problem.pinv, prior.config, align=cfg.align, transform=alignment if cfg.align else None)
     if space.coverage_fraction < cfg.min_coverage:
         raise InputError(problem.source, f"the model grid ({'x'.join(map(str, prior.config.grid))} at "
                          f"{prior.config.voxel_mm} mm) covers only {space.coverage_fraction:.0%} of the field of view")
@@ -481,6 +496,6 @@ def make_sampler(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = N
 
 
 def reconstruct(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = None,
-                progress: bool = False, init: np.ndarray | None = None) -> PosteriorResult:
-    """``make_sampler(prior, problem, cfg, progress, init).run()``: the sampler ``cfg.method`` names."""
-    return make_sampler(prior, problem, cfg, progress, init).run()
+                progress: bool = False, init: np.ndarray | None = None, alignment=None) -> PosteriorResult:
+    """``make_sampler(prior, problem, cfg, progress, init, alignment).run()``: the sampler ``cfg.method`` names."""
+    return make_sampler(prior, problem, cfg, progress, init, alignment).run()

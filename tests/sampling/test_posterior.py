@@ -91,6 +91,8 @@ def test_settings_left_to_the_task_come_from_the_task_at_its_factor_and_explicit
     (f0, v0), (f1, v1) = TASK_SETTINGS["kspace"]["closing.anchor"]
     assert task_setting("kspace", "closing.anchor", 1.0) == v0 and task_setting("kspace", "closing.anchor", 99) == v1
     assert task_setting("kspace", "closing.anchor", (f0 + f1) / 2) == pytest.approx((v0 + v1) / 2)
+    assert task_setting("kspace", "posterior.keep_detail", 6.0) is True  # a switch stays a bool
+    assert task_setting("denoise", "posterior.keep_detail") is False
     for task in TASK_SETTINGS:
         got = for_task(PosteriorConfig(), task)
         assert (got.t_start, got.prior_error) == tuple(task_setting(task, f"posterior.{k}") for k in ("t_start", "prior_error"))
@@ -415,6 +417,32 @@ def test_a_restart_warm_starts_the_sampler_from_the_closed_image_of_the_pass_bef
     assert fits == [1, 2]  # the latent fit: in the single pass, then only in the last of two
     np.testing.assert_array_equal(inits[1], once)  # same seed: pass 1 is the single pass's result
     assert not np.allclose(twice, once) and std_twice is not None and std_twice.shape == twice.shape
+
+
+def test_an_aligned_placement_is_estimated_once_for_every_pass(prior, kproblem, monkeypatch):
+    """``posterior.align`` with ``closing.restarts``: every pass aligns the same pseudo-inverse, so the placement is
+    estimated in the first pass and handed to the next; the output's metadata is that estimate's."""
+    import ldp_med.align as align
+    from ldp_med.config import ClosingConfig, ReconstructConfig
+    from ldp_med.reconstruct import SOLVERS
+
+    from ldp_med.space import model_grid_affine
+
+    calls, pinv = [], kproblem.pinv
+    model = model_grid_affine(prior.config.grid, prior.config.voxel_mm, prior.config.affine)
+    centre = lambda aff, shape: aff[:3, :3] @ ((np.asarray(shape) - 1) / 2) + aff[:3, 3]
+    m = np.eye(4)
+    m[:3, 3] = centre(model, prior.config.grid) - centre(pinv.affine, pinv.shape)  # the centring, as an estimate
+
+    def fake(volume, cfg=None, reference=None):
+        calls.append(volume.shape)
+        return align.Alignment(matrix=m, metric=0.5, seconds=0.25, cpu_seconds=0.25, stages=("rigid",))
+
+    monkeypatch.setattr(align, "estimate_alignment", fake)
+    cfg = ReconstructConfig(posterior=dataclasses.replace(FAST, align=True),
+                            closing=ClosingConfig(iters=3, restarts=2, restart_iters=None))
+    _, _, meta = SOLVERS["kspace", "prior"](kproblem, cfg, prior, False)
+    assert calls == [kproblem.pinv.shape] and meta["align_seconds"] == 0.25 and meta["align_stages"] == ["rigid"]
 
 
 def test_kspace_anchor_is_lowered_where_the_sample_disagrees_with_the_datas_own_solve(kproblem, monkeypatch):
