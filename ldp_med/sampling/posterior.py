@@ -294,6 +294,8 @@ class PosteriorSampler:
         update: :class:`DDSUpdate` or :class:`DPSUpdate` (holding the same space and DC rule).
         cfg: the settings (steps, t_start, samples, label, final solve, seed, max_nfe).
         progress: show a progress bar over the steps.
+        alignment: the :class:`ldp_med.align.Alignment` estimated for ``cfg.align`` (None without), also when it
+            was rejected for centring (see :func:`make_sampler`).
     """
 
     net: LatentNets
@@ -304,6 +306,7 @@ class PosteriorSampler:
     cfg: PosteriorConfig = field(default_factory=PosteriorConfig)
     progress: bool = False
     meta: dict = field(default_factory=dict)
+    alignment: object = None  # the placement estimate (``cfg.align``), used or rejected; handed to a restart pass
 
     @property
     def n_run(self) -> int:
@@ -364,7 +367,7 @@ class PosteriorSampler:
             lam=float(self.dc_rule.lam), noise_std=float(self.meta.get("noise_std", float("nan"))), image=image,
             meta={k: v for k, v in self.meta.items() if k not in ("affine", "noise_std")}, samples=samples,
             support=None if (sup := prior.support()) is None else self.space.mask_to_acq(sup),
-            alignment=self.space.alignment,
+            alignment=self.alignment,
         )
 
 
@@ -466,6 +469,8 @@ def make_sampler(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = N
     leaves to the task (None) are the task's (:func:`for_task`). The warm start is ``init`` (an image on the
     acquisition grid, e.g. an earlier reconstruction), else the pseudo-inverse. ``alignment``: an earlier
     run's :class:`ldp_med.align.Alignment` of the same problem, used instead of a new estimate when ``cfg.align``.
+    An aligned placement whose model grid covers less than ``cfg.min_coverage`` of the field of view (a failed
+    registration) is rejected for centring, said in ``meta["align_rejected"]``.
 
     Raises:
         InputError: the model does not fit (channels, grid, or it covers too little of the field of view).
@@ -476,6 +481,11 @@ def make_sampler(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = N
     if cfg.label >= len(prior.config.class_names):
         raise ConfigError(f"label {cfg.label} out of range: the model has classes {list(prior.config.class_names)}")
     space = SpaceMap.for_volume(problem.pinv, prior.config, align=cfg.align, transform=alignment if cfg.align else None)
+    alignment, rejected = space.alignment, None
+    if alignment is not None and space.coverage_fraction < cfg.min_coverage:  # a registration that missed: centre
+        rejected = {"align_rejected": f"the aligned placement left the model grid over {space.coverage_fraction:.0%} "
+                                      "of the field of view; centred instead"}
+        space = SpaceMap.for_volume(problem.pinv, prior.config)
     if space.coverage_fraction < cfg.min_coverage:
         raise InputError(problem.source, f"the model grid ({'x'.join(map(str, prior.config.grid))} at "
                          f"{prior.config.voxel_mm} mm) covers only {space.coverage_fraction:.0%} of the field of view")
@@ -491,7 +501,8 @@ def make_sampler(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = N
         update=UPDATES[cfg.method](cfg, space, rule),
         cfg=cfg, progress=progress,
         meta={**problem.meta, "task": problem.task, "affine": problem.affine, "noise_std": problem.noise_std,
-              **(space.alignment.to_meta() if space.alignment is not None else {})},
+              **(alignment.to_meta() if alignment is not None else {}), **(rejected or {})},
+        alignment=alignment,
     )
 
 

@@ -419,9 +419,10 @@ def test_a_restart_warm_starts_the_sampler_from_the_closed_image_of_the_pass_bef
     assert not np.allclose(twice, once) and std_twice is not None and std_twice.shape == twice.shape
 
 
-def test_an_aligned_placement_is_estimated_once_for_every_pass(prior, kproblem, monkeypatch):
+def test_an_aligned_placement_is_estimated_once_for_every_pass_and_centred_when_it_misses(prior, kproblem, monkeypatch):
     """``posterior.align`` with ``closing.restarts``: every pass aligns the same pseudo-inverse, so the placement is
-    estimated in the first pass and handed to the next; the output's metadata is that estimate's."""
+    estimated in the first pass and handed to the next; the output's metadata is that estimate's. A placement that
+    leaves the model grid off the field of view (below ``min_coverage``) runs centred, as ``align=False`` does."""
     import ldp_med.align as align
     from ldp_med.config import ClosingConfig, ReconstructConfig
     from ldp_med.reconstruct import SOLVERS
@@ -443,6 +444,14 @@ def test_an_aligned_placement_is_estimated_once_for_every_pass(prior, kproblem, 
                             closing=ClosingConfig(iters=3, restarts=2, restart_iters=None))
     _, _, meta = SOLVERS["kspace", "prior"](kproblem, cfg, prior, False)
     assert calls == [kproblem.pinv.shape] and meta["align_seconds"] == 0.25 and meta["align_stages"] == ["rigid"]
+    assert "align_rejected" not in meta
+    # an estimate that moves the model grid off the field of view is rejected for centring, once for every pass
+    calls.clear()
+    m[:3, 3] += 1000.0
+    image, _, meta = SOLVERS["kspace", "prior"](kproblem, cfg, prior, False)
+    assert calls == [kproblem.pinv.shape] and "centred instead" in meta["align_rejected"]
+    centred = dataclasses.replace(cfg, posterior=dataclasses.replace(cfg.posterior, align=False))
+    np.testing.assert_allclose(image, SOLVERS["kspace", "prior"](kproblem, centred, prior, False)[0], rtol=0, atol=1e-6)
 
 
 def test_kspace_anchor_is_lowered_where_the_sample_disagrees_with_the_datas_own_solve(kproblem, monkeypatch):
