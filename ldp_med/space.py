@@ -599,11 +599,11 @@ class SpaceMap:
         out = self._resample(m[:, None], self._to_model.to(x.device), self.grid)
         return out.clamp(0, 1)
 
-    def detail(self, x: torch.Tensor) -> torch.Tensor:
+    def detail(self, x: torch.Tensor, m: torch.Tensor | None = None) -> torch.Tensor:
         """What the model grid cannot hold of an acquisition image (B, X, Y, Z): ``x - to_acq(to_model(x), x)``,
         the detail its round trip through the model grid (trilinear both ways, clamped to the model's range) loses;
-        0 where the model grid does not reach."""
-        return x.float() - self.to_acq(self.to_model(x), x)
+        0 where the model grid does not reach. ``m``: ``to_model(x)`` where the caller has it already."""
+        return x.float() - self.to_acq(self.to_model(x) if m is None else m, x)
 
     def to_acq(self, m: torch.Tensor, fallback: torch.Tensor | None = None) -> torch.Tensor:
         """Model image (B, 1, *grid) -> acquisition image (B, X, Y, Z) in acquisition units.

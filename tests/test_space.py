@@ -269,11 +269,11 @@ def test_the_detail_a_misaligned_grid_loses_is_given_back_exactly():
     x = torch.from_numpy(off.data)[None]
     lost = smap.detail(x)
     assert lost.abs().max() > 0.05 * float(x.max())  # the round trip loses detail here
-    plain, kept = _State(None, None, None, x), _State(None, None, None, x)
-    kept.set_fallback(x, smap, True)
-    m = smap.to_model(x)
+    plain, kept = _State(None, None, None, x), _State(None, None, None, x, keep_detail=True)
+    m = kept.set_fallback(x, smap)
+    torch.testing.assert_close(m, smap.to_model(x), atol=0, rtol=0)  # the fallback's model image, for the encoder
     torch.testing.assert_close(kept.to_acq(smap, m), x, atol=1e-5, rtol=0)
     torch.testing.assert_close(plain.to_acq(smap, m), x - lost, atol=1e-5, rtol=0)
-    two = _State(None, None, None, x)
-    two.set_fallback(torch.cat([0.5 * x, x]), smap, True)  # per-sample fallbacks: sample 1's is x
+    two = _State(None, None, None, x, keep_detail=True)
+    two.set_fallback(torch.cat([0.5 * x, x]), smap)  # per-sample fallbacks: sample 1's is x
     torch.testing.assert_close(two.to_acq(smap, m, 1), x, atol=1e-5, rtol=0)

@@ -151,11 +151,16 @@ class _State:
     nfe: int = 0
     decodes: int = 0
     encodes: int = 0
-    detail: torch.Tensor | None = None  # SpaceMap.detail of fallback (PosteriorConfig.keep_detail), else None
+    keep_detail: bool = False  # PosteriorConfig.keep_detail
+    detail: torch.Tensor | None = None  # SpaceMap.detail of fallback (with keep_detail), else None
 
-    def set_fallback(self, x: torch.Tensor, space: SpaceMap, keep_detail: bool) -> None:
+    def set_fallback(self, x: torch.Tensor, space: SpaceMap) -> torch.Tensor:
+        """Make the acquisition image ``x`` the fallback, with its detail if ``keep_detail``; returns its model image
+        ``space.to_model(x)`` (made once for both: the callers encode it)."""
+        m = space.to_model(x)
         self.fallback = x
-        self.detail = space.detail(x) if keep_detail else None
+        self.detail = space.detail(x, m) if self.keep_detail else None
+        return m
 
     def to_acq(self, space: SpaceMap, m: torch.Tensor, b: int | None = None) -> torch.Tensor:
         """``space.to_acq(m, fallback)`` plus the fallback's detail (if kept); ``b``: sample ``b``'s own."""
@@ -232,9 +237,9 @@ class DDSUpdate:
 
     name = "dds"
 
-    def __init__(self, dc_at, space: SpaceMap, dc_rule: ImageDC, eta: float, keep_detail: bool = False):
+    def __init__(self, dc_at, space: SpaceMap, dc_rule: ImageDC, eta: float):
         self.dc_at = frozenset(int(i) for i in dc_at)
-        self.space, self.dc_rule, self.eta, self.keep_detail = space, dc_rule, float(eta), bool(keep_detail)
+        self.space, self.dc_rule, self.eta = space, dc_rule, float(eta)
 
     @torch.no_grad()
     def __call__(self, net: LatentNets, st: _State, i: int, t: int, z: torch.Tensor) -> torch.Tensor:
@@ -245,8 +250,7 @@ class DDSUpdate:
         ab = st.sched.alphas_cumprod[t].to(z)
         eps = (z - ab.sqrt() * z0) / (1 - ab).sqrt()
         x = self.dc_rule(st.to_acq(self.space, net.decode(z0, st)))
-        st.set_fallback(x, self.space, self.keep_detail)
-        z0 = net.encode(self.space.to_model(x), st)
+        z0 = net.encode(st.set_fallback(x, self.space), st)
         tt = torch.full((len(z),), t, device=z.device, dtype=torch.long)
         # continue from the corrected z0 with the network's noise direction, MONAI doing the step
         zt = st.sched.add_noise(z0, eps, tt)
@@ -339,10 +343,9 @@ class PosteriorSampler:
         b = int(self.cfg.samples)
         self.dc_rule.reset()
         init = self.init.to(device, torch.float32)[None]
-        st = _State(sched, gen, torch.full((b,), label, device=device, dtype=torch.long), init)
-        st.set_fallback(init, self.space, self.cfg.keep_detail)
-
-        z0 = self.net.encode(self.space.to_model(init), st)
+        st = _State(sched, gen, torch.full((b,), label, device=device, dtype=torch.long), init,
+                    keep_detail=bool(self.cfg.keep_detail))
+        z0 = self.net.encode(st.set_fallback(init, self.space), st)
         z0 = z0.expand(b, *z0.shape[1:])
         noise = torch.randn(z0.shape, generator=gen, device=device)
         z = sched.add_noise(z0, noise, torch.full((b,), timesteps[0], device=device, dtype=torch.long))
@@ -404,7 +407,7 @@ def dc_indices(n_run: int, dc_steps: int) -> list[int]:
 
 
 def _dds(cfg: PosteriorConfig, space: SpaceMap, rule: ImageDC) -> DDSUpdate:
-    return DDSUpdate(dc_indices(run_length(cfg), cfg.dc_steps), space, rule, cfg.eta, cfg.keep_detail)
+    return DDSUpdate(dc_indices(run_length(cfg), cfg.dc_steps), space, rule, cfg.eta)
 
 
 def _dps(cfg: PosteriorConfig, space: SpaceMap, rule: ImageDC) -> DPSUpdate:
