@@ -135,7 +135,7 @@ def _check_args(out, accel, calib, coils, noise, factor, axis) -> None:
 @click.option("--samples", type=int, default=None, help="prior/dps: posterior samples (mean -> OUT, std -> <name>_std.nii.gz).")
 @click.option("--steps", type=int, default=None, help="prior/dps: DDIM steps of the full schedule.")
 @click.option("--seed", type=int, default=None, help="prior/dps: random seed.")
-@click.option("--align/--no-align", default=None, help="prior/dps: place the model grid by registration (--align) or by centring the field of view (--no-align, the default).")
+@click.option("--align/--no-align", default=None, help="prior/dps: place the model grid by registration (--align; the default for k-space up to R=4-6) or by centring the field of view (--no-align; the default for R=8, denoise and superres).")
 @click.option("--model", "model_dir", default=None, help="prior/dps: model folder (default: the shipped model).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--report", default=None, help="Write a PNG of orthogonal slices: input, reconstruction (, std).")

@@ -252,7 +252,9 @@ class PosteriorConfig:
         std_smooth: the std map pools the samples' squared deviations over a Gaussian neighbourhood of
             this sigma (voxels) before the square root: 8 samples alone give a noisy std (0: no pooling).
         align: place the model grid by registration of the pseudo-inverse to the model space
-            (:mod:`ldp_med.align`) instead of centring the field of view (off until measured end to end).
+            (:mod:`ldp_med.align`) instead of centring the field of view. None: the task's (``TASK_SETTINGS``: on
+            for k-space up to R=4-6, where it measured better on validation heads, necks and partial fields of
+            view; off at R=8, where it does not fit the time, and for denoising and super-resolution).
         crop: run the networks on the box of the model grid that holds the field of view (plus ``crop_margin``
             latent cells, corners on the UNet's down-sampling lattice) instead of the whole grid
             (:meth:`ldp_med.space.SpaceMap.cropped`); the same as the whole grid for a field of view that fills it.
@@ -289,7 +291,7 @@ class PosteriorConfig:
     coil_energy: float = 0.99
     std_scale: float | None = None
     std_smooth: float = 1.0
-    align: bool = False
+    align: bool | None = None
     crop: bool = True
     crop_margin: int = 2
     latent_fit_iters: int | None = None

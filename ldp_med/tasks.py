@@ -56,6 +56,15 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "nlm", "superres":
 #:   grid cannot hold (``SpaceMap.detail``); validation brains, heads, half fields of view and necks 10000-10001: k-space
 #:   R=8 34.56 -> 34.83 dB, R=4 39.08 -> 39.20, super-resolution +0.04 dB, denoising -0.01 (off: the detail of a noisy
 #:   image is noise); docs/tune_keep_detail_*.md.
+#: - ``posterior.align``: k-space places the model grid by registration (``ldp_med.align``) up to R=4 (to R=6, where the
+#:   points' interpolation rounds), centring at R=8. Validation brains, heads, half fields of view and necks 10000-10001
+#:   (session 30, docs/tune_align_kspace_r4.md): R=4 39.20 -> 39.49 dB, worst margin over CS +0.53 -> +0.74; the
+#:   estimate's 4-12 s of single-threaded CPU fit R=4's time (0.3-0.4x CS before). R=8 gains as much (+0.51 dB) but
+#:   not within its time: 15.8 -> 22.6 s per volume against CS's 26.4 (session 31, docs/results.md); without the
+#:   restart pass to pay for it, brains lose 0.1-0.4 dB. Denoising centres: aligned, validation gains on average
+#:   (27.95 -> 28.13 dB, docs/tune_align_denoise.md: heads, necks, half fields of view) but brains lose 0.1-0.4 dB
+#:   (the noisy image interpolated both ways; test run, session 31, docs/results.md); super-resolution centres (34.63
+#:   -> 34.45 aligned, docs/tune_align_superres.md).
 #: - ``posterior.std_scale``: the std map's scale, calibrated so that ``|error| <= 1.645 std`` holds for 90% of head
 #:   voxels with ``--samples 8`` (docs/results.md, "Std map"); the perturbed solves miss more of the error the fewer
 #:   k-space samples there are, hence a scale per factor.
@@ -69,16 +78,17 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
         "closing.iters": ((4.0, 10),),
         "posterior.latent_fit_iters": ((4.0, 0), (8.0, 6)),
         "posterior.keep_detail": ((4.0, True),),
+        "posterior.align": ((4.0, True), (8.0, False)),
     },
     "denoise": {
         "posterior.t_start": ((1.0, 0.5),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 1.36),),
         "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),), "posterior.latent_fit_iters": ((1.0, 0),),
-        "posterior.keep_detail": ((1.0, False),),
+        "posterior.keep_detail": ((1.0, False),), "posterior.align": ((1.0, False),),
     },
     "superres": {
         "posterior.t_start": ((1.0, 0.06),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 3.67),),
         "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),), "posterior.latent_fit_iters": ((1.0, 0),),
-        "posterior.keep_detail": ((1.0, True),),
+        "posterior.keep_detail": ((1.0, True),), "posterior.align": ((1.0, False),),
     },
 }
 

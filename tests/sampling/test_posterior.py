@@ -93,6 +93,9 @@ def test_settings_left_to_the_task_come_from_the_task_at_its_factor_and_explicit
     assert task_setting("kspace", "closing.anchor", (f0 + f1) / 2) == pytest.approx((v0 + v1) / 2)
     assert task_setting("kspace", "posterior.keep_detail", 6.0) is True  # a switch stays a bool
     assert task_setting("denoise", "posterior.keep_detail") is False
+    assert task_setting("kspace", "posterior.align", 4.0) is True and task_setting("kspace", "posterior.align", 8.0) is False
+    assert for_task(PosteriorConfig(align=False), "kspace", 4.0).align is False
+    assert (for_task(PosteriorConfig(), "denoise").align, for_task(PosteriorConfig(), "superres").align) == (False, False)
     for task in TASK_SETTINGS:
         got = for_task(PosteriorConfig(), task)
         assert (got.t_start, got.prior_error) == tuple(task_setting(task, f"posterior.{k}") for k in ("t_start", "prior_error"))
@@ -533,3 +536,20 @@ def test_the_latent_fit_moves_the_decoded_image_toward_the_data(prior, kproblem)
     after = reconstruct(prior, kproblem, dataclasses.replace(raw, latent_fit_iters=5, latent_fit_lr=0.5))
     assert after.decodes == before.decodes + 5 and np.isfinite(after.mean).all()
     assert residual(kproblem, after.image) < 0.9 * residual(kproblem, before.image)
+
+
+def test_kspace_aligns_by_default_at_r4_and_centres_at_r8(prior, phantom, kproblem, monkeypatch):
+    """``posterior.align`` left None is the task's: k-space at R=3-4 estimates a placement (its metadata says so),
+    at R=8 it centres, and ``align=False`` centres at any factor."""
+    import ldp_med.align as align
+
+    calls = []
+    real = align.estimate_alignment
+    monkeypatch.setattr(align, "estimate_alignment", lambda volume, cfg=None, reference=None: calls.append(1) or real(
+        volume, align.AlignConfig(work_mm=4.0, search_mm=0, iterations=5)))
+    r8 = kspace_problem(simulate_kspace(phantom, SimulateConfig(coils=3, calib=6, accel=8.0, noise=0.005, seed=1)))
+    assert kproblem.factor < 6 < r8.factor
+    assert "align_matrix" in make_sampler(prior, kproblem, FAST).meta and calls == [1]
+    assert "align_matrix" not in make_sampler(prior, r8, FAST).meta and calls == [1]
+    assert "align_matrix" not in make_sampler(prior, kproblem, dataclasses.replace(FAST, align=False)).meta
+    assert calls == [1]
