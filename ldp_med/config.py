@@ -347,7 +347,9 @@ class ClosingConfig:
             pseudo-inverse) and close again, this many times; the std map is the last pass's. None: the task's
             (``ldp_med.tasks.TASK_SETTINGS``: k-space 0 at R=4, 1 at R=8; the image tasks 0).
         anchor: anchor weight of k-space problems (relative to the data term); None: the task's at the mask's
-            undersampling factor (``ldp_med.tasks.TASK_SETTINGS``: 0.1 at R=4, 0.2 at R=8).
+            undersampling factor (``ldp_med.tasks.TASK_SETTINGS``: 0.1 at R=4, 0.2 at R=8). It is the weight per
+            model voxel: an acquisition voxel smaller than the model's gets its volume's share (1 mm on the 2 mm
+            model: 1/8; ``reconstruct._posterior``).
         mu: wavelet weight of k-space problems; None: the CS baseline's ``baseline.cs_lambda``. (0.003 lifts
             validation brains at R=4 by 0.3 dB but costs heads with skull as much: docs/tune_kspace_closing_mu_r4.md.)
         image_anchor: anchor weight of the image tasks (denoise, superres).

@@ -142,6 +142,10 @@ def _posterior(sampler: str | None) -> Solver:
         from ldp_med.sampling.posterior import reconstruct as sample
 
         cfg = settle(cfg, problem)
+        # k-space's anchor weighs the prior's belief per model voxel: a finer acquisition voxel gets its volume's share
+        share = min(1.0, abs(float(np.linalg.det(problem.affine[:3, :3]))) / float(prior.config.voxel_mm) ** 3)
+        if share < 1.0 and cfg.closing.anchor:
+            cfg = dataclasses.replace(cfg, closing=dataclasses.replace(cfg.closing, anchor=cfg.closing.anchor * share))
         post = cfg.posterior if sampler is None else dataclasses.replace(cfg.posterior, method=sampler)
         image, nfe, passes, alignment = None, 0, cfg.closing.restarts + 1, None
         for last in (p == passes - 1 for p in range(passes)):  # each pass warm-starts from the one before

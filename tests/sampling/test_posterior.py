@@ -553,3 +553,22 @@ def test_kspace_aligns_by_default_at_r4_and_centres_at_r8(prior, phantom, kprobl
     assert "align_matrix" not in make_sampler(prior, r8, FAST).meta and calls == [1]
     assert "align_matrix" not in make_sampler(prior, kproblem, dataclasses.replace(FAST, align=False)).meta
     assert calls == [1]
+
+
+def test_a_finer_acquisition_grid_gets_its_voxel_share_of_the_kspace_anchor(prior, phantom, monkeypatch):
+    """k-space's closing anchor weighs the prior's belief per model voxel: on an acquisition grid of half the model's
+    voxel size every voxel gets 1/8 of the anchor; at the model's voxel size (and coarser) the whole of it."""
+    import ldp_med.reconstruct as R
+    from ldp_med.config import ReconstructConfig
+    from ldp_med.tasks import task_setting
+
+    seen = []
+    monkeypatch.setattr(R, "_close", lambda problem, samples, cfg, support, spread=False: (
+        seen.append((cfg.closing.anchor, problem.factor)) or samples, None))
+    cfg = ReconstructConfig(posterior=dataclasses.replace(FAST, align=False))
+    for mm in (0.5, 1.0):  # the tiny model's voxel is 1 mm
+        vol = Volume(phantom.data, np.diag([mm, mm, mm, 1.0]), {"source": "phantom"})
+        ksp = simulate_kspace(vol, SimulateConfig(coils=3, calib=6, accel=3.0, noise=0.005, seed=1))
+        R.SOLVERS["kspace", "prior"](kspace_problem(ksp), cfg, prior, False)
+    assert [a for a, _ in seen] == pytest.approx([task_setting("kspace", "closing.anchor", f) * s
+                                                  for (_, f), s in zip(seen, (0.125, 1.0))])
