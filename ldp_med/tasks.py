@@ -21,10 +21,10 @@ CLASSICAL_METHODS: dict[str, tuple[str, ...]] = {
 }
 METHODS: dict[str, tuple[str, ...]] = {t: CLASSICAL_METHODS[t] + PRIOR_METHODS for t in TASKS}
 ALL_METHODS: tuple[str, ...] = tuple(dict.fromkeys(m for t in TASKS for m in METHODS[t]))
-#: k-space: the prior, above CS on every volume measured (template and 8 test subjects R=4 +0.43 to +0.95 dB, R=8
-#: +1.29 to +2.40 with SSIM +0.031 or more; heads with skull +0.20 (pydeface R=4) to +1.05, real scans that packages
-#: ship +0.38 to +0.81) in 0.3x (R=4) and 0.5-0.7x (R=8) CS's time on 2 mm volumes, CS timed beside it
-#: (docs/results.md, "The wide PCA prior ships" and the sections after it, last "The detail the model grid cannot hold").
+#: k-space: the prior, above CS on every volume measured (template and 8 test subjects R=4 +0.48 to +1.01 dB aligned,
+#: R=8 +1.29 to +2.40 with SSIM +0.031 or more; heads with skull +0.31 (pydeface R=8) to +1.05, real scans that
+#: packages ship +0.38 to +0.97) in 0.5-0.7x CS's time on 2 mm volumes, CS timed beside it (docs/results.md, "The wide
+#: PCA prior ships" and the sections after it, last "The aligned placement becomes k-space's default up to R=4").
 #: Denoise: the prior, above NLM on every volume measured (synthetic +1.9 to +2.3 dB, heads with skull +1.4 / +1.6,
 #: real scans -0.00 / +1.6; same section). Superres stays cubic: the prior is above it on synthetic brains (+0.3 to
 #: +0.9 dB, SSIM below) but below it on heads with skull by 0.5 dB (same section).

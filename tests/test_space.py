@@ -252,8 +252,8 @@ def test_a_crop_of_the_model_grid_maps_the_field_of_view_as_the_whole_grid_does(
 def test_the_detail_a_misaligned_grid_loses_is_given_back_exactly():
     """``SpaceMap.detail``: what an acquisition image loses on its round trip through the model grid. Where the
     grids line up (2 mm on 2 mm, voxel centres on voxel centres) nothing is lost; where they do not (an oblique or
-    coarse grid) the round trip blurs, and the sampler's ``_State.to_acq`` adds the loss back (and the part above the model's intensity range), so the model image of
-    the fallback itself returns the fallback exactly."""
+    coarse grid) the round trip blurs, and the sampler's ``_State.to_acq`` adds the loss back (and the part above the
+    model's intensity range), so the model image of the fallback itself returns the fallback exactly."""
     from ldp_med.config import ModelConfig
     from ldp_med.sampling.posterior import _State
     from ldp_med.space import SpaceMap
