@@ -379,6 +379,14 @@ class ClosingConfig:
             objective's solution from the sample) instead of the sample, so stopping it early leaves the result
             between CS and the anchored optimum, never nearer the sample than the optimum is; False: from the
             sample (30 iterations starting there are needed: at 15 a head with skull falls 0.8 dB under CS).
+        air: the air around the head (:func:`ldp_med.sampling.closing.air_gain`): where the closed image is below
+            ``air_floor`` and connected to the field of view's faces, each voxel keeps only the part of its energy
+            that the noise does not explain, ``sqrt(max(E - air N, 0) / E_out)`` (power subtraction; ``N`` the noise
+            energy, estimated per voxel: k-space from a short solve on data perturbed by fresh noise of the problem's
+            level, the image tasks ``2 sigma^2`` of a magnitude image); 0: off. None: the task's
+            (``ldp_med.tasks.TASK_SETTINGS``).
+        air_floor: that threshold, a fraction of the closed image's 99th percentile (Gaussian-smoothed, 1.5
+            voxels); None: the task's.
         restart_iters: in the passes before the last (``restarts``), whose closed image only warm-starts the next
             pass, the anchored solve alone (no agreement solve) for this many iterations, from the sample;
             None: the same closing as the last pass.
@@ -398,15 +406,17 @@ class ClosingConfig:
     agreement_iters: int = 30
     from_free: bool = True
     restart_iters: int | None = 5
+    air: float | None = None
+    air_floor: float | None = None
 
     def __post_init__(self) -> None:
         weights = (self.anchor or 0.0, self.mu or 0.0, self.image_anchor, self.image_mu, self.image_agreement,
-                   self.agreement)
+                   self.agreement, self.air or 0.0, self.air_floor or 0.0)
         counts = (self.iters or 0, self.agreement_iters, self.restarts or 0, self.restart_iters or 0)
         if min(counts) < 0 or min(weights) < 0 or not 0 < self.coil_energy <= 1:
             raise ConfigError("closing: need iters >= 0, agreement_iters >= 0, restarts >= 0, restart_iters >= 0, "
                               "anchor >= 0, mu >= 0, 0 < coil_energy <= 1, image_mu >= 0, image_agreement >= 0, "
-                              f"agreement >= 0; got {self}")
+                              f"agreement >= 0, air >= 0, air_floor >= 0; got {self}")
 
 
 @dataclass

@@ -166,7 +166,8 @@ def volume_of(name: str, split: str = "test"):
     """``template``, a head of :data:`HEADS`, a real scan of :data:`REAL` (the scan itself is the reference), a seed
     of ``split``, ``head:<seed>`` (that subject in a synthetic skull and scalp), ``crop:<seed>`` (that head moved
     and cut to half its field of view, as bench_align's ``crop-half``) or ``neck:<seed>`` (that head with a neck
-    below it, past the model grid: :func:`with_neck`): (noise-free Volume, the reference;
+    below it, past the model grid: :func:`with_neck`), ``noisy:<seed>`` (that head with Rician noise of its own, as a
+    real scan's reference has): (noise-free Volume, the reference;
     description)."""
     from ldp_med.data import synthetic
     from ldp_med.data.template import mni152_template
@@ -198,6 +199,11 @@ def volume_of(name: str, split: str = "test"):
     if name.startswith("neck:"):  # the synthetic head of a seed on a field of view that reaches past the model grid
         head, description = volume_of(f"head:{name[5:]}", split)
         return with_neck(head, int(name[5:])), f"{description}, with a neck below it (56 mm past the grid)"
+    if name.startswith("noisy:"):  # that head as a real scan's reference: with Rician noise of its own (1% of the max)
+        head, description = volume_of(f"head:{name[6:]}", split)
+        rng, sigma = np.random.default_rng(int(name[6:])), 0.01 * float(head.data.max())
+        noisy = np.hypot(head.data + sigma * rng.standard_normal(head.shape), sigma * rng.standard_normal(head.shape))
+        return Volume(noisy.astype(np.float32), head.affine, {}), f"{description}, with Rician noise of its own (1%)"
     if name.startswith("head:"):  # a synthetic subject wrapped in a synthetic skull and scalp (tuning heads)
         seed = int(name[5:])
         if synthetic.split_of(seed) != split:

@@ -54,6 +54,9 @@ def main() -> None:
     ap.add_argument("--necks", action="store_true",
                     help="also each seed's synthetic head with a neck below it, past the model grid ('neck:<seed>', "
                          "benchlib.with_neck: anatomy the prior never saw, like a head scanned with its neck)")
+    ap.add_argument("--noisy", action="store_true",
+                    help="also each seed's synthetic head with Rician noise of its own, 1%% of its maximum ('noisy:<seed>': "
+                         "a reference whose air is not 0, like a real scan's)")
     ap.add_argument("--method", default="prior", help="the method whose settings the grid varies (default prior)")
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default=None)
@@ -69,7 +72,7 @@ def main() -> None:
     lines = ["| " + " | ".join([*grid, "PSNR (dB)", "SSIM", "s/volume", *extra]) + " |", "|" + "---|" * (len(grid) + 3 + len(extra))]
     with tempfile.TemporaryDirectory() as tmp:
         files = []
-        kinds = [""] + ["head:"] * args.heads + ["crop:"] * args.crops + ["neck:"] * args.necks
+        kinds = [""] + ["head:"] * args.heads + ["crop:"] * args.crops + ["neck:"] * args.necks + ["noisy:"] * args.noisy
         for s in [f"{kind}{seed}" for kind in kinds for seed in args.seeds]:
             path = Path(tmp) / f"{s.replace(':', '-')}{'.h5' if task == 'kspace' else '.nii.gz'}"
             ref = simulate(s, args.case, path, split="val")

@@ -32,7 +32,8 @@ import torch
 from ldp_med.errors import require
 from ldp_med.problems import Problem
 
-__all__ = ["closing_solve", "operator_norm_sq", "soft_threshold", "agreement_blend", "agreement_weights"]
+__all__ = ["closing_solve", "operator_norm_sq", "soft_threshold", "agreement_blend", "agreement_weights", "air_mask",
+           "air_gain"]
 
 
 def operator_norm_sq(problem: Problem) -> float:
@@ -157,3 +158,50 @@ def agreement_blend(samples: np.ndarray, reference: np.ndarray, tolerance: float
     x, ref = np.asarray(samples, np.float32), np.asarray(reference, np.float32)
     w = agreement_weights(x, ref, tolerance, smooth)
     return (w * x + (1 - w) * ref).astype(np.float32)
+
+
+def air_mask(image: np.ndarray, floor: float, smooth: float = 1.5, erode: int = 2) -> np.ndarray:
+    """The air around the head: voxels where ``image`` (Gaussian-smoothed, ``smooth`` voxels) is below ``floor``
+    times its 99th percentile and that connect to a face of the field of view (dark tissue inside the head, such as
+    ventricles, does not), eroded by ``erode`` voxels away from the head. (X, Y, Z) bool; empty for ``floor`` 0."""
+    from scipy import ndimage
+
+    s = ndimage.gaussian_filter(np.asarray(image, np.float32), smooth)
+    labels, _ = ndimage.label(s < floor * float(np.percentile(s, 99)))
+    faces = np.unique(np.concatenate([np.moveaxis(labels, a, 0)[i].ravel() for a in range(3) for i in (0, -1)]))
+    air = np.isin(labels, faces[faces > 0])
+    return ndimage.binary_erosion(air, iterations=erode, border_value=1) if erode and air.any() else air
+
+
+def air_gain(image: np.ndarray, energy: np.ndarray, noise: np.ndarray | float, k: float, floor: float,
+             smooth: float = 1.5) -> np.ndarray:
+    """Per-voxel gains that take the noise out of the air around the head (power subtraction).
+
+    In the air (:func:`air_mask` of ``image`` at ``floor``) a voxel keeps the share of its energy that ``k`` times
+    the noise energy does not explain: ``sqrt(max(E - k N, 0) / E_out)``, ``E`` the observed energy (``energy``),
+    ``N`` the noise's (``noise``), ``E_out`` the output's (``image ** 2``), each Gaussian-smoothed by ``smooth``
+    voxels; 1 elsewhere and never above 1. Air that holds only noise goes to 0 (the truth there is 0: air gives no
+    MR signal); air that holds more than the noise explains (a reference with noise of its own, ghosts that are in
+    the data) keeps that part.
+
+    Args:
+        image: (X, Y, Z) the output magnitude.
+        energy: (X, Y, Z) the observed energy (e.g. ``image ** 2``, or the noisy input's square).
+        noise: (X, Y, Z) or scalar noise energy in the same units.
+        k: the noise multiple (0: gains 1 everywhere).
+
+    Returns:
+        (X, Y, Z) float32 gains in [0, 1].
+    """
+    from scipy import ndimage
+
+    if not k or not floor:
+        return np.ones(np.shape(image), np.float32)
+    air = air_mask(image, floor, smooth)
+
+    def smoothed(a):
+        return ndimage.gaussian_filter(np.asarray(a, np.float64), smooth) if np.ndim(a) else float(a)
+
+    signal = np.clip(smoothed(energy) - k * smoothed(noise), 0, None)
+    gain = np.sqrt(signal / np.maximum(smoothed(np.square(np.asarray(image, np.float64))), 1e-20))
+    return np.where(air, np.minimum(gain, 1.0), 1.0).astype(np.float32)

@@ -127,3 +127,62 @@ def test_the_torch_soft_threshold_is_sigpys():
         out = soft_threshold(0.7, x)
         assert out.dtype == x.dtype and np.count_nonzero(out) < np.count_nonzero(x)
         np.testing.assert_allclose(out, soft_thresh(0.7, x), atol=1e-6, rtol=0)
+
+
+def _head_in_air(shape=(23, 27, 21)):
+    """A bright ball (the head) with a dark cavity inside it (a ventricle), in a field of view of air."""
+    grid = np.stack(np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in shape], indexing="ij"))
+    r = np.sqrt((grid**2).sum(0))
+    head = ((r < 8) & (r > 2.5)).astype(np.float32)
+    return head, r
+
+
+def test_air_is_what_connects_to_the_field_of_views_faces_not_dark_tissue_inside():
+    from ldp_med.sampling.closing import air_mask
+
+    head, r = _head_in_air()
+    air = air_mask(head, 0.1)
+    assert air[0, 0, 0] and air[-1, -1, -1] and air[r > 12].all()
+    assert not air[r < 10].any()  # neither the head nor the cavity inside it (2 voxels of erosion from the head)
+    assert not air_mask(head, 0.0).any()
+
+
+def test_air_gain_removes_noise_only_air_and_keeps_what_the_noise_does_not_explain():
+    from ldp_med.sampling.closing import air_gain
+
+    head, r = _head_in_air()
+    rng = np.random.default_rng(0)
+    noise = 0.02 * np.abs(rng.standard_normal(head.shape)).astype(np.float32)
+    image = head + noise
+    gain = air_gain(image, image**2, 0.02**2, k=2.0, floor=0.1)  # twice the noise: a local energy is a noisy estimate
+    assert gain.dtype == np.float32 and gain.min() >= 0 and gain.max() <= 1
+    assert (gain[r < 8] == 1).all()  # the head and its cavity are untouched
+    assert np.median(gain[r > 12]) < 0.1  # air that holds only the noise goes to 0
+    # air holding four times the noise energy (a reference's own noise, ghosts) keeps what 2 N leaves: sqrt(1/2)
+    loud = head + 2 * noise
+    kept = air_gain(loud, loud**2, 0.02**2, k=2.0, floor=0.1)
+    assert np.median(kept[r > 12]) == pytest.approx(np.sqrt(1 / 2), abs=0.1)
+    assert (air_gain(image, image**2, 0.02**2, k=0.0, floor=0.1) == 1).all()
+
+
+def test_kspace_closing_takes_the_noise_out_of_the_air_and_leaves_the_head():
+    """``closing.air`` through ``reconstruct._close``: on a phantom in a field of view of air, 8 coils, the air of the
+    closed image loses its noise (its energy falls), the head inside keeps its values."""
+    import dataclasses
+
+    from ldp_med.config import ReconstructConfig
+    from ldp_med.reconstruct import _close, settle
+
+    shape = (24, 30, 26)
+    truth = np.pad(ellipsoid_phantom((12, 16, 14)), [((n - m) // 2, n - m - (n - m) // 2) for n, m in zip(shape, (12, 16, 14))])
+    ksp = simulate_kspace(Volume(truth, np.eye(4)), SimulateConfig(coils=4, calib=8, accel=2.0, noise=0.01, seed=5))
+    problem = kspace_problem(ksp)
+    sample = np.asarray(problem.pinv.data, np.complex64)[None]
+    base = settle(ReconstructConfig(), problem)
+    closed = {air: np.abs(_close(problem, sample, dataclasses.replace(base, closing=dataclasses.replace(
+        base.closing, air=air, air_floor=0.1)), None)[0][0]) for air in (0.0, 4.0)}
+    outside = np.ones(shape, bool)
+    outside[3:-3, 3:-3, 3:-3] = False  # far from the phantom: air
+    assert (closed[4.0][outside] ** 2).mean() < 0.3 * (closed[0.0][outside] ** 2).mean()
+    inside = truth > 0.1
+    np.testing.assert_array_equal(closed[4.0][inside], closed[0.0][inside])

@@ -272,12 +272,14 @@ def test_closing_anchors_kspace_on_the_support_and_image_tasks_everywhere(kprobl
     each task's flag switches its own anchor."""
     import ldp_med.sampling.closing as closing
     from ldp_med.config import ClosingConfig, ReconstructConfig
-    from ldp_med.reconstruct import _close
+    from ldp_med.reconstruct import AIR_PROBE, _close
     from ldp_med.tasks import task_setting
 
-    seen, free_iters = [], []  # the anchored solves; the iterations of k-space's anchor-free agreement solve (lam 0)
+    # the anchored solves; the iterations of k-space's anchor-free agreement solve (lam 0) and of its air probe
+    seen, free_iters, probes = [], [], []
     monkeypatch.setattr(closing, "closing_solve", lambda problem, samples, lam, mu, iters, weights=None, **kw:
-                        (seen.append((lam, weights, mu)) if lam else free_iters.append(iters)) or samples)
+                        (probes.append(iters) if kw.get("perturb") is not None else
+                         seen.append((lam, weights, mu)) if lam else free_iters.append(iters)) or samples)
     support = np.full(phantom.shape, 0.5, np.float32)
     dproblem = denoise_problem(phantom, noise_std=1.0)
     cfg = ReconstructConfig()
@@ -289,6 +291,7 @@ def test_closing_anchors_kspace_on_the_support_and_image_tasks_everywhere(kprobl
     assert k_lam == task_setting("kspace", "closing.anchor", kproblem.factor)  # left to the task (None)
     assert k_mu == cfg.baseline.cs_lambda  # closing.mu None: the CS baseline's weight
     assert free_iters == [cfg.closing.agreement_iters]
+    assert probes == ([AIR_PROBE[0]] if task_setting("kspace", "closing.air", kproblem.factor) else [])
     _close(kproblem, np.ones((1, *kproblem.shape), np.complex64), ReconstructConfig(closing=ClosingConfig(agreement_iters=3)),
            support)
     assert free_iters[-1] == 3 and seen.pop()[0] == k_lam
@@ -317,11 +320,11 @@ def test_closing_can_start_from_the_agreement_solve_and_keep_restart_passes_plai
     monkeypatch.setattr(closing, "closing_solve", fake)
     samples = np.ones((1, *kproblem.shape), np.complex64)
     support = np.ones(phantom.shape, np.float32)
-    off = ReconstructConfig(closing=ClosingConfig(from_free=False, iters=30, restart_iters=None))
+    off = ReconstructConfig(closing=ClosingConfig(from_free=False, iters=30, restart_iters=None, air=0.0))
     _close(kproblem, samples, _restart_config(off), support)  # both off: both solves in every pass, from the sample
     assert [(c[0] > 0, c[1], c[3] is None) for c in calls] == [(False, 30, True), (True, 30, True)]
     calls.clear()
-    cfg = ReconstructConfig(closing=ClosingConfig(restart_iters=5))  # k-space's 10 iterations from the free solve
+    cfg = ReconstructConfig(closing=ClosingConfig(restart_iters=5, air=0.0))  # k-space's 10 iterations from the free solve
     _close(kproblem, samples, cfg, support)
     (_, free_iters, _, free_starts), (lam, iters, _, starts) = calls
     assert free_iters == 30 and free_starts is None and iters == 10 and np.all(starts == 3.0)
@@ -476,12 +479,12 @@ def test_kspace_anchor_is_lowered_where_the_sample_disagrees_with_the_datas_own_
     monkeypatch.setattr(closing, "closing_solve", fake)
     samples = np.full((2, *kproblem.shape), 10, np.complex64)
     support = np.ones(kproblem.shape, np.float32)
-    _close(kproblem, samples, ReconstructConfig(closing=ClosingConfig(agreement=0.05)), support)
+    _close(kproblem, samples, ReconstructConfig(closing=ClosingConfig(agreement=0.05, air=0.0)), support)
     (lam0, _), (lam, w) = calls
     assert lam0 == 0 and lam > 0 and w.shape == kproblem.shape
     assert w[0, 0, 0] < 0.01 and w[-1, -1, -1] == pytest.approx(1.0)
     calls.clear()
-    _close(kproblem, samples, ReconstructConfig(closing=ClosingConfig(agreement=0)), support)
+    _close(kproblem, samples, ReconstructConfig(closing=ClosingConfig(agreement=0, air=0.0)), support)
     assert len(calls) == 1 and calls[0][1] is support
 
 
