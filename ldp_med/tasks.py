@@ -22,7 +22,7 @@ CLASSICAL_METHODS: dict[str, tuple[str, ...]] = {
 METHODS: dict[str, tuple[str, ...]] = {t: CLASSICAL_METHODS[t] + PRIOR_METHODS for t in TASKS}
 ALL_METHODS: tuple[str, ...] = tuple(dict.fromkeys(m for t in TASKS for m in METHODS[t]))
 #: k-space: the prior, above CS on every volume measured (template and 8 test subjects R=4 +1.31 to +2.45 dB aligned
-#: and with the air's noise taken out, SSIM +0.115 or more; R=8 +1.29 to +2.40 with SSIM +0.031 or more; heads with
+#: and with the air's noise taken out, SSIM +0.115 or more; R=8 +1.59 to +2.78, SSIM +0.099 or more; heads with
 #: skull +0.31 (pydeface R=8) to +1.05, real scans that packages ship +0.38 to +0.97) in 0.5-0.7x CS's time on 2 mm
 #: volumes, CS timed beside it (docs/results.md, "The wide PCA prior ships" and the sections after it, last "Air").
 #: Denoise: the prior, above NLM on every volume measured (synthetic +1.9 to +2.3 dB, heads with skull +1.4 / +1.6,
@@ -68,8 +68,8 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "nlm", "superres":
 #: - ``closing.air`` / ``closing.air_floor``: the closed image's air around the head keeps only the energy the noise
 #:   does not explain (:func:`ldp_med.sampling.closing.air_gain`, the noise multiple and the air's threshold).
 #:   Validation brains, heads, half fields of view, necks and heads with noise of their own 10000-10001
-#:   (docs/tune_air_*.md): k-space R=4 4 (39.18 -> 39.75 dB, worst margin over CS +0.74 -> +1.00, +1.1 s for the
-#:   noise probe), R=8 0 (+0.13 dB for 2.5 s: no room in its time), denoise 0 (validation 28.23 -> 31.68 dB at 4, but
+#:   (docs/tune_air_*.md): k-space 4 (R=4 39.18 -> 39.75 dB, worst margin over CS +0.74 -> +1.00; R=8 34.44 -> 34.57,
+#:   SSIM +0.036; +1.1 s for the noise probe), denoise 0 (validation 28.23 -> 31.68 dB at 4, but
 #:   the NLin6Asym test head, whose air holds a faint averaged signal, fell 2.1 dB below: docs/results.md, "Air"),
 #:   super-resolution 0 (+0.02 dB).
 #: - ``posterior.std_scale``: the std map's scale, calibrated so that ``|error| <= 1.645 std`` holds for 90% of head
@@ -86,7 +86,7 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
         "posterior.latent_fit_iters": ((4.0, 0), (8.0, 6)),
         "posterior.keep_detail": ((4.0, True),),
         "posterior.align": ((4.0, True), (8.0, False)),
-        "closing.air": ((4.0, 4.0), (8.0, 0.0)), "closing.air_floor": ((4.0, 0.05),),
+        "closing.air": ((4.0, 4.0),), "closing.air_floor": ((4.0, 0.05),),
     },
     "denoise": {
         "posterior.t_start": ((1.0, 0.5),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 1.36),),
