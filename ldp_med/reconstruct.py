@@ -204,7 +204,7 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
     blended image tasks the mixture term ``w (1 - w) (x - c)^2`` (averaged over samples): the blend's expected
     squared error if the truth lies, with probability ``w``, around the closed sample ``x`` and otherwise around
     the classical estimate ``c``, each as uncertain as the perturbed solves."""
-    from ldp_med.sampling.closing import agreement_weights, air_gain, closing_solve
+    from ldp_med.sampling.closing import agreement_weights, closing_solve
     from ldp_med.sampling.posterior import compressed
 
     c = settle(cfg, problem).closing
@@ -234,17 +234,29 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
             var = var + np.mean(w * (1 - w) * (closed - classical) ** 2, 0)
         closed = (w * closed + (1 - w) * classical).astype(np.float32)
     if c.air and c.air_floor:  # the noise out of the air around the head
-        image = np.abs(closed).mean(0)
-        if problem.is_complex:  # the noise energy: how far a short solve moves on fresh noise of the data's level
-            aop, ay = compressed(problem, AIR_PROBE[1])
-            probe = solve(perturb=np.random.default_rng(cfg.posterior.seed), iters=AIR_PROBE[0], operator=aop, y=ay)
-            energy, noise = image**2, np.mean((np.abs(probe) - np.abs(closed)) ** 2, 0)
-        else:  # a magnitude image: E y^2 = s^2 + 2 sigma^2
-            energy, noise = np.square(problem.pinv.data, dtype=np.float64), 2 * problem.noise_std**2
-        gain = air_gain(image, energy, noise, c.air, c.air_floor)
+        gain = air_gains(problem, closed, c, cfg.posterior.seed, solve)
         closed = (closed * gain).astype(closed.dtype)
         var = None if var is None else var * gain**2
     return closed, var
+
+
+def air_gains(problem: Problem, closed: np.ndarray, closing, seed: int | None, solve) -> np.ndarray:
+    """The air step's (X, Y, Z) gains for the (B, X, Y, Z) ``closed`` samples (:func:`ldp_med.sampling.closing.air_gain`
+    with ``closing.air`` and ``closing.air_floor``). k-space: the noise energy is how far ``solve`` (the solve that
+    made ``closed``, a ``closing_solve`` partial) moves in :data:`AIR_PROBE`'s short run on data perturbed by fresh
+    noise of the data's level, seeded by ``seed``; the image tasks: ``2 sigma^2`` of a magnitude image against the
+    noisy input's energy."""
+    from ldp_med.sampling.closing import air_gain
+    from ldp_med.sampling.posterior import compressed
+
+    image = np.abs(closed).mean(0)
+    if problem.is_complex:
+        op, y = compressed(problem, AIR_PROBE[1])
+        probe = solve(perturb=np.random.default_rng(seed), iters=AIR_PROBE[0], operator=op, y=y)
+        energy, noise = image**2, np.mean((np.abs(probe) - np.abs(closed)) ** 2, 0)
+    else:  # E y^2 = s^2 + 2 sigma^2
+        energy, noise = np.square(problem.pinv.data, dtype=np.float64), 2 * problem.noise_std**2
+    return air_gain(image, energy, noise, closing.air, closing.air_floor)
 
 
 #: One (task, method) table: every pair the registry (``ldp_med.tasks``) allows, and nothing else.

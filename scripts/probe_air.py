@@ -4,7 +4,7 @@
     cd scripts && OMP_NUM_THREADS=2 python probe_air.py --case kspace-r4 --volumes 10002 head:10002 noisy:10002
 
 CS with the air step: sigpy's L1-wavelet CS (the baseline, untouched), then the same gain the prior's closing uses
-(k-space: the noise energy from the same short perturbed solve, ``reconstruct.AIR_PROBE``, on CS's objective),
+(``reconstruct.air_gains``: the noise energy from the same short perturbed solve, on CS's objective),
 with the task's noise multiple and floor. Prints one line per volume (PSNR in dB against the reference).
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 import tempfile
 from pathlib import Path
@@ -26,8 +27,7 @@ from ldp_med import reconstruct as R  # noqa: E402
 from ldp_med.io.kspace import load_kspace  # noqa: E402
 from ldp_med.metrics import evaluate  # noqa: E402
 from ldp_med.models.pretrained import load_pretrained  # noqa: E402
-from ldp_med.sampling import closing as C  # noqa: E402
-from ldp_med.sampling.posterior import compressed  # noqa: E402
+from ldp_med.sampling.closing import closing_solve  # noqa: E402
 
 
 def main() -> None:
@@ -41,23 +41,21 @@ def main() -> None:
         for name in args.volumes:
             path = Path(tmp) / f"{name.replace(':', '-')}.h5"
             simulate(name, args.case, path, split="val")
-            ref = load_kspace(path).reference
+            data = load_kspace(path)
             cfg = recon_config(args.case, "cs")
-            problem = R.build_problem(load_kspace(path), "kspace", cfg)
+            problem = R.build_problem(data, "kspace", cfg)
             c, b, k = R.settle(cfg, problem).closing, cfg.baseline, problem.kspace
             x = baselines.cs_l1_wavelet(k.kspace, k.mask, k.sensitivity_maps, b.cs_lambda, b.cs_iters, b.cs_wavelet)
             x = np.asarray(x, np.complex64)[None]
-            op, y = compressed(problem, R.AIR_PROBE[1])
-            probe = C.closing_solve(problem, x, 0.0, b.cs_lambda, R.AIR_PROBE[0], wavelet=b.cs_wavelet, operator=op,
-                                    y=y, perturb=np.random.default_rng(0))
+            cs_solve = functools.partial(closing_solve, problem, x, 0.0, b.cs_lambda, wavelet=b.cs_wavelet)  # CS's objective
             cs = np.abs(x[0])
-            gain = C.air_gain(cs, cs**2, (np.abs(probe[0]) - cs) ** 2, c.air, c.air_floor)
+            gain = R.air_gains(problem, x, c, 0, cs_solve)
             row = {"cs": cs, "cs + air": cs * gain}
             for air in (0.0, None):
                 pc = recon_config(args.case, "prior")
                 pc = dataclasses.replace(pc, closing=dataclasses.replace(pc.closing, air=air))
                 row["prior" if air is None else "prior without air"] = R.reconstruct_file(path, pc, prior=prior).volume.data
-            print(name, " | ".join(f"{m} {evaluate(v, ref)['psnr']:.2f}" for m, v in row.items()), flush=True)
+            print(name, " | ".join(f"{m} {evaluate(v, data.reference)['psnr']:.2f}" for m, v in row.items()), flush=True)
 
 
 if __name__ == "__main__":
