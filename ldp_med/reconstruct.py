@@ -119,7 +119,16 @@ def _nlm(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
 
 
 def _bm4d(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
-    return baselines.denoise_bm4d(problem.pinv.data, problem.noise_std), None, {}
+    return baselines.denoise_bm4d(problem.pinv.data, magnitude_noise(problem)), None, {}
+
+
+def magnitude_noise(problem: Problem) -> float:
+    """The Gaussian sigma under an image task's magnitude noise: the problem's where it was given, else the tissue's
+    (:func:`ldp_med.physics.estimate_rician_noise`; the problem's own estimate pools the air's Rayleigh noise and
+    runs ~0.7-0.8x low). BM4D with it: validation 10002 25.58 -> 25.66 dB, its head 28.17 -> 28.32."""
+    from ldp_med.physics import estimate_rician_noise
+
+    return problem.noise_std if problem.noise_source != "estimated" else estimate_rician_noise(problem.pinv.data)
 
 
 def settle(cfg: ReconstructConfig, problem: Problem) -> ReconstructConfig:
@@ -245,7 +254,7 @@ def air_gains(problem: Problem, closed: np.ndarray, closing, seed: int | None, s
     with ``closing.air`` and ``closing.air_floor``). k-space: the noise energy is how far ``solve`` (the solve that
     made ``closed``, a ``closing_solve`` partial) moves in :data:`AIR_PROBE`'s short run on data perturbed by fresh
     noise of the data's level, seeded by ``seed``; the image tasks: ``2 sigma^2`` of a magnitude image against the
-    noisy input's energy."""
+    noisy input's energy (sigma: :func:`magnitude_noise`)."""
     from ldp_med.sampling.closing import air_gain
     from ldp_med.sampling.posterior import compressed
 
@@ -255,7 +264,7 @@ def air_gains(problem: Problem, closed: np.ndarray, closing, seed: int | None, s
         probe = solve(perturb=np.random.default_rng(seed), iters=AIR_PROBE[0], operator=op, y=y)
         energy, noise = image**2, np.mean((np.abs(probe) - np.abs(closed)) ** 2, 0)
     else:  # E y^2 = s^2 + 2 sigma^2
-        energy, noise = np.square(problem.pinv.data, dtype=np.float64), 2 * problem.noise_std**2
+        energy, noise = np.square(problem.pinv.data, dtype=np.float64), 2 * magnitude_noise(problem) ** 2
     return air_gain(image, energy, noise, closing.air, closing.air_floor)
 
 

@@ -167,7 +167,8 @@ def volume_of(name: str, split: str = "test"):
     of ``split``, ``head:<seed>`` (that subject in a synthetic skull and scalp), ``crop:<seed>`` (that head moved
     and cut to half its field of view, as bench_align's ``crop-half``) or ``neck:<seed>`` (that head with a neck
     below it, past the model grid: :func:`with_neck`), ``noisy:<seed>`` (that head with Rician noise of its own, as a
-    real scan's reference has): (noise-free Volume, the reference;
+    real scan's reference has), ``faint:<seed>`` (that head with a faint smooth signal in its air, 1-4% of its
+    maximum, as a template averaged over many heads has): (noise-free Volume, the reference;
     description)."""
     from ldp_med.data import synthetic
     from ldp_med.data.template import mni152_template
@@ -204,6 +205,16 @@ def volume_of(name: str, split: str = "test"):
         rng, sigma = np.random.default_rng(int(name[6:])), 0.01 * float(head.data.max())
         noisy = np.hypot(head.data + sigma * rng.standard_normal(head.shape), sigma * rng.standard_normal(head.shape))
         return Volume(noisy.astype(np.float32), head.affine, {}), f"{description}, with Rician noise of its own (1%)"
+    if name.startswith("faint:"):  # that head with a faint smooth signal in its air, as an average of many heads has
+        from scipy import ndimage
+
+        head, description = volume_of(f"head:{name[6:]}", split)
+        rng, peak = np.random.default_rng(int(name[6:])), float(head.data.max())
+        field = ndimage.gaussian_filter(rng.standard_normal(head.shape), 8)
+        field = (field - field.min()) / (field.max() - field.min())  # a slow wash in [0, 1]
+        halo = ndimage.gaussian_filter((head.data > 0.1 * peak).astype(np.float32), 4)  # blurred skin
+        faint = peak * (0.01 * (0.5 + field) + 0.03 * halo)
+        return Volume((head.data + faint).astype(np.float32), head.affine, {}), f"{description}, faint signal in its air"
     if name.startswith("head:"):  # a synthetic subject wrapped in a synthetic skull and scalp (tuning heads)
         seed = int(name[5:])
         if synthetic.split_of(seed) != split:

@@ -24,6 +24,7 @@ from ldp_med.physics.noise import (
     add_rician_noise,
     complex_gaussian_noise,
     estimate_image_noise,
+    estimate_rician_noise,
     estimate_kspace_noise,
     smooth_random_phase,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "equispaced_lines_mask",
     "espirit_maps",
     "estimate_image_noise",
+    "estimate_rician_noise",
     "estimate_kspace_noise",
     "fftnc",
     "fine_affine",

@@ -214,3 +214,34 @@ def estimate_image_noise(volume: np.ndarray) -> float:
     from skimage.restoration import estimate_sigma
 
     return float(estimate_sigma(np.asarray(volume, np.float32), channel_axis=None))
+
+
+def estimate_rician_noise(volume: np.ndarray, snr: float = 5.0) -> float:
+    """Gaussian noise std of a magnitude (Rician) image, from its tissue only.
+
+    :func:`estimate_image_noise` pools every voxel, and in a magnitude image's air the noise is Rayleigh, with
+    0.66 sigma of spread instead of sigma: on a head in its field of view it returns ~0.7-0.8 of the true sigma. Here
+    the wavelet MAD (scikit-image's, the finest diagonal band of a db2 transform) is taken only where the
+    approximation band is above ``snr`` times the running estimate (twice, starting from scikit-image's), one
+    coefficient in from the edge of the head (the edge's steps are not noise), where Rician noise is Gaussian; within a few percent of the true sigma on synthetic heads and brains.
+
+    Args:
+        volume: real (X, Y, Z) magnitude image.
+        snr: the signal level, in sigmas, from which a voxel counts as tissue.
+
+    Returns:
+        The estimated sigma (>= 0) in the image's units; scikit-image's where too few voxels are tissue.
+    """
+    import pywt
+    from scipy import ndimage
+
+    vol = np.asarray(volume, np.float32)
+    sigma = estimate_image_noise(vol)
+    bands = pywt.dwtn(vol, "db2")
+    detail, level = np.abs(bands["d" * vol.ndim]), bands["a" * vol.ndim] / 2 ** (vol.ndim / 2)
+    for _ in range(2):
+        tissue = ndimage.binary_erosion(level > snr * sigma)  # not the edge between the head and the air
+        if tissue.sum() < 100:
+            break
+        sigma = float(np.median(detail[tissue]) / 0.6745)
+    return sigma

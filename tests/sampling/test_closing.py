@@ -186,3 +186,35 @@ def test_kspace_closing_takes_the_noise_out_of_the_air_and_leaves_the_head():
     assert (closed[4.0][outside] ** 2).mean() < 0.3 * (closed[0.0][outside] ** 2).mean()
     inside = truth > 0.1
     np.testing.assert_array_equal(closed[4.0][inside], closed[0.0][inside])
+
+
+def test_denoise_closing_takes_the_rician_floor_out_of_the_air_with_the_tissues_sigma():
+    """``closing.air`` 1 for denoising through ``reconstruct._close``: the noisy input's air (Rayleigh, mean 1.25 sigma)
+    falls towards 0 when sigma is estimated from the tissue (``magnitude_noise``), the head keeps its values; with the
+    pooled (low) estimate of the problem itself, less of the floor goes."""
+    import dataclasses
+
+    from ldp_med.config import ReconstructConfig
+    from ldp_med.physics.noise import add_rician_noise
+    from ldp_med.reconstruct import _close, magnitude_noise, settle
+
+    shape = (38, 42, 36)
+    truth = np.pad(ellipsoid_phantom((26, 30, 24)), [((n - m) // 2, n - m - (n - m) // 2) for n, m in zip(shape, (26, 30, 24))])
+    noisy = add_rician_noise(torch.from_numpy(truth), 0.05, torch.Generator().manual_seed(1)).numpy()
+    problem = denoise_problem(Volume(noisy, np.eye(4)))
+    assert magnitude_noise(problem) > 1.1 * problem.noise_std  # the problem's pooled estimate runs low
+    sample = np.asarray(problem.pinv.data, np.float32)[None]
+    base = settle(ReconstructConfig(task="denoise"), problem)
+
+    def closed(air, p=problem):
+        c = dataclasses.replace(base.closing, air=air, air_floor=0.1, image_agreement=0.0)
+        return _close(p, sample, dataclasses.replace(base, closing=c), None)[0][0]
+
+    outside = np.ones(shape, bool)
+    outside[4:-4, 4:-4, 4:-4] = False  # far from the phantom: air
+    off, on = closed(0.0), closed(1.0)
+    assert (on[outside] ** 2).mean() < 0.25 * (off[outside] ** 2).mean()
+    inside = truth > 0.1
+    np.testing.assert_array_equal(on[inside], off[inside])
+    given = dataclasses.replace(problem, noise_std=problem.noise_std, noise_source="given")  # the low sigma, as given
+    assert (closed(1.0, given)[outside] ** 2).mean() > 1.5 * (on[outside] ** 2).mean()

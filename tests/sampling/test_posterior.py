@@ -346,12 +346,12 @@ def test_closing_blends_the_image_tasks_result_with_the_classical_estimate_where
     noisy = Volume(phantom.data + rng.normal(0, 1.0, phantom.shape).astype(np.float32), phantom.affine)
     problem = denoise_problem(noisy, noise_std=1.0)  # the tolerance is 4% of ~100
     wrong = np.full((1, *phantom.shape), 300.0, np.float32)
-    cfg = ReconstructConfig()
+    cfg = ReconstructConfig(closing=ClosingConfig(air=0))  # the blend alone (the air step has tests of its own)
     blended, spread = _close(problem, wrong, cfg, None)
     assert spread is None  # no perturbed solves unless asked for
     nlm = SOLVERS["denoise", "nlm"](problem, cfg, None, False)[0]
     np.testing.assert_allclose(blended[0], nlm, atol=1e-4)
-    assert _close(problem, wrong, ReconstructConfig(closing=ClosingConfig(image_agreement=0)), None)[0] is wrong
+    assert _close(problem, wrong, ReconstructConfig(closing=ClosingConfig(image_agreement=0, air=0)), None)[0] is wrong
 
 
 def test_std_map_pools_the_variance_and_takes_the_tasks_calibrated_scale(kproblem, phantom, monkeypatch):
@@ -384,12 +384,12 @@ def test_image_task_variance_adds_the_blends_mixture_term(phantom, monkeypatch):
     """Where the closed sample and the classical estimate disagree the blend's variance grows by
     ``w (1 - w) (x - c)^2``; where one of them holds alone (w = 0 or 1) only the perturbed solves' spread counts."""
     import ldp_med.sampling.closing as closing
-    from ldp_med.config import ReconstructConfig
+    from ldp_med.config import ClosingConfig, ReconstructConfig
     from ldp_med.reconstruct import SOLVERS, _close
 
     monkeypatch.setattr(closing, "closing_solve", lambda problem, samples, *a, perturb=None, **kw: samples)
     problem = denoise_problem(phantom, noise_std=1.0)
-    cfg = ReconstructConfig()
+    cfg = ReconstructConfig(closing=ClosingConfig(air=0))  # the blend alone (the air step scales both by its gain)
     nlm = SOLVERS["denoise", "nlm"](problem, cfg, None, False)[0]
     tol = cfg.closing.image_agreement * float(np.percentile(nlm, 99))
     offsets = np.array([0.0, tol, 30 * tol], np.float32)[:, None, None, None]  # agree, half-way, disagree
