@@ -22,11 +22,12 @@ CLASSICAL_METHODS: dict[str, tuple[str, ...]] = {
 METHODS: dict[str, tuple[str, ...]] = {t: CLASSICAL_METHODS[t] + PRIOR_METHODS for t in TASKS}
 ALL_METHODS: tuple[str, ...] = tuple(dict.fromkeys(m for t in TASKS for m in METHODS[t]))
 #: k-space: the prior, above CS on every volume measured (template and 8 test subjects R=4 +1.31 to +2.45 dB aligned
-#: and with the air's noise taken out, SSIM +0.115 or more; R=8 +1.59 to +2.78, SSIM +0.099 or more; heads with
-#: skull +0.31 (pydeface R=8) to +1.05, real scans that packages ship +0.38 to +0.97) in 0.5-0.7x CS's time on 2 mm
-#: volumes, CS timed beside it (docs/results.md, "The wide PCA prior ships" and the sections after it, last "Air").
-#: Denoise: the prior, above NLM on every volume measured (synthetic +1.9 to +2.3 dB, heads with skull +1.4 / +1.6,
-#: real scans -0.00 / +1.6; same section). Superres stays cubic: the prior is above it on synthetic brains (+0.3 to
+#: and with the air's noise taken out, SSIM +0.115 or more; R=8 +1.73 to +2.95, mean +2.16, SSIM +0.13 or more;
+#: heads with skull +0.40 (pydeface R=8) to +1.07, real scans that packages ship +0.37 to +0.97) in 0.5-0.7x CS's
+#: time on 2 mm volumes, CS timed beside it (docs/results.md, "The wide PCA prior ships" and the sections after it,
+#: last "Air" and "Denoising's air"). Denoise: the prior, above NLM on every volume measured and above BM4D on all
+#: but a real partial scan (template and test subjects +6.7 to +7.6 dB, heads with skull +1.0 / +7.0, real scans
+#: -0.03 / +1.6 over NLM; "Denoising's air"). Superres stays cubic: the prior is above it on synthetic brains (+0.3 to
 #: +0.9 dB, SSIM below) but below it on heads with skull by 0.5 dB (same section).
 DEFAULT_METHOD: dict[str, str] = {"kspace": "prior", "denoise": "prior", "superres": "cubic"}
 #: The classical method each task's prior is measured against (docs/results.md) and, for the image tasks, blended
@@ -68,8 +69,9 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "nlm", "superres":
 #: - ``closing.air`` / ``closing.air_floor``: the closed image's air around the head keeps only the energy the noise
 #:   does not explain (:func:`ldp_med.sampling.closing.air_gain`, the noise multiple and the air's threshold).
 #:   Validation brains, heads, half fields of view, necks and heads with noise of their own 10000-10001
-#:   (docs/tune_air_*.md): k-space 4 (R=4 39.18 -> 39.75 dB, worst margin over CS +0.74 -> +1.00; R=8 34.44 -> 34.57,
-#:   SSIM +0.036; +1.1 s for the noise probe), denoise 1 with sigma from the tissue (``magnitude_noise``; session
+#:   (docs/tune_air_*.md): k-space 4 at R=4 (39.18 -> 39.75 dB, worst margin over CS +0.74 -> +1.00; +1.1 s for the
+#:   noise probe), 10 at R=8 (34.44 -> 34.57 at 4; session 33, with the faint-air heads too, 4 / 6 / 10: 34.40 /
+#:   34.44 / 34.49, SSIM 0.929 / 0.943 / 0.962, worst margin +0.75 / +0.75 / +0.76, docs/tune_air_k_r8.md), denoise 1 with sigma from the tissue (``magnitude_noise``; session
 #:   33, validation with heads whose air holds a faint smooth signal: 28.43 -> 31.44 dB, worst margin over NLM
 #:   +1.20 -> +3.17, docs/tune_air_denoise_rician.md; k 4 with the pooled sigma, session 32, took the NLin6Asym test
 #:   head 2.1 dB down), super-resolution 0 (+0.02 dB).
@@ -87,7 +89,7 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
         "posterior.latent_fit_iters": ((4.0, 0), (8.0, 6)),
         "posterior.keep_detail": ((4.0, True),),
         "posterior.align": ((4.0, True), (8.0, False)),
-        "closing.air": ((4.0, 4.0),), "closing.air_floor": ((4.0, 0.05),),
+        "closing.air": ((4.0, 4.0), (8.0, 10.0)), "closing.air_floor": ((4.0, 0.05),),
     },
     "denoise": {
         "posterior.t_start": ((1.0, 0.5),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 1.36),),
