@@ -71,10 +71,10 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "nlm", "superres":
 #:   Validation brains, heads, half fields of view, necks and heads with noise of their own 10000-10001
 #:   (docs/tune_air_*.md): k-space 4 at R=4 (39.18 -> 39.75 dB, worst margin over CS +0.74 -> +1.00; +1.1 s for the
 #:   noise probe), 10 at R=8 (34.44 -> 34.57 at 4; session 33, with the faint-air heads too, 4 / 6 / 10: 34.40 /
-#:   34.44 / 34.49, SSIM 0.929 / 0.943 / 0.962, worst margin +0.75 / +0.75 / +0.76, docs/tune_air_k_r8.md), denoise 1 with sigma from the tissue (``magnitude_noise``; session
-#:   33, validation with heads whose air holds a faint smooth signal: 28.43 -> 31.44 dB, worst margin over NLM
-#:   +1.20 -> +3.17, docs/tune_air_denoise_rician.md; k 4 with the pooled sigma, session 32, took the NLin6Asym test
-#:   head 2.1 dB down), super-resolution 0 (+0.02 dB).
+#:   34.44 / 34.49, SSIM 0.929 / 0.943 / 0.962, worst margin +0.75 / +0.75 / +0.76, docs/tune_air_k_r8.md),
+#:   denoise 1 with sigma from the tissue (``magnitude_noise``; session 33, validation with heads whose air holds a
+#:   faint smooth signal: 28.43 -> 31.44 dB, worst margin over NLM +1.20 -> +3.17, docs/tune_air_denoise_rician.md;
+#:   k 4 with the pooled sigma, session 32, took the NLin6Asym test head 2.1 dB down), super-resolution 0 (+0.02 dB).
 #: - ``posterior.std_scale``: the std map's scale, calibrated so that ``|error| <= 1.645 std`` holds for 90% of head
 #:   voxels with ``--samples 8`` (docs/results.md, "Std map"); the perturbed solves miss more of the error the fewer
 #:   k-space samples there are, hence a scale per factor.

@@ -43,9 +43,9 @@ def main() -> None:
     args = ap.parse_args()
     require_validation([int(v.rsplit(":", 1)[-1]) for v in args.volumes])
     prior = load_pretrained()
+    kspace = args.case.startswith("kspace")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.volumes:
-            kspace = args.case.startswith("kspace")
             path = Path(tmp) / f"{name.replace(':', '-')}{'.h5' if kspace else '.nii.gz'}"
             reference = simulate(name, args.case, path, split="val")
             method = R.BASELINE_METHOD[CASES[args.case]["task"]]

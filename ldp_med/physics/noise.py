@@ -223,7 +223,8 @@ def estimate_rician_noise(volume: np.ndarray, snr: float = 5.0) -> float:
     0.66 sigma of spread instead of sigma: on a head in its field of view it returns ~0.7-0.8 of the true sigma. Here
     the wavelet MAD (scikit-image's, the finest diagonal band of a db2 transform) is taken only where the
     approximation band is above ``snr`` times the running estimate (twice, starting from scikit-image's), one
-    coefficient in from the edge of the head (the edge's steps are not noise), where Rician noise is Gaussian; within a few percent of the true sigma on synthetic heads and brains.
+    coefficient in from the edge of the head (the edge's steps are not noise), where Rician noise is Gaussian; within
+    a few percent of the true sigma on synthetic heads and brains.
 
     Args:
         volume: real (X, Y, Z) magnitude image.
