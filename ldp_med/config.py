@@ -210,10 +210,16 @@ class BaselineConfig:
     nlm_patch_size: int = 3
     nlm_patch_distance: int = 3
     nlm_h_factor: float = 0.8
+    selfsim_context: int = 2  # patch half-width of self-similarity super-resolution (ldp_med.selfsim)
+    selfsim_hidden: int = 128
+    selfsim_steps: int = 2000
 
     def __post_init__(self) -> None:
         if self.espirit_calib is not None and self.espirit_calib < 2:
             raise ConfigError(f"baseline.espirit_calib must be >= 2 (or null for the file's calib), got {self.espirit_calib}")
+        for name in ("selfsim_context", "selfsim_hidden", "selfsim_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"baseline.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -265,6 +271,10 @@ class PosteriorConfig:
             loses of the last data-consistent image (``SpaceMap.detail``): the prior changes that image by its own
             change, interpolated, instead of replacing it with its interpolated self (matters where the grids do
             not line up: an aligned placement, a coarse or partial field of view). None: the task's (``TASK_SETTINGS``).
+        classical_start: the image tasks: the first pass warm-starts from the task's classical estimate
+            (``ldp_med.tasks.BASELINE_METHOD``, computed once and blended in again by ``closing.image_agreement``)
+            instead of the pseudo-inverse. None: the task's (``TASK_SETTINGS``: super-resolution, from the
+            self-similarity estimate).
         autocast: ``"bf16"``: the networks run under ``torch.autocast`` in bfloat16 (on the device they are on;
             the shortcut maps and everything outside the networks stay float32); ``""``: float32; ``"auto"``:
             bfloat16 where the device computes it natively (``ldp_med.sampling.posterior.native_bf16``).
@@ -297,6 +307,7 @@ class PosteriorConfig:
     latent_fit_iters: int | None = None
     latent_fit_lr: float = 0.1
     keep_detail: bool | None = None
+    classical_start: bool | None = None
     autocast: typing.Literal["", "bf16", "auto"] = "auto"
 
     def __post_init__(self) -> None:
@@ -365,7 +376,8 @@ class ClosingConfig:
         image_agreement: image tasks: each closed sample is blended with the task's classical estimate
             (``ldp_med.tasks.BASELINE_METHOD``: NLM, cubic) where the two disagree, with this fraction of the
             classical estimate's 99th percentile as tolerance (:func:`ldp_med.sampling.closing.agreement_blend`);
-            0: the closed sample alone. Tuned on validation brains and synthetic heads (docs/tune_agreement.md).
+            0: the closed sample alone. None: the task's (``ldp_med.tasks.TASK_SETTINGS``; denoise 0.04, tuned on
+            validation brains and synthetic heads, docs/tune_agreement.md).
         agreement: k-space: the anchor weight of each voxel is scaled by how well the samples agree there with
             the data's own solve from them (the closing objective with anchor 0: CS warm-started from each
             sample), ``exp(-d^2 / (2 t^2))`` with ``t`` this fraction of that solve's 99th percentile (as
@@ -401,7 +413,7 @@ class ClosingConfig:
     image_mu: float = 16.0
     anchor_support: bool = True
     image_anchor_support: bool = False
-    image_agreement: float = 0.04
+    image_agreement: float | None = None
     agreement: float = 0.03
     agreement_iters: int = 30
     from_free: bool = True
@@ -410,7 +422,7 @@ class ClosingConfig:
     air_floor: float | None = None
 
     def __post_init__(self) -> None:
-        weights = (self.anchor or 0.0, self.mu or 0.0, self.image_anchor, self.image_mu, self.image_agreement,
+        weights = (self.anchor or 0.0, self.mu or 0.0, self.image_anchor, self.image_mu, self.image_agreement or 0.0,
                    self.agreement, self.air or 0.0, self.air_floor or 0.0)
         counts = (self.iters or 0, self.agreement_iters, self.restarts or 0, self.restart_iters or 0)
         if min(counts) < 0 or min(weights) < 0 or not 0 < self.coil_energy <= 1:

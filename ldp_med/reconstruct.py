@@ -101,6 +101,15 @@ def _pinv(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
     return problem.pinv.data, None, {}
 
 
+def _selfsim(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
+    """Self-similarity super-resolution (:func:`ldp_med.selfsim.selfsim_upsample`) of the thick slices."""
+    from ldp_med.selfsim import selfsim_upsample
+
+    b, op = cfg.baseline, problem.operator
+    thick = problem.y[0].numpy()
+    return selfsim_upsample(thick, op.factor, op.axis, b.selfsim_context, b.selfsim_hidden, b.selfsim_steps), None, {}
+
+
 def _cs(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
     b, k = cfg.baseline, problem.kspace
     img = baselines.cs_l1_wavelet(k.kspace, k.mask, k.sensitivity_maps, b.cs_lambda, b.cs_iters, b.cs_wavelet, progress)
@@ -156,7 +165,10 @@ def _posterior(sampler: str | None) -> Solver:
         if share < 1.0 and cfg.closing.anchor:
             cfg = dataclasses.replace(cfg, closing=dataclasses.replace(cfg.closing, anchor=cfg.closing.anchor * share))
         post = cfg.posterior if sampler is None else dataclasses.replace(cfg.posterior, method=sampler)
-        image, nfe, passes, alignment = None, 0, cfg.closing.restarts + 1, None
+        classical = None
+        if post.classical_start and not problem.is_complex:  # one classical estimate: the warm start and the blend
+            classical = SOLVERS[problem.task, BASELINE_METHOD[problem.task]](problem, cfg, None, False)[0]
+        image, nfe, passes, alignment = classical, 0, cfg.closing.restarts + 1, None
         for last in (p == passes - 1 for p in range(passes)):  # each pass warm-starts from the one before
             # a pass before the last only warm-starts the next one: no latent fit there; the placement is estimated once
             res = sample(prior, problem, post if last else dataclasses.replace(post, latent_fit_iters=0),
@@ -166,7 +178,7 @@ def _posterior(sampler: str | None) -> Solver:
                 image, std = res.mean, None if res.std is None else res.std * post.std_scale
                 continue
             images, var = _close(problem, res.samples, cfg if last else _restart_config(cfg), res.support,
-                                 spread=last and len(res.samples) > 1)
+                                 spread=last and len(res.samples) > 1, classical=classical)
             image = np.abs(images).mean(0)
             std = None if var is None else pooled_std(var, post.std_smooth) * post.std_scale
         meta = {"nfe": nfe, "sampler": res.method, **{k: v for k, v in res.meta.items() if k.startswith("align_")}}
@@ -202,11 +214,12 @@ AIR_PROBE: tuple[int, float] = (5, 0.95)
 
 
 def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, support: np.ndarray | None,
-           spread: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+           spread: bool = False, classical: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """The closing solve of every posterior sample (:mod:`ldp_med.sampling.closing`); weights from the config,
     the anchor restricted to the model's ``support`` when ``closing.anchor_support`` (k-space) or
     ``closing.image_anchor_support`` (denoise, superres) is on; for the image tasks each closed sample is then
-    blended with the task's classical estimate where they disagree (``closing.image_agreement``).
+    blended with the task's classical estimate where they disagree (``closing.image_agreement``; ``classical``
+    where the caller has it already, else computed here).
 
     Returns the closed samples and, with ``spread``, a variance map: the spread of the same solves on data perturbed
     by fresh noise of the problem's level (randomize-then-optimize, seeded by ``posterior.seed``), plus for the
@@ -237,7 +250,8 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
     closed = solve()
     var = np.abs(solve(perturb=np.random.default_rng(cfg.posterior.seed))).var(0, ddof=1) if spread else None
     if not problem.is_complex and c.image_agreement:
-        classical = SOLVERS[problem.task, BASELINE_METHOD[problem.task]](problem, cfg, None, False)[0]
+        if classical is None:
+            classical = SOLVERS[problem.task, BASELINE_METHOD[problem.task]](problem, cfg, None, False)[0]
         w = agreement_weights(closed, classical, c.image_agreement * float(np.percentile(classical, 99)))
         if var is not None:
             var = var + np.mean(w * (1 - w) * (closed - classical) ** 2, 0)
@@ -272,6 +286,7 @@ def air_gains(problem: Problem, closed: np.ndarray, closing, seed: int | None, s
 SOLVERS: dict[tuple[str, str], Solver] = {
     ("kspace", "zero-filled"): _pinv, ("kspace", "cs"): _cs, ("kspace", "tv"): _tv,
     ("denoise", "nlm"): _nlm, ("denoise", "bm4d"): _bm4d, ("superres", "cubic"): _pinv,
+    ("superres", "selfsim"): _selfsim,
     **{(t, "prior"): _posterior(None) for t in METHODS},
     **{(t, "dps"): _posterior("dps") for t in METHODS},
 }

@@ -17,7 +17,7 @@ PRIOR_METHODS: tuple[str, ...] = ("prior", "dps")
 CLASSICAL_METHODS: dict[str, tuple[str, ...]] = {
     "kspace": ("zero-filled", "cs", "tv"),
     "denoise": ("nlm", "bm4d"),
-    "superres": ("cubic",),
+    "superres": ("cubic", "selfsim"),
 }
 METHODS: dict[str, tuple[str, ...]] = {t: CLASSICAL_METHODS[t] + PRIOR_METHODS for t in TASKS}
 ALL_METHODS: tuple[str, ...] = tuple(dict.fromkeys(m for t in TASKS for m in METHODS[t]))
@@ -27,12 +27,14 @@ ALL_METHODS: tuple[str, ...] = tuple(dict.fromkeys(m for t in TASKS for m in MET
 #: time on 2 mm volumes, CS timed beside it (docs/results.md, "The wide PCA prior ships" and the sections after it,
 #: last "Air" and "Denoising's air"). Denoise: the prior, above NLM on every volume measured and above BM4D on all
 #: but a real partial scan (template and test subjects +6.7 to +7.6 dB, heads with skull +1.0 / +7.0, real scans
-#: -0.03 / +1.6 over NLM; "Denoising's air"). Superres stays cubic: the prior is above it on synthetic brains (+0.3 to
-#: +0.9 dB, SSIM below) but below it on heads with skull by 0.5 dB (same section).
-DEFAULT_METHOD: dict[str, str] = {"kspace": "prior", "denoise": "prior", "superres": "cubic"}
+#: -0.03 / +1.6 over NLM; "Denoising's air"). Superres: self-similarity super-resolution (``ldp_med.selfsim``, session
+#: 34), +3.4 to +5.8 dB over cubic on the template and test subjects, +2.5 / +3.9 on heads with skull, +0.3 / +0.4
+#: on two small real scans, SSIM above cubic's on every volume; the prior warm-started from it and blended back into
+#: it is within 0.05 dB of it (SSIM lower) and takes longer (docs/results.md, "Self-similarity super-resolution").
+DEFAULT_METHOD: dict[str, str] = {"kspace": "prior", "denoise": "prior", "superres": "selfsim"}
 #: The classical method each task's prior is measured against (docs/results.md) and, for the image tasks, blended
 #: into the result where the prior disagrees with it (``closing.image_agreement``).
-BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "nlm", "superres": "cubic"}
+BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "nlm", "superres": "selfsim"}
 #: The settings a config leaves to the task (None), each as (undersampling factor, value) points, linearly
 #: interpolated and held constant past the ends: the image tasks have factor 1, k-space the mask's realised
 #: acceleration (:attr:`ldp_med.problems.Problem.factor`). Every value is tuned or calibrated on validation subjects
@@ -75,6 +77,13 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "nlm", "superres":
 #:   denoise 1 with sigma from the tissue (``magnitude_noise``; session 33, validation with heads whose air holds a
 #:   faint smooth signal: 28.43 -> 31.44 dB, worst margin over NLM +1.20 -> +3.17, docs/tune_air_denoise_rician.md;
 #:   k 4 with the pooled sigma, session 32, took the NLin6Asym test head 2.1 dB down), super-resolution 0 (+0.02 dB).
+#: - ``posterior.classical_start`` / ``closing.image_agreement``: super-resolution warm-starts from the self-similarity
+#:   estimate (``selfsim``, its classical method since session 34: +4.1 dB over cubic on validation brains, heads, half
+#:   fields of view, necks and noisy heads 10000-10001, docs/tune_selfsim.md) and blends it back in where the closed
+#:   sample differs by more than 0.002 of its 99th percentile: 0.002 / 0.005 / 0.01 give 38.13 / 38.06 / 37.78 dB
+#:   against selfsim's 38.14 (docs/tune_superres_selfsim_agreement.md; the cubic warm start with the cubic blend at
+#:   0.04 was 34.3 on a subset): the prior adds nothing to it, it only keeps the margin. Denoise keeps 0.04 from the
+#:   noisy input.
 #: - ``posterior.std_scale``: the std map's scale, calibrated so that ``|error| <= 1.645 std`` holds for 90% of head
 #:   voxels with ``--samples 8`` (docs/results.md, "Std map"); the perturbed solves miss more of the error the fewer
 #:   k-space samples there are, hence a scale per factor.
@@ -90,18 +99,21 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
         "posterior.keep_detail": ((4.0, True),),
         "posterior.align": ((4.0, True), (8.0, False)),
         "closing.air": ((4.0, 4.0), (8.0, 10.0)), "closing.air_floor": ((4.0, 0.05),),
+        "posterior.classical_start": ((4.0, False),),
     },
     "denoise": {
         "posterior.t_start": ((1.0, 0.5),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 1.36),),
         "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),), "posterior.latent_fit_iters": ((1.0, 0),),
         "posterior.keep_detail": ((1.0, False),), "posterior.align": ((1.0, False),),
         "closing.air": ((1.0, 1.0),), "closing.air_floor": ((1.0, 0.1),),
+        "closing.image_agreement": ((1.0, 0.04),), "posterior.classical_start": ((1.0, False),),
     },
     "superres": {
-        "posterior.t_start": ((1.0, 0.06),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 3.67),),
+        "posterior.t_start": ((1.0, 0.06),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 3.43),),
         "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),), "posterior.latent_fit_iters": ((1.0, 0),),
         "posterior.keep_detail": ((1.0, True),), "posterior.align": ((1.0, False),),
         "closing.air": ((1.0, 0.0),), "closing.air_floor": ((1.0, 0.1),),
+        "closing.image_agreement": ((1.0, 0.002),), "posterior.classical_start": ((1.0, True),),
     },
 }
 

@@ -38,7 +38,7 @@ k = settle(cfg, problem).closing
 pert = closing_solve(problem, pre, k.image_anchor, k.image_mu * problem.noise_std, k.iters,
                      wavelet=cfg.baseline.cs_wavelet, perturb=np.random.default_rng(cfg.posterior.seed))
 c = SOLVERS[case, BASELINE_METHOD[case]](problem, cfg, None, False)[0]
-tol = cfg.closing.image_agreement * float(np.percentile(c, 99))
+tol = k.image_agreement * float(np.percentile(c, 99))
 ws = agreement_weights(closed, c, tol)
 blended = ws * closed + (1 - ws) * c
 final = blended.mean(0)

@@ -389,7 +389,7 @@ def test_image_task_variance_adds_the_blends_mixture_term(phantom, monkeypatch):
 
     monkeypatch.setattr(closing, "closing_solve", lambda problem, samples, *a, perturb=None, **kw: samples)
     problem = denoise_problem(phantom, noise_std=1.0)
-    cfg = ReconstructConfig(closing=ClosingConfig(air=0))  # the blend alone (the air step scales both by its gain)
+    cfg = ReconstructConfig(closing=ClosingConfig(air=0, image_agreement=0.04))  # the blend alone (no air gain)
     nlm = SOLVERS["denoise", "nlm"](problem, cfg, None, False)[0]
     tol = cfg.closing.image_agreement * float(np.percentile(nlm, 99))
     offsets = np.array([0.0, tol, 30 * tol], np.float32)[:, None, None, None]  # agree, half-way, disagree
@@ -566,7 +566,7 @@ def test_a_finer_acquisition_grid_gets_its_voxel_share_of_the_kspace_anchor(prio
     from ldp_med.tasks import task_setting
 
     seen = []
-    monkeypatch.setattr(R, "_close", lambda problem, samples, cfg, support, spread=False: (
+    monkeypatch.setattr(R, "_close", lambda problem, samples, cfg, support, spread=False, classical=None: (
         seen.append((cfg.closing.anchor, problem.factor)) or samples, None))
     cfg = ReconstructConfig(posterior=dataclasses.replace(FAST, align=False))
     for mm in (0.5, 1.0):  # the tiny model's voxel is 1 mm
