@@ -218,14 +218,17 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
     """The closing solve of every posterior sample (:mod:`ldp_med.sampling.closing`); weights from the config,
     the anchor restricted to the model's ``support`` when ``closing.anchor_support`` (k-space) or
     ``closing.image_anchor_support`` (denoise, superres) is on; for the image tasks each closed sample is then
-    blended with the task's classical estimate where they disagree (``closing.image_agreement``; ``classical``
-    where the caller has it already, else computed here).
+    blended with the task's classical estimate where they disagree (``closing.image_agreement``). ``classical``: the
+    classical estimate the samples were warm-started from (``posterior.classical_start``), else None (computed here
+    for the blend).
 
     Returns the closed samples and, with ``spread``, a variance map: the spread of the same solves on data perturbed
     by fresh noise of the problem's level (randomize-then-optimize, seeded by ``posterior.seed``), plus for the
     blended image tasks the mixture term ``w (1 - w) (x - c)^2`` (averaged over samples): the blend's expected
     squared error if the truth lies, with probability ``w``, around the closed sample ``x`` and otherwise around
-    the classical estimate ``c``, each as uncertain as the perturbed solves."""
+    the classical estimate ``c``, each as uncertain as the perturbed solves; and, for samples warm-started from
+    ``classical``, its squared distance from the pseudo-inverse (what it changed, uncertain by as much: the samples
+    inherit its error, so their spread does not show it)."""
     from ldp_med.sampling.closing import agreement_weights, closing_solve
     from ldp_med.sampling.posterior import compressed
 
@@ -249,6 +252,8 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
                               wavelet=cfg.baseline.cs_wavelet, operator=op, y=y, starts=starts)
     closed = solve()
     var = np.abs(solve(perturb=np.random.default_rng(cfg.posterior.seed))).var(0, ddof=1) if spread else None
+    if var is not None and classical is not None:  # the warm start's own error, which no sample's spread sees
+        var = var + (classical - problem.pinv.data) ** 2
     if not problem.is_complex and c.image_agreement:
         if classical is None:
             classical = SOLVERS[problem.task, BASELINE_METHOD[problem.task]](problem, cfg, None, False)[0]

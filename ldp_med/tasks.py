@@ -109,7 +109,7 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
         "closing.image_agreement": ((1.0, 0.04),), "posterior.classical_start": ((1.0, False),),
     },
     "superres": {
-        "posterior.t_start": ((1.0, 0.06),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 3.43),),
+        "posterior.t_start": ((1.0, 0.06),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 1.15),),
         "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),), "posterior.latent_fit_iters": ((1.0, 0),),
         "posterior.keep_detail": ((1.0, True),), "posterior.align": ((1.0, False),),
         "closing.air": ((1.0, 0.0),), "closing.air_floor": ((1.0, 0.1),),

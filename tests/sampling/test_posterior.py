@@ -380,6 +380,25 @@ def test_std_map_pools_the_variance_and_takes_the_tasks_calibrated_scale(kproble
         assert std_scale(kproblem, PosteriorConfig()) == pytest.approx(want)
 
 
+def test_a_warm_start_from_the_classical_estimate_adds_its_change_to_the_variance(phantom, monkeypatch):
+    """Samples started from the classical estimate inherit its error, which their spread cannot show: the variance
+    gets the estimate's squared change to the pseudo-inverse (here without the blend, so nothing else adds)."""
+    import ldp_med.sampling.closing as closing
+    from ldp_med.config import ClosingConfig, ReconstructConfig
+    from ldp_med.reconstruct import _close
+
+    monkeypatch.setattr(closing, "closing_solve", lambda problem, samples, *a, perturb=None, **kw: samples)
+    problem = denoise_problem(phantom, noise_std=1.0)
+    cfg = ReconstructConfig(closing=ClosingConfig(air=0, image_agreement=0))
+    rng = np.random.default_rng(0)
+    samples = rng.uniform(1, 2, size=(3, *phantom.shape)).astype(np.float32)  # positive: the spread is of |x|
+    classical = (problem.pinv.data + rng.normal(size=phantom.shape)).astype(np.float32)
+    _, plain = _close(problem, samples, cfg, None, spread=True)
+    _, var = _close(problem, samples, cfg, None, spread=True, classical=classical)
+    np.testing.assert_allclose(plain, samples.var(0, ddof=1), rtol=1e-5)
+    np.testing.assert_allclose(var, plain + (classical - problem.pinv.data) ** 2, rtol=1e-5)
+
+
 def test_image_task_variance_adds_the_blends_mixture_term(phantom, monkeypatch):
     """Where the closed sample and the classical estimate disagree the blend's variance grows by
     ``w (1 - w) (x - c)^2``; where one of them holds alone (w = 0 or 1) only the perturbed solves' spread counts."""
