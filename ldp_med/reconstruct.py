@@ -107,7 +107,8 @@ def _selfsim(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
 
     b, op = cfg.baseline, problem.operator
     thick = problem.y[0].numpy()
-    return selfsim_upsample(thick, op.factor, op.axis, b.selfsim_context, b.selfsim_hidden, b.selfsim_steps), None, {}
+    return selfsim_upsample(thick, op.factor, op.axis, b.selfsim_context, b.selfsim_hidden, b.selfsim_steps,
+                            progress=progress), None, {}
 
 
 def _cs(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):

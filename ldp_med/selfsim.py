@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 __all__ = ["selfsim_upsample"]
 
@@ -84,7 +85,7 @@ def _consistent_cubic(x: np.ndarray, factor: int, axis: int) -> np.ndarray:
 
 
 def selfsim_upsample(coarse: np.ndarray, factor: int, axis: int, context: int = 2, hidden: int = 128,
-                     steps: int = 2000, seed: int = 0) -> np.ndarray:
+                     steps: int = 2000, seed: int = 0, progress: bool = False) -> np.ndarray:
     """The fine grid of a thick-slice volume (``factor`` thin slices per slice along ``axis``, as
     :func:`ldp_med.baselines.cubic_upsample`) from a network trained on the volume's own in-plane detail.
 
@@ -100,6 +101,7 @@ def selfsim_upsample(coarse: np.ndarray, factor: int, axis: int, context: int = 
         steps: Adam steps of ``_BATCH`` patches at most (time is about linear in it: ~10 s at 2000 on two cores);
             fewer where that is more than :data:`_EPOCHS` passes over the training rows.
         seed: seeds the training rows and the network's initialisation.
+        progress: a progress bar over the training steps.
 
     Returns:
         float32 fine-grid volume whose blocks of ``factor`` slices average back to ``coarse``.
@@ -128,7 +130,7 @@ def selfsim_upsample(coarse: np.ndarray, factor: int, axis: int, context: int = 
         keep = np.abs(rows).max(1) > 0.02  # patches with signal (2% of the 99th percentile)
         train, test = keep & ~held, keep & held
         alpha = _fit(net, *(torch.from_numpy(a[train]) for a in (rows, targets)),
-                     *(torch.from_numpy(a[test]) for a in (rows, targets, base)), steps, gen)
+                     *(torch.from_numpy(a[test]) for a in (rows, targets, base)), steps, gen, progress)
     fine = _consistent_cubic(x, factor, axis)
     if alpha > 0:
         dev = np.zeros(fine.shape, np.float32)
@@ -143,7 +145,8 @@ def selfsim_upsample(coarse: np.ndarray, factor: int, axis: int, context: int = 
 
 
 def _fit(net: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor, test_rows: torch.Tensor,
-         test_targets: torch.Tensor, test_base: torch.Tensor, steps: int, gen: torch.Generator) -> float:
+         test_targets: torch.Tensor, test_base: torch.Tensor, steps: int, gen: torch.Generator,
+         progress: bool = False) -> float:
     """Train ``net`` on (rows, targets), keep its best state on the held-out rows, and return the weight in [0, 1]
     of its change to ``test_base`` (cubic's deviations) that fits the held-out targets best (0: no rows to learn)."""
     if len(rows) == 0 or len(test_rows) == 0:
@@ -160,7 +163,7 @@ def _fit(net: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor, test_r
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=steps)
     best, state = float("inf"), None
-    for step in range(1, steps + 1):
+    for step in tqdm(range(1, steps + 1), desc="selfsim", disable=not progress):
         batch = torch.randint(0, len(rows), (_BATCH,), generator=gen)
         out = net(rows[batch])
         loss = torch.mean(((out - out.mean(1, keepdim=True) - targets[batch]) * spread[batch]) ** 2)
