@@ -132,6 +132,11 @@ def _bm4d(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
     return baselines.denoise_bm4d(problem.pinv.data, magnitude_noise(problem)), None, {}
 
 
+def classical_estimate(problem: Problem, cfg: ReconstructConfig) -> np.ndarray:
+    """The image of the task's classical method (``ldp_med.tasks.BASELINE_METHOD``) that the prior is blended with."""
+    return SOLVERS[problem.task, BASELINE_METHOD[problem.task]](problem, cfg, None, False)[0]
+
+
 def magnitude_noise(problem: Problem) -> float:
     """The Gaussian sigma under an image task's magnitude noise: the problem's where it was given, else the tissue's
     (:func:`ldp_med.physics.estimate_rician_noise`; the problem's own estimate pools the air's Rayleigh noise and
@@ -168,7 +173,7 @@ def _posterior(sampler: str | None) -> Solver:
         post = cfg.posterior if sampler is None else dataclasses.replace(cfg.posterior, method=sampler)
         classical = None
         if post.classical_start and not problem.is_complex:  # one classical estimate: the warm start and the blend
-            classical = SOLVERS[problem.task, BASELINE_METHOD[problem.task]](problem, cfg, None, False)[0]
+            classical = classical_estimate(problem, cfg)
         image, nfe, passes, alignment = classical, 0, cfg.closing.restarts + 1, None
         for last in (p == passes - 1 for p in range(passes)):  # each pass warm-starts from the one before
             # a pass before the last only warm-starts the next one: no latent fit there; the placement is estimated once
@@ -257,7 +262,7 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
         var = var + (classical - problem.pinv.data) ** 2
     if not problem.is_complex and c.image_agreement:
         if classical is None:
-            classical = SOLVERS[problem.task, BASELINE_METHOD[problem.task]](problem, cfg, None, False)[0]
+            classical = classical_estimate(problem, cfg)
         w = agreement_weights(closed, classical, c.image_agreement * float(np.percentile(classical, 99)))
         if var is not None:
             var = var + np.mean(w * (1 - w) * (closed - classical) ** 2, 0)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ldp_med.physics.degradations import slice_average
+
 __all__ = ["selfsim_upsample"]
 
 _BATCH = 4096
@@ -27,11 +29,8 @@ _EPOCHS = 40  # at most this many passes over the training rows (a small volume 
 
 
 def _block_mean(x: np.ndarray, factor: int, axis: int) -> np.ndarray:
-    n = x.shape[axis] // factor * factor
-    x = np.take(x, np.arange(n), axis=axis)
-    shape = list(x.shape)
-    shape[axis:axis + 1] = [n // factor, factor]
-    return x.reshape(shape).mean(axis=axis + 1)
+    """Thick slices of ``x``: :func:`ldp_med.physics.degradations.slice_average` without the affine."""
+    return slice_average(x, np.eye(4), factor, axis)[0]
 
 
 def _deviations(x: np.ndarray, factor: int, axis: int) -> np.ndarray:

@@ -4,7 +4,7 @@
 
 For each ``volume:case:split`` (bench_recon's simulation; ``head:<seed>`` is a validation subject in a synthetic
 skull, ``benchlib.synthetic_head``) one posterior sample ``x_p`` at the shipped defaults, its closing solve, and the
-classical estimate ``x_c`` (``tasks.BASELINE_METHOD``: NLM for denoise, cubic for superres); the closed sample is
+classical estimate ``x_c`` (``tasks.BASELINE_METHOD``: NLM for denoise, selfsim for superres); the closed sample is
 blended with ``x_c`` by :func:`ldp_med.sampling.closing.agreement_blend` (what ``reconstruct`` does), with ``BEFORE=1``
 the sample is blended first and then closed (the first version). Tolerances: each value of ``RELATIVE`` times the
 99th percentile of ``x_c`` (what ``closing.image_agreement`` sets), or without ``RELATIVE`` k = 0.5-3 times the
@@ -28,10 +28,9 @@ def main() -> None:
     from ldp_med.io.loaders import load_volume
     from ldp_med.metrics import psnr
     from ldp_med.models.pretrained import load_pretrained
-    from ldp_med.reconstruct import settle, SOLVERS, build_problem
+    from ldp_med.reconstruct import build_problem, classical_estimate, settle
     from ldp_med.sampling.closing import agreement_blend, closing_solve
     from ldp_med.sampling.posterior import reconstruct as sample
-    from ldp_med.tasks import BASELINE_METHOD
 
     prior = load_pretrained()
     with tempfile.TemporaryDirectory() as tmp:
@@ -42,7 +41,7 @@ def main() -> None:
             cfg = recon_config(case, "prior")
             problem = build_problem(load_volume(path), case, cfg)
             x0 = sample(prior, problem, cfg.posterior).samples
-            classical = SOLVERS[case, BASELINE_METHOD[case]](problem, cfg, None, False)[0]  # NLM / cubic, as configured
+            classical = classical_estimate(problem, cfg)  # the task's classical method, as configured
             c, s = settle(cfg, problem).closing, problem.noise_std
             mu = c.image_mu * s
             closed = closing_solve(problem, x0, c.image_anchor, mu, c.iters)

@@ -15,10 +15,9 @@ from scipy.ndimage import gaussian_filter
 from ldp_med.config import PosteriorConfig
 from ldp_med.io import load_volume
 from ldp_med.models.pretrained import load_pretrained
-from ldp_med.reconstruct import settle, build_problem, _close, SOLVERS
+from ldp_med.reconstruct import settle, build_problem, _close, classical_estimate
 from ldp_med.sampling.posterior import reconstruct as sample
 from ldp_med.sampling.closing import agreement_weights, closing_solve
-from ldp_med.tasks import BASELINE_METHOD
 from ldp_med.metrics import std_scale_for, ause, psnr
 import dataclasses
 
@@ -37,7 +36,7 @@ closed, _ = _close(problem, pre, raw, res.support)   # unblended
 k = settle(cfg, problem).closing
 pert = closing_solve(problem, pre, k.image_anchor, k.image_mu * problem.noise_std, k.iters,
                      wavelet=cfg.baseline.cs_wavelet, perturb=np.random.default_rng(cfg.posterior.seed))
-c = SOLVERS[case, BASELINE_METHOD[case]](problem, cfg, None, False)[0]
+c = classical_estimate(problem, cfg)
 tol = k.image_agreement * float(np.percentile(c, 99))
 ws = agreement_weights(closed, c, tol)
 blended = ws * closed + (1 - ws) * c
