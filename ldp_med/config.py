@@ -213,11 +213,15 @@ class BaselineConfig:
     selfsim_context: int = 2  # patch half-width of self-similarity super-resolution (ldp_med.selfsim)
     selfsim_hidden: int = 128
     selfsim_steps: int = 2000
+    noise2self_context: int = 2  # neighbourhood half-width of the blind-spot denoiser (ldp_med.noise2self)
+    noise2self_hidden: int = 128
+    noise2self_steps: int = 2000
 
     def __post_init__(self) -> None:
         if self.espirit_calib is not None and self.espirit_calib < 2:
             raise ConfigError(f"baseline.espirit_calib must be >= 2 (or null for the file's calib), got {self.espirit_calib}")
-        for name in ("selfsim_context", "selfsim_hidden", "selfsim_steps"):
+        for name in ("selfsim_context", "selfsim_hidden", "selfsim_steps", "noise2self_context", "noise2self_hidden",
+                     "noise2self_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"baseline.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -374,10 +378,10 @@ class ClosingConfig:
         image_anchor_support: the same for the image tasks (off: on synthetic brains it costs denoise 1.4 dB,
             the anatomy outside the support is then only wavelet-denoised).
         image_agreement: image tasks: each closed sample is blended with the task's classical estimate
-            (``ldp_med.tasks.BASELINE_METHOD``: NLM, cubic) where the two disagree, with this fraction of the
+            (``ldp_med.tasks.BASELINE_METHOD``: noise2self, selfsim) where the two disagree, with this fraction of the
             classical estimate's 99th percentile as tolerance (:func:`ldp_med.sampling.closing.agreement_blend`);
-            0: the closed sample alone. None: the task's (``ldp_med.tasks.TASK_SETTINGS``; denoise 0.04, tuned on
-            validation brains and synthetic heads, docs/tune_agreement.md).
+            0: the closed sample alone. None: the task's (``ldp_med.tasks.TASK_SETTINGS``; denoise 0.02, superres
+            0.002, tuned on validation volumes, docs/tune_noise2self_denoise.md, docs/tune_superres_selfsim_agreement.md).
         agreement: k-space: the anchor weight of each voxel is scaled by how well the samples agree there with
             the data's own solve from them (the closing objective with anchor 0: CS warm-started from each
             sample), ``exp(-d^2 / (2 t^2))`` with ``t`` this fraction of that solve's 99th percentile (as

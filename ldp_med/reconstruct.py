@@ -128,6 +128,15 @@ def _nlm(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
     return baselines.denoise_nlm(problem.pinv.data, b.nlm_patch_size, b.nlm_patch_distance, b.nlm_h_factor), None, {}
 
 
+def _noise2self(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
+    """Blind-spot self-supervised denoising (:func:`ldp_med.noise2self.noise2self_denoise`) with the tissue's sigma."""
+    from ldp_med.noise2self import noise2self_denoise
+
+    b = cfg.baseline
+    return noise2self_denoise(problem.pinv.data, magnitude_noise(problem), b.noise2self_context, b.noise2self_hidden,
+                              b.noise2self_steps, progress=progress), None, {}
+
+
 def _bm4d(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
     return baselines.denoise_bm4d(problem.pinv.data, magnitude_noise(problem)), None, {}
 
@@ -297,7 +306,7 @@ def air_gains(problem: Problem, closed: np.ndarray, closing, seed: int | None, s
 SOLVERS: dict[tuple[str, str], Solver] = {
     ("kspace", "zero-filled"): _pinv, ("kspace", "cs"): _cs, ("kspace", "tv"): _tv,
     ("denoise", "nlm"): _nlm, ("denoise", "bm4d"): _bm4d, ("superres", "cubic"): _pinv,
-    ("superres", "selfsim"): _selfsim,
+    ("denoise", "noise2self"): _noise2self, ("superres", "selfsim"): _selfsim,
     **{(t, "prior"): _posterior(None) for t in METHODS},
     **{(t, "dps"): _posterior("dps") for t in METHODS},
 }

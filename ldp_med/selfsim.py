@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ldp_med.physics.degradations import slice_average
 
-__all__ = ["selfsim_upsample"]
+__all__ = ["selfsim_upsample", "train_held_out"]
 
 _BATCH = 4096
 _MAX_ROWS = 1_000_000  # training rows kept (a random subset beyond this)
@@ -158,25 +158,37 @@ def _fit(net: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor, test_r
         test_rows, test_targets, test_base = test_rows[pick], test_targets[pick], test_base[pick]
     rows, spread = _normalised(rows)
     targets = targets / spread  # the loss below is in the volume's units: (spread x (net - target))^2
-    steps = max(1, min(steps, -(-_EPOCHS * len(rows) // _BATCH)))
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=steps)
-    best, state = float("inf"), None
-    for step in tqdm(range(1, steps + 1), desc="selfsim", disable=not progress):
+
+    def loss() -> torch.Tensor:
         batch = torch.randint(0, len(rows), (_BATCH,), generator=gen)
         out = net(rows[batch])
-        loss = torch.mean(((out - out.mean(1, keepdim=True) - targets[batch]) * spread[batch]) ** 2)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % _CHECK == 0 or step == steps:
-            with torch.no_grad():
-                err = float(torch.mean((_deviation(net, test_rows) - test_targets) ** 2))
-            if err < best:
-                best, state = err, {k: v.clone() for k, v in net.state_dict().items()}
-    net.load_state_dict(state)
+        return torch.mean(((out - out.mean(1, keepdim=True) - targets[batch]) * spread[batch]) ** 2)
+
+    train_held_out(net, loss, lambda: torch.mean((_deviation(net, test_rows) - test_targets) ** 2),
+                   max(1, min(steps, -(-_EPOCHS * len(rows) // _BATCH))), "selfsim", progress)
     with torch.no_grad():
         change, miss = _deviation(net, test_rows) - test_base, test_targets - test_base
         alpha = float(torch.sum(change * miss) / torch.sum(change * change).clamp_min(1e-12))
     return min(max(alpha, 0.0), 1.0)
+
+
+def train_held_out(net: torch.nn.Module, loss, held_out, steps: int, desc: str, progress: bool = False) -> None:
+    """``steps`` Adam steps on ``loss()`` (a fresh batch's loss per call; one-cycle learning rate to 3e-3), leaving
+    ``net`` at its best state by ``held_out()`` (an error on rows kept out of the training, checked every
+    :data:`_CHECK` steps and at the end). The training of :func:`selfsim_upsample` and
+    :func:`ldp_med.noise2self.noise2self_denoise`."""
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=steps)
+    best, state = float("inf"), None
+    for step in tqdm(range(1, steps + 1), desc=desc, disable=not progress):
+        value = loss()
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+        sched.step()
+        if step % _CHECK == 0 or step == steps:
+            with torch.no_grad():
+                err = float(held_out())
+            if err < best:
+                best, state = err, {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(state)

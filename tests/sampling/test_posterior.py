@@ -336,10 +336,11 @@ def test_closing_can_start_from_the_agreement_solve_and_keep_restart_passes_plai
 
 def test_closing_blends_the_image_tasks_result_with_the_classical_estimate_where_they_disagree(phantom, monkeypatch):
     """``closing.image_agreement``: a closed sample far from the input (a brain prior on a head) is replaced by the
-    task's classical estimate (NLM for denoise); 0 passes the closed sample through."""
+    task's classical estimate (``BASELINE_METHOD``'s); 0 passes the closed sample through."""
     import ldp_med.sampling.closing as closing
     from ldp_med.config import ClosingConfig, ReconstructConfig
     from ldp_med.reconstruct import SOLVERS, _close
+    from ldp_med.tasks import BASELINE_METHOD
 
     monkeypatch.setattr(closing, "closing_solve", lambda problem, samples, *a, **kw: samples)
     rng = np.random.default_rng(0)
@@ -349,8 +350,8 @@ def test_closing_blends_the_image_tasks_result_with_the_classical_estimate_where
     cfg = ReconstructConfig(closing=ClosingConfig(air=0))  # the blend alone (the air step has tests of its own)
     blended, spread = _close(problem, wrong, cfg, None)
     assert spread is None  # no perturbed solves unless asked for
-    nlm = SOLVERS["denoise", "nlm"](problem, cfg, None, False)[0]
-    np.testing.assert_allclose(blended[0], nlm, atol=1e-4)
+    classical = SOLVERS["denoise", BASELINE_METHOD["denoise"]](problem, cfg, None, False)[0]
+    np.testing.assert_allclose(blended[0], classical, atol=1e-4)
     assert _close(problem, wrong, ReconstructConfig(closing=ClosingConfig(image_agreement=0, air=0)), None)[0] is wrong
 
 
@@ -405,11 +406,12 @@ def test_image_task_variance_adds_the_blends_mixture_term(phantom, monkeypatch):
     import ldp_med.sampling.closing as closing
     from ldp_med.config import ClosingConfig, ReconstructConfig
     from ldp_med.reconstruct import SOLVERS, _close
+    from ldp_med.tasks import BASELINE_METHOD
 
     monkeypatch.setattr(closing, "closing_solve", lambda problem, samples, *a, perturb=None, **kw: samples)
     problem = denoise_problem(phantom, noise_std=1.0)
     cfg = ReconstructConfig(closing=ClosingConfig(air=0, image_agreement=0.04))  # the blend alone (no air gain)
-    nlm = SOLVERS["denoise", "nlm"](problem, cfg, None, False)[0]
+    nlm = SOLVERS["denoise", BASELINE_METHOD["denoise"]](problem, cfg, None, False)[0]  # the classical estimate
     tol = cfg.closing.image_agreement * float(np.percentile(nlm, 99))
     offsets = np.array([0.0, tol, 30 * tol], np.float32)[:, None, None, None]  # agree, half-way, disagree
     samples = (nlm[None] + offsets).astype(np.float32)

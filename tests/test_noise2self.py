@@ -1,0 +1,82 @@
+"""Blind-spot self-supervised denoising (ldp_med.noise2self): the blind spot, a gain over NLM, the centre's weight,
+seeds, config, the CLI."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from ldp_med.baselines import denoise_nlm
+from ldp_med.config import BaselineConfig
+from ldp_med.errors import ConfigError
+from ldp_med.noise2self import _neighbours, _with_centre, noise2self_denoise
+
+SIGMA = 0.05
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """(clean, noisy): a texture of smooth blobs and edges on an odd grid, and it with Gaussian noise."""
+    rng = np.random.default_rng(5)
+    field = ndimage.gaussian_filter(rng.standard_normal((31, 29, 27)), 2.5)
+    clean = ndimage.gaussian_filter((field > 0).astype(np.float32) * (0.6 + 4 * field), 0.8).clip(0, 1)
+    return clean.astype(np.float32), (clean + SIGMA * rng.standard_normal(clean.shape)).astype(np.float32)
+
+
+def test_the_neighbourhood_leaves_the_voxel_itself_out():
+    x = np.random.default_rng(0).standard_normal((7, 8, 9)).astype(np.float32)
+    index = np.ravel_multi_index((3, 4, 4), x.shape)
+    rows = _neighbours(x, np.array([index]), 1)[0]
+    expected = np.delete(x[2:5, 3:6, 3:6].reshape(-1), 13)  # the 3x3x3 block without its centre
+    np.testing.assert_array_equal(rows, expected)
+    y = x.copy()
+    y[3, 4, 4] += 100.0  # the voxel's own value never reaches its row
+    np.testing.assert_array_equal(_neighbours(y, np.array([index]), 1)[0], rows)
+
+
+def test_it_beats_non_local_means_on_a_texture(pair):
+    clean, noisy = pair
+    err = lambda a: float(np.mean((a - clean) ** 2))  # noqa: E731
+    out = noise2self_denoise(noisy, SIGMA, steps=600)
+    assert out.shape == noisy.shape and out.dtype == np.float32
+    assert err(out) < 0.4 * err(noisy)
+    assert err(out) < err(denoise_nlm(noisy))
+
+
+def test_the_voxel_comes_back_where_the_residual_is_more_than_noise():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, (9, 10, 11)).astype(np.float32)
+    np.testing.assert_allclose(_with_centre(x, x - 1.0, 0.05), x, atol=1e-2)  # residual 20 sigma: keep the voxel
+    mu = x - 0.05 * rng.standard_normal(x.shape).astype(np.float32) * 0.5  # residual under the noise: keep mu
+    np.testing.assert_allclose(_with_centre(x, mu, 0.05), mu, atol=1e-6)
+
+
+def test_same_seed_same_result_other_seed_other(pair):
+    _, noisy = pair
+    a, b = (noise2self_denoise(noisy, SIGMA, steps=30, seed=1) for _ in range(2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, noise2self_denoise(noisy, SIGMA, steps=30, seed=2))
+
+
+def test_config_rejects_empty_settings():
+    with pytest.raises(ConfigError, match="noise2self_steps"):
+        BaselineConfig(noise2self_steps=0)
+
+
+def test_cli_denoises_with_it_and_keeps_the_geometry(tmp_path, phantom_nifti):
+    """`ldp-med reconstruct --task denoise --method noise2self`: inside the phantom (its air keeps the Rician floor, as
+    every denoiser's does) closer to it than the noisy input; the same affine."""
+    import nibabel as nib
+    from click.testing import CliRunner
+
+    from ldp_med.cli import cli
+
+    noisy, out = tmp_path / "noisy.nii.gz", tmp_path / "n2s.nii.gz"
+    run = lambda *a: CliRunner().invoke(cli, [str(x) for x in a])  # noqa: E731
+    assert run("simulate", phantom_nifti, "-o", noisy, "--task", "denoise", "--seed", 2).exit_code == 0
+    r = run("reconstruct", noisy, "-o", out, "--task", "denoise", "--method", "noise2self", "--set", "baseline.noise2self_steps=200")
+    assert r.exit_code == 0, r.output
+    ref, y, den = (nib.load(str(p)) for p in (phantom_nifti, noisy, out))
+    np.testing.assert_allclose(den.affine, ref.affine, atol=1e-5)
+    inside = ref.get_fdata() > 0
+    err = lambda img: float(np.mean((img.get_fdata() - ref.get_fdata())[inside] ** 2))  # noqa: E731
+    assert err(den) < 0.8 * err(y)  # a 21x24x19 phantom of flat ellipsoids: mostly edges for its 7.6k voxels
