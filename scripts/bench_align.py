@@ -22,7 +22,8 @@ the axis, direction and side are drawn from a seed per (volume, case)):
 - ``crop-half``: half the field of view (a random axis and side) after a 10 degree rotation and up to
   20 mm translation;
 - ``1mm``: resampled to 1 mm voxels, 15 degrees, up to 30 mm; ``aniso-lps``: 1 x 1 x 4 mm voxels in LPS
-  order, 15 degrees, up to 30 mm (both trilinear from the original; the world positions are exact).
+  order, 15 degrees, up to 30 mm (both trilinear from the original; the world positions are exact); ``coarse``:
+  4 x 4 x 5 mm voxels (as an EPI volume, e.g. dipy's b0), 15 degrees, up to 30 mm (added in session 35).
 
 Error: RMS over the brain voxels inside the copy's field of view of ``|M_est(x) - M_true(x)|`` (mm).
 Seconds: wall and process CPU of :func:`ldp_med.align.estimate_alignment` (one thread; the CPU column is
@@ -44,7 +45,7 @@ from ldp_med.data import synthetic
 from ldp_med.io.nifti import load_nifti
 from ldp_med.io.volume import Volume
 
-CASES = ("orig", "shift40", "rot20", "crop-half", "1mm", "aniso-lps")
+CASES = ("orig", "shift40", "rot20", "crop-half", "1mm", "aniso-lps", "coarse")
 
 
 def lstsq_affine(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -94,6 +95,9 @@ def make_case(vol: Volume, case: str, centre: np.ndarray, seed: int) -> tuple[Vo
     if case == "aniso-lps":
         move = rigid(15.0, axis, rng.uniform(0, 30) * direction, centre)
         return moved_copy(vol, move, vox=(1.0, 1.0, 4.0), flip=(0, 1)), move
+    if case == "coarse":
+        move = rigid(15.0, axis, rng.uniform(0, 30) * direction, centre)
+        return moved_copy(vol, move, vox=(4.0, 4.0, 5.0)), move
     raise ValueError(case)
 
 
