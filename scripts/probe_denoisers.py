@@ -3,11 +3,12 @@ where the ``[eval]`` extra is installed, BM4D; Rician noise 5%, sigma from the t
 nibabel's 33x41x25 real part, no air around them) and whole 2 mm heads; PSNR in dB over the whole volume / inside the
 head (``benchlib.head_mask``), where the air's Rician floor, which none of them removes, does not count.
 
-    cd scripts && OMP_NUM_THREADS=2 python probe_denoisers.py
+    cd scripts && OMP_NUM_THREADS=2 python probe_denoisers.py [--steps 1000]   # noise2self's training steps
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
@@ -21,12 +22,18 @@ VOLUMES = [("10004", (slice(30, 63), slice(35, 76), slice(30, 55))),
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=2000, help="noise2self's training steps (its default: 2000)")
+    args = ap.parse_args()
     from ldp_med.baselines import denoise_bm4d, denoise_nlm
     from ldp_med.config import SimulateConfig
     from ldp_med.io.volume import Volume
-    from ldp_med.noise2self import noise2self_denoise
+    from ldp_med.noise2self import noise2self_denoise as n2s
     from ldp_med.physics import estimate_rician_noise
     from ldp_med.physics.simulate import simulate_denoise
+
+    def noise2self_denoise(y, sigma):
+        return n2s(y, sigma, steps=args.steps)
 
     try:
         import bm4d  # noqa: F401
