@@ -45,7 +45,7 @@ def _predict(net: torch.nn.Module, rows: torch.Tensor, floor: float) -> torch.Te
 
 
 def noise2self_denoise(volume: np.ndarray, sigma: float, context: int = 2, hidden: int = 128, steps: int = 2000,
-                       seed: int = 0, progress: bool = False) -> np.ndarray:
+                       seed: int = 0, progress: bool = False, return_variance: bool = False):
     """Denoise ``volume`` with a blind-spot MLP trained on the volume itself (see the module's docstring).
 
     Args:
@@ -57,9 +57,11 @@ def noise2self_denoise(volume: np.ndarray, sigma: float, context: int = 2, hidde
             that is more than :data:`_EPOCHS` passes over the training voxels.
         seed: seeds the training voxels and the network's initialisation.
         progress: a progress bar over the training steps.
+        return_variance: also return the estimate's error variance (:func:`_with_centre`).
 
     Returns:
-        float32 denoised volume of the same shape; >= 0 where the input is (a magnitude image).
+        float32 denoised volume of the same shape, >= 0 where the input is (a magnitude image); with
+        ``return_variance``, (that volume, its float32 error variance map in squared units).
     """
     vol = np.asarray(volume, np.float32)
     scale = float(np.percentile(np.abs(vol), 99)) or 1.0
@@ -90,16 +92,19 @@ def noise2self_denoise(volume: np.ndarray, sigma: float, context: int = 2, hidde
         for start in range(0, x.size, _CHUNK):
             index = np.arange(start, min(start + _CHUNK, x.size))
             mu[index] = _predict(net, torch.from_numpy(_neighbours(x, index, context)), floor)[:, 0].numpy()
-    out = scale * _with_centre(x, mu.reshape(x.shape), float(sigma) / scale)
-    return np.maximum(out, min(float(vol.min()), 0.0)).astype(np.float32)  # a magnitude image stays >= 0
+    est, var = _with_centre(x, mu.reshape(x.shape), float(sigma) / scale)
+    est = np.maximum(scale * est, min(float(vol.min()), 0.0)).astype(np.float32)  # a magnitude image stays >= 0
+    return (est, (scale**2 * var).astype(np.float32)) if return_variance else est
 
 
-def _with_centre(x: np.ndarray, mu: np.ndarray, sigma: float) -> np.ndarray:
+def _with_centre(x: np.ndarray, mu: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """``mu + w (x - mu)`` with the Wiener weight ``w = max(0, 1 - sigma^2 / v)``, ``v`` the 3x3x3 mean of the
-    squared residual: the voxel's own value where the residual is more than the noise can explain."""
+    squared residual: the voxel's own value where the residual is more than the noise can explain; and that
+    estimate's error variance ``w sigma^2`` (``(1 - w)^2 e + w^2 sigma^2`` with ``e = v - sigma^2``, the blind-spot
+    estimate's own squared error: 0 where the residual is all noise, up to ``sigma^2`` where the voxel is kept)."""
     from scipy.ndimage import uniform_filter
 
     r = x - mu
     v = uniform_filter(r * r, 3, mode="reflect")
     w = np.clip(1.0 - sigma**2 / np.maximum(v, 1e-12), 0.0, 1.0)
-    return mu + w * r
+    return mu + w * r, w * sigma**2

@@ -141,9 +141,17 @@ def _bm4d(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
     return baselines.denoise_bm4d(problem.pinv.data, magnitude_noise(problem)), None, {}
 
 
-def classical_estimate(problem: Problem, cfg: ReconstructConfig) -> np.ndarray:
-    """The image of the task's classical method (``ldp_med.tasks.BASELINE_METHOD``) that the prior is blended with."""
-    return SOLVERS[problem.task, BASELINE_METHOD[problem.task]](problem, cfg, None, False)[0]
+def classical_estimate(problem: Problem, cfg: ReconstructConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image of the task's classical method (``ldp_med.tasks.BASELINE_METHOD``) that the prior is blended with,
+    and its error variance where the method models it (``noise2self``: its Wiener variance), else None."""
+    method = BASELINE_METHOD[problem.task]
+    if method == "noise2self":
+        from ldp_med.noise2self import noise2self_denoise
+
+        b = cfg.baseline
+        return noise2self_denoise(problem.pinv.data, magnitude_noise(problem), b.noise2self_context,
+                                  b.noise2self_hidden, b.noise2self_steps, return_variance=True)
+    return SOLVERS[problem.task, method](problem, cfg, None, False)[0], None
 
 
 def magnitude_noise(problem: Problem) -> float:
@@ -182,7 +190,7 @@ def _posterior(sampler: str | None) -> Solver:
         post = cfg.posterior if sampler is None else dataclasses.replace(cfg.posterior, method=sampler)
         classical = None
         if post.classical_start and not problem.is_complex:  # one classical estimate: the warm start and the blend
-            classical = classical_estimate(problem, cfg)
+            classical = classical_estimate(problem, cfg)[0]
         image, nfe, passes, alignment = classical, 0, cfg.closing.restarts + 1, None
         for last in (p == passes - 1 for p in range(passes)):  # each pass warm-starts from the one before
             # a pass before the last only warm-starts the next one: no latent fit there; the placement is estimated once
@@ -239,9 +247,10 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
 
     Returns the closed samples and, with ``spread``, a variance map: the spread of the same solves on data perturbed
     by fresh noise of the problem's level (randomize-then-optimize, seeded by ``posterior.seed``), plus for the
-    blended image tasks the mixture term ``w (1 - w) (x - c)^2`` (averaged over samples): the blend's expected
-    squared error if the truth lies, with probability ``w``, around the closed sample ``x`` and otherwise around
-    the classical estimate ``c``, each as uncertain as the perturbed solves; and, for samples warm-started from
+    blended image tasks the mixture variance ``w v_x + (1 - w) v_c + w (1 - w) (x - c)^2`` (averaged over samples):
+    the blend's expected squared error if the truth lies, with probability ``w``, around the closed sample ``x`` (as
+    uncertain as the perturbed solves, ``v_x``) and otherwise around the classical estimate ``c`` (``v_c``: its own
+    error variance where its method gives one, noise2self's, else ``v_x``); and, for samples warm-started from
     ``classical``, its squared distance from the pseudo-inverse (what it changed, uncertain by as much: the samples
     inherit its error, so their spread does not show it)."""
     from ldp_med.sampling.closing import agreement_weights, closing_solve
@@ -270,11 +279,13 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
     if var is not None and classical is not None:  # the warm start's own error, which no sample's spread sees
         var = var + (classical - problem.pinv.data) ** 2
     if not problem.is_complex and c.image_agreement:
+        own = None  # the classical estimate's own error variance, where its method gives one
         if classical is None:
-            classical = classical_estimate(problem, cfg)
+            classical, own = classical_estimate(problem, cfg)
         w = agreement_weights(closed, classical, c.image_agreement * float(np.percentile(classical, 99)))
         if var is not None:
-            var = var + np.mean(w * (1 - w) * (closed - classical) ** 2, 0)
+            own = var if own is None else own
+            var = np.mean(w * var + (1 - w) * own + w * (1 - w) * (closed - classical) ** 2, 0)
         closed = (w * closed + (1 - w) * classical).astype(np.float32)
     if c.air and c.air_floor:  # the noise out of the air around the head
         gain = air_gains(problem, closed, c, cfg.posterior.seed, solve)

@@ -90,7 +90,8 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "noise2self", "sup
 #:   NLM at 0.04, its old partner: 31.49; docs/tune_noise2self_denoise.md).
 #: - ``posterior.std_scale``: the std map's scale, calibrated so that ``|error| <= 1.645 std`` holds for 90% of head
 #:   voxels with ``--samples 8`` (docs/results.md, "Std map"); the perturbed solves miss more of the error the fewer
-#:   k-space samples there are, hence a scale per factor.
+#:   k-space samples there are, hence a scale per factor. Denoise 1.16 since session 35 (blended with noise2self, its
+#:   Wiener variance in the mixture: docs/tune_std_denoise_noise2self_mixture.md).
 TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
     "kspace": {
         "posterior.t_start": ((4.0, 0.1),),
@@ -106,7 +107,7 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
         "posterior.classical_start": ((4.0, False),),
     },
     "denoise": {
-        "posterior.t_start": ((1.0, 0.5),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 1.36),),
+        "posterior.t_start": ((1.0, 0.5),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 1.16),),
         "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),), "posterior.latent_fit_iters": ((1.0, 0),),
         "posterior.keep_detail": ((1.0, False),), "posterior.align": ((1.0, False),),
         "closing.air": ((1.0, 1.0),), "closing.air_floor": ((1.0, 0.1),),

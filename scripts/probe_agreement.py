@@ -41,7 +41,7 @@ def main() -> None:
             cfg = recon_config(case, "prior")
             problem = build_problem(load_volume(path), case, cfg)
             x0 = sample(prior, problem, cfg.posterior).samples
-            classical = classical_estimate(problem, cfg)  # the task's classical method, as configured
+            classical = classical_estimate(problem, cfg)[0]  # the task's classical method, as configured
             c, s = settle(cfg, problem).closing, problem.noise_std
             mu = c.image_mu * s
             closed = closing_solve(problem, x0, c.image_anchor, mu, c.iters)

@@ -36,7 +36,7 @@ closed, _ = _close(problem, pre, raw, res.support)   # unblended
 k = settle(cfg, problem).closing
 pert = closing_solve(problem, pre, k.image_anchor, k.image_mu * problem.noise_std, k.iters,
                      wavelet=cfg.baseline.cs_wavelet, perturb=np.random.default_rng(cfg.posterior.seed))
-c = classical_estimate(problem, cfg)
+c = classical_estimate(problem, cfg)[0]
 tol = k.image_agreement * float(np.percentile(c, 99))
 ws = agreement_weights(closed, c, tol)
 blended = ws * closed + (1 - ws) * c

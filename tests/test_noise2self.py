@@ -45,9 +45,24 @@ def test_it_beats_non_local_means_on_a_texture(pair):
 def test_the_voxel_comes_back_where_the_residual_is_more_than_noise():
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 1, (9, 10, 11)).astype(np.float32)
-    np.testing.assert_allclose(_with_centre(x, x - 1.0, 0.05), x, atol=1e-2)  # residual 20 sigma: keep the voxel
+    est, var = _with_centre(x, x - 1.0, 0.05)  # residual 20 sigma: keep the voxel, whose error is the noise's
+    np.testing.assert_allclose(est, x, atol=1e-2)
+    np.testing.assert_allclose(var, 0.05**2, rtol=1e-2)
     mu = x - 0.05 * rng.standard_normal(x.shape).astype(np.float32) * 0.5  # residual under the noise: keep mu
-    np.testing.assert_allclose(_with_centre(x, mu, 0.05), mu, atol=1e-6)
+    est, var = _with_centre(x, mu, 0.05)
+    np.testing.assert_allclose(est, mu, atol=1e-6)
+    assert np.all(var == 0)
+
+
+def test_its_error_variance_is_larger_where_its_error_is(pair):
+    """``return_variance``: the Wiener variance ranks the error above chance and lies within [0, sigma^2]."""
+    from scipy.stats import spearmanr
+
+    clean, noisy = pair
+    out, var = noise2self_denoise(noisy, SIGMA, steps=300, return_variance=True)
+    np.testing.assert_array_equal(out, noise2self_denoise(noisy, SIGMA, steps=300))
+    assert var.min() >= 0 and var.max() <= SIGMA**2 * 1.0001
+    assert spearmanr(ndimage.gaussian_filter(var, 1).ravel(), np.abs(out - clean).ravel()).statistic > 0.1
 
 
 def test_same_seed_same_result_other_seed_other(pair):

@@ -401,25 +401,31 @@ def test_a_warm_start_from_the_classical_estimate_adds_its_change_to_the_varianc
 
 
 def test_image_task_variance_adds_the_blends_mixture_term(phantom, monkeypatch):
-    """Where the closed sample and the classical estimate disagree the blend's variance grows by
-    ``w (1 - w) (x - c)^2``; where one of them holds alone (w = 0 or 1) only the perturbed solves' spread counts."""
+    """The blend's variance is the mixture's, ``w v_x + (1 - w) v_c + w (1 - w) (x - c)^2`` averaged over samples:
+    ``v_x`` the perturbed solves' spread, ``v_c`` the classical estimate's own error variance where its method gives
+    one (noise2self) and ``v_x`` where not (NLM): then only the disagreement term adds to the spread."""
     import ldp_med.sampling.closing as closing
+    import ldp_med.tasks
     from ldp_med.config import ClosingConfig, ReconstructConfig
-    from ldp_med.reconstruct import SOLVERS, _close
-    from ldp_med.tasks import BASELINE_METHOD
+    from ldp_med.reconstruct import _close, classical_estimate
 
     monkeypatch.setattr(closing, "closing_solve", lambda problem, samples, *a, perturb=None, **kw: samples)
     problem = denoise_problem(phantom, noise_std=1.0)
     cfg = ReconstructConfig(closing=ClosingConfig(air=0, image_agreement=0.04))  # the blend alone (no air gain)
-    nlm = SOLVERS["denoise", BASELINE_METHOD["denoise"]](problem, cfg, None, False)[0]  # the classical estimate
-    tol = cfg.closing.image_agreement * float(np.percentile(nlm, 99))
-    offsets = np.array([0.0, tol, 30 * tol], np.float32)[:, None, None, None]  # agree, half-way, disagree
-    samples = (nlm[None] + offsets).astype(np.float32)
-    blended, var = _close(problem, samples, cfg, None, spread=True)
-    w = np.exp(-(offsets[:, 0, 0, 0] ** 2) / (2 * tol**2))
-    spread = samples.var(0, ddof=1)  # the stubbed solves return the samples themselves
-    np.testing.assert_allclose(var, spread + np.mean(w * (1 - w) * offsets[:, 0, 0, 0] ** 2), rtol=1e-3)
-    np.testing.assert_allclose(blended[2], nlm, atol=1e-3)
+    for method in ("nlm", "noise2self"):
+        monkeypatch.setitem(ldp_med.tasks.BASELINE_METHOD, "denoise", method)
+        c, own = classical_estimate(problem, cfg)
+        assert (own is None) == (method == "nlm")
+        tol = cfg.closing.image_agreement * float(np.percentile(c, 99))
+        offsets = np.array([0.0, tol, 30 * tol], np.float32)[:, None, None, None]  # agree, half-way, disagree
+        samples = (np.abs(c)[None] + offsets).astype(np.float32)
+        blended, var = _close(problem, samples, cfg, None, spread=True)
+        w = np.exp(-(offsets ** 2) / (2 * tol**2))
+        spread = samples.var(0, ddof=1)  # the stubbed solves return the samples themselves
+        v_c = spread if own is None else own
+        want = np.mean(w * spread + (1 - w) * v_c + w * (1 - w) * (samples - c) ** 2, 0)
+        np.testing.assert_allclose(var, want, rtol=1e-3, atol=1e-6)
+        np.testing.assert_allclose(blended[2], c, atol=1e-3)
 
 
 def test_a_restart_warm_starts_the_sampler_from_the_closed_image_of_the_pass_before(prior, kproblem, monkeypatch):
