@@ -141,7 +141,8 @@ def _bm4d(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
     return baselines.denoise_bm4d(problem.pinv.data, magnitude_noise(problem)), None, {}
 
 
-def classical_estimate(problem: Problem, cfg: ReconstructConfig) -> tuple[np.ndarray, np.ndarray | None]:
+def classical_estimate(problem: Problem, cfg: ReconstructConfig,
+                       progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """The image of the task's classical method (``ldp_med.tasks.BASELINE_METHOD``) that the prior is blended with,
     and its error variance where the method models it (``noise2self``: its Wiener variance), else None."""
     method = BASELINE_METHOD[problem.task]
@@ -150,8 +151,8 @@ def classical_estimate(problem: Problem, cfg: ReconstructConfig) -> tuple[np.nda
 
         b = cfg.baseline
         return noise2self_denoise(problem.pinv.data, magnitude_noise(problem), b.noise2self_context,
-                                  b.noise2self_hidden, b.noise2self_steps, return_variance=True)
-    return SOLVERS[problem.task, method](problem, cfg, None, False)[0], None
+                                  b.noise2self_hidden, b.noise2self_steps, progress=progress, return_variance=True)
+    return SOLVERS[problem.task, method](problem, cfg, None, progress)[0], None
 
 
 def magnitude_noise(problem: Problem) -> float:
@@ -190,7 +191,7 @@ def _posterior(sampler: str | None) -> Solver:
         post = cfg.posterior if sampler is None else dataclasses.replace(cfg.posterior, method=sampler)
         classical = None
         if post.classical_start and not problem.is_complex:  # one classical estimate: the warm start and the blend
-            classical = classical_estimate(problem, cfg)[0]
+            classical = classical_estimate(problem, cfg, progress)[0]
         image, nfe, passes, alignment = classical, 0, cfg.closing.restarts + 1, None
         for last in (p == passes - 1 for p in range(passes)):  # each pass warm-starts from the one before
             # a pass before the last only warm-starts the next one: no latent fit there; the placement is estimated once
@@ -201,7 +202,7 @@ def _posterior(sampler: str | None) -> Solver:
                 image, std = res.mean, None if res.std is None else res.std * post.std_scale
                 continue
             images, var = _close(problem, res.samples, cfg if last else _restart_config(cfg), res.support,
-                                 spread=last and len(res.samples) > 1, classical=classical)
+                                 spread=last and len(res.samples) > 1, classical=classical, progress=progress)
             image = np.abs(images).mean(0)
             std = None if var is None else pooled_std(var, post.std_smooth) * post.std_scale
         meta = {"nfe": nfe, "sampler": res.method, **{k: v for k, v in res.meta.items() if k.startswith("align_")}}
@@ -237,13 +238,14 @@ AIR_PROBE: tuple[int, float] = (5, 0.95)
 
 
 def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, support: np.ndarray | None,
-           spread: bool = False, classical: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+           spread: bool = False, classical: np.ndarray | None = None,
+           progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """The closing solve of every posterior sample (:mod:`ldp_med.sampling.closing`); weights from the config,
     the anchor restricted to the model's ``support`` when ``closing.anchor_support`` (k-space) or
     ``closing.image_anchor_support`` (denoise, superres) is on; for the image tasks each closed sample is then
     blended with the task's classical estimate where they disagree (``closing.image_agreement``). ``classical``: the
     classical estimate the samples were warm-started from (``posterior.classical_start``), else None (computed here
-    for the blend).
+    for the blend, with a progress bar if ``progress``).
 
     Returns the closed samples and, with ``spread``, a variance map: the spread of the same solves on data perturbed
     by fresh noise of the problem's level (randomize-then-optimize, seeded by ``posterior.seed``), plus for the
@@ -281,7 +283,7 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
     if not problem.is_complex and c.image_agreement:
         own = None  # the classical estimate's own error variance, where its method gives one
         if classical is None:
-            classical, own = classical_estimate(problem, cfg)
+            classical, own = classical_estimate(problem, cfg, progress)
         w = agreement_weights(closed, classical, c.image_agreement * float(np.percentile(classical, 99)))
         if var is not None:
             own = var if own is None else own

@@ -593,7 +593,7 @@ def test_a_finer_acquisition_grid_gets_its_voxel_share_of_the_kspace_anchor(prio
     from ldp_med.tasks import task_setting
 
     seen = []
-    monkeypatch.setattr(R, "_close", lambda problem, samples, cfg, support, spread=False, classical=None: (
+    monkeypatch.setattr(R, "_close", lambda problem, samples, cfg, support, spread=False, classical=None, progress=False: (
         seen.append((cfg.closing.anchor, problem.factor)) or samples, None))
     cfg = ReconstructConfig(posterior=dataclasses.replace(FAST, align=False))
     for mm in (0.5, 1.0):  # the tiny model's voxel is 1 mm
