@@ -53,7 +53,7 @@ def noise2self_denoise(volume: np.ndarray, sigma: float, context: int = 2, hidde
         sigma: the noise's Gaussian std in the volume's units (e.g. :func:`ldp_med.physics.estimate_rician_noise`).
         context: neighbourhood half-width in voxels.
         hidden: width of the MLP's two hidden layers.
-        steps: Adam steps of ``_BATCH`` voxels at most (~20 s at 2000 on two cores for a 2 mm head); fewer where
+        steps: Adam steps of ``_BATCH`` voxels at most (25-30 s at 2000 on two cores for a 2 mm head); fewer where
             that is more than :data:`_EPOCHS` passes over the training voxels.
         seed: seeds the training voxels and the network's initialisation.
         progress: a progress bar over the training steps.
