@@ -16,14 +16,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ldp_med.selfsim import train_held_out
+from ldp_med.selfsim import mlp, train_held_out
 
 __all__ = ["noise2self_denoise"]
 
-_BATCH = 4096
 _MAX_TEST = 50_000  # held-out rows scored (a random subset beyond this)
 _HOLD_OUT = 5  # one slice in this many (along the last axis) is held out of the training
-_EPOCHS = 40  # at most this many passes over the training rows (a small volume stops sooner)
 _CHUNK = 65536  # rows per inference batch
 
 
@@ -53,8 +51,8 @@ def noise2self_denoise(volume: np.ndarray, sigma: float, context: int = 2, hidde
         sigma: the noise's Gaussian std in the volume's units (e.g. :func:`ldp_med.physics.estimate_rician_noise`).
         context: neighbourhood half-width in voxels.
         hidden: width of the MLP's two hidden layers.
-        steps: Adam steps of ``_BATCH`` voxels at most (25-30 s at 2000 on two cores for a 2 mm head); fewer where
-            that is more than :data:`_EPOCHS` passes over the training voxels.
+        steps: Adam steps of 4096 voxels at most (25-30 s at 2000 on two cores for a 2 mm head); fewer where that
+            is more than 40 passes over the training voxels (:func:`ldp_med.selfsim.train_held_out`).
         seed: seeds the training voxels and the network's initialisation.
         progress: a progress bar over the training steps.
         return_variance: also return the estimate's error variance (:func:`_with_centre`).
@@ -68,11 +66,9 @@ def noise2self_denoise(volume: np.ndarray, sigma: float, context: int = 2, hidde
     x, floor = vol / scale, max(float(sigma) / scale, 1e-3)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    inputs = (2 * context + 1) ** 3 - 1
-    net = torch.nn.Sequential(torch.nn.Linear(inputs, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, hidden),
-                              torch.nn.GELU(), torch.nn.Linear(hidden, 1))
+    net = mlp((2 * context + 1) ** 3 - 1, 1, hidden)
     flat = x.reshape(-1)
-    held = (np.arange(x.shape[-1]) % _HOLD_OUT == _HOLD_OUT // 2)[np.unravel_index(np.arange(x.size), x.shape)[-1]]
+    held = np.arange(x.size) % x.shape[-1] % _HOLD_OUT == _HOLD_OUT // 2  # the last axis's index of each flat voxel
     train, test = np.flatnonzero(~held), np.flatnonzero(held)
     if len(test) > _MAX_TEST:
         test = np.sort(np.random.default_rng(seed).choice(test, _MAX_TEST, replace=False))
@@ -80,12 +76,11 @@ def noise2self_denoise(volume: np.ndarray, sigma: float, context: int = 2, hidde
     target = torch.from_numpy(flat[train, None])
     test_rows, test_target = torch.from_numpy(_neighbours(x, test, context)), torch.from_numpy(flat[test, None])
 
-    def loss() -> torch.Tensor:
-        batch = torch.randint(0, len(train), (_BATCH,), generator=gen)
+    def loss(batch: torch.Tensor) -> torch.Tensor:
         return torch.mean((_predict(net, rows[batch], floor) - target[batch]) ** 2)
 
-    train_held_out(net, loss, lambda: torch.mean((_predict(net, test_rows, floor) - test_target) ** 2),
-                   max(1, min(steps, -(-_EPOCHS * len(train) // _BATCH))), "noise2self", progress)
+    train_held_out(net, loss, len(train), lambda: torch.mean((_predict(net, test_rows, floor) - test_target) ** 2),
+                   steps, gen, "noise2self", progress)
     del rows, target, test_rows
     mu = np.empty(x.size, np.float32)
     with torch.no_grad():

@@ -130,11 +130,16 @@ def _nlm(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
 
 def _noise2self(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
     """Blind-spot self-supervised denoising (:func:`ldp_med.noise2self.noise2self_denoise`) with the tissue's sigma."""
+    return _noise2self_with_variance(problem, cfg, progress)[0], None, {}
+
+
+def _noise2self_with_variance(problem: Problem, cfg: ReconstructConfig, progress: bool):
+    """(noise2self's image, its error variance): the one call of it that the solver and the blend share."""
     from ldp_med.noise2self import noise2self_denoise
 
     b = cfg.baseline
     return noise2self_denoise(problem.pinv.data, magnitude_noise(problem), b.noise2self_context, b.noise2self_hidden,
-                              b.noise2self_steps, progress=progress), None, {}
+                              b.noise2self_steps, progress=progress, return_variance=True)
 
 
 def _bm4d(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
@@ -147,11 +152,7 @@ def classical_estimate(problem: Problem, cfg: ReconstructConfig,
     and its error variance where the method models it (``noise2self``: its Wiener variance), else None."""
     method = BASELINE_METHOD[problem.task]
     if method == "noise2self":
-        from ldp_med.noise2self import noise2self_denoise
-
-        b = cfg.baseline
-        return noise2self_denoise(problem.pinv.data, magnitude_noise(problem), b.noise2self_context,
-                                  b.noise2self_hidden, b.noise2self_steps, progress=progress, return_variance=True)
+        return _noise2self_with_variance(problem, cfg, progress)
     return SOLVERS[problem.task, method](problem, cfg, None, progress)[0], None
 
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ldp_med.physics.degradations import slice_average
 
-__all__ = ["selfsim_upsample", "train_held_out"]
+__all__ = ["selfsim_upsample", "mlp", "train_held_out"]
 
 _BATCH = 4096
 _MAX_ROWS = 1_000_000  # training rows kept (a random subset beyond this)
@@ -63,9 +63,11 @@ def _normalised(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (patches - patches[:, patches.shape[1] // 2, None]) / scale, scale
 
 
-def _mlp(inputs: int, factor: int, hidden: int) -> torch.nn.Module:
+def mlp(inputs: int, outputs: int, hidden: int) -> torch.nn.Module:
+    """The per-voxel MLP of :func:`selfsim_upsample` and :func:`ldp_med.noise2self.noise2self_denoise`: two hidden
+    layers of ``hidden``, GELU."""
     return torch.nn.Sequential(torch.nn.Linear(inputs, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, hidden),
-                               torch.nn.GELU(), torch.nn.Linear(hidden, factor))
+                               torch.nn.GELU(), torch.nn.Linear(hidden, outputs))
 
 
 def _deviation(net: torch.nn.Module, patches: torch.Tensor) -> torch.Tensor:
@@ -123,7 +125,7 @@ def selfsim_upsample(coarse: np.ndarray, factor: int, axis: int, context: int = 
         held.append(np.broadcast_to(where % _HOLD_OUT == _HOLD_OUT // 2, thick.shape).reshape(-1))
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    net, alpha = _mlp((2 * context + 1) ** 2, factor, hidden), 0.0
+    net, alpha = mlp((2 * context + 1) ** 2, factor, hidden), 0.0
     if rows:
         rows, targets, base, held = (np.concatenate(a) for a in (rows, targets, base, held))
         keep = np.abs(rows).max(1) > 0.02  # patches with signal (2% of the 99th percentile)
@@ -159,29 +161,31 @@ def _fit(net: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor, test_r
     rows, spread = _normalised(rows)
     targets = targets / spread  # the loss below is in the volume's units: (spread x (net - target))^2
 
-    def loss() -> torch.Tensor:
-        batch = torch.randint(0, len(rows), (_BATCH,), generator=gen)
+    def loss(batch: torch.Tensor) -> torch.Tensor:
         out = net(rows[batch])
         return torch.mean(((out - out.mean(1, keepdim=True) - targets[batch]) * spread[batch]) ** 2)
 
-    train_held_out(net, loss, lambda: torch.mean((_deviation(net, test_rows) - test_targets) ** 2),
-                   max(1, min(steps, -(-_EPOCHS * len(rows) // _BATCH))), "selfsim", progress)
+    train_held_out(net, loss, len(rows), lambda: torch.mean((_deviation(net, test_rows) - test_targets) ** 2), steps,
+                   gen, "selfsim", progress)
     with torch.no_grad():
         change, miss = _deviation(net, test_rows) - test_base, test_targets - test_base
         alpha = float(torch.sum(change * miss) / torch.sum(change * change).clamp_min(1e-12))
     return min(max(alpha, 0.0), 1.0)
 
 
-def train_held_out(net: torch.nn.Module, loss, held_out, steps: int, desc: str, progress: bool = False) -> None:
-    """``steps`` Adam steps on ``loss()`` (a fresh batch's loss per call; one-cycle learning rate to 3e-3), leaving
-    ``net`` at its best state by ``held_out()`` (an error on rows kept out of the training, checked every
-    :data:`_CHECK` steps and at the end). The training of :func:`selfsim_upsample` and
+def train_held_out(net: torch.nn.Module, loss, rows: int, held_out, steps: int, gen: torch.Generator, desc: str,
+                   progress: bool = False) -> None:
+    """Adam steps on ``loss(batch)``, ``batch`` :data:`_BATCH` indices into ``rows`` training rows drawn from ``gen``
+    (one-cycle learning rate to 3e-3; ``steps``, or fewer where that is more than :data:`_EPOCHS` passes over the
+    rows), leaving ``net`` at its best state by ``held_out()`` (an error on rows kept out of the training, checked
+    every :data:`_CHECK` steps and at the end). The training of :func:`selfsim_upsample` and
     :func:`ldp_med.noise2self.noise2self_denoise`."""
+    steps = max(1, min(steps, -(-_EPOCHS * rows // _BATCH)))
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=steps)
     best, state = float("inf"), None
     for step in tqdm(range(1, steps + 1), desc=desc, disable=not progress):
-        value = loss()
+        value = loss(torch.randint(0, rows, (_BATCH,), generator=gen))
         opt.zero_grad()
         value.backward()
         opt.step()

@@ -8,7 +8,7 @@ from ldp_med.baselines import cubic_upsample
 from ldp_med.config import BaselineConfig
 from ldp_med.errors import ConfigError
 from ldp_med.physics.degradations import SliceAverageOperator
-from ldp_med.selfsim import _consistent_cubic, _fit, _mlp, selfsim_upsample
+from ldp_med.selfsim import _consistent_cubic, _fit, mlp, selfsim_upsample
 
 
 def _thick(fine: np.ndarray, factor: int, axis: int) -> np.ndarray:
@@ -53,7 +53,7 @@ def test_a_net_that_does_not_beat_cubic_on_held_out_slices_gets_no_weight():
     g = torch.Generator().manual_seed(0)
     rows, targets = torch.randn(500, 25, generator=g), torch.randn(500, 2, generator=g)
     test_rows, base = torch.randn(200, 25, generator=g), torch.randn(200, 2, generator=g)
-    assert _fit(_mlp(25, 2, 16), rows, targets, test_rows, base, base, 50, g) == 0.0
+    assert _fit(mlp(25, 2, 16), rows, targets, test_rows, base, base, 50, g) == 0.0
 
 
 def test_same_seed_same_result_other_seed_other(fine):
