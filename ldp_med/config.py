@@ -406,6 +406,9 @@ class ClosingConfig:
         restart_iters: in the passes before the last (``restarts``), whose closed image only warm-starts the next
             pass, the anchored solve alone (no agreement solve) for this many iterations, from the sample;
             None: the same closing as the last pass.
+        spin: cycle spinning of every closing solve's wavelet term (:func:`ldp_med.sampling.closing.closing_solve`):
+            random circular shifts in ``[0, spin)`` voxels per iteration, seeded by ``posterior.seed``; 0: off (the
+            CS baseline's decimated wavelets). None: the task's (``ldp_med.tasks.TASK_SETTINGS``).
     """
 
     iters: int | None = None
@@ -424,13 +427,14 @@ class ClosingConfig:
     restart_iters: int | None = 5
     air: float | None = None
     air_floor: float | None = None
+    spin: int | None = None
 
     def __post_init__(self) -> None:
         weights = (self.anchor or 0.0, self.mu or 0.0, self.image_anchor, self.image_mu, self.image_agreement or 0.0,
                    self.agreement, self.air or 0.0, self.air_floor or 0.0)
-        counts = (self.iters or 0, self.agreement_iters, self.restarts or 0, self.restart_iters or 0)
+        counts = (self.iters or 0, self.agreement_iters, self.restarts or 0, self.restart_iters or 0, self.spin or 0)
         if min(counts) < 0 or min(weights) < 0 or not 0 < self.coil_energy <= 1:
-            raise ConfigError("closing: need iters >= 0, agreement_iters >= 0, restarts >= 0, restart_iters >= 0, "
+            raise ConfigError("closing: need iters >= 0, agreement_iters >= 0, restarts >= 0, restart_iters >= 0, spin >= 0, "
                               "anchor >= 0, mu >= 0, 0 < coil_energy <= 1, image_mu >= 0, image_agreement >= 0, "
                               f"agreement >= 0, air >= 0, air_floor >= 0; got {self}")
 

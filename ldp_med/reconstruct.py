@@ -266,17 +266,18 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
         mu, anchor, on_support = c.image_mu * problem.noise_std, c.image_anchor, c.image_anchor_support
     op, y = compressed(problem, c.coil_energy)
     weights, starts = support if on_support else None, None
+    spin = {"spin": c.spin, "spin_seed": cfg.posterior.seed}
     if problem.is_complex and c.agreement and anchor:
         # the anchor only where each sample agrees with the data's own solve from it (the CS objective, anchor 0)
         free = closing_solve(problem, samples, 0.0, mu, c.agreement_iters, wavelet=cfg.baseline.cs_wavelet,
-                             operator=op, y=y)
+                             operator=op, y=y, **spin)
         starts = free if c.from_free else None
         free_abs = np.abs(free)
         tol = c.agreement * float(np.percentile(free_abs, 99))
         agree = np.mean([agreement_weights(np.abs(s)[None], f, tol)[0] for s, f in zip(samples, free_abs)], 0)
         weights = agree if weights is None else weights * agree
     solve = functools.partial(closing_solve, problem, samples, anchor, mu, iters=c.iters, weights=weights,
-                              wavelet=cfg.baseline.cs_wavelet, operator=op, y=y, starts=starts)
+                              wavelet=cfg.baseline.cs_wavelet, operator=op, y=y, starts=starts, **spin)
     closed = solve()
     var = np.abs(solve(perturb=np.random.default_rng(cfg.posterior.seed))).var(0, ddof=1) if spread else None
     if var is not None and classical is not None:  # the warm start's own error, which no sample's spread sees

@@ -92,11 +92,13 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "noise2self", "sup
 #:   voxels with ``--samples 8`` (docs/results.md, "Std map"); the perturbed solves miss more of the error the fewer
 #:   k-space samples there are, hence a scale per factor. Denoise 1.16 since session 35 (blended with noise2self, its
 #:   Wiener variance in the mixture: docs/tune_std_denoise_noise2self_mixture.md).
+#: - ``closing.spin``: cycle spinning of the closing's wavelet term (random shifts in [0, 8) voxels per iteration):
+#:   k-space R=4 +0.86 dB, R=8 +1.20 dB on validation (docs/tune_spin_kspace_r*.md; 16 ties); the image tasks 0.
 TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
     "kspace": {
         "posterior.t_start": ((4.0, 0.1),),
         "posterior.prior_error": ((4.0, 0.1),),
-        "posterior.std_scale": ((4.0, 2.52), (8.0, 4.10)),
+        "posterior.std_scale": ((4.0, 2.19), (8.0, 3.04)),
         "closing.anchor": ((4.0, 0.1), (8.0, 0.2)),
         "closing.restarts": ((4.0, 0), (8.0, 1)),
         "closing.iters": ((4.0, 10),),
@@ -104,7 +106,7 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
         "posterior.keep_detail": ((4.0, True),),
         "posterior.align": ((4.0, True), (8.0, False)),
         "closing.air": ((4.0, 4.0), (8.0, 10.0)), "closing.air_floor": ((4.0, 0.05),),
-        "posterior.classical_start": ((4.0, False),),
+        "posterior.classical_start": ((4.0, False),), "closing.spin": ((4.0, 8),),
     },
     "denoise": {
         "posterior.t_start": ((1.0, 0.5),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 1.16),),
@@ -112,6 +114,7 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
         "posterior.keep_detail": ((1.0, False),), "posterior.align": ((1.0, False),),
         "closing.air": ((1.0, 1.0),), "closing.air_floor": ((1.0, 0.1),),
         "closing.image_agreement": ((1.0, 0.02),), "posterior.classical_start": ((1.0, False),),
+        "closing.spin": ((1.0, 0),),
     },
     "superres": {
         "posterior.t_start": ((1.0, 0.06),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 1.15),),
@@ -119,6 +122,7 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
         "posterior.keep_detail": ((1.0, True),), "posterior.align": ((1.0, False),),
         "closing.air": ((1.0, 0.0),), "closing.air_floor": ((1.0, 0.1),),
         "closing.image_agreement": ((1.0, 0.002),), "posterior.classical_start": ((1.0, True),),
+        "closing.spin": ((1.0, 0),),
     },
 }
 

@@ -4,6 +4,11 @@ without the air step (``closing.air``, ``ldp_med.sampling.closing.air_gain``), o
 
     cd scripts && OMP_NUM_THREADS=2 python probe_air.py --case kspace-r4 --volumes 10002 head:10002 noisy:10002
     cd scripts && OMP_NUM_THREADS=2 python probe_air.py --case denoise --volumes 10002 head:10002 faint:10002
+    cd scripts && OMP_NUM_THREADS=2 python probe_air.py --case kspace-r4 --spin 8 --volumes 10002 head:10002
+
+``--spin N`` (k-space): also CS's own objective solved with cycle spinning (``closing_solve(..., spin=N)`` from zero,
+the baseline's iterations), with and without the air step, and the prior's rows with ``closing.spin`` N: how much of
+the spun closing's gain a classical CS with the same spinning gets.
 
 k-space: sigpy's L1-wavelet CS (the baseline, untouched), then the same gain the prior's closing uses
 (``reconstruct.air_gains``: the noise energy from the same short perturbed solve, on CS's objective). Denoise: the
@@ -40,6 +45,7 @@ def main() -> None:
     ap.add_argument("--case", default="kspace-r4", choices=[c for c in CASES if c != "superres"])
     ap.add_argument("--volumes", nargs="+", default=["10002", "head:10002", "noisy:10002"])
     ap.add_argument("--air", type=float, default=None, help="the noise multiple (default: the task's)")
+    ap.add_argument("--spin", type=int, default=0, help="k-space: also CS with cycle spinning, and the prior's closing.spin")
     args = ap.parse_args()
     require_validation([int(v.rsplit(":", 1)[-1]) for v in args.volumes])
     prior = load_pretrained()
@@ -64,9 +70,15 @@ def main() -> None:
                 x, solve = np.asarray(R.SOLVERS[cfg.task, method](problem, cfg, None, False)[0], np.float32)[None], None
             base = np.abs(x[0])
             row = {method: base, f"{method} + air": base * R.air_gains(problem, x, c, 0, solve)}
+            if kspace and args.spin:
+                xs = closing_solve(problem, np.zeros_like(x), 0.0, b.cs_lambda, b.cs_iters, wavelet=b.cs_wavelet,
+                                   spin=args.spin, spin_seed=0)
+                row[f"{method} spun"] = np.abs(xs[0])
+                row[f"{method} spun + air"] = np.abs(xs[0]) * R.air_gains(problem, xs, c, 0, functools.partial(
+                    closing_solve, problem, xs, 0.0, b.cs_lambda, wavelet=b.cs_wavelet, spin=args.spin, spin_seed=0))
             for air in (0.0, c.air):
                 pc = recon_config(args.case, "prior")
-                pc = dataclasses.replace(pc, closing=dataclasses.replace(pc.closing, air=air))
+                pc = dataclasses.replace(pc, closing=dataclasses.replace(pc.closing, air=air, spin=args.spin or None))
                 row["prior" if air else "prior without air"] = R.reconstruct_file(path, pc, prior=prior).volume.data
             print(name, " | ".join(f"{m} {evaluate(v, reference)['psnr']:.2f}" for m, v in row.items()), flush=True)
 

@@ -45,7 +45,7 @@ def operator_norm_sq(problem: Problem) -> float:
 def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, iters: int,
                   weights: np.ndarray | None = None, wavelet: str = "db4", operator=None,
                   y: torch.Tensor | None = None, perturb: np.random.Generator | None = None,
-                  starts: np.ndarray | None = None) -> np.ndarray:
+                  starts: np.ndarray | None = None, spin: int = 0, spin_seed: int | None = 0) -> np.ndarray:
     """Refine each anchor with the anchored CS objective of the module docstring.
 
     Args:
@@ -62,6 +62,12 @@ def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, 
             ``problem.noise_std`` drawn from this generator (complex for k-space, on the measured samples
             only), so the spread of the solutions carries the data noise as well as the anchors' disagreement.
         starts: (B, X, Y, Z) warm starts, one per anchor (None: the anchors themselves).
+        spin: cycle spinning (Coifman & Donoho, 1995; Figueiredo & Nowak, 2003; BART's ``pics`` shifts its wavelets
+            the same way): each iteration's wavelet prox acts on the image circularly shifted by a random offset in
+            ``[0, spin)`` voxels along every axis and shifted back, so the sparsity term is, on average over the
+            iterations, the decimated transform's at every offset (translation-invariant: no blocks on the
+            wavelet's dyadic grid). 0: off, exactly the CS baseline's prox.
+        spin_seed: seeds the offsets.
 
     Returns:
         (B, X, Y, Z) of the anchors' dtype.
@@ -78,6 +84,8 @@ def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, 
     W = sp.linop.Wavelet(tuple(anchors.shape[1:]), wave_name=wavelet)
     wavelet_l1 = sp.prox.UnitaryTransform(_l1_reg(sp, W.oshape, mu), W)
     proxg = wavelet_l1 if problem.is_complex else lambda a, x: np.real(wavelet_l1(a, x)).astype(dtype)
+    if spin > 1:
+        proxg = _spun(proxg, spin, np.random.default_rng(spin_seed))
     out = []
     for i, anchor in enumerate(anchors):
         x_bar = np.ascontiguousarray(anchor.astype(dtype))
@@ -95,6 +103,17 @@ def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, 
             alg.update()
         out.append(alg.x)
     return np.stack(out)
+
+
+def _spun(prox, spin: int, rng: np.random.Generator):
+    """``prox`` applied to the image circularly shifted by a random offset in ``[0, spin)`` per axis, shifted back."""
+
+    def spun(alpha, x: np.ndarray) -> np.ndarray:
+        shift = tuple(int(v) for v in rng.integers(0, spin, size=x.ndim))
+        axes = tuple(range(x.ndim))
+        return np.roll(prox(alpha, np.roll(x, shift, axes)), tuple(-v for v in shift), axes)
+
+    return spun
 
 
 def soft_threshold(lamda: float, x: np.ndarray) -> np.ndarray:

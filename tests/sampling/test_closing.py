@@ -81,6 +81,23 @@ def test_real_problems_close_too():
     assert out.dtype == np.float32 and np.abs(out[0] - clean).mean() < np.abs(noisy - clean).mean()
 
 
+def test_cycle_spinning_removes_the_dyadic_grid_and_is_seeded():
+    """``spin``: the wavelet prox at random offsets. On the CS objective (no anchor) of an undersampled phantom, the
+    spun solve is nearer the truth than the decimated one (the phantom's edges fall anywhere on the wavelet's dyadic
+    grid); equal seeds give equal results, another seed another path, and ``spin`` 1 is the unspun solve."""
+    vol = Volume(ellipsoid_phantom((22, 26, 18)), np.eye(4))
+    ksp = simulate_kspace(vol, SimulateConfig(coils=3, calib=6, accel=3.0, noise=0.01, seed=3))
+    problem, ref = kspace_problem(ksp), ksp.reference
+    start = np.zeros((1, *problem.shape), np.complex64)
+    plain = closing_solve(problem, start, lam=0.0, mu=0.002, iters=100)[0]
+    spun = closing_solve(problem, start, lam=0.0, mu=0.002, iters=100, spin=8, spin_seed=0)[0]
+    err = lambda x: float(np.sqrt(np.mean((np.abs(x) - ref) ** 2)))  # noqa: E731
+    assert err(spun) < 0.9 * err(plain)  # measured 0.031 against 0.038
+    np.testing.assert_array_equal(spun, closing_solve(problem, start, 0.0, 0.002, 100, spin=8, spin_seed=0)[0])
+    assert np.abs(spun - closing_solve(problem, start, 0.0, 0.002, 100, spin=8, spin_seed=1)[0]).max() > 1e-4
+    np.testing.assert_array_equal(plain, closing_solve(problem, start, 0.0, 0.002, 100, spin=1)[0])
+
+
 def test_agreement_blend_keeps_the_sample_where_it_agrees_and_the_reference_where_it_does_not():
     rng = np.random.default_rng(2)
     ref = rng.uniform(0, 1, size=(20, 11, 13)).astype(np.float32)
