@@ -93,7 +93,8 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "noise2self", "sup
 #:   k-space samples there are, hence a scale per factor. Denoise 1.16 since session 35 (blended with noise2self, its
 #:   Wiener variance in the mixture: docs/tune_std_denoise_noise2self_mixture.md).
 #: - ``closing.spin``: cycle spinning of the closing's wavelet term (random shifts in [0, 8) voxels per iteration):
-#:   k-space R=4 +0.86 dB, R=8 +1.20 dB on validation (docs/tune_spin_kspace_r*.md; 16 ties); the image tasks 0.
+#:   k-space R=4 +0.86 dB, R=8 +1.20 dB on validation (docs/tune_spin_kspace_r*.md; 16 ties); the image tasks 0
+#:   (denoise +0.01 dB: docs/tune_spin_denoise.md).
 TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
     "kspace": {
         "posterior.t_start": ((4.0, 0.1),),
