@@ -21,11 +21,11 @@ CLASSICAL_METHODS: dict[str, tuple[str, ...]] = {
 }
 METHODS: dict[str, tuple[str, ...]] = {t: CLASSICAL_METHODS[t] + PRIOR_METHODS for t in TASKS}
 ALL_METHODS: tuple[str, ...] = tuple(dict.fromkeys(m for t in TASKS for m in METHODS[t]))
-#: k-space: the prior, above CS on every volume measured (template and 8 test subjects R=4 +1.31 to +2.45 dB aligned
-#: and with the air's noise taken out, SSIM +0.115 or more; R=8 +1.73 to +2.95, mean +2.16, SSIM +0.13 or more;
-#: heads with skull +0.40 (pydeface R=8) to +1.07, real scans that packages ship +0.37 to +0.97) in 0.5-0.7x CS's
-#: time on 2 mm volumes, CS timed beside it (docs/results.md, "The wide PCA prior ships" and the sections after it,
-#: last "Air" and "Denoising's air"). Denoise: the prior blended with noise2self (session 35), template and test
+#: k-space: the prior, above CS on every volume measured (template and 8 test subjects R=4 +2.11 to +3.63 dB aligned,
+#: with the air's noise taken out and the closing's wavelets spun, SSIM +0.12 or more; R=8 +2.43 to +3.99, mean +3.20,
+#: SSIM +0.14 or more; heads with skull +1.42 to +2.65, real scans that packages ship +0.57 to +1.53) in 0.46-0.64x
+#: CS's time on 2 mm volumes, CS timed beside it (docs/results.md, "The wide PCA prior ships" and the sections after
+#: it, last "Cycle spinning in the closing solve"). Denoise: the prior blended with noise2self (session 35), template and test
 #: subjects +7.4 to +8.3 dB over NLM and BM4D, heads with skull +2.9 / +7.8, real scans -0.75 (nibabel, against BM4D)
 #: and -0.52 (dipy's b0, against NLM, a reference with noise of its own) ("Blind-spot self-supervised denoising"). Superres: self-similarity super-resolution (``ldp_med.selfsim``, session
 #: 34), +3.4 to +5.8 dB over cubic on the template and test subjects, +2.5 / +3.9 on heads with skull, +0.3 / +0.4

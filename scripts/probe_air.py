@@ -65,17 +65,20 @@ def main() -> None:
                 k = problem.kspace
                 x = baselines.cs_l1_wavelet(k.kspace, k.mask, k.sensitivity_maps, b.cs_lambda, b.cs_iters, b.cs_wavelet)
                 x = np.asarray(x, np.complex64)[None]
-                solve = functools.partial(closing_solve, problem, x, 0.0, b.cs_lambda, wavelet=b.cs_wavelet)  # CS's objective
+
+                def cs_objective(start, **spin):  # CS's objective from ``start`` (lam 0: the start is only a start)
+                    return functools.partial(closing_solve, problem, start, 0.0, b.cs_lambda, wavelet=b.cs_wavelet, **spin)
+
+                solve = cs_objective(x)
             else:
                 x, solve = np.asarray(R.SOLVERS[cfg.task, method](problem, cfg, None, False)[0], np.float32)[None], None
             base = np.abs(x[0])
             row = {method: base, f"{method} + air": base * R.air_gains(problem, x, c, 0, solve)}
             if kspace and args.spin:
-                xs = closing_solve(problem, np.zeros_like(x), 0.0, b.cs_lambda, b.cs_iters, wavelet=b.cs_wavelet,
-                                   spin=args.spin, spin_seed=0)
+                spin = {"spin": args.spin, "spin_seed": 0}
+                xs = cs_objective(np.zeros_like(x), **spin)(iters=b.cs_iters)
                 row[f"{method} spun"] = np.abs(xs[0])
-                row[f"{method} spun + air"] = np.abs(xs[0]) * R.air_gains(problem, xs, c, 0, functools.partial(
-                    closing_solve, problem, xs, 0.0, b.cs_lambda, wavelet=b.cs_wavelet, spin=args.spin, spin_seed=0))
+                row[f"{method} spun + air"] = np.abs(xs[0]) * R.air_gains(problem, xs, c, 0, cs_objective(xs, **spin))
             for air in (0.0, c.air):
                 pc = recon_config(args.case, "prior")
                 pc = dataclasses.replace(pc, closing=dataclasses.replace(pc.closing, air=air, spin=args.spin or None))
