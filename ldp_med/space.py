@@ -19,12 +19,14 @@ channel-first ``MetaTensor`` (every step is recorded in its ``applied_operations
    (zeros in model units) is the volume's minimum (background) in scanner units. 99.5 rather
    than 100 keeps a few hot voxels (vessels, fat, artefacts) from compressing the tissue range.
 2. ``Orientation(axcodes="RAS")``: flips / permutes axes only (LPS or other voxel orders).
-3. ``Spacing(pixdim=voxel_mm, mode="bilinear", padding_mode="zeros", diagonal=True)``: resamples
-   to isotropic voxels on a world-aligned (diagonal) affine; an oblique acquisition is rotated onto
-   the world axes, its new bounding box filled with zeros outside the acquired field of view.
+3. ``Spacing(pixdim=voxel_mm, mode=3, padding_mode="grid-constant", diagonal=True)``: resamples
+   to isotropic voxels on a world-aligned (diagonal) affine with a cubic spline (MONAI's scipy backend);
+   an oblique acquisition is rotated onto the world axes, its new bounding box filled with zeros outside
+   the acquired field of view.
 4. optionally ``CropForeground`` (voxels above ``foreground_threshold``, ``margin`` voxels kept):
    off for reconstruction, on for training so the head, not the field of view, is centred.
 5. ``ResizeWithPadOrCrop(spatial_size=grid)``: symmetric zero padding / central cropping.
+6. a clip to [0, 1] (the spline's overshoot at steps; not inverted).
 
 Centring: the centre of the resampled field of view (or of the foreground box when cropping)
 lands on the grid centre (to within half a voxel when the size difference is odd). The model affine
@@ -32,7 +34,7 @@ lands on the grid centre (to within half a voxel when the size difference is odd
 
 Aligned mode (``ToModelSpace(..., transform=M)``, issue 17): ``M`` (4, 4) maps the input's world mm to
 the model's MNI world mm (:func:`ldp_med.align.estimate_alignment`). Steps 2-5 are replaced by one MONAI
-``SpatialResample`` (bilinear, zeros outside the input) onto the model grid placed at
+``SpatialResample`` (the same cubic spline, zeros outside the input) onto the model grid placed at
 ``inv(M) @ model_affine_mni`` in the input's world, where ``model_affine_mni`` is the grid's MNI affine
 (``ModelConfig.affine``; if empty, :func:`ldp_med.data.synthetic.grid_affine` for the synthetic grid).
 A partial field of view then lands where it belongs in the grid instead of on its centre; the
@@ -84,6 +86,12 @@ __all__ = [
 #: Upper intensity percentile mapped to 1 (see the module docstring for why not 100).
 DEFAULT_UPPER_PERCENTILE = 99.5
 _DEFAULT_GRID = (96, 112, 96)
+#: resampling of :class:`ToModelSpace` both ways: MONAI's cubic spline (scipy's, order 3), zero outside the input. A
+#: trilinear pull at sub-voxel offsets averages neighbours: a 2 mm head there and back through the 2 mm grid kept
+#: 32.5 dB trilinear, 45 dB with the spline (docs/results.md, "Cubic splines in the model-space transform")
+_SPLINE = dict(mode=3, padding_mode="grid-constant")
+#: the spline's overshoot at steps, clipped back to the model's range (not inverted: MONAI's inverse skips it)
+_CLIP = ScaleIntensityRange(a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True)
 
 
 class PercentileScaleIntensity(InvertibleTransform):
@@ -305,16 +313,16 @@ class ToModelSpace:
             self.transform = m
             mni = model_grid_affine(grid, self.voxel_mm, model_affine)
             dst = np.linalg.solve(m, mni)  # inv(M) @ model_affine_mni: the grid in the input's world
-            self.pipeline = Compose([self.scaler, _ResampleTo(dst, grid, mode="bilinear", padding_mode="zeros")])
+            self.pipeline = Compose([self.scaler, _ResampleTo(dst, grid, **_SPLINE), _CLIP])
             return
         steps: list = [
             self.scaler,
             Orientation(axcodes="RAS", labels=None),
-            Spacing(pixdim=self.voxel_mm, mode="bilinear", padding_mode="zeros", diagonal=True),
+            Spacing(pixdim=self.voxel_mm, diagonal=True, **_SPLINE),
         ]
         if self.crop_foreground:
             steps.append(CropForeground(select_fn=_Above(foreground_threshold), margin=margin, allow_smaller=True))
-        steps.append(ResizeWithPadOrCrop(spatial_size=grid))
+        steps += [ResizeWithPadOrCrop(spatial_size=grid), _CLIP]
         self.pipeline = Compose(steps)
 
     @classmethod
@@ -369,7 +377,7 @@ class ToModelSpace:
             a_min, a_max = self.scaler.range_of(mt)
         except ValueError:
             raise InputError(source, "constant intensity; cannot scale it to [0, 1]") from None
-        for step in self.pipeline.transforms[1:]:
+        for step in self.pipeline.transforms[1:-1]:  # the spatial steps (not the scaler and the clip)
             mt = step(mt, lazy=True)
         return np.asarray(mt.peek_pending_affine(), np.float64), a_max - a_min, a_min
 
@@ -495,8 +503,13 @@ class ToModelSpaced(MapTransform, InvertibleTransform):
 class SpaceMap:
     """Acquisition grid <-> model grid, with the intensity map ``acquisition = model * scale + offset``.
 
-    Resampling is trilinear (MONAI ``AffineTransform``, pull direction, voxel coordinates), zero
-    outside the source grid, like ``ToModelSpace``'s ``Spacing`` and zero padding. Acquisition
+    Resampling is trilinear (MONAI ``AffineTransform``, pull direction, voxel coordinates; differentiable, which the
+    latent fit needs), zero outside the source grid, where ``ToModelSpace`` resamples with a cubic spline. Trilinear
+    here on purpose: with ``posterior.keep_detail`` the sampler's image on the acquisition grid is the prior's image
+    mapped back plus the data-consistent image's ``detail``, which for a trilinear round trip is that image's high
+    band, so the prior brings the low band and the data the high band; a cubic spline (which loses almost nothing
+    on the round trip) measured 0.2 dB worse on validation heads at R=4, and the spline for ``to_model`` alone 0.1
+    dB worse (docs/results.md, "Cubic splines in the model-space transform"). Acquisition
     voxels outside the model grid (a field of view larger than the model's) take a fallback image;
     ``coverage`` (X, Y, Z) in [0, 1] says how much of each acquisition voxel the model grid covers.
 

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from monai.transforms import Orientation, ResizeWithPadOrCrop, Spacing
+from monai.transforms import Orientation, ResizeWithPadOrCrop, ScaleIntensityRange, Spacing
 from scipy.spatial.transform import Rotation
 
 from ldp_med.align import AlignConfig, estimate_alignment, placement_rms
@@ -128,7 +128,7 @@ def test_partial_field_of_view_lands_in_its_part_of_the_model_grid(template4):
     x, info = ToModelSpace(grid, 4.0, transform=est.matrix, model_affine=mni)(vol)
     x = x[0].numpy()
     lower, upper = x[:, :, : nz // 2 - 2], x[:, :, nz // 2 + 2:]
-    assert float(lower.max()) == 0.0  # nothing lands below the acquired half
+    assert float(lower.max()) < 0.005  # nothing lands below the acquired half (but the cubic spline's ringing)
     ref = t1[:, :, nz // 2 + 2:] / np.percentile(t1[:, :, nz // 2:], 99.5)
     assert float(np.abs(upper - np.clip(ref, 0, 1)).mean()) < 0.03
     # centring (today's placement) puts the half in the middle of the grid instead
@@ -161,9 +161,9 @@ def test_align_false_is_todays_space_map_exactly():
         assert (new.scale, new.offset, new.grid) == (today.scale, today.offset, today.grid)
         assert torch.equal(new._to_model, today._to_model) and torch.equal(new._to_acq, today._to_acq)
         assert torch.equal(new.coverage, today.coverage)
-    # and the centring pipeline is still Scale -> Orientation -> Spacing -> ResizeWithPadOrCrop
+    # and the centring pipeline is still Scale -> Orientation -> Spacing -> ResizeWithPadOrCrop (-> the spline's clip)
     steps = [type(t) for t in ToModelSpace(cfg.grid, 2.0).pipeline.transforms]
-    assert steps == [PercentileScaleIntensity, Orientation, Spacing, ResizeWithPadOrCrop]
+    assert steps == [PercentileScaleIntensity, Orientation, Spacing, ResizeWithPadOrCrop, ScaleIntensityRange]
 
 
 def test_aligned_mode_geometry_inverse_and_space_map_agree():

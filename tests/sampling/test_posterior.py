@@ -182,7 +182,11 @@ def test_oblique_anisotropic_geometry(prior):
     assert res.mean.shape == vol.shape and np.isfinite(res.mean).all()
 
 
-def test_space_map_matches_the_monai_transform():
+def test_space_map_matches_the_monai_transform(monkeypatch):
+    import ldp_med.space
+
+    # the same geometry and intensity map; ToModelSpace's cubic spline swapped for SpaceMap's trilinear pull
+    monkeypatch.setattr(ldp_med.space, "_SPLINE", dict(mode="bilinear", padding_mode="zeros"))
     vol = Volume(ellipsoid_phantom() * 200.0 + 5.0, oblique_affine())
     x, info = ToModelSpace.from_config(TINY_MODEL)(vol)
     space = SpaceMap.for_volume(vol, TINY_MODEL)  # MONAI's lazy geometry: no resampling
