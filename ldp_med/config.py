@@ -584,6 +584,8 @@ class DataConfig:
     ``sharp`` (synthetic cohort only): also the first ``sharp`` training subjects rendered from the 1 mm template
     (``synthetic.make_subject(sharp=True)``: the same anatomy without the 2 mm interpolation blur), cached in
     ``<cache_dir>/sharp``.
+    ``heads`` (synthetic cohort only): also the first ``heads`` training subjects inside a synthetic skull and scalp
+    (``synthetic.make_subject(head=True)``), cached in ``<cache_dir>/heads``.
     """
 
     synthetic: int = 200
@@ -591,6 +593,7 @@ class DataConfig:
     cache_dir: str = "cache/cohort"
     noise_free: bool = False
     sharp: int = 0
+    heads: int = 0
 
 
 @dataclass

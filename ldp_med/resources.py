@@ -200,11 +200,11 @@ def prior_training_bytes(n_images: int, grid: tuple[int, ...], params: int, vae_
     return images + encode + TRAIN_PARAM_BYTES * params + TRAIN_ACTIVATIONS * 4 * batch * latent_voxels * unet_first_channels
 
 
-def count_training_images(folder: str, synthetic: int, cache_dir: str = "", sharp: int = 0) -> int:
+def count_training_images(folder: str, synthetic: int, cache_dir: str = "", sharp: int = 0, heads: int = 0) -> int:
     """How many training images a data config names (a folder's entries but its cache, or the synthetic count
-    plus its ``sharp`` renderings)."""
+    plus its ``sharp`` and ``heads`` renderings)."""
     if not folder:
-        return synthetic + sharp
+        return synthetic + sharp + heads
     if os.path.isdir(folder):
         cache = os.path.realpath(cache_dir) if cache_dir else ""
         return max(1, sum(1 for e in os.scandir(folder) if not e.name.startswith(".") and os.path.realpath(e.path) != cache))

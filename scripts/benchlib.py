@@ -219,9 +219,8 @@ def volume_of(name: str, split: str = "test"):
         seed = int(name[5:])
         if synthetic.split_of(seed) != split:
             raise SystemExit(f"seed {seed} is not a {split} subject")
-        subj = synthetic.make_subject(seed, return_clean=True, return_tissue=True)
-        data = synthetic_head(subj["clean"], subj["tissue"], subj["contrast"], seed)
-        return Volume(data, subj["affine"], {}), f"subject {seed} ({subj['contrast']}) in a synthetic head"
+        subj = synthetic.make_subject(seed, return_clean=True, head=True)  # synthetic.synthetic_head
+        return Volume(subj["clean"], subj["affine"], {}), f"subject {seed} ({subj['contrast']}) in a synthetic head"
     seed = int(name)
     if synthetic.split_of(seed) != split:
         raise SystemExit(f"seed {seed} is not a {split} subject")
@@ -229,43 +228,8 @@ def volume_of(name: str, split: str = "test"):
     return Volume(subj["clean"], subj["affine"], {}), f"test subject {seed} ({subj['contrast']})"
 
 
-#: Synthetic head layers outside the brain, per contrast: (bone, marrow, scalp) intensities (T1: fat bright; FLAIR/T2:
-#: fat moderately bright; cortical bone dark in all).
-_HEAD_LAYERS = {"T1w": (0.05, 0.35, 0.85), "T2w": (0.04, 0.3, 0.6), "PD": (0.06, 0.4, 0.75), "FLAIR": (0.04, 0.3, 0.65)}
-
-
-def synthetic_head(clean: np.ndarray, tissue: np.ndarray, contrast: str, seed: int) -> np.ndarray:
-    """``clean`` with a skull (inner and outer table, marrow between) and a textured scalp of varying thickness
-    drawn around its brain mask (GM + WM + CSF > 0.5) from ``seed``: a head with skull for *tuning* the image tasks
-    (the heads of :data:`HEADS` stay test data). Distances in mm on the 2 mm grid."""
-    from scipy import ndimage
-
-    rng = np.random.default_rng([seed, 17])
-    brain = tissue.sum(0) > 0.5
-    dist = ndimage.distance_transform_edt(~brain) * 2.0
-
-    def smooth_field(scale, sigma):  # a smooth random field around 1 (thickness and intensity variation)
-        f = ndimage.gaussian_filter(rng.standard_normal(clean.shape), sigma)
-        return 1 + scale * f / (f.std() + 1e-8)
-
-    bone, marrow, scalp = (v * rng.uniform(0.85, 1.15) for v in _HEAD_LAYERS[contrast])
-    csf_mm, skull_mm, scalp_mm = rng.uniform(1.5, 3.0), rng.uniform(5.0, 8.0), rng.uniform(5.0, 10.0)
-    thick = smooth_field(0.25, 6.0)
-    inner, outer = csf_mm * thick, (csf_mm + skull_mm) * thick
-    top = (csf_mm + skull_mm + scalp_mm) * thick
-    depth = np.clip((dist - inner) / np.maximum(outer - inner, 1e-3), 0, 1)  # 0..1 across the skull
-    skull = ((dist > inner) & (dist <= outer)).astype(np.float32)
-    head = skull * (bone + (marrow - bone) * np.exp(-((depth - 0.5) / 0.15) ** 2))
-    layer = ((dist > outer) & (dist <= top)).astype(np.float32)
-    texture = ndimage.gaussian_filter(rng.standard_normal(clean.shape), 0.8)
-    head = head + layer * scalp * smooth_field(0.15, 3.0) * (1 + 0.08 * texture / texture.std())
-    head = ndimage.gaussian_filter(head, 0.6)  # partial volume at the layer edges
-    outside = np.clip(dist / 2.0, 0, 1)  # fades in over the first 2 mm outside the brain mask
-    return np.clip(clean + outside * head, 0, 1).astype(np.float32)
-
-
 def with_neck(head: Volume, seed: int, slices: int = 28) -> Volume:
-    """``head`` (a :func:`synthetic_head` volume, axis 2 inferior -> superior) on a field of view ``slices`` slices
+    """``head`` (a ``synthetic.synthetic_head`` volume, axis 2 inferior -> superior) on a field of view ``slices`` slices
     longer at the inferior end, filled with a neck: a textured soft-tissue cylinder under the head's lowest slices
     with a brighter skin and a vertebral body (dark cortex, brighter marrow) behind its centre; the world position
     of the head is kept. For *tuning*: anatomy past the model grid that the prior never saw, the way a brain prior

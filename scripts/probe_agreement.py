@@ -3,7 +3,7 @@
     cd scripts && RELATIVE=0.03,0.04,0.05 OMP_NUM_THREADS=2 python probe_agreement.py 10000:denoise:val head:10000:denoise:val
 
 For each ``volume:case:split`` (bench_recon's simulation; ``head:<seed>`` is a validation subject in a synthetic
-skull, ``benchlib.synthetic_head``) one posterior sample ``x_p`` at the shipped defaults, its closing solve, and the
+skull, ``ldp_med.data.synthetic.synthetic_head``) one posterior sample ``x_p`` at the shipped defaults, its closing solve, and the
 classical estimate ``x_c`` (``tasks.BASELINE_METHOD``: NLM for denoise, selfsim for superres); the closed sample is
 blended with ``x_c`` by :func:`ldp_med.sampling.closing.agreement_blend` (what ``reconstruct`` does), with ``BEFORE=1``
 the sample is blended first and then closed (the first version). Tolerances: each value of ``RELATIVE`` times the

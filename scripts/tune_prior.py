@@ -9,7 +9,7 @@
 
 Each grid point (ReconstructConfig fields, dotted) runs `reconstruct_file` (``--method``, default prior with --samples
 posterior samples, default one) on the simulated file of each seed (bench_recon's acquisitions,
-scripts/benchlib.py; with ``--heads`` also of each seed inside a synthetic skull, ``benchlib.synthetic_head``; with
+scripts/benchlib.py; with ``--heads`` also of each seed inside a synthetic skull, ``ldp_med.data.synthetic.synthetic_head``; with
 ``--crops`` also of that head moved and cut to half its field of view, ``benchlib.volume_of``'s ``crop:<seed>``; with
 ``--necks`` also of that head with a neck below it, past the model grid, ``neck:<seed>``)
 and reports mean PSNR / SSIM and seconds; ``--reference-method`` adds that method's
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--reference-method", default=None, help="also score this method once per file (e.g. cs)")
     ap.add_argument("--samples", type=int, default=1, help="posterior samples (> 1: Spearman of the std map)")
     ap.add_argument("--heads", action="store_true",
-                    help="also each seed inside a synthetic skull and scalp (benchlib.synthetic_head, 'head:<seed>')")
+                    help="also each seed inside a synthetic skull and scalp (ldp_med.data.synthetic.synthetic_head, 'head:<seed>')")
     ap.add_argument("--crops", action="store_true",
                     help="also each seed's synthetic head moved and cut to half its field of view ('crop:<seed>': a "
                          "volume where the prior sees only part of a head, like a partial real scan)")

@@ -52,9 +52,9 @@ def noise_free_units(image: np.ndarray, clean: np.ndarray, sigma: float) -> tupl
 
 def load_training_images(data: DataConfig, model: ModelConfig, progress: bool = True) -> TrainingImages:
     """The training split only: synthetic seeds ``0 .. data.synthetic - 1`` or every scan of ``data.folder``."""
-    if data.folder and data.sharp:
-        raise InputError(data.folder, "data.sharp renders the synthetic cohort from the 1 mm template; a folder of "
-                                      "scans has no such rendering")
+    if data.folder and (data.sharp or data.heads):
+        raise InputError(data.folder, "data.sharp and data.heads render the synthetic cohort (from the 1 mm template, "
+                                      "in a synthetic head); a folder of scans has no such rendering")
     if data.folder and data.noise_free:
         raise InputError(data.folder, "data.noise_free needs the synthetic cohort (a folder of scans has no "
                                       "noise-free images)")
@@ -71,15 +71,18 @@ def load_training_images(data: DataConfig, model: ModelConfig, progress: bool = 
         raise InputError(None, f"the synthetic cohort lives on {synthetic.GRID}, the model grid is {tuple(model.grid)}")
     if not 0 < data.synthetic <= 10000:
         raise InputError(None, f"data.synthetic must be in 1..10000 (the training seeds), got {data.synthetic}")
-    if not 0 <= data.sharp <= data.synthetic:
-        raise InputError(None, f"data.sharp must be in 0..data.synthetic ({data.synthetic}), got {data.sharp}")
+    for name in ("sharp", "heads"):
+        if not 0 <= getattr(data, name) <= data.synthetic:
+            raise InputError(None, f"data.{name} must be in 0..data.synthetic ({data.synthetic}), got {getattr(data, name)}")
     seeds = synthetic.seeds("train", data.synthetic)
-    sources = [(data.cache_dir, seeds, False)]  # (folder, seeds, rendered from the 1 mm template)
+    sources = [(data.cache_dir, seeds, {})]  # (folder, seeds, build_cohort's rendering)
     if data.sharp:
-        sources.append((str(Path(data.cache_dir) / "sharp"), seeds[: data.sharp], True))
+        sources.append((str(Path(data.cache_dir) / "sharp"), seeds[: data.sharp], {"sharp": True}))
+    if data.heads:
+        sources.append((str(Path(data.cache_dir) / "heads"), seeds[: data.heads], {"head": True}))
     imgs, clean, expected, labels, captions = [], [], [], [], []
-    for folder, todo, sharp in sources:
-        synthetic.build_cohort(folder, todo, progress=progress, sharp=sharp)
+    for folder, todo, rendering in sources:
+        synthetic.build_cohort(folder, todo, progress=progress, **rendering)
         entries = {e["seed"]: e for e in synthetic.load_index(folder)}
         for s in tqdm(todo, desc="load cohort", disable=not progress):
             if data.noise_free:
@@ -98,5 +101,6 @@ def load_training_images(data: DataConfig, model: ModelConfig, progress: bool = 
     return TrainingImages(stacked(imgs), labels, captions,
                           f"synthetic healthy cohort (MNI152 2009a), training seeds 0-{data.synthetic - 1}"
                           + (f", seeds 0-{data.sharp - 1} also rendered from the 1 mm template" if data.sharp else "")
+                          + (f", seeds 0-{data.heads - 1} also in a synthetic skull and scalp" if data.heads else "")
                           + (", noise-free images" if data.noise_free else ""),
                           synthetic.caption_pool(), stacked(clean), stacked(expected))

@@ -318,9 +318,45 @@ def _atrophy(gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, amount: float) -> 
     return (gm * frac).astype(np.float32), (wm * frac).astype(np.float32), (csf + gain).astype(np.float32)
 
 
+#: Synthetic head layers outside the brain, per contrast: (bone, marrow, scalp) intensities (T1: fat bright; FLAIR/T2:
+#: fat moderately bright; cortical bone dark in all).
+_HEAD_LAYERS = {"T1w": (0.05, 0.35, 0.85), "T2w": (0.04, 0.3, 0.6), "PD": (0.06, 0.4, 0.75), "FLAIR": (0.04, 0.3, 0.65)}
+
+
+def synthetic_head(clean: np.ndarray, tissue: np.ndarray, contrast: str, seed: int) -> np.ndarray:
+    """``clean`` with a skull (inner and outer table, marrow between) and a textured scalp of varying thickness
+    drawn around its brain mask (GM + WM + CSF > 0.5) from ``seed`` (its own generator: the subject's draws do not
+    move): a head with skull, for tuning (validation seeds, scripts/benchlib.py's ``head:<seed>``) and for training
+    (``make_subject(head=True)``, ``data.heads``). Distances in mm on the 2 mm grid."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng([seed, 17])
+    brain = tissue.sum(0) > 0.5
+    dist = ndimage.distance_transform_edt(~brain) * 2.0
+
+    def smooth_field(scale, sigma):  # a smooth random field around 1 (thickness and intensity variation)
+        f = ndimage.gaussian_filter(rng.standard_normal(clean.shape), sigma)
+        return 1 + scale * f / (f.std() + 1e-8)
+
+    bone, marrow, scalp = (v * rng.uniform(0.85, 1.15) for v in _HEAD_LAYERS[contrast])
+    csf_mm, skull_mm, scalp_mm = rng.uniform(1.5, 3.0), rng.uniform(5.0, 8.0), rng.uniform(5.0, 10.0)
+    thick = smooth_field(0.25, 6.0)
+    inner, outer = csf_mm * thick, (csf_mm + skull_mm) * thick
+    top = (csf_mm + skull_mm + scalp_mm) * thick
+    depth = np.clip((dist - inner) / np.maximum(outer - inner, 1e-3), 0, 1)  # 0..1 across the skull
+    skull = ((dist > inner) & (dist <= outer)).astype(np.float32)
+    head = skull * (bone + (marrow - bone) * np.exp(-((depth - 0.5) / 0.15) ** 2))
+    layer = ((dist > outer) & (dist <= top)).astype(np.float32)
+    texture = ndimage.gaussian_filter(rng.standard_normal(clean.shape), 0.8)
+    head = head + layer * scalp * smooth_field(0.15, 3.0) * (1 + 0.08 * texture / texture.std())
+    head = ndimage.gaussian_filter(head, 0.6)  # partial volume at the layer edges
+    outside = np.clip(dist / 2.0, 0, 1)  # fades in over the first 2 mm outside the brain mask
+    return np.clip(clean + outside * head, 0, 1).astype(np.float32)
+
+
 def make_subject(
     seed: int, contrast: str | None = None, return_clean: bool = False, return_tissue: bool = False,
-    sharp: bool = False,
+    sharp: bool = False, head: bool = False,
 ) -> dict:
     """Render synthetic healthy subject ``seed`` on ``GRID``.
 
@@ -333,6 +369,8 @@ def make_subject(
             probability maps, float32 (3, 96, 112, 96) in order GM, WM, CSF.
         sharp: sample the template's maps at 1 mm through the same deformation instead of interpolating the
             2 mm maps (same draws and anatomy; without the 2 mm linear blur, closer to a real 2 mm scan).
+        head: the brain inside a synthetic skull and scalp (:func:`synthetic_head`, drawn around the noise-free
+            image after its bias field), the Rician noise on the whole head (same draws and brain).
 
     Returns:
         dict with ``image`` (float32 (96, 112, 96) in [0, 1]), ``label`` (int index into CLASSES),
@@ -377,6 +415,8 @@ def make_subject(
     bias.set_random_state(seed=int(rng.integers(2**31 - 1)))
     img = np.asarray(bias(img[None]), dtype=np.float32)[0]
     clean = np.clip(img, 0, 1).astype(np.float32)
+    if head:
+        img = clean = synthetic_head(clean, np.stack([gm, wm, csf]), meta["contrast"], seed)
 
     # Rician noise, sigma relative to the [0, 1] range.
     sigma = rng.uniform(*_NOISE_SIGMA)
@@ -400,9 +440,11 @@ def _file_name(seed: int) -> str:
     return f"sub-{int(seed):05d}.npz"
 
 
-def build_cohort(out_dir: str | os.PathLike, seeds: Iterable[int], progress: bool = True, sharp: bool = False) -> Path:
+def build_cohort(out_dir: str | os.PathLike, seeds: Iterable[int], progress: bool = True, sharp: bool = False,
+                 head: bool = False) -> Path:
     """Render subjects ``seeds`` into ``out_dir`` (one ``sub-XXXXX.npz`` each) and write ``index.json``
-    (``sharp``: rendered from the 1 mm template, see :func:`make_subject`; keep those in a folder of their own).
+    (``sharp``: rendered from the 1 mm template, ``head``: in a synthetic skull and scalp, see :func:`make_subject`;
+    keep those in a folder of their own).
 
     Each npz holds ``image`` (float16 (96, 112, 96); float16 error ~5e-4 is below the noise), ``clean``
     (the image before Rician noise, float16), ``noise_sigma``, ``affine`` and ``label``. Subjects whose file
@@ -429,7 +471,7 @@ def build_cohort(out_dir: str | os.PathLike, seeds: Iterable[int], progress: boo
             meta = subject_meta(s)
         else:
             t0 = time.perf_counter()
-            subj = make_subject(s, return_clean=True, sharp=sharp)
+            subj = make_subject(s, return_clean=True, sharp=sharp, head=head)
             t_total += time.perf_counter() - t0
             n_made += 1
             meta = {k: subj[k] for k in ("label", "contrast", "caption")}

@@ -80,6 +80,20 @@ def test_subject_shape_dtype_range_and_determinism():
     assert a["clean"][bg].max() < 0.02 and a["image"][bg].mean() < 0.05
 
 
+def test_a_head_subject_is_the_same_brain_in_a_skull_and_scalp():
+    """head=True wraps the noise-free image in a synthetic skull and scalp before the noise: the brain and every
+    draw stay the subject's, the head adds signal outside the brain only."""
+    a = subject(11, "T1w")
+    b = S.make_subject(11, contrast="T1w", return_clean=True, head=True)
+    assert (b["caption"], b["noise_sigma"]) == (a["caption"], a["noise_sigma"])
+    brain = a["tissue"].sum(0) > 0.5
+    np.testing.assert_array_equal(b["clean"][brain], a["clean"][brain])
+    outside = ~brain
+    assert (b["clean"][outside] > 0.2).mean() > 10 * (a["clean"][outside] > 0.2).mean()  # skull marrow, scalp
+    assert 0.0 <= b["image"].min() and b["image"].max() <= 1.0
+    assert np.abs(b["image"] - b["clean"]).mean() > 0  # noisy
+
+
 def test_sharp_subject_has_the_same_anatomy_and_draws_with_the_template_detail():
     """sharp=True samples the maps from the 1 mm template through the same deformation: the same draws, the
     same placement, more high-frequency energy (one interpolation at 1 mm instead of a linear blur at 2 mm)."""

@@ -138,21 +138,25 @@ def test_noise_free_needs_the_synthetic_cohort(cohort_dir):
         load_training_images(DataConfig(folder=str(cohort_dir), noise_free=True), ModelConfig(), progress=False)
 
 
-def test_sharp_renderings_join_the_synthetic_cohort(tmp_path, cohort_dir):
+def test_sharp_renderings_and_heads_join_the_synthetic_cohort(tmp_path, cohort_dir):
     from ldp_med.data import synthetic
     from ldp_med.data.cohort import load_training_images
 
     model = ModelConfig(grid=synthetic.GRID)
-    data = load_training_images(DataConfig(synthetic=2, sharp=1, cache_dir=str(tmp_path / "c"), noise_free=True),
-                                model, progress=False)
-    assert data.images.shape[0] == data.clean.shape[0] == data.expected.shape[0] == 3
+    data = load_training_images(DataConfig(synthetic=2, sharp=1, heads=1, cache_dir=str(tmp_path / "c"),
+                                           noise_free=True), model, progress=False)
+    assert data.images.shape[0] == data.clean.shape[0] == data.expected.shape[0] == 4
     first = synthetic.subject_meta(synthetic.seeds("train", 1)[0])
-    assert data.labels[2] == data.labels[0] == first["label"] and data.captions[2] == data.captions[0]
+    assert data.labels[3] == data.labels[2] == data.labels[0] == first["label"] and data.captions[2] == data.captions[0]
     assert (tmp_path / "c" / "sharp" / "index.json").is_file() and "1 mm template" in data.description
+    assert (tmp_path / "c" / "heads" / "index.json").is_file() and "synthetic skull" in data.description
     assert not torch.equal(data.clean[2], data.clean[0])  # seed 0 again, rendered from the 1 mm template
-    for bad in (DataConfig(synthetic=2, sharp=3, cache_dir=str(tmp_path / "c")), DataConfig(folder=str(cohort_dir), sharp=1)):
-        with pytest.raises(InputError, match="sharp"):
-            load_training_images(bad, model, progress=False)
+    assert (data.clean[3] > 0.02).sum() > 1.3 * (data.clean[0] > 0.02).sum()  # seed 0 again, in a head
+    for name in ("sharp", "heads"):
+        for bad in (DataConfig(synthetic=2, cache_dir=str(tmp_path / "c"), **{name: 3}),
+                    DataConfig(folder=str(cohort_dir), **{name: 1})):
+            with pytest.raises(InputError, match=name):
+                load_training_images(bad, model, progress=False)
 
 
 def test_init_starts_from_a_model_folder(tmp_path, cohort_dir):
