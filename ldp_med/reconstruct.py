@@ -169,13 +169,17 @@ def settle(cfg: ReconstructConfig, problem: Problem) -> ReconstructConfig:
     """``cfg`` with the settings it leaves to the task (None) filled in at the problem's undersampling factor
     (``ldp_med.tasks.TASK_SETTINGS``): the sampler's ``t_start`` / ``prior_error`` / ``std_scale`` and the closing
     ``anchor`` (k-space), ``restarts`` and ``iters``; k-space's closing ``mu`` left None is the CS baseline's
-    ``cs_lambda``."""
+    ``cs_lambda``; ``posterior.align`` left None is False for a coarse acquisition (``ldp_med.tasks.COARSE_VOXEL_MM3``)."""
     from ldp_med.sampling.posterior import for_task
+    from ldp_med.tasks import COARSE_VOXEL_MM3
 
     closing = with_task_settings(cfg.closing, "closing", problem.task, problem.factor)
     if problem.is_complex and closing.mu is None:
         closing = dataclasses.replace(closing, mu=cfg.baseline.cs_lambda)
-    return dataclasses.replace(cfg, posterior=for_task(cfg.posterior, problem.task, problem.factor), closing=closing)
+    posterior = cfg.posterior
+    if posterior.align is None and abs(float(np.linalg.det(problem.affine[:3, :3]))) >= COARSE_VOXEL_MM3:
+        posterior = dataclasses.replace(posterior, align=False)  # a coarse scan centres (ldp_med.tasks)
+    return dataclasses.replace(cfg, posterior=for_task(posterior, problem.task, problem.factor), closing=closing)
 
 
 def _posterior(sampler: str | None) -> Solver:

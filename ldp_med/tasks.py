@@ -71,6 +71,11 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "noise2self", "sup
 #:   (27.95 -> 28.13 dB, docs/tune_align_denoise.md: heads, necks, half fields of view) but brains lose 0.1-0.4 dB
 #:   (the noisy image interpolated both ways; test run, session 31, docs/results.md); super-resolution centres (34.63
 #:   -> 34.45 aligned, docs/tune_align_superres.md).
+#:   A coarse acquisition (voxels of :data:`COARSE_VOXEL_MM3` or more, e.g. an EPI b0 at 4x4x5 mm) centres whatever
+#:   the factor when ``posterior.align`` is left to the task (``ldp_med.reconstruct.settle``): the estimate on the 2 mm
+#:   working grid costs 7-18 s there, 3-6x the whole centred reconstruction, and bought nothing on validation heads
+#:   moved and acquired at 4x4x5 mm (``tune`` of session 37, 10000-10003 R=4: centred -0.04 to +0.01 dB against aligned;
+#:   docs/results.md, "Coarse scans centre").
 #: - ``closing.air`` / ``closing.air_floor``: the closed image's air around the head keeps only the energy the noise
 #:   does not explain (:func:`ldp_med.sampling.closing.air_gain`, the noise multiple and the air's threshold).
 #:   Validation brains, heads, half fields of view, necks and heads with noise of their own 10000-10001
@@ -95,6 +100,9 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "noise2self", "sup
 #: - ``closing.spin``: cycle spinning of the closing's wavelet term (random shifts in [0, 8) voxels per iteration):
 #:   k-space R=4 +0.86 dB, R=8 +1.20 dB on validation (docs/tune_spin_kspace_r*.md; 16 ties); the image tasks 0
 #:   (denoise +0.01 dB: docs/tune_spin_denoise.md).
+#: Acquisition voxel volume (mm^3) from which the placement is left unaligned (coarser than 3 mm isotropic).
+COARSE_VOXEL_MM3 = 27.0
+
 TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
     "kspace": {
         "posterior.t_start": ((4.0, 0.1),),

@@ -165,7 +165,8 @@ def moved_copy(vol: Volume, move: np.ndarray, vox=None, flip=(), crop=None) -> V
 def volume_of(name: str, split: str = "test"):
     """``template``, a head of :data:`HEADS`, a real scan of :data:`REAL` (the scan itself is the reference), a seed
     of ``split``, ``head:<seed>`` (that subject in a synthetic skull and scalp), ``crop:<seed>`` (that head moved
-    and cut to half its field of view, as bench_align's ``crop-half``) or ``neck:<seed>`` (that head with a neck
+    and cut to half its field of view, as bench_align's ``crop-half``), ``coarse:<seed>`` (that head moved and
+    acquired at 4x4x5 mm, LPS, as dipy's b0), or ``neck:<seed>`` (that head with a neck
     below it, past the model grid: :func:`with_neck`), ``noisy:<seed>`` (that head with Rician noise of its own, as a
     real scan's reference has), ``faint:<seed>`` (that head with a faint smooth signal in its air, 1-4% of its
     maximum, as a template averaged over many heads has): (noise-free Volume, the reference;
@@ -197,6 +198,17 @@ def volume_of(name: str, split: str = "test"):
         move = rigid(10.0, rng.normal(size=3), rng.uniform(0, 20) * rng.normal(size=3) / np.sqrt(3), centre)
         crop = (int(rng.integers(3)), ("lo", "hi")[int(rng.integers(2))])
         return moved_copy(head, move, crop=crop), f"{description}, moved, half the field of view (axis {crop[0]})"
+    if name.startswith("coarse:"):  # the synthetic head of a seed as a coarse EPI-like scan (dipy's b0 is 4x4x5 mm LPS)
+        from scipy import ndimage
+
+        head, description = volume_of(f"head:{name[7:]}", split)
+        rng = np.random.default_rng([int(name[7:]), 5])
+        centre = head.affine[:3, :3] @ ((np.array(head.shape) - 1) / 2) + head.affine[:3, 3]
+        move = rigid(10.0, rng.normal(size=3), rng.uniform(0, 20) * rng.normal(size=3) / np.sqrt(3), centre)
+        vox = np.array([4.0, 4.0, 5.0])  # the scanner's point spread: a Gaussian of the coarse voxel's FWHM
+        blurred = ndimage.gaussian_filter(head.data, np.sqrt(vox**2 - 2.0**2) / 2.355 / 2.0)
+        return (moved_copy(Volume(blurred, head.affine, {}), move, vox=vox, flip=(0, 1)),
+                f"{description}, moved, at 4x4x5 mm (LPS)")
     if name.startswith("neck:"):  # the synthetic head of a seed on a field of view that reaches past the model grid
         head, description = volume_of(f"head:{name[5:]}", split)
         return with_neck(head, int(name[5:])), f"{description}, with a neck below it (56 mm past the grid)"

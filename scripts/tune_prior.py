@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--faint", action="store_true",
                     help="also each seed's synthetic head with a faint smooth signal in its air ('faint:<seed>': "
                          "1-4%% of its maximum, as a template averaged over many heads has)")
+    ap.add_argument("--coarse", action="store_true",
+                    help="also each seed's synthetic head moved and acquired at 4x4x5 mm ('coarse:<seed>', as dipy's b0)")
     ap.add_argument("--method", default="prior", help="the method whose settings the grid varies (default prior)")
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default=None)
@@ -75,7 +77,7 @@ def main() -> None:
     lines = ["| " + " | ".join([*grid, "PSNR (dB)", "SSIM", "s/volume", *extra]) + " |", "|" + "---|" * (len(grid) + 3 + len(extra))]
     with tempfile.TemporaryDirectory() as tmp:
         files = []
-        kinds = [""] + ["head:"] * args.heads + ["crop:"] * args.crops + ["neck:"] * args.necks + ["noisy:"] * args.noisy + ["faint:"] * args.faint
+        kinds = [""] + ["head:"] * args.heads + ["crop:"] * args.crops + ["neck:"] * args.necks + ["noisy:"] * args.noisy + ["faint:"] * args.faint + ["coarse:"] * args.coarse
         for s in [f"{kind}{seed}" for kind in kinds for seed in args.seeds]:
             path = Path(tmp) / f"{s.replace(':', '-')}{'.h5' if task == 'kspace' else '.nii.gz'}"
             ref = simulate(s, args.case, path, split="val")
