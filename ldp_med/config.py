@@ -232,7 +232,8 @@ class PosteriorConfig:
 
     Attributes:
         method: "dds" (default; "prior" is an alias) or "dps".
-        steps: DDIM steps of the full schedule (over ``num_train_timesteps``).
+        steps: DDIM steps of the full schedule (over ``num_train_timesteps``). None: the task's (50; 20 for a coarse
+            acquisition, ``ldp_med.tasks.COARSE_STEPS``, where the sampler's time is mostly fixed costs).
         t_start: fraction of the schedule actually run, from the warm start (1 = from pure noise);
             UNet evaluations per sample = ``round(steps * t_start)`` (x2 with guidance). None: the task's
             (``ldp_med.tasks.TASK_SETTINGS``, at the problem's undersampling factor, filled in when the sampler is made).
@@ -285,7 +286,7 @@ class PosteriorConfig:
     """
 
     method: str = "dds"
-    steps: int = 50
+    steps: int | None = None
     t_start: float | None = None
     dc_steps: int = 4
     dc_lam: float = 1.0
@@ -320,7 +321,7 @@ class PosteriorConfig:
         checks = {
             "t_start": self.t_start is None or 0 < self.t_start <= 1,
             "prior_error": self.prior_error is None or self.prior_error > 0,
-            "steps": self.steps >= 1, "dc_steps": self.dc_steps >= 0, "dc_lam": self.dc_lam > 0,
+            "steps": self.steps is None or self.steps >= 1, "dc_steps": self.dc_steps >= 0, "dc_lam": self.dc_lam > 0,
             "cg_iters": self.cg_iters >= 0,
             "final_cg_iters": self.final_cg_iters >= 0, "samples": self.samples >= 1, "eta": self.eta >= 0,
             "label": self.label >= -1, "guidance": self.guidance >= 0, "dps_step": self.dps_step >= 0,

@@ -169,16 +169,18 @@ def settle(cfg: ReconstructConfig, problem: Problem) -> ReconstructConfig:
     """``cfg`` with the settings it leaves to the task (None) filled in at the problem's undersampling factor
     (``ldp_med.tasks.TASK_SETTINGS``): the sampler's ``t_start`` / ``prior_error`` / ``std_scale`` and the closing
     ``anchor`` (k-space), ``restarts`` and ``iters``; k-space's closing ``mu`` left None is the CS baseline's
-    ``cs_lambda``; ``posterior.align`` left None is False for a coarse acquisition (``ldp_med.tasks.COARSE_VOXEL_MM3``)."""
+    ``cs_lambda``; ``posterior.align`` left None is False and ``posterior.steps`` ``COARSE_STEPS`` for a coarse acquisition
+    (``ldp_med.tasks.COARSE_VOXEL_MM3``)."""
     from ldp_med.sampling.posterior import for_task
-    from ldp_med.tasks import COARSE_VOXEL_MM3
+    from ldp_med.tasks import COARSE_STEPS, COARSE_VOXEL_MM3
 
     closing = with_task_settings(cfg.closing, "closing", problem.task, problem.factor)
     if problem.is_complex and closing.mu is None:
         closing = dataclasses.replace(closing, mu=cfg.baseline.cs_lambda)
     posterior = cfg.posterior
-    if posterior.align is None and abs(float(np.linalg.det(problem.affine[:3, :3]))) >= COARSE_VOXEL_MM3:
-        posterior = dataclasses.replace(posterior, align=False)  # a coarse scan centres (ldp_med.tasks)
+    if abs(float(np.linalg.det(problem.affine[:3, :3]))) >= COARSE_VOXEL_MM3:  # a coarse scan (ldp_med.tasks)
+        posterior = dataclasses.replace(posterior, align=False if posterior.align is None else posterior.align,
+                                        steps=COARSE_STEPS if posterior.steps is None else posterior.steps)
     return dataclasses.replace(cfg, posterior=for_task(posterior, problem.task, problem.factor), closing=closing)
 
 

@@ -72,10 +72,10 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "noise2self", "sup
 #:   (the noisy image interpolated both ways; test run, session 31, docs/results.md); super-resolution centres (34.63
 #:   -> 34.45 aligned, docs/tune_align_superres.md).
 #:   A coarse acquisition (voxels of :data:`COARSE_VOXEL_MM3` or more, e.g. an EPI b0 at 4x4x5 mm) centres whatever
-#:   the factor when ``posterior.align`` is left to the task (``ldp_med.reconstruct.settle``): the estimate on the 2 mm
-#:   working grid costs 7-18 s there, 3-6x the whole centred reconstruction, and bought nothing on validation heads
-#:   moved and acquired at 4x4x5 mm (``tune`` of session 37, 10000-10003 R=4: centred -0.04 to +0.01 dB against aligned;
-#:   docs/results.md, "Coarse scans centre").
+#:   the factor, with :data:`COARSE_STEPS` steps, where ``posterior.align`` / ``posterior.steps`` are left to the task
+#:   (``ldp_med.reconstruct.settle``): the estimate on the 2 mm working grid costs 7-18 s there, 3-6x the whole centred
+#:   reconstruction, and bought nothing on validation heads moved and acquired at 4x4x5 mm (session 37, 10000-10003
+#:   R=4: centred -0.04 to +0.01 dB against aligned; docs/results.md, "Coarse scans centre").
 #: - ``closing.air`` / ``closing.air_floor``: the closed image's air around the head keeps only the energy the noise
 #:   does not explain (:func:`ldp_med.sampling.closing.air_gain`, the noise multiple and the air's threshold).
 #:   Validation brains, heads, half fields of view, necks and heads with noise of their own 10000-10001
@@ -102,9 +102,13 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "noise2self", "sup
 #:   (denoise +0.01 dB: docs/tune_spin_denoise.md).
 #: Acquisition voxel volume (mm^3) from which the placement is left unaligned (coarser than 3 mm isotropic).
 COARSE_VOXEL_MM3 = 27.0
+#: ``posterior.steps`` of a coarse acquisition left to the task: validation heads at 4x4x5 mm, R=4, 0.56-0.61x CS's
+#: time against 1.0-1.1x at 50 steps, 0.20 / 0.24 dB below 50 on the two heads in view (docs/results.md)
+COARSE_STEPS = 20
 
 TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
     "kspace": {
+        "posterior.steps": ((4.0, 50),),
         "posterior.t_start": ((4.0, 0.1),),
         "posterior.prior_error": ((4.0, 0.1),),
         "posterior.std_scale": ((4.0, 2.19), (8.0, 3.04)),
@@ -118,6 +122,7 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
         "posterior.classical_start": ((4.0, False),), "closing.spin": ((4.0, 8),),
     },
     "denoise": {
+        "posterior.steps": ((1.0, 50),),
         "posterior.t_start": ((1.0, 0.5),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 1.16),),
         "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),), "posterior.latent_fit_iters": ((1.0, 0),),
         "posterior.keep_detail": ((1.0, False),), "posterior.align": ((1.0, False),),
@@ -126,6 +131,7 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
         "closing.spin": ((1.0, 0),),
     },
     "superres": {
+        "posterior.steps": ((1.0, 50),),
         "posterior.t_start": ((1.0, 0.06),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 1.15),),
         "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),), "posterior.latent_fit_iters": ((1.0, 0),),
         "posterior.keep_detail": ((1.0, True),), "posterior.align": ((1.0, False),),

@@ -116,19 +116,21 @@ def test_settings_left_to_the_task_come_from_the_task_at_its_factor_and_explicit
     assert settle(ReconstructConfig(), denoise_problem(phantom, noise_std=0.02)).closing.mu is None  # image_mu's
 
 
-def test_a_coarse_acquisition_centres_unless_asked_to_align(kproblem):
+def test_a_coarse_acquisition_centres_with_fewer_steps_unless_asked(kproblem):
     from ldp_med.config import ReconstructConfig
     from ldp_med.io.volume import Volume
     from ldp_med.reconstruct import settle
-    from ldp_med.tasks import COARSE_VOXEL_MM3
+    from ldp_med.tasks import COARSE_STEPS, COARSE_VOXEL_MM3
 
     assert kproblem.factor < 6 and abs(np.linalg.det(kproblem.affine[:3, :3])) < COARSE_VOXEL_MM3
-    assert settle(ReconstructConfig(), kproblem).posterior.align is True  # k-space up to R=4-6 aligns
+    fine = settle(ReconstructConfig(), kproblem).posterior
+    assert fine.align is True and fine.steps == 50  # k-space up to R=4-6 aligns, 50 steps
     coarse_affine = np.diag([4.0, 4.0, 5.0, 1.0])  # an EPI b0's voxels
     coarse = dataclasses.replace(kproblem, pinv=Volume(kproblem.pinv.data, coarse_affine, dict(kproblem.pinv.meta)))
-    assert settle(ReconstructConfig(), coarse).posterior.align is False
-    asked = ReconstructConfig(posterior=dataclasses.replace(ReconstructConfig().posterior, align=True))
-    assert settle(asked, coarse).posterior.align is True
+    got = settle(ReconstructConfig(), coarse).posterior
+    assert got.align is False and got.steps == COARSE_STEPS < 50
+    asked = ReconstructConfig(posterior=dataclasses.replace(ReconstructConfig().posterior, align=True, steps=50))
+    assert (settle(asked, coarse).posterior.align, settle(asked, coarse).posterior.steps) == (True, 50)
 
 
 def test_same_seed_same_output_different_seed_different(prior, kproblem):
