@@ -169,8 +169,8 @@ def settle(cfg: ReconstructConfig, problem: Problem) -> ReconstructConfig:
     """``cfg`` with the settings it leaves to the task (None) filled in at the problem's undersampling factor
     (``ldp_med.tasks.TASK_SETTINGS``): the sampler's ``t_start`` / ``prior_error`` / ``std_scale`` and the closing
     ``anchor`` (k-space), ``restarts`` and ``iters``; k-space's closing ``mu`` left None is the CS baseline's
-    ``cs_lambda``; ``posterior.align`` left None is False and ``posterior.steps`` ``COARSE_STEPS`` for a coarse acquisition
-    (``ldp_med.tasks.COARSE_VOXEL_MM3``)."""
+    ``cs_lambda``; for a coarse acquisition (``ldp_med.tasks.COARSE_VOXEL_MM3``) ``posterior.align`` left None is
+    False and ``posterior.steps`` left None is ``COARSE_STEPS``."""
     from ldp_med.sampling.posterior import for_task
     from ldp_med.tasks import COARSE_STEPS, COARSE_VOXEL_MM3
 

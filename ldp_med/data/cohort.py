@@ -72,8 +72,8 @@ def load_training_images(data: DataConfig, model: ModelConfig, progress: bool = 
     if not 0 < data.synthetic <= 10000:
         raise InputError(None, f"data.synthetic must be in 1..10000 (the training seeds), got {data.synthetic}")
     for name in ("sharp", "heads"):
-        if not 0 <= getattr(data, name) <= data.synthetic:
-            raise InputError(None, f"data.{name} must be in 0..data.synthetic ({data.synthetic}), got {getattr(data, name)}")
+        if not 0 <= (n := getattr(data, name)) <= data.synthetic:
+            raise InputError(None, f"data.{name} must be in 0..data.synthetic ({data.synthetic}), got {n}")
     seeds = synthetic.seeds("train", data.synthetic)
     sources = [(data.cache_dir, seeds, {})]  # (folder, seeds, build_cohort's rendering)
     if data.sharp:
