@@ -78,6 +78,11 @@ class Problem:
         return self.pinv.affine
 
     @property
+    def voxel_mm3(self) -> float:
+        """Volume of one acquisition voxel (mm^3)."""
+        return abs(float(np.linalg.det(self.affine[:3, :3])))
+
+    @property
     def is_complex(self) -> bool:
         return self.task == "kspace"
 

@@ -178,7 +178,7 @@ def settle(cfg: ReconstructConfig, problem: Problem) -> ReconstructConfig:
     if problem.is_complex and closing.mu is None:
         closing = dataclasses.replace(closing, mu=cfg.baseline.cs_lambda)
     posterior = cfg.posterior
-    if abs(float(np.linalg.det(problem.affine[:3, :3]))) >= COARSE_VOXEL_MM3:  # a coarse scan (ldp_med.tasks)
+    if problem.voxel_mm3 >= COARSE_VOXEL_MM3:  # a coarse scan (ldp_med.tasks)
         posterior = dataclasses.replace(posterior, align=False if posterior.align is None else posterior.align,
                                         steps=COARSE_STEPS if posterior.steps is None else posterior.steps)
     return dataclasses.replace(cfg, posterior=for_task(posterior, problem.task, problem.factor), closing=closing)
@@ -192,7 +192,7 @@ def _posterior(sampler: str | None) -> Solver:
 
         cfg = settle(cfg, problem)
         # k-space's anchor weighs the prior's belief per model voxel: a finer acquisition voxel gets its volume's share
-        share = min(1.0, abs(float(np.linalg.det(problem.affine[:3, :3]))) / float(prior.config.voxel_mm) ** 3)
+        share = min(1.0, problem.voxel_mm3 / float(prior.config.voxel_mm) ** 3)
         if share < 1.0 and cfg.closing.anchor:
             cfg = dataclasses.replace(cfg, closing=dataclasses.replace(cfg.closing, anchor=cfg.closing.anchor * share))
         post = cfg.posterior if sampler is None else dataclasses.replace(cfg.posterior, method=sampler)

@@ -126,6 +126,13 @@ def rigid(deg: float, axis, shift, centre) -> np.ndarray:
     return t
 
 
+def _random_move(vol: Volume, rng: np.random.Generator) -> np.ndarray:
+    """A rigid move of ``vol``'s world drawn from ``rng``: 10 degrees about a random axis through the field of view's
+    centre, then up to 20 mm (``crop:`` and ``coarse:`` copies)."""
+    centre = vol.affine[:3, :3] @ ((np.array(vol.shape) - 1) / 2) + vol.affine[:3, 3]
+    return rigid(10.0, rng.normal(size=3), rng.uniform(0, 20) * rng.normal(size=3) / np.sqrt(3), centre)
+
+
 def moved_copy(vol: Volume, move: np.ndarray, vox=None, flip=(), crop=None) -> Volume:
     """``vol`` with its world moved by ``move``; optionally on ``vox`` mm voxels with ``flip``ped axes, then cropped.
 
@@ -194,17 +201,14 @@ def volume_of(name: str, split: str = "test"):
     if name.startswith("crop:"):  # the synthetic head of a seed, moved (10 degrees, up to 20 mm), half of it in view
         head, description = volume_of(f"head:{name[5:]}", split)
         rng = np.random.default_rng(int(name[5:]))
-        centre = head.affine[:3, :3] @ ((np.array(head.shape) - 1) / 2) + head.affine[:3, 3]
-        move = rigid(10.0, rng.normal(size=3), rng.uniform(0, 20) * rng.normal(size=3) / np.sqrt(3), centre)
+        move = _random_move(head, rng)
         crop = (int(rng.integers(3)), ("lo", "hi")[int(rng.integers(2))])
         return moved_copy(head, move, crop=crop), f"{description}, moved, half the field of view (axis {crop[0]})"
     if name.startswith("coarse:"):  # the synthetic head of a seed as a coarse EPI-like scan (dipy's b0 is 4x4x5 mm LPS)
         from scipy import ndimage
 
         head, description = volume_of(f"head:{name[7:]}", split)
-        rng = np.random.default_rng([int(name[7:]), 5])
-        centre = head.affine[:3, :3] @ ((np.array(head.shape) - 1) / 2) + head.affine[:3, 3]
-        move = rigid(10.0, rng.normal(size=3), rng.uniform(0, 20) * rng.normal(size=3) / np.sqrt(3), centre)
+        move = _random_move(head, np.random.default_rng([int(name[7:]), 5]))
         vox = np.array([4.0, 4.0, 5.0])  # the scanner's point spread: a Gaussian of the coarse voxel's FWHM
         blurred = ndimage.gaussian_filter(head.data, np.sqrt(vox**2 - 2.0**2) / 2.355 / 2.0)
         return (moved_copy(Volume(blurred, head.affine, {}), move, vox=vox, flip=(0, 1)),
