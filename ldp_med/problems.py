@@ -29,6 +29,7 @@ from ldp_med.physics.masks import realised_acceleration
 from ldp_med.physics.mri import MRIOperator
 from ldp_med.physics.noise import estimate_image_noise, estimate_kspace_noise
 from ldp_med.physics.operators import DenoiseOperator, LinearOperator
+from ldp_med.tasks import COARSE_VOXEL_MM3
 
 __all__ = ["Problem", "kspace_problem", "denoise_problem", "superres_problem", "DEFAULT_ESPIRIT_CALIB"]
 
@@ -81,6 +82,12 @@ class Problem:
     def voxel_mm3(self) -> float:
         """Volume of one acquisition voxel (mm^3)."""
         return abs(float(np.linalg.det(self.affine[:3, :3])))
+
+    @property
+    def coarse(self) -> bool:
+        """A coarse acquisition (voxels of ``ldp_med.tasks.COARSE_VOXEL_MM3`` or more): its own settings
+        (``ldp_med.tasks.COARSE_SETTINGS``)."""
+        return self.voxel_mm3 >= COARSE_VOXEL_MM3
 
     @property
     def is_complex(self) -> bool:

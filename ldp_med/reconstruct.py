@@ -169,19 +169,15 @@ def settle(cfg: ReconstructConfig, problem: Problem) -> ReconstructConfig:
     """``cfg`` with the settings it leaves to the task (None) filled in at the problem's undersampling factor
     (``ldp_med.tasks.TASK_SETTINGS``): the sampler's ``t_start`` / ``prior_error`` / ``std_scale`` and the closing
     ``anchor`` (k-space), ``restarts`` and ``iters``; k-space's closing ``mu`` left None is the CS baseline's
-    ``cs_lambda``; for a coarse acquisition (``ldp_med.tasks.COARSE_VOXEL_MM3``) ``posterior.align`` left None is
-    False and ``posterior.steps`` left None is ``COARSE_STEPS``."""
+    ``cs_lambda``; a coarse acquisition (:attr:`ldp_med.problems.Problem.coarse`) takes
+    ``ldp_med.tasks.COARSE_SETTINGS`` first."""
     from ldp_med.sampling.posterior import for_task
-    from ldp_med.tasks import COARSE_STEPS, COARSE_VOXEL_MM3
 
-    closing = with_task_settings(cfg.closing, "closing", problem.task, problem.factor)
+    closing = with_task_settings(cfg.closing, "closing", problem.task, problem.factor, problem.coarse)
     if problem.is_complex and closing.mu is None:
         closing = dataclasses.replace(closing, mu=cfg.baseline.cs_lambda)
-    posterior = cfg.posterior
-    if problem.voxel_mm3 >= COARSE_VOXEL_MM3:  # a coarse scan (ldp_med.tasks)
-        posterior = dataclasses.replace(posterior, align=False if posterior.align is None else posterior.align,
-                                        steps=COARSE_STEPS if posterior.steps is None else posterior.steps)
-    return dataclasses.replace(cfg, posterior=for_task(posterior, problem.task, problem.factor), closing=closing)
+    posterior = for_task(cfg.posterior, problem.task, problem.factor, problem.coarse)
+    return dataclasses.replace(cfg, posterior=posterior, closing=closing)
 
 
 def _posterior(sampler: str | None) -> Solver:

@@ -71,11 +71,7 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "noise2self", "sup
 #:   (27.95 -> 28.13 dB, docs/tune_align_denoise.md: heads, necks, half fields of view) but brains lose 0.1-0.4 dB
 #:   (the noisy image interpolated both ways; test run, session 31, docs/results.md); super-resolution centres (34.63
 #:   -> 34.45 aligned, docs/tune_align_superres.md).
-#:   A coarse acquisition (voxels of :data:`COARSE_VOXEL_MM3` or more, e.g. an EPI b0 at 4x4x5 mm) centres whatever
-#:   the factor, with :data:`COARSE_STEPS` steps, where ``posterior.align`` / ``posterior.steps`` are left to the task
-#:   (``ldp_med.reconstruct.settle``): the estimate on the 2 mm working grid costs 7-18 s there, 3-6x the whole centred
-#:   reconstruction, and bought nothing on validation heads moved and acquired at 4x4x5 mm (session 37, 10000-10003
-#:   R=4: centred -0.04 to +0.01 dB against aligned; docs/results.md, "Coarse scans centre").
+#:   A coarse acquisition centres whatever the factor (:data:`COARSE_SETTINGS`).
 #: - ``closing.air`` / ``closing.air_floor``: the closed image's air around the head keeps only the energy the noise
 #:   does not explain (:func:`ldp_med.sampling.closing.air_gain`, the noise multiple and the air's threshold).
 #:   Validation brains, heads, half fields of view, necks and heads with noise of their own 10000-10001
@@ -100,11 +96,25 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "noise2self", "sup
 #: - ``closing.spin``: cycle spinning of the closing's wavelet term (random shifts in [0, 8) voxels per iteration):
 #:   k-space R=4 +0.86 dB, R=8 +1.20 dB on validation (docs/tune_spin_kspace_r*.md; 16 ties); the image tasks 0
 #:   (denoise +0.01 dB: docs/tune_spin_denoise.md).
-#: Acquisition voxel volume (mm^3) from which the placement is left unaligned (coarser than 3 mm isotropic).
+#: Acquisition voxel volume (mm^3) from which an acquisition is coarse (coarser than 3 mm isotropic; e.g. an EPI b0
+#: at 4x4x5 mm): :data:`COARSE_SETTINGS` replace the task's there.
 COARSE_VOXEL_MM3 = 27.0
-#: ``posterior.steps`` of a coarse acquisition left to the task: validation heads at 4x4x5 mm, R=4, 0.56-0.61x CS's
-#: time against 1.0-1.1x at 50 steps, 0.20 / 0.24 dB below 50 on the two heads in view (docs/results.md)
-COARSE_STEPS = 20
+#: The settings of a coarse acquisition, for every task (same form as :data:`TASK_SETTINGS`, whose points they
+#: replace): the sampler's time there is mostly fixed costs. Validation heads moved and acquired at 4x4x5 mm
+#: (``coarse:10000``-``10003``, docs/tune_coarse_kspace_r*.md; docs/results.md, "Coarse scans centre"):
+#:
+#: - ``posterior.align`` False: the estimate on the 2 mm working grid costs 7-13 s, 3-5x the whole centred
+#:   reconstruction, for +0.08 dB at R=4 (37.26 against 37.18).
+#: - ``posterior.steps`` 20: R=4 0.68x CS's time against 1.07x at 50 steps, for 0.40 dB (36.78 against 37.18; the
+#:   worst volume still +2.48 over CS).
+#: - ``posterior.latent_fit_iters`` 0 and ``closing.restarts`` 0: at R=8 the fit through the 2 mm decoder is two thirds
+#:   of the time and the restart pass most of the rest (9.7 s per volume with both, 3.1 without the fit, 1.9 without
+#:   either; CS 3.5): only without both is the prior within 0.7x CS's time, for 0.67 dB (29.35 -> 28.68; the worst
+#:   volume +2.04 -> +1.39 over CS).
+COARSE_SETTINGS: dict[str, tuple[tuple[float, float | bool], ...]] = {
+    "posterior.align": ((1.0, False),), "posterior.steps": ((1.0, 20),), "posterior.latent_fit_iters": ((1.0, 0),),
+    "closing.restarts": ((1.0, 0),),
+}
 
 TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
     "kspace": {
@@ -142,11 +152,15 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
 }
 
 
-def task_setting(task: str, name: str, factor: float = 1.0) -> float | int:
+assert all(set(COARSE_SETTINGS) <= set(settings) for settings in TASK_SETTINGS.values())
+
+
+def task_setting(task: str, name: str, factor: float = 1.0, coarse: bool = False) -> float | int:
     """The value of setting ``name`` (``section.field``, as in ``--set``) that ``task`` uses at undersampling
-    ``factor``: :data:`TASK_SETTINGS`'s points, linearly interpolated, held constant past the ends; a setting
-    whose points are all ints (a count) is rounded to the nearest int, one whose points are all bools is a bool."""
-    points = sorted(TASK_SETTINGS[task][name])
+    ``factor`` (``coarse``: on a coarse acquisition, :data:`COARSE_SETTINGS` first): the points, linearly
+    interpolated, held constant past the ends; a setting whose points are all ints (a count) is rounded to the
+    nearest int, one whose points are all bools is a bool."""
+    points = sorted(COARSE_SETTINGS[name] if coarse and name in COARSE_SETTINGS else TASK_SETTINGS[task][name])
     value = points[0][1] if factor <= points[0][0] else points[-1][1]
     for (f0, v0), (f1, v1) in zip(points, points[1:]):
         if f0 < factor <= f1:
@@ -156,10 +170,11 @@ def task_setting(task: str, name: str, factor: float = 1.0) -> float | int:
     return round(value) if all(isinstance(v, int) for _, v in points) else value
 
 
-def with_task_settings(section, name: str, task: str, factor: float = 1.0):
+def with_task_settings(section, name: str, task: str, factor: float = 1.0, coarse: bool = False):
     """The config ``section`` (a dataclass named ``name`` in ``--set``: "posterior", "closing") with each field it
-    leaves None that :data:`TASK_SETTINGS` has for ``task`` filled in at ``factor``; explicit values stay."""
-    fill = {key: task_setting(task, f"{name}.{key}", factor) for key in (k.split(".", 1)[1] for k in TASK_SETTINGS[task]
+    leaves None that :data:`TASK_SETTINGS` has for ``task`` filled in at ``factor`` (``coarse``: a coarse
+    acquisition's, :data:`COARSE_SETTINGS`); explicit values stay."""
+    fill = {key: task_setting(task, f"{name}.{key}", factor, coarse) for key in (k.split(".", 1)[1] for k in TASK_SETTINGS[task]
             if k.startswith(f"{name}.")) if getattr(section, key) is None}
     return dataclasses.replace(section, **fill) if fill else section
 

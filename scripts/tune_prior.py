@@ -62,6 +62,10 @@ def main() -> None:
                          "1-4%% of its maximum, as a template averaged over many heads has)")
     ap.add_argument("--coarse", action="store_true",
                     help="also each seed's synthetic head moved and acquired at 4x4x5 mm ('coarse:<seed>', as dipy's b0)")
+    ap.add_argument("--no-brains", action="store_true",
+                    help="leave out the seeds' plain brains (only the kinds asked for: e.g. --coarse --no-brains)")
+    ap.add_argument("--per-volume", action="store_true",
+                    help="also print each volume's PSNR / SSIM / seconds under its grid point's row")
     ap.add_argument("--method", default="prior", help="the method whose settings the grid varies (default prior)")
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default=None)
@@ -76,20 +80,26 @@ def main() -> None:
         extra.append(f"worst volume - {args.reference_method} (dB)")
     lines = ["| " + " | ".join([*grid, "PSNR (dB)", "SSIM", "s/volume", *extra]) + " |", "|" + "---|" * (len(grid) + 3 + len(extra))]
     with tempfile.TemporaryDirectory() as tmp:
-        files = []
-        kinds = [""] + ["head:"] * args.heads + ["crop:"] * args.crops + ["neck:"] * args.necks + ["noisy:"] * args.noisy + ["faint:"] * args.faint + ["coarse:"] * args.coarse
+        files, names, per = [], [], []
+        kinds = [""] * (not args.no_brains) + ["head:"] * args.heads + ["crop:"] * args.crops + ["neck:"] * args.necks + ["noisy:"] * args.noisy + ["faint:"] * args.faint + ["coarse:"] * args.coarse
         for s in [f"{kind}{seed}" for kind in kinds for seed in args.seeds]:
             path = Path(tmp) / f"{s.replace(':', '-')}{'.h5' if task == 'kspace' else '.nii.gz'}"
             ref = simulate(s, args.case, path, split="val")
             files.append((path, load_kspace(path).reference if task == "kspace" else ref))
+            names.append(s)
         if args.reference_method:
             ref_cfg = recon_config(args.case, args.reference_method)
-            t0 = time.perf_counter()
-            ref_scores = [evaluate(reconstruct_file(path, ref_cfg).volume.data, ref) for path, ref in files]
+            ref_scores, ref_secs = [], []
+            for path, ref in files:
+                t0 = time.perf_counter()
+                ref_scores.append(evaluate(reconstruct_file(path, ref_cfg).volume.data, ref))
+                ref_secs.append(time.perf_counter() - t0)
             row = (f"{args.reference_method}: PSNR {np.mean([s['psnr'] for s in ref_scores]):.2f} dB, SSIM "
-                   f"{np.mean([s['ssim'] for s in ref_scores]):.4f}, {(time.perf_counter() - t0) / len(files):.1f} s/volume")
+                   f"{np.mean([s['ssim'] for s in ref_scores]):.4f}, {np.mean(ref_secs):.1f} s/volume")
             print(row, flush=True)
             lines.insert(0, row + "\n")
+            if args.per_volume:
+                per.append(_per_volume(args.reference_method, names, ref_scores, ref_secs))
         base = recon_config(args.case, args.method, PosteriorConfig(samples=args.samples))
         for values in itertools.product(*grid.values()):
             cfg = apply_overrides(base, [f"{k}={v}" for k, v in zip(grid, values)])
@@ -114,7 +124,16 @@ def main() -> None:
                   f"{np.mean([s['ssim'] for s in scores]):.4f} | {np.mean(secs):.1f} |" + (f" {np.mean(rho):.3f} | {np.mean(ratio):.2f} | {np.mean(scale):.2f} | {np.mean(sparse):.3f} |" if rho else "") + extra_cols
             lines.append(row)
             print(row, flush=True)
-    emit(lines, args.out)
+            if args.per_volume:
+                per.append(_per_volume(" ".join(values), names, scores, secs))
+                print(per[-1], flush=True)
+    emit(lines + per, args.out)
+
+
+def _per_volume(label: str, names: list[str], scores: list[dict], secs: list[float]) -> str:
+    """A paragraph of each volume's PSNR / SSIM / seconds under ``label`` (``--per-volume``)."""
+    return f"\n{label}: " + "; ".join(f"{n} {s['psnr']:.2f} / {s['ssim']:.4f} / {t:.1f} s"
+                                       for n, s, t in zip(names, scores, secs))
 
 
 if __name__ == "__main__":

@@ -116,19 +116,27 @@ def test_settings_left_to_the_task_come_from_the_task_at_its_factor_and_explicit
     assert settle(ReconstructConfig(), denoise_problem(phantom, noise_std=0.02)).closing.mu is None  # image_mu's
 
 
-def test_a_coarse_acquisition_centres_with_fewer_steps_unless_asked(kproblem):
+def test_a_coarse_acquisition_takes_its_own_settings_unless_asked(kproblem):
     from ldp_med.config import ReconstructConfig
     from ldp_med.io.volume import Volume
     from ldp_med.reconstruct import settle
-    from ldp_med.tasks import COARSE_STEPS, COARSE_VOXEL_MM3
+    from ldp_med.tasks import COARSE_SETTINGS, COARSE_VOXEL_MM3, task_setting
 
-    assert kproblem.factor < 6 and abs(np.linalg.det(kproblem.affine[:3, :3])) < COARSE_VOXEL_MM3
+    assert kproblem.factor < 6 and kproblem.voxel_mm3 < COARSE_VOXEL_MM3 and not kproblem.coarse
     fine = settle(ReconstructConfig(), kproblem).posterior
     assert fine.align is True and fine.steps == 50  # k-space up to R=4-6 aligns, 50 steps
     coarse_affine = np.diag([4.0, 4.0, 5.0, 1.0])  # an EPI b0's voxels
     coarse = dataclasses.replace(kproblem, pinv=Volume(kproblem.pinv.data, coarse_affine, dict(kproblem.pinv.meta)))
-    got = settle(ReconstructConfig(), coarse).posterior
-    assert got.align is False and got.steps == COARSE_STEPS < 50
+    assert coarse.coarse
+    settled = settle(ReconstructConfig(), coarse)
+    got = settled.posterior
+    assert got.align is False and got.steps == task_setting("kspace", "posterior.steps", 4.0, coarse=True) < 50
+    for key in COARSE_SETTINGS:  # every one of them, whichever section it is in
+        section, field = key.split(".")
+        assert getattr(getattr(settled, section), field) == task_setting("kspace", key, coarse.factor, coarse=True)
+    # R=8: the latent fit through the 2 mm decoder is left out of a coarse acquisition only
+    assert task_setting("kspace", "posterior.latent_fit_iters", 8.0) > 0
+    assert task_setting("kspace", "posterior.latent_fit_iters", 8.0, coarse=True) == 0
     asked = ReconstructConfig(posterior=dataclasses.replace(ReconstructConfig().posterior, align=True, steps=50))
     assert (settle(asked, coarse).posterior.align, settle(asked, coarse).posterior.steps) == (True, 50)
 
