@@ -98,6 +98,32 @@ def test_the_cubic_spline_round_trip_keeps_detail_that_trilinear_smooths_away(mo
     assert err["spline"] < 0.4 * err["trilinear"], err
 
 
+def test_a_field_of_view_cut_through_the_head_keeps_its_edge_in_the_aligned_round_trip(monkeypatch):
+    """Why the aligned placement replicates the field of view's edge first (``space.EDGE_VOXELS``): signal that
+    reaches the edge (a partial field of view) otherwise meets zeros there, and the spline rings back into it."""
+    import ldp_med.space
+    from monai.transforms import BorderPad
+    from scipy import ndimage
+
+    data = ndimage.gaussian_filter(np.random.default_rng(1).standard_normal((25, 29, 19)), 1.5)
+    vol = Volume((data - data.min() + 0.5).astype(np.float32), np.diag([VOX, VOX, VOX, 1.0]))  # signal to every face
+    move = np.eye(4)
+    move[:3, 3] = [0.7, -0.9, 0.5]  # mm: sub-voxel
+    mni = np.diag([VOX, VOX, VOX, 1.0])
+    mni[:3, 3] = -VOX * 4  # the grid holds the whole field of view and more
+    face = np.ones(vol.shape, bool)
+    face[(slice(1, -1),) * 3] = False  # the outermost layer of voxels
+    err = {}
+    for name in ("zeros past the edge", "edge replicated"):
+        if name == "zeros past the edge":
+            monkeypatch.setattr(ldp_med.space, "_EDGE", BorderPad(spatial_border=0))
+        else:
+            monkeypatch.undo()
+        x, info = ToModelSpace((34, 38, 28), VOX, upper_percentile=100.0, transform=move, model_affine=mni)(vol)
+        err[name] = float(np.abs(info.to_acquisition(x) - vol.data)[face].mean() / vol.data.mean())
+    assert err["edge replicated"] < 0.5 * err["zeros past the edge"], err
+
+
 @pytest.mark.parametrize("name", list(GEOMETRIES))
 def test_model_grid_is_ras_and_centred_and_geometrically_right(name):
     shape, affine = GEOMETRIES[name]
