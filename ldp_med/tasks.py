@@ -103,14 +103,14 @@ COARSE_VOXEL_MM3 = 27.0
 #: replace): the sampler's time there is mostly fixed costs. Validation heads moved and acquired at 4x4x5 mm
 #: (``coarse:10000``-``10003``, docs/tune_coarse_kspace_r*.md; docs/results.md, "Coarse scans centre"):
 #:
-#: - ``posterior.align`` False: the estimate on the 2 mm working grid costs 7-13 s, 3-5x the whole centred
+#: - ``posterior.align`` False: the estimate on the 2 mm working grid costs 8-13 s, 3-5x the whole centred
 #:   reconstruction, for +0.08 dB at R=4 (37.26 against 37.18).
 #: - ``posterior.steps`` 20: R=4 0.68x CS's time against 1.07x at 50 steps, for 0.40 dB (36.78 against 37.18; the
 #:   worst volume still +2.48 over CS).
 #: - ``posterior.latent_fit_iters`` 0 and ``closing.restarts`` 0: at R=8 the fit through the 2 mm decoder is two thirds
-#:   of the time and the restart pass most of the rest (9.7 s per volume with both, 3.1 without the fit, 1.9 without
-#:   either; CS 3.5): only without both is the prior within 0.7x CS's time, for 0.67 dB (29.35 -> 28.68; the worst
-#:   volume +2.04 -> +1.39 over CS).
+#:   of the time (9.7 s per volume with the fit and the restart pass, 3.1 without the fit, 1.9 without either; CS
+#:   3.5): only without both is the prior within 0.7x CS's time, for 0.67 dB (29.35 -> 28.68; the worst volume +2.04
+#:   -> +1.39 over CS).
 COARSE_SETTINGS: dict[str, tuple[tuple[float, float | bool], ...]] = {
     "posterior.align": ((1.0, False),), "posterior.steps": ((1.0, 20),), "posterior.latent_fit_iters": ((1.0, 0),),
     "closing.restarts": ((1.0, 0),),
