@@ -20,6 +20,7 @@ Splits are seed ranges: train 0-9999, val 10000-10099, test 20000-20099.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -158,11 +159,8 @@ def _to_grid(a: np.ndarray) -> np.ndarray:
     return out
 
 
-@functools.lru_cache(maxsize=1)
 def _template_affine() -> np.ndarray:
-    from nilearn import datasets
-
-    return np.asarray(datasets.load_mni152_template(resolution=2).affine, dtype=np.float64)
+    return _grid_maps()[1]
 
 
 def grid_affine() -> np.ndarray:
@@ -189,12 +187,53 @@ def _mni_maps(resolution: int, place=lambda a: a) -> dict[str, np.ndarray]:
     return {"t1": t1, "gm": gm, "wm": wm, "csf": csf, "mask": mask}
 
 
+#: Environment variable naming the folder where the template's maps on ``GRID`` are kept between runs (default
+#: ``$XDG_CACHE_HOME/ldp-med``, else ``~/.cache/ldp-med``): nilearn's import and its 1 mm -> 2 mm resampling of four
+#: maps take 2-3 s, paid by every aligned reconstruction (``ldp_med.align``'s reference) in a fresh process.
+CACHE_ENV = "LDP_MED_CACHE"
+_MAP_NAMES = ("t1", "gm", "wm", "csf", "mask")
+
+
+def _cache_file() -> Path:
+    """The cache of :func:`_grid_maps`, named by the nilearn version whose files and resampling made it."""
+    from importlib.metadata import version
+
+    root = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "ldp-med")
+    return Path(root) / f"mni152_2009a_{GRID[0]}x{GRID[1]}x{GRID[2]}_nilearn-{version('nilearn')}.npz"
+
+
 @functools.lru_cache(maxsize=1)
-def _load_maps() -> dict[str, np.ndarray]:
-    maps = _mni_maps(2, _to_grid)
-    for x in maps.values():
+def _grid_maps() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(:func:`_mni_maps` at 2 mm on ``GRID``, read-only; the 2 mm template's affine), from the cache file when it
+    holds them whole (:func:`_cache_file`), else from nilearn, then written there (atomically; a cache that cannot be
+    read or written is only slower)."""
+    path = _cache_file()
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            maps, affine = {k: f[k] for k in _MAP_NAMES}, f["affine"]
+        if any(m.shape != GRID or m.dtype != np.float32 for m in maps.values()) or affine.shape != (4, 4):
+            raise ValueError("stale")
+    except Exception:  # missing, truncated, stale or unreadable: made again (a cache never fails the run)
+        from nilearn import datasets
+
+        maps = _mni_maps(2, _to_grid)
+        affine = np.asarray(datasets.load_mni152_template(resolution=2).affine, dtype=np.float64)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(tmp, affine=affine, **maps)
+            os.replace(tmp, path)  # whole or not at all: another process may be reading it
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    for x in (*maps.values(), affine):
         x.setflags(write=False)
-    return maps
+    return maps, affine
+
+
+def _load_maps() -> dict[str, np.ndarray]:
+    return _grid_maps()[0]
 
 
 def template_volume() -> tuple[np.ndarray, np.ndarray]:

@@ -62,6 +62,30 @@ def test_grid_affine_matches_template():
     assert vol.dtype == np.float32 and vol.shape == S.GRID and vol.min() >= 0 and vol.max() == 1.0
 
 
+def test_the_template_maps_come_back_whole_from_their_cache_and_a_broken_cache_is_made_again(tmp_path, monkeypatch):
+    monkeypatch.setenv(S.CACHE_ENV, str(tmp_path))
+    made = []
+    real = S._mni_maps
+    monkeypatch.setattr(S, "_mni_maps", lambda *a, **k: made.append(1) or real(*a, **k))
+    try:
+        S._grid_maps.cache_clear()
+        fresh, affine = S._grid_maps()  # from nilearn, then written
+        (path,) = tmp_path.iterdir()
+        assert path == S._cache_file() and made == [1]
+        S._grid_maps.cache_clear()
+        cached, cached_affine = S._grid_maps()  # from the file: nilearn not asked again
+        assert made == [1] and set(cached) == set(fresh) == {"t1", "gm", "wm", "csf", "mask"}
+        assert all(np.array_equal(cached[k], fresh[k]) and cached[k].dtype == np.float32 for k in fresh)
+        assert np.array_equal(cached_affine, affine) and not cached["t1"].flags.writeable
+        path.write_bytes(path.read_bytes()[:1000])  # truncated (a full disk, a killed writer of an older version)
+        S._grid_maps.cache_clear()
+        again, _ = S._grid_maps()
+        assert made == [1, 1] and np.array_equal(again["t1"], fresh["t1"])
+        assert [p.name for p in tmp_path.iterdir()] == [path.name]  # rewritten whole, no temporary left
+    finally:
+        S._grid_maps.cache_clear()
+
+
 def test_subject_shape_dtype_range_and_determinism():
     a = subject(11, "T1w")
     assert a["image"].shape == S.GRID and a["image"].dtype == np.float32
