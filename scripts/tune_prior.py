@@ -11,8 +11,9 @@ Each grid point (ReconstructConfig fields, dotted) runs `reconstruct_file` (``--
 posterior samples, default one) on the simulated file of each seed (bench_recon's acquisitions,
 scripts/benchlib.py; with ``--heads`` also of each seed inside a synthetic skull, ``ldp_med.data.synthetic.synthetic_head``; with
 ``--crops`` also of that head moved and cut to half its field of view, ``benchlib.volume_of``'s ``crop:<seed>``; with
-``--necks`` also of that head with a neck below it, past the model grid, ``neck:<seed>``)
-and reports mean PSNR / SSIM and seconds; ``--reference-method`` adds that method's
+``--necks`` also of that head with a neck below it, past the model grid, ``neck:<seed>``; ``--noisy``, ``--faint``,
+``--coarse`` likewise; ``--no-brains`` leaves the plain brains out, so only the kinds asked for run)
+and reports mean PSNR / SSIM and seconds (``--per-volume``: each volume's too, under the table); ``--reference-method`` adds that method's
 mean PSNR / SSIM on the same files (once) for comparison; with --samples > 1 also the Spearman
 correlation of the std map with the absolute error inside the head (bench_recon's definition), the ratio
 of the median std to the median absolute error there, and the std scale that would give 90% coverage of
