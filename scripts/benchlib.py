@@ -173,7 +173,8 @@ def volume_of(name: str, split: str = "test"):
     """``template``, a head of :data:`HEADS`, a real scan of :data:`REAL` (the scan itself is the reference), a seed
     of ``split``, ``head:<seed>`` (that subject in a synthetic skull and scalp), ``crop:<seed>`` (that head moved
     and cut to half its field of view, as bench_align's ``crop-half``), ``coarse:<seed>`` (that head moved and
-    acquired at 4x4x5 mm, LPS, as dipy's b0), or ``neck:<seed>`` (that head with a neck
+    acquired at 4x4x5 mm, LPS, as dipy's b0), ``part:<seed>`` (that head moved and cut to a 33x41x25-voxel box
+    around a random point of its brain, as nibabel's T1 part), or ``neck:<seed>`` (that head with a neck
     below it, past the model grid: :func:`with_neck`), ``noisy:<seed>`` (that head with Rician noise of its own, as a
     real scan's reference has), ``faint:<seed>`` (that head with a faint smooth signal in its air, 1-4% of its
     maximum, as a template averaged over many heads has): (noise-free Volume, the reference;
@@ -204,6 +205,17 @@ def volume_of(name: str, split: str = "test"):
         move = _random_move(head, rng)
         crop = (int(rng.integers(3)), ("lo", "hi")[int(rng.integers(2))])
         return moved_copy(head, move, crop=crop), f"{description}, moved, half the field of view (axis {crop[0]})"
+    if name.startswith("part:"):  # a 66x82x50 mm box of the seed's synthetic head, moved (as nibabel's T1 part)
+        head, description = volume_of(f"head:{name[5:]}", split)
+        rng = np.random.default_rng([int(name[5:]), 7])
+        moved = moved_copy(head, _random_move(head, rng))
+        box = np.array([33, 41, 25])  # nibabel's anatomical.nii at 2 mm
+        inside = np.argwhere(moved.data > 0.3 * moved.data.max())
+        lo = np.clip(inside[rng.integers(len(inside))] - box // 2, 0, np.array(moved.shape) - box)
+        affine = moved.affine.copy()
+        affine[:3, 3] += affine[:3, :3] @ lo
+        data = moved.data[tuple(slice(a, a + n) for a, n in zip(lo, box))]
+        return Volume(np.ascontiguousarray(data), affine, {}), f"{description}, moved, a 66x82x50 mm box of it"
     if name.startswith("coarse:"):  # the synthetic head of a seed as a coarse EPI-like scan (dipy's b0 is 4x4x5 mm LPS)
         from scipy import ndimage
 

@@ -12,7 +12,7 @@ posterior samples, default one) on the simulated file of each seed (bench_recon'
 scripts/benchlib.py; with ``--heads`` also of each seed inside a synthetic skull, ``ldp_med.data.synthetic.synthetic_head``; with
 ``--crops`` also of that head moved and cut to half its field of view, ``benchlib.volume_of``'s ``crop:<seed>``; with
 ``--necks`` also of that head with a neck below it, past the model grid, ``neck:<seed>``; ``--noisy``, ``--faint``,
-``--coarse`` likewise; ``--no-brains`` leaves the plain brains out, so only the kinds asked for run)
+``--coarse``, ``--parts`` likewise; ``--no-brains`` leaves the plain brains out, so only the kinds asked for run)
 and reports mean PSNR / SSIM and seconds (``--per-volume``: each volume's too, under the table); ``--reference-method`` adds that method's
 mean PSNR / SSIM on the same files (once) for comparison; with --samples > 1 also the Spearman
 correlation of the std map with the absolute error inside the head (bench_recon's definition), the ratio
@@ -63,6 +63,8 @@ def main() -> None:
                          "1-4%% of its maximum, as a template averaged over many heads has)")
     ap.add_argument("--coarse", action="store_true",
                     help="also each seed's synthetic head moved and acquired at 4x4x5 mm ('coarse:<seed>', as dipy's b0)")
+    ap.add_argument("--parts", action="store_true",
+                    help="also each seed's synthetic head moved and cut to a 66x82x50 mm box ('part:<seed>', as nibabel's T1 part)")
     ap.add_argument("--no-brains", action="store_true",
                     help="leave out the seeds' plain brains (only the kinds asked for: e.g. --coarse --no-brains)")
     ap.add_argument("--per-volume", action="store_true",
@@ -82,7 +84,7 @@ def main() -> None:
     lines = ["| " + " | ".join([*grid, "PSNR (dB)", "SSIM", "s/volume", *extra]) + " |", "|" + "---|" * (len(grid) + 3 + len(extra))]
     with tempfile.TemporaryDirectory() as tmp:
         files, names, per = [], [], []
-        kinds = [""] * (not args.no_brains) + ["head:"] * args.heads + ["crop:"] * args.crops + ["neck:"] * args.necks + ["noisy:"] * args.noisy + ["faint:"] * args.faint + ["coarse:"] * args.coarse
+        kinds = [""] * (not args.no_brains) + ["head:"] * args.heads + ["crop:"] * args.crops + ["neck:"] * args.necks + ["noisy:"] * args.noisy + ["faint:"] * args.faint + ["coarse:"] * args.coarse + ["part:"] * args.parts
         for s in [f"{kind}{seed}" for kind in kinds for seed in args.seeds]:
             path = Path(tmp) / f"{s.replace(':', '-')}{'.h5' if task == 'kspace' else '.nii.gz'}"
             ref = simulate(s, args.case, path, split="val")
