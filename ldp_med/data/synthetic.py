@@ -194,12 +194,15 @@ CACHE_ENV = "LDP_MED_CACHE"
 _MAP_NAMES = ("t1", "gm", "wm", "csf", "mask")
 
 
-def _cache_file() -> Path:
-    """The cache of :func:`_grid_maps`, named by the nilearn version whose files and resampling made it."""
+def _cache_file() -> Path | None:
+    """The cache of :func:`_grid_maps`, named by the nilearn version whose files and resampling made it; None where
+    no absolute folder can be named (no home: nothing is written into the working folder)."""
     from importlib.metadata import version
 
     root = os.environ.get(CACHE_ENV) or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "ldp-med")
+    if not os.path.isabs(root):
+        return None
     return Path(root) / f"mni152_2009a_{GRID[0]}x{GRID[1]}x{GRID[2]}_nilearn-{version('nilearn')}.npz"
 
 
@@ -210,6 +213,8 @@ def _grid_maps() -> tuple[dict[str, np.ndarray], np.ndarray]:
     read or written is only slower)."""
     path = _cache_file()
     try:
+        if path is None:
+            raise FileNotFoundError("no cache folder")
         with np.load(path, allow_pickle=False) as f:
             maps, affine = {k: f[k] for k in _MAP_NAMES}, f["affine"]
         if any(m.shape != GRID or m.dtype != np.float32 for m in maps.values()) or affine.shape != (4, 4):
@@ -219,14 +224,15 @@ def _grid_maps() -> tuple[dict[str, np.ndarray], np.ndarray]:
 
         maps = _mni_maps(2, _to_grid)
         affine = np.asarray(datasets.load_mni152_template(resolution=2).affine, dtype=np.float64)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(tmp, affine=affine, **maps)
-            os.replace(tmp, path)  # whole or not at all: another process may be reading it
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        if path is not None:
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.savez_compressed(tmp, affine=affine, **maps)
+                os.replace(tmp, path)  # whole or not at all: another process may be reading it
+            except OSError:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
     for x in (*maps.values(), affine):
         x.setflags(write=False)
     return maps, affine

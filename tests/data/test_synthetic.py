@@ -82,6 +82,11 @@ def test_the_template_maps_come_back_whole_from_their_cache_and_a_broken_cache_i
         again, _ = S._grid_maps()
         assert made == [1, 1] and np.array_equal(again["t1"], fresh["t1"])
         assert [p.name for p in tmp_path.iterdir()] == [path.name]  # rewritten whole, no temporary left
+        monkeypatch.setenv(S.CACHE_ENV, "relative/folder")  # not an absolute folder (e.g. no home): no cache at all
+        monkeypatch.chdir(tmp_path)
+        S._grid_maps.cache_clear()
+        assert np.array_equal(S._grid_maps()[0]["t1"], fresh["t1"]) and made == [1, 1, 1]
+        assert not (tmp_path / "relative").exists()
     finally:
         S._grid_maps.cache_clear()
 
