@@ -15,6 +15,7 @@ import math
 import os
 from pathlib import Path
 
+from ldp_med.config import DataConfig
 from ldp_med.errors import InputError
 
 #: Environment variable: the memory (GB) ldp-med may assume is available, overriding /proc/meminfo.
@@ -200,13 +201,14 @@ def prior_training_bytes(n_images: int, grid: tuple[int, ...], params: int, vae_
     return images + encode + TRAIN_PARAM_BYTES * params + TRAIN_ACTIVATIONS * 4 * batch * latent_voxels * unet_first_channels
 
 
-def count_training_images(folder: str, synthetic: int, cache_dir: str = "", sharp: int = 0, heads: int = 0) -> int:
+def count_training_images(data: DataConfig) -> int:
     """How many training images a data config names (a folder's entries but its cache, or the synthetic count
     plus its ``sharp`` and ``heads`` renderings)."""
+    folder = data.folder
     if not folder:
-        return synthetic + sharp + heads
+        return data.synthetic + data.sharp + data.heads
     if os.path.isdir(folder):
-        cache = os.path.realpath(cache_dir) if cache_dir else ""
+        cache = os.path.realpath(data.cache_dir) if data.cache_dir else ""
         return max(1, sum(1 for e in os.scandir(folder) if not e.name.startswith(".") and os.path.realpath(e.path) != cache))
     try:
         with open(folder) as fh:

@@ -157,16 +157,27 @@ def moved_copy(vol: Volume, move: np.ndarray, vox=None, flip=(), crop=None) -> V
         pull = np.linalg.solve(a0, np.linalg.solve(move, a1))  # copy voxel -> original voxel
         src = pull[:3, :3] @ np.indices(shape).reshape(3, -1) + pull[:3, 3:]
         data = ndimage.map_coordinates(vol.data, src, order=1).reshape(shape).astype(np.float32)
-    if crop is not None:
-        ax, side = crop
-        n = data.shape[ax]
-        keep = [slice(None)] * 3
-        keep[ax] = slice(0, n // 2) if side == "lo" else slice(n // 2, n)
-        if side == "hi":
-            a1 = a1.copy()
-            a1[:3, 3] += a1[:3, ax] * (n // 2)
-        data = data[tuple(keep)]
-    return Volume(np.ascontiguousarray(data), a1, dict(vol.meta))
+    out = Volume(np.ascontiguousarray(data), a1, dict(vol.meta))
+    if crop is None:
+        return out
+    ax, side = crop
+    lo, hi = np.zeros(3, int), np.array(out.shape)
+    if side == "lo":
+        hi[ax] = out.shape[ax] // 2
+    else:
+        lo[ax] = out.shape[ax] // 2
+    return cut(out, lo, hi)
+
+
+def cut(vol: Volume, lo, hi) -> Volume:
+    """The voxels ``lo`` to ``hi`` (exclusive) of ``vol``, at the same world positions (the affine's origin moved)."""
+    from ldp_med.io.volume import Volume
+
+    lo = np.asarray(lo, int)
+    affine = vol.affine.copy()
+    affine[:3, 3] += affine[:3, :3] @ lo
+    data = vol.data[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    return Volume(np.ascontiguousarray(data), affine, dict(vol.meta))
 
 
 def volume_of(name: str, split: str = "test"):
@@ -212,10 +223,7 @@ def volume_of(name: str, split: str = "test"):
         box = np.array([33, 41, 25])  # nibabel's anatomical.nii at 2 mm
         inside = np.argwhere(moved.data > 0.3 * moved.data.max())
         lo = np.clip(inside[rng.integers(len(inside))] - box // 2, 0, np.array(moved.shape) - box)
-        affine = moved.affine.copy()
-        affine[:3, 3] += affine[:3, :3] @ lo
-        data = moved.data[tuple(slice(a, a + n) for a, n in zip(lo, box))]
-        return Volume(np.ascontiguousarray(data), affine, {}), f"{description}, moved, a 66x82x50 mm box of it"
+        return cut(moved, lo, lo + box), f"{description}, moved, a 66x82x50 mm box of it"
     if name.startswith("coarse:"):  # the synthetic head of a seed as a coarse EPI-like scan (dipy's b0 is 4x4x5 mm LPS)
         from scipy import ndimage
 

@@ -159,13 +159,9 @@ def _to_grid(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _template_affine() -> np.ndarray:
-    return _grid_maps()[1]
-
-
 def grid_affine() -> np.ndarray:
     """The (4, 4) voxel-to-world (MNI mm) affine of ``GRID``, consistent with the template's."""
-    a = _template_affine().copy()
+    a = _grid_maps()[1].copy()  # the 2 mm template's affine
     a[:3, 3] = a[:3, :3] @ np.asarray(_crop_starts(), dtype=np.float64) + a[:3, 3]
     return a
 
@@ -224,15 +220,14 @@ def _grid_maps() -> tuple[dict[str, np.ndarray], np.ndarray]:
 
         maps = _mni_maps(2, _to_grid)
         affine = np.asarray(datasets.load_mni152_template(resolution=2).affine, dtype=np.float64)
-        if path is not None:
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-            try:
+        if path is not None:  # whole or not at all (another process may be reading it); a failed write is skipped
+            from ldp_med.errors import InputError
+            from ldp_med.io.atomic import atomic_open
+
+            with contextlib.suppress(OSError, InputError):
                 path.parent.mkdir(parents=True, exist_ok=True)
-                np.savez_compressed(tmp, affine=affine, **maps)
-                os.replace(tmp, path)  # whole or not at all: another process may be reading it
-            except OSError:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
+                with atomic_open(path, force=True) as fh:
+                    np.savez_compressed(fh, affine=affine, **maps)
     for x in (*maps.values(), affine):
         x.setflags(write=False)
     return maps, affine

@@ -187,8 +187,7 @@ def check_prior_memory(cfg: PriorTrainConfig) -> None:
     from ldp_med.training.vae import parameter_count
 
     m = cfg.model
-    n = count_training_images(cfg.data.folder, cfg.data.synthetic, cfg.data.cache_dir, cfg.data.sharp,
-                              cfg.data.heads)
+    n = count_training_images(cfg.data)
     down = 2 ** (len(m.vae.channels) - 1)
     latent_voxels = math.prod(max(1, g // down) for g in m.grid)
     need = prior_training_bytes(n, m.grid, parameter_count(build_unet, m.unet, m.vae.latent_channels),

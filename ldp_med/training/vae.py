@@ -100,8 +100,7 @@ def check_vae_memory(cfg: VAETrainConfig) -> None:
     """Refuse (one line) a VAE training estimated not to fit (:func:`ldp_med.resources.vae_training_bytes`)."""
     from ldp_med.resources import check_memory, count_training_images, vae_training_bytes
 
-    n = count_training_images(cfg.data.folder, cfg.data.synthetic, cfg.data.cache_dir, cfg.data.sharp,
-                              cfg.data.heads)
+    n = count_training_images(cfg.data)
     need = vae_training_bytes(n, cfg.model.grid, parameter_count(build_vae, cfg.model.vae), cfg.loop.batch_size,
                               cfg.patch, cfg.model.vae.channels, whole_volume=cfg.whole_volume_steps > 0)
     check_memory(need, f"VAE training ({n} images, batch {cfg.loop.batch_size} of {cfg.patch}^3 patches)",
