@@ -15,8 +15,9 @@ How (all the registration is ``dipy.align.imaffine``; nothing here is a hand-wri
    to ``work_mm`` isotropic voxels (anti-aliased where it is finer): 1 mm, anisotropic and LPS inputs
    all become one small grid, in the input's own world coordinates.
 2. Start: centres of mass (foreground-weighted), then a coarse search by the metric alone over a grid of
-   translations, then rotations, then finer translations (:func:`_search_starts`): a cropped field of
-   view's centre of mass is far from the template's, and a small part of a brain has many local optima.
+   translations, then rotations, then finer translations (:func:`_search_starts`; the input and the template
+   both reduced to a 4 or 8 mm level): a cropped field of view's centre of mass is far from the template's, and
+   a small part of a brain has many local optima.
 3. ``MutualInformationMetric`` (Mattes, ``nbins`` bins, a ``sampling`` fraction of the voxels per level)
    with ``AffineRegistration`` (L-BFGS-B) through ``TranslationTransform3D`` -> ``RigidTransform3D`` ->
    ``AffineTransform3D`` (each started from the previous), on a pyramid of ``factors`` times ``work_mm``
@@ -234,7 +235,8 @@ def estimate_alignment(volume: Volume, cfg: AlignConfig | None = None, reference
               ("rigid", RigidTransform3D(), cfg.rigid_factors), last]
     stages = [(n, t, _levels(f, static.shape, cfg)) for n, t, f in stages]
 
-    reduced = functools.cache(lambda k: _reduced(static, s_aff, k, cfg.smoothing))  # once per factor, not per run
+    # a stage of finest factor k: dipy's sigma for that factor, every k-th voxel (once per factor, not per run)
+    reduced = functools.cache(lambda k: _reduced(static, s_aff, k, cfg.smoothing * (k - 1)))
 
     def run(stage, matrix):
         _, transform, factors = stage
@@ -264,17 +266,18 @@ def estimate_alignment(volume: Volume, cfg: AlignConfig | None = None, reference
                      stages=tuple(s[0] for s in stages), start=np.asarray(start, np.float64))
 
 
-def _reduced(static: np.ndarray, s_aff: np.ndarray, k: int, smoothing: float) -> tuple[np.ndarray, np.ndarray]:
-    """``static`` on every ``k``-th voxel after a Gaussian of ``smoothing * (k - 1)`` voxels (dipy's sigma for a
-    level of factor ``k``), and its voxel-to-world affine; ``k = 1``: unchanged."""
-    if k == 1:
-        return static, s_aff
-    from scipy import ndimage
+def _reduced(image: np.ndarray, affine: np.ndarray, k: int, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` after a Gaussian of ``sigma`` voxels (none at 0), taken on every ``k``-th voxel, and its
+    voxel-to-world affine (the same world positions)."""
+    if sigma > 0:
+        from scipy import ndimage
 
-    img = ndimage.gaussian_filter(static, smoothing * (k - 1))[::k, ::k, ::k]
-    aff = s_aff.copy()
-    aff[:3, :3] = s_aff[:3, :3] * k
-    return img, aff
+        image = ndimage.gaussian_filter(image, sigma)
+    if k == 1:
+        return image, affine
+    affine = affine.copy()
+    affine[:3, :3] = affine[:3, :3] * k
+    return image[::k, ::k, ::k], affine
 
 
 def _levels(factors: tuple[int, ...], shape, cfg: AlignConfig) -> tuple[int, ...]:
@@ -298,13 +301,13 @@ def _search_starts(static, s_aff, moving, m_aff, start, cfg: AlignConfig) -> lis
         return [start]
     from dipy.align.imaffine import MutualInformationMetric
     from dipy.align.transforms import RigidTransform3D
-    from scipy import ndimage
 
     f = max([1] + [f for f in (4, 2) if min(static.shape) / f >= cfg.search_voxels])
-    sm = ndimage.gaussian_filter(static, f / 2)[::f, ::f, ::f] if f > 1 else static
-    a = s_aff.copy()
-    a[:3, :3] = s_aff[:3, :3] * f
-    mv = ndimage.gaussian_filter(moving, f / 2 * cfg.work_mm / float(np.linalg.norm(m_aff[:3, 0])))
+    sm, a = _reduced(static, s_aff, f, f / 2 if f > 1 else 0.0)
+    # the template at the same level: smoothed alike, and on every k-th voxel (dipy copies the moving image on
+    # every evaluation: the whole 2 mm template cost more than the metric itself)
+    m_vox = float(np.linalg.norm(m_aff[:3, 0]))
+    mv, m_aff = _reduced(moving, m_aff, max(1, int(f * cfg.work_mm / m_vox)), f / 2 * cfg.work_mm / m_vox)
     metric = MutualInformationMetric(nbins=cfg.nbins, sampling_proportion=None)
     transform = RigidTransform3D()
     metric.setup(transform, sm, mv, static_grid2world=a, moving_grid2world=m_aff, starting_affine=start)

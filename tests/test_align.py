@@ -90,6 +90,34 @@ def test_a_stage_runs_on_the_grid_of_its_finest_level(template4, monkeypatch):
     assert placement_rms(est.matrix, np.linalg.inv(move), _brain_points(vol.affine, mask)) <= 2.0
 
 
+
+def test_the_start_search_compares_the_input_with_the_template_reduced_to_its_level(monkeypatch):
+    """The search evaluates the metric ~1300 times and dipy copies the moving image on each: it must get the
+    template on the search level's grid (every k-th voxel, the same world positions, smoothed), not at 2 mm."""
+    from dipy.align import imaffine
+
+    seen = []
+    setup = imaffine.MutualInformationMetric.setup
+
+    def spy(self, transform, static, moving, static_grid2world=None, moving_grid2world=None, **kw):
+        if self.sampling_proportion is None:  # the search's dense metric, not a stage's sampled one
+            seen.append((static.shape, moving, static_grid2world.copy(), moving_grid2world.copy()))
+        return setup(self, transform, static, moving, static_grid2world=static_grid2world,
+                     moving_grid2world=moving_grid2world, **kw)
+
+    monkeypatch.setattr(imaffine.MutualInformationMetric, "setup", spy)
+    t1, affine = synthetic.template_volume()
+    vol = Volume(t1[10:80, 12:96, 8:78].copy(), affine @ np.array([[1, 0, 0, 10], [0, 1, 0, 12], [0, 0, 1, 8],
+                                                                   [0, 0, 0, 1.0]]))
+    estimate_alignment(vol, AlignConfig(affine=False, iterations=5))
+    (s_shape, moving, s_aff, m_aff), = seen
+    k = int(round(np.linalg.norm(s_aff[:3, 0]) / np.linalg.norm(affine[:3, 0])))  # the level, in template voxels
+    assert k >= 2 and moving.shape == tuple(-(-n // k) for n in t1.shape)
+    np.testing.assert_allclose(m_aff, affine @ np.diag([k, k, k, 1.0]))  # voxel i = the template's voxel k * i
+    inner = (slice(4, -4),) * 3  # away from the border the smoothed template keeps its large-scale intensity
+    assert abs(float(moving[inner].mean()) - float(t1[::k, ::k, ::k][inner].mean())) < 0.02
+    assert float(np.abs(np.diff(moving, axis=0)).mean()) < float(np.abs(np.diff(t1[::k, ::k, ::k], axis=0)).mean())
+
 @pytest.mark.slow
 def test_default_settings_align_a_moved_template(template4):
     t1, _, mask, aff = template4
