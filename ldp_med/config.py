@@ -233,7 +233,8 @@ class PosteriorConfig:
     Attributes:
         method: "dds" (default; "prior" is an alias) or "dps".
         steps: DDIM steps of the full schedule (over ``num_train_timesteps``). None: the task's (50; 20 for a coarse
-            acquisition, ``ldp_med.tasks.COARSE_SETTINGS``, where the sampler's time is mostly fixed costs).
+            acquisition or a small field of view, ``ldp_med.tasks.REGIME_SETTINGS``, where the sampler's time is
+            mostly fixed costs).
         t_start: fraction of the schedule actually run, from the warm start (1 = from pure noise);
             UNet evaluations per sample = ``round(steps * t_start)`` (x2 with guidance). None: the task's
             (``ldp_med.tasks.TASK_SETTINGS``, at the problem's undersampling factor, filled in when the sampler is made).

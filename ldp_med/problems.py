@@ -29,7 +29,7 @@ from ldp_med.physics.masks import realised_acceleration
 from ldp_med.physics.mri import MRIOperator
 from ldp_med.physics.noise import estimate_image_noise, estimate_kspace_noise
 from ldp_med.physics.operators import DenoiseOperator, LinearOperator
-from ldp_med.tasks import COARSE_VOXEL_MM3
+from ldp_med.tasks import acquisition_regimes
 
 __all__ = ["Problem", "kspace_problem", "denoise_problem", "superres_problem", "DEFAULT_ESPIRIT_CALIB"]
 
@@ -83,11 +83,14 @@ class Problem:
         """Volume of one acquisition voxel (mm^3)."""
         return abs(float(np.linalg.det(self.affine[:3, :3])))
 
-    @property
-    def coarse(self) -> bool:
-        """A coarse acquisition (voxels of ``ldp_med.tasks.COARSE_VOXEL_MM3`` or more): its own settings
-        (``ldp_med.tasks.COARSE_SETTINGS``)."""
-        return self.voxel_mm3 >= COARSE_VOXEL_MM3
+    def regimes(self, model=None) -> tuple[str, ...]:
+        """The acquisition's regimes, whose settings come before the task's (``ldp_med.tasks.REGIME_SETTINGS``):
+        ``"coarse"`` voxels, a field of view ``"small"`` against the grid of ``model`` (a
+        :class:`ldp_med.config.ModelConfig`; None: not judged) (:func:`ldp_med.tasks.acquisition_regimes`)."""
+        fraction = None
+        if model is not None:
+            fraction = self.voxel_mm3 * float(np.prod(self.shape)) / (float(np.prod(model.grid)) * model.voxel_mm**3)
+        return acquisition_regimes(self.voxel_mm3, fraction)
 
     @property
     def is_complex(self) -> bool:

@@ -165,18 +165,20 @@ def magnitude_noise(problem: Problem) -> float:
     return problem.noise_std if problem.noise_source != "estimated" else estimate_rician_noise(problem.pinv.data)
 
 
-def settle(cfg: ReconstructConfig, problem: Problem) -> ReconstructConfig:
+def settle(cfg: ReconstructConfig, problem: Problem, model=None) -> ReconstructConfig:
     """``cfg`` with the settings it leaves to the task (None) filled in at the problem's undersampling factor
     (``ldp_med.tasks.TASK_SETTINGS``): the sampler's ``t_start`` / ``prior_error`` / ``std_scale`` and the closing
     ``anchor`` (k-space), ``restarts`` and ``iters``; k-space's closing ``mu`` left None is the CS baseline's
-    ``cs_lambda``; a coarse acquisition (:attr:`ldp_med.problems.Problem.coarse`) takes
-    ``ldp_med.tasks.COARSE_SETTINGS`` first."""
+    ``cs_lambda``; the acquisition's regimes (:meth:`ldp_med.problems.Problem.regimes`: coarse voxels, a field of
+    view small against the grid of ``model``, the prior's :class:`ldp_med.config.ModelConfig`) take
+    ``ldp_med.tasks.REGIME_SETTINGS`` first."""
     from ldp_med.sampling.posterior import for_task
 
-    closing = with_task_settings(cfg.closing, "closing", problem.task, problem.factor, problem.coarse)
+    regimes = problem.regimes(model)
+    closing = with_task_settings(cfg.closing, "closing", problem.task, problem.factor, regimes)
     if problem.is_complex and closing.mu is None:
         closing = dataclasses.replace(closing, mu=cfg.baseline.cs_lambda)
-    posterior = for_task(cfg.posterior, problem.task, problem.factor, problem.coarse)
+    posterior = for_task(cfg.posterior, problem.task, problem.factor, regimes)
     return dataclasses.replace(cfg, posterior=posterior, closing=closing)
 
 
@@ -186,7 +188,7 @@ def _posterior(sampler: str | None) -> Solver:
     def solve(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
         from ldp_med.sampling.posterior import reconstruct as sample
 
-        cfg = settle(cfg, problem)
+        cfg = settle(cfg, problem, prior.config)
         # k-space's anchor weighs the prior's belief per model voxel: a finer acquisition voxel gets its volume's share
         share = min(1.0, problem.voxel_mm3 / float(prior.config.voxel_mm) ** 3)
         if share < 1.0 and cfg.closing.anchor:

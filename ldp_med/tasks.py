@@ -71,7 +71,7 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "noise2self", "sup
 #:   (27.95 -> 28.13 dB, docs/tune_align_denoise.md: heads, necks, half fields of view) but brains lose 0.1-0.4 dB
 #:   (the noisy image interpolated both ways; test run, session 31, docs/results.md); super-resolution centres (34.63
 #:   -> 34.45 aligned, docs/tune_align_superres.md).
-#:   A coarse acquisition centres whatever the factor (:data:`COARSE_SETTINGS`).
+#:   A coarse acquisition and a small field of view centre whatever the factor (:data:`REGIME_SETTINGS`).
 #: - ``closing.air`` / ``closing.air_floor``: the closed image's air around the head keeps only the energy the noise
 #:   does not explain (:func:`ldp_med.sampling.closing.air_gain`, the noise multiple and the air's threshold).
 #:   Validation brains, heads, half fields of view, necks and heads with noise of their own 10000-10001
@@ -97,10 +97,14 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "noise2self", "sup
 #:   k-space R=4 +0.86 dB, R=8 +1.20 dB on validation (docs/tune_spin_kspace_r*.md; 16 ties); the image tasks 0
 #:   (denoise +0.01 dB: docs/tune_spin_denoise.md).
 #: Acquisition voxel volume (mm^3) from which an acquisition is coarse (coarser than 3 mm isotropic; e.g. an EPI b0
-#: at 4x4x5 mm): :data:`COARSE_SETTINGS` replace the task's there.
+#: at 4x4x5 mm): the regime ``"coarse"`` of :data:`REGIME_SETTINGS`.
 COARSE_VOXEL_MM3 = 27.0
-#: The settings of a coarse acquisition, for every task (same form as :data:`TASK_SETTINGS`, whose points they
-#: replace): the sampler's time there is mostly fixed costs. Validation heads moved and acquired at 4x4x5 mm
+#: Fraction of the model grid's field of view below which an acquisition's is a small part of a head (the shipped
+#: model's grid holds 8.3 l: below 1 l, where no whole brain fits; nibabel's T1 part is 0.03 of it, half a head
+#: 0.3-0.5): the regime ``"small"`` of :data:`REGIME_SETTINGS`.
+SMALL_FOV_FRACTION = 0.125
+#: The settings of a coarse acquisition, for every task (same form as a task's in :data:`TASK_SETTINGS`, whose points
+#: they replace): the sampler's time there is mostly fixed costs. Validation heads moved and acquired at 4x4x5 mm
 #: (``coarse:10000``-``10003``, docs/tune_coarse_kspace_r*.md; docs/results.md, "Coarse scans centre"):
 #:
 #: - ``posterior.align`` False: the estimate on the 2 mm working grid costs 8-13 s, 3-5x the whole centred
@@ -111,9 +115,18 @@ COARSE_VOXEL_MM3 = 27.0
 #:   of the time (9.7 s per volume with the fit and the restart pass, 3.1 without the fit, 1.9 without either; CS
 #:   3.5): only without both is the prior within 0.7x CS's time, for 0.67 dB (29.35 -> 28.68; the worst volume +2.04
 #:   -> +1.39 over CS).
-COARSE_SETTINGS: dict[str, tuple[tuple[float, float | bool], ...]] = {
+_COARSE: dict[str, tuple[tuple[float, float | bool], ...]] = {
     "posterior.align": ((1.0, False),), "posterior.steps": ((1.0, 20),), "posterior.latent_fit_iters": ((1.0, 0),),
     "closing.restarts": ((1.0, 0),),
+}
+#: The settings of a small field of view in k-space (the other tasks keep theirs): the placement alone (~1.4 s of
+#: registration) is about CS's whole time on a volume this small. Validation parts of moved heads, 33x41x25 voxels at
+#: 2 mm, R=4 (``part:10000``-``10005``, docs/tune_small_kspace_r4.md; docs/results.md, "Small parts of a brain
+#: centre"): CS 32.00 dB / SSIM 0.9614; aligned, 50 steps, 10 closing iterations (the whole-head settings) 34.56 /
+#: 0.9872 in 2.8x CS's time; centred, 20 steps, 2 iterations 34.67 / 0.9868 in 0.7x (worst volume +1.93 over CS).
+#: More closing iterations pull a part towards CS's blocks there (5 / 10: 34.64 / 0.9820, 34.26 / 0.9784).
+_SMALL: dict[str, tuple[tuple[float, float | bool], ...]] = {
+    "posterior.align": ((1.0, False),), "posterior.steps": ((1.0, 20),), "closing.iters": ((1.0, 2),),
 }
 
 TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
@@ -152,15 +165,32 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
 }
 
 
-assert all(set(COARSE_SETTINGS) <= set(settings) for settings in TASK_SETTINGS.values())
+#: Settings of an acquisition regime, per task (a task a regime does not list keeps its own): each replaces the
+#: task's points of the settings it names; of a problem's regimes (:func:`acquisition_regimes`) the first that names
+#: a setting sets it.
+REGIME_SETTINGS: dict[str, dict[str, dict[str, tuple[tuple[float, float | bool], ...]]]] = {
+    "coarse": {task: _COARSE for task in TASK_SETTINGS},
+    "small": {"kspace": _SMALL},
+}
+assert all(set(settings) <= set(TASK_SETTINGS[task]) for r in REGIME_SETTINGS.values() for task, settings in r.items())
 
 
-def task_setting(task: str, name: str, factor: float = 1.0, coarse: bool = False) -> float | int:
+def acquisition_regimes(voxel_mm3: float, fov_fraction: float | None = None) -> tuple[str, ...]:
+    """The acquisition regimes (keys of :data:`REGIME_SETTINGS`) of voxels of ``voxel_mm3`` mm^3 over a field of view
+    ``fov_fraction`` of the model grid's (None: no model, no "small"): ``"coarse"`` from :data:`COARSE_VOXEL_MM3`,
+    ``"small"`` below :data:`SMALL_FOV_FRACTION`."""
+    small = fov_fraction is not None and fov_fraction < SMALL_FOV_FRACTION
+    return ("coarse",) * (voxel_mm3 >= COARSE_VOXEL_MM3) + ("small",) * small
+
+
+def task_setting(task: str, name: str, factor: float = 1.0, regimes: tuple[str, ...] = ()) -> float | int:
     """The value of setting ``name`` (``section.field``, as in ``--set``) that ``task`` uses at undersampling
-    ``factor`` (``coarse``: on a coarse acquisition, :data:`COARSE_SETTINGS` first): the points, linearly
-    interpolated, held constant past the ends; a setting whose points are all ints (a count) is rounded to the
-    nearest int, one whose points are all bools is a bool."""
-    points = sorted(COARSE_SETTINGS[name] if coarse and name in COARSE_SETTINGS else TASK_SETTINGS[task][name])
+    ``factor`` (``regimes``: the acquisition's, :data:`REGIME_SETTINGS` first): the points, linearly interpolated,
+    held constant past the ends; a setting whose points are all ints (a count) is rounded to the nearest int, one
+    whose points are all bools is a bool."""
+    points = next((REGIME_SETTINGS[r][task][name] for r in regimes if name in REGIME_SETTINGS[r].get(task, {})),
+                  TASK_SETTINGS[task][name])
+    points = sorted(points)
     value = points[0][1] if factor <= points[0][0] else points[-1][1]
     for (f0, v0), (f1, v1) in zip(points, points[1:]):
         if f0 < factor <= f1:
@@ -170,11 +200,11 @@ def task_setting(task: str, name: str, factor: float = 1.0, coarse: bool = False
     return round(value) if all(isinstance(v, int) for _, v in points) else value
 
 
-def with_task_settings(section, name: str, task: str, factor: float = 1.0, coarse: bool = False):
+def with_task_settings(section, name: str, task: str, factor: float = 1.0, regimes: tuple[str, ...] = ()):
     """The config ``section`` (a dataclass named ``name`` in ``--set``: "posterior", "closing") with each field it
-    leaves None that :data:`TASK_SETTINGS` has for ``task`` filled in at ``factor`` (``coarse``: a coarse
-    acquisition's, :data:`COARSE_SETTINGS`); explicit values stay."""
-    fill = {key: task_setting(task, f"{name}.{key}", factor, coarse) for key in (k.split(".", 1)[1] for k in TASK_SETTINGS[task]
+    leaves None that :data:`TASK_SETTINGS` has for ``task`` filled in at ``factor`` (``regimes``: the acquisition's
+    first, :data:`REGIME_SETTINGS`); explicit values stay."""
+    fill = {key: task_setting(task, f"{name}.{key}", factor, regimes) for key in (k.split(".", 1)[1] for k in TASK_SETTINGS[task]
             if k.startswith(f"{name}.")) if getattr(section, key) is None}
     return dataclasses.replace(section, **fill) if fill else section
 

@@ -457,11 +457,11 @@ def _dc_rule(problem: Problem, lam: float, cfg: PosteriorConfig) -> ImageDC:
     return KSpaceDC(op, y, lam, cfg.cg_iters, phase_sigma=cfg.phase_sigma)
 
 
-def for_task(cfg: PosteriorConfig, task: str, factor: float = 1.0, coarse: bool = False) -> PosteriorConfig:
+def for_task(cfg: PosteriorConfig, task: str, factor: float = 1.0, regimes: tuple[str, ...] = ()) -> PosteriorConfig:
     """``cfg`` with its settings left to the task (None: ``t_start``, ``prior_error``, ``std_scale``, ...) taken from
-    :data:`ldp_med.tasks.TASK_SETTINGS` at undersampling ``factor`` (``coarse``: a coarse acquisition's first,
-    :data:`ldp_med.tasks.COARSE_SETTINGS`)."""
-    return with_task_settings(cfg, "posterior", task, factor, coarse)
+    :data:`ldp_med.tasks.TASK_SETTINGS` at undersampling ``factor`` (``regimes``: the acquisition's first,
+    :data:`ldp_med.tasks.REGIME_SETTINGS`)."""
+    return with_task_settings(cfg, "posterior", task, factor, regimes)
 
 
 def make_sampler(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = None,
@@ -480,7 +480,7 @@ def make_sampler(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = N
         InputError: the model does not fit (channels, grid, or it covers too little of the field of view).
         ConfigError: label out of range.
     """
-    cfg = for_task(cfg or PosteriorConfig(), problem.task, problem.factor, problem.coarse)
+    cfg = for_task(cfg or PosteriorConfig(), problem.task, problem.factor, problem.regimes(prior.config))
     check_prior(prior)
     if cfg.label >= len(prior.config.class_names):
         raise ConfigError(f"label {cfg.label} out of range: the model has classes {list(prior.config.class_names)}")

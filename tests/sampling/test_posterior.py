@@ -116,29 +116,59 @@ def test_settings_left_to_the_task_come_from_the_task_at_its_factor_and_explicit
     assert settle(ReconstructConfig(), denoise_problem(phantom, noise_std=0.02)).closing.mu is None  # image_mu's
 
 
+def _regridded(problem, voxel_mm):
+    """``problem`` with its acquisition voxels declared ``voxel_mm`` (the data unchanged): another regime's problem."""
+    return dataclasses.replace(problem, pinv=Volume(problem.pinv.data, np.diag([*voxel_mm, 1.0]), dict(problem.pinv.meta)))
+
+
 def test_a_coarse_acquisition_takes_its_own_settings_unless_asked(kproblem):
     from ldp_med.config import ReconstructConfig
-    from ldp_med.io.volume import Volume
     from ldp_med.reconstruct import settle
-    from ldp_med.tasks import COARSE_SETTINGS, COARSE_VOXEL_MM3, task_setting
+    from ldp_med.tasks import COARSE_VOXEL_MM3, REGIME_SETTINGS, task_setting
 
-    assert kproblem.factor < 6 and kproblem.voxel_mm3 < COARSE_VOXEL_MM3 and not kproblem.coarse
-    fine = settle(ReconstructConfig(), kproblem).posterior
+    assert kproblem.factor < 6 and kproblem.voxel_mm3 < COARSE_VOXEL_MM3 and kproblem.regimes(TINY_MODEL) == ()
+    fine = settle(ReconstructConfig(), kproblem, TINY_MODEL).posterior
     assert fine.align is True and fine.steps == 50  # k-space up to R=4-6 aligns, 50 steps
-    coarse_affine = np.diag([4.0, 4.0, 5.0, 1.0])  # an EPI b0's voxels
-    coarse = dataclasses.replace(kproblem, pinv=Volume(kproblem.pinv.data, coarse_affine, dict(kproblem.pinv.meta)))
-    assert coarse.coarse
+    coarse = _regridded(kproblem, (4.0, 4.0, 5.0))  # an EPI b0's voxels
+    assert coarse.regimes() == coarse.regimes(TINY_MODEL) == ("coarse",)
     settled = settle(ReconstructConfig(), coarse)
     got = settled.posterior
-    assert got.align is False and got.steps == task_setting("kspace", "posterior.steps", 4.0, coarse=True) < 50
-    for key in COARSE_SETTINGS:  # every one of them, whichever section it is in
+    assert got.align is False and got.steps == task_setting("kspace", "posterior.steps", 4.0, ("coarse",)) < 50
+    for key in REGIME_SETTINGS["coarse"]["kspace"]:  # every one of them, whichever section it is in
         section, field = key.split(".")
-        assert getattr(getattr(settled, section), field) == task_setting("kspace", key, coarse.factor, coarse=True)
+        assert getattr(getattr(settled, section), field) == task_setting("kspace", key, coarse.factor, ("coarse",))
     # R=8: the latent fit through the 2 mm decoder is left out of a coarse acquisition only
     assert task_setting("kspace", "posterior.latent_fit_iters", 8.0) > 0
-    assert task_setting("kspace", "posterior.latent_fit_iters", 8.0, coarse=True) == 0
+    assert task_setting("kspace", "posterior.latent_fit_iters", 8.0, ("coarse",)) == 0
     asked = ReconstructConfig(posterior=dataclasses.replace(ReconstructConfig().posterior, align=True, steps=50))
     assert (settle(asked, coarse).posterior.align, settle(asked, coarse).posterior.steps) == (True, 50)
+
+
+def test_a_small_field_of_view_centres_in_kspace_and_the_image_tasks_keep_theirs(prior, kproblem, phantom):
+    from ldp_med.config import ReconstructConfig
+    from ldp_med.reconstruct import settle
+    from ldp_med.tasks import SMALL_FOV_FRACTION, TASK_SETTINGS, acquisition_regimes
+
+    assert acquisition_regimes(8.0, 0.99 * SMALL_FOV_FRACTION) == ("small",)
+    assert acquisition_regimes(8.0, SMALL_FOV_FRACTION) == acquisition_regimes(8.0) == ()
+    iters = TASK_SETTINGS["kspace"]["closing.iters"][0][1]
+    # the phantom at 0.4 mm: 3% of the tiny model grid's field of view (at ~1 mm, half of it: not small)
+    part = _regridded(kproblem, (0.4, 0.4, 0.4))
+    assert part.regimes(TINY_MODEL) == ("small",) and part.regimes() == ()
+    settled = settle(ReconstructConfig(), part, TINY_MODEL)
+    assert (settled.posterior.align, settled.posterior.steps, settled.closing.iters) == (False, 20, 2) != (True, 50, iters)
+    assert settle(ReconstructConfig(), kproblem, TINY_MODEL).closing.iters == iters  # the whole phantom: k-space's own
+    assert make_sampler(prior, part).cfg.align is False  # the sampler made directly takes the regime too
+    # coarse voxels over a small field of view (the shipped model's 2 mm grid): coarse's settings, small's for the rest
+    shipped = dataclasses.replace(TINY_MODEL, grid=(96, 112, 96), voxel_mm=2.0)
+    both = _regridded(kproblem, (3.0, 3.0, 3.0))
+    assert both.regimes(shipped) == ("coarse", "small")
+    settled = settle(ReconstructConfig(), both, shipped)
+    assert (settled.posterior.latent_fit_iters, settled.closing.restarts, settled.closing.iters) == (0, 0, 2)
+    # denoising a small part keeps denoising's own settings (only k-space's time asked for the regime)
+    den = denoise_problem(Volume(phantom.data, np.diag([0.4, 0.4, 0.4, 1.0]), {}), noise_std=0.02)
+    assert den.regimes(TINY_MODEL) == ("small",)
+    assert settle(ReconstructConfig(), den, TINY_MODEL).closing.iters == TASK_SETTINGS["denoise"]["closing.iters"][0][1]
 
 
 def test_same_seed_same_output_different_seed_different(prior, kproblem):
