@@ -188,9 +188,8 @@ def task_setting(task: str, name: str, factor: float = 1.0, regimes: tuple[str, 
     ``factor`` (``regimes``: the acquisition's, :data:`REGIME_SETTINGS` first): the points, linearly interpolated,
     held constant past the ends; a setting whose points are all ints (a count) is rounded to the nearest int, one
     whose points are all bools is a bool."""
-    points = next((REGIME_SETTINGS[r][task][name] for r in regimes if name in REGIME_SETTINGS[r].get(task, {})),
-                  TASK_SETTINGS[task][name])
-    points = sorted(points)
+    points = sorted(next((REGIME_SETTINGS[r][task][name] for r in regimes if name in REGIME_SETTINGS[r].get(task, {})),
+                         TASK_SETTINGS[task][name]))
     value = points[0][1] if factor <= points[0][0] else points[-1][1]
     for (f0, v0), (f1, v1) in zip(points, points[1:]):
         if f0 < factor <= f1:
