@@ -124,9 +124,11 @@ _COARSE: dict[str, tuple[tuple[float, float | bool], ...]] = {
 #: 2 mm, R=4 (``part:10000``-``10005``, docs/tune_small_kspace_r4.md; docs/results.md, "Small parts of a brain
 #: centre"): CS 32.00 dB / SSIM 0.9614; aligned, 50 steps, 10 closing iterations (the whole-head settings) 34.56 /
 #: 0.9872 in 2.8x CS's time; centred, 20 steps, 2 iterations 34.67 / 0.9868 in 0.7x (worst volume +1.93 over CS).
-#: More closing iterations pull a part towards CS's blocks there (5 / 10: 34.64 / 0.9820, 34.26 / 0.9784).
+#: More closing iterations pull a part towards CS's blocks there (5 / 10: 34.64 / 0.9820, 34.26 / 0.9784). The std
+#: map's scale for 90% coverage there, 8 samples: 2.78 (docs/tune_std_small_r4.md; whole heads' R=4 2.19).
 _SMALL: dict[str, tuple[tuple[float, float | bool], ...]] = {
     "posterior.align": ((1.0, False),), "posterior.steps": ((1.0, 20),), "closing.iters": ((1.0, 2),),
+    "posterior.std_scale": ((1.0, 2.78),),
 }
 
 TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
