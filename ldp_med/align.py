@@ -16,8 +16,8 @@ How (all the registration is ``dipy.align.imaffine``; nothing here is a hand-wri
    all become one small grid, in the input's own world coordinates.
 2. Start: centres of mass (foreground-weighted), then a coarse search by the metric alone over a grid of
    translations, then rotations, then finer translations (:func:`_search_starts`; the input and the template
-   both reduced to a 4 or 8 mm level): a cropped field of view's centre of mass is far from the template's, and
-   a small part of a brain has many local optima.
+   both reduced to the search level): a cropped field of view's centre of mass is far from the template's, and a
+   small part of a brain has many local optima.
 3. ``MutualInformationMetric`` (Mattes, ``nbins`` bins, a ``sampling`` fraction of the voxels per level)
    with ``AffineRegistration`` (L-BFGS-B) through ``TranslationTransform3D`` -> ``RigidTransform3D`` ->
    ``AffineTransform3D`` (each started from the previous), on a pyramid of ``factors`` times ``work_mm``

@@ -211,7 +211,9 @@ def _posterior(sampler: str | None) -> Solver:
             image = np.abs(images).mean(0)
             std = None if var is None else pooled_std(var, post.std_smooth) * post.std_scale
         meta = {"nfe": nfe, "sampler": res.method, **{k: v for k, v in res.meta.items() if k.startswith("align_")}}
-        return image, std, {**meta, **({"closing_iters": cfg.closing.iters} if cfg.closing.iters else {})}
+        regimes = problem.regimes(prior.config)  # whose settings came first (ldp_med.tasks.REGIME_SETTINGS)
+        return image, std, {**meta, **({"closing_iters": cfg.closing.iters} if cfg.closing.iters else {}),
+                            **({"regimes": list(regimes)} if regimes else {})}
 
     return solve
 
