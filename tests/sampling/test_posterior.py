@@ -144,8 +144,13 @@ def test_a_coarse_acquisition_takes_its_own_settings_unless_asked(kproblem):
     assert (settle(asked, coarse).posterior.align, settle(asked, coarse).posterior.steps) == (True, 50)
 
 
-def test_a_small_field_of_view_centres_in_kspace_and_the_image_tasks_keep_theirs(prior, ksp, kproblem, phantom):
+def test_a_small_field_of_view_centres_in_kspace_and_the_image_tasks_keep_theirs(prior, ksp, kproblem, phantom, tmp_path):
+    import json
+
+    import nibabel as nib
+
     from ldp_med.config import ReconstructConfig
+    from ldp_med.io.nifti import save_nifti
     from ldp_med.reconstruct import reconstruct as run, settle
     from ldp_med.tasks import SMALL_FOV_FRACTION, TASK_SETTINGS, acquisition_regimes
 
@@ -161,9 +166,12 @@ def test_a_small_field_of_view_centres_in_kspace_and_the_image_tasks_keep_theirs
     assert (whole.posterior.align, whole.posterior.steps, whole.closing.iters) == (True, 50, iters) and iters != 2
     assert make_sampler(prior, part).cfg.align is False  # the sampler made directly takes the regime too
     # a reconstruction says which regime's settings it took, and places the small part by centring
-    small = run(dataclasses.replace(ksp, affine=np.diag([0.4, 0.4, 0.4, 1.0])), "kspace",
-                ReconstructConfig(method="prior", posterior=FAST), prior).volume.meta
-    assert small["regimes"] == ["small"] and small["closing_iters"] == 2 and "align_matrix" not in small
+    vol = run(dataclasses.replace(ksp, affine=np.diag([0.4, 0.4, 0.4, 1.0])), "kspace",
+              ReconstructConfig(method="prior", posterior=FAST), prior).volume
+    assert vol.meta["regimes"] == ["small"] and vol.meta["closing_iters"] == 2 and "align_matrix" not in vol.meta
+    save_nifti(vol, tmp_path / "part.nii.gz")  # the output file says so too (docs/formats.md)
+    ext = nib.load(str(tmp_path / "part.nii.gz")).header.extensions
+    assert json.loads(ext[0].get_content())["ldp_med"] == {"regimes": ["small"]}
     assert "regimes" not in run(ksp, "kspace", ReconstructConfig(method="prior", posterior=FAST), prior).volume.meta
     # coarse voxels over a small field of view (the shipped model's 2 mm grid): coarse's settings, small's for the rest
     shipped = dataclasses.replace(TINY_MODEL, grid=(96, 112, 96), voxel_mm=2.0)
