@@ -139,7 +139,7 @@ def run_volume(name: str, vol: Volume, m_true: np.ndarray | None, mask: np.ndarr
 
 HEADER = [
     "# Alignment to the model space (issue 17)", "",
-    "`ldp_med.align.estimate_alignment` (dipy mutual information, translation -> rigid -> affine) on moved copies "
+    "`ldp_med.align.estimate_alignment` (dipy mutual information, translation -> rigid -> affine, then the least-squares affine of a SyN placement) on moved copies "
     "of held-out volumes; see scripts/bench_align.py for the volumes, the cases and the reference of each row. "
     "RMS error: mm over the brain voxels inside the copy's field of view (target <= 2 mm); start error: the "
     "same for the start (centres of mass + search); visible: the same against the least-squares affine of the "
