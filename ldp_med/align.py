@@ -57,7 +57,8 @@ import numpy as np
 from ldp_med.errors import InputError
 from ldp_med.io.volume import Volume, check_affine, check_volume_array
 
-__all__ = ["Alignment", "AlignConfig", "reference_volume", "estimate_alignment", "placement_rms"]
+__all__ = ["Alignment", "AlignConfig", "reference_volume", "estimate_alignment", "placement_rms", "lstsq_affine",
+           "contrast_matched_reference"]
 
 
 @dataclass(frozen=True)
@@ -302,25 +303,17 @@ def _affine_of_placement(static: np.ndarray, s_aff: np.ndarray, matrix: np.ndarr
     """The least-squares affine (input world -> MNI world) of SyN's placement of ``static``'s brain voxels, started
     from ``matrix``; None when fewer than ``cfg.refine_min_voxels`` voxels land in the template's brain, or when the
     input is a head (more than ``cfg.refine_max_outside`` of its foreground outside the template's brain)."""
-    from dipy.align.imaffine import AffineMap
     from dipy.align.imwarp import SymmetricDiffeomorphicRegistration
     from dipy.align.metrics import CCMetric
 
     from ldp_med.data.synthetic import tissue_maps
 
     ref, ref_aff = _template()
-    maps = tissue_maps()
-    pull = AffineMap(matrix, domain_grid_shape=static.shape, domain_grid2world=s_aff,
-                     codomain_grid_shape=ref.shape, codomain_grid2world=ref_aff).transform
-    # the reference in the input's contrast: the template's maps, weighted as the input shows them
-    basis = [np.asarray(maps[n], np.float64) for n in ("gm", "wm", "csf", "t1")] + [np.ones(ref.shape)]
-    inside = pull(np.asarray(maps["mask"], np.float64)) > 0.1
+    mask = np.asarray(tissue_maps()["mask"], np.float64)
+    moving, inside = contrast_matched_reference(static, s_aff, matrix)
     foreground = _foreground(static)
     if inside.sum() < cfg.refine_min_voxels or (foreground & ~inside).sum() > cfg.refine_max_outside * foreground.sum():
         return None  # too little brain, or a head: its skull and scalp have nothing to match in the brain's maps
-    pulled = np.stack([pull(b) for b in basis[:-1]] + [np.ones(static.shape)], -1)
-    weights, *_ = np.linalg.lstsq(pulled[inside], static[inside], rcond=None)
-    moving = np.tensordot(np.stack(basis, -1), weights, axes=([3], [0]))
     dipy_log = logging.getLogger("dipy")  # SyN reports every level at INFO: not for a user's terminal
     level = dipy_log.level
     dipy_log.setLevel(max(level, logging.WARNING))
@@ -331,15 +324,38 @@ def _affine_of_placement(static: np.ndarray, s_aff: np.ndarray, matrix: np.ndarr
         dipy_log.setLevel(level)
     # where each input voxel lands in MNI mm, and which land in the template's brain
     world = np.indices(ref.shape, dtype=np.float64).transpose(1, 2, 3, 0) @ ref_aff[:3, :3].T + ref_aff[:3, 3]
-    brain = mapping.transform(np.asarray(maps["mask"], np.float64), interpolation="linear") > 0.5
+    brain = mapping.transform(mask, interpolation="linear") > 0.5
     if brain.sum() < cfg.refine_min_voxels:
         return None
     landed = np.stack([mapping.transform(world[..., a], interpolation="linear")[brain] for a in range(3)], -1)
-    x = np.argwhere(brain) @ s_aff[:3, :3].T + s_aff[:3, 3]
-    coef, *_ = np.linalg.lstsq(np.c_[x, np.ones(len(x))], landed, rcond=None)
-    fitted = np.eye(4)
-    fitted[:3] = coef.T
-    return fitted
+    return lstsq_affine(np.argwhere(brain) @ s_aff[:3, :3].T + s_aff[:3, 3], landed)
+
+
+def contrast_matched_reference(static: np.ndarray, s_aff: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The template's GM / WM / CSF / T1 maps (and a constant) weighted by least squares to look like ``static``
+    through ``matrix`` (input world -> MNI world), on the model grid; and the mask of ``static``'s voxels inside the
+    template's brain through ``matrix``, where the weights were fitted."""
+    from dipy.align.imaffine import AffineMap
+
+    from ldp_med.data.synthetic import tissue_maps
+
+    ref, ref_aff = _template()
+    maps = tissue_maps()
+    pull = AffineMap(matrix, domain_grid_shape=static.shape, domain_grid2world=s_aff,
+                     codomain_grid_shape=ref.shape, codomain_grid2world=ref_aff).transform
+    basis = [np.asarray(maps[n], np.float64) for n in ("gm", "wm", "csf", "t1")] + [np.ones(ref.shape)]
+    inside = pull(np.asarray(maps["mask"], np.float64)) > 0.1
+    pulled = np.stack([pull(b) for b in basis[:-1]] + [np.ones(static.shape)], -1)
+    weights, *_ = np.linalg.lstsq(pulled[inside], static[inside], rcond=None)
+    return np.tensordot(np.stack(basis, -1), weights, axes=([3], [0])), inside
+
+
+def lstsq_affine(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The (4, 4) affine that maps points ``x`` (N, 3) closest to ``y`` (N, 3) in least squares."""
+    coef, *_ = np.linalg.lstsq(np.c_[x, np.ones(len(x))], y, rcond=None)
+    m = np.eye(4)
+    m[:3] = coef.T
+    return m
 
 
 def _reduced(image: np.ndarray, affine: np.ndarray, k: int, sigma: float) -> tuple[np.ndarray, np.ndarray]:

@@ -40,7 +40,7 @@ import sys
 import numpy as np
 
 from benchlib import emit, head_of, moved_copy, real_scans, require_validation, rigid
-from ldp_med.align import AlignConfig, estimate_alignment, placement_rms
+from ldp_med.align import AlignConfig, estimate_alignment, lstsq_affine, placement_rms
 from ldp_med.data import synthetic
 from ldp_med.io.nifti import load_nifti
 from ldp_med.io.volume import Volume
@@ -48,22 +48,11 @@ from ldp_med.io.volume import Volume
 CASES = ("orig", "shift40", "rot20", "crop-half", "1mm", "aniso-lps", "coarse")
 
 
-def lstsq_affine(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """The (4, 4) affine that maps points ``x`` (N, 3) closest to ``y`` (N, 3) in least squares."""
-    coef, *_ = np.linalg.lstsq(np.c_[x, np.ones(len(x))], y, rcond=None)
-    m = np.eye(4)
-    m[:3] = coef.T
-    return m
-
-
 def synthetic_truth(seed: int) -> tuple[Volume, np.ndarray, np.ndarray, np.ndarray]:
     """(noisy subject, true affine subject world -> MNI world, brain mask, true MNI position of every brain
     voxel (N, 3), in ``np.argwhere(mask)`` order) of validation subject ``seed``."""
     subj = synthetic.make_subject(seed, return_tissue=True)
-    # the template voxel each subject voxel shows: the subject's own deformation (same seed as make_subject)
-    rng = np.random.default_rng(seed)
-    synthetic._draw_meta(rng, None)
-    src = synthetic._deform(np.indices(synthetic.GRID).astype(np.float32), int(rng.integers(2**31 - 1)))
+    src = synthetic.deformation_source(seed)  # the template voxel each subject voxel shows
     brain = subj["tissue"].sum(0) > 0.5
     aff = subj["affine"]
     x = np.argwhere(brain) @ aff[:3, :3].T + aff[:3, 3]

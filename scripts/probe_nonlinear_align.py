@@ -9,7 +9,7 @@ against the true MNI position of every brain voxel (``bench_align.synthetic_trut
 - the least-squares affine (the best any affine can do),
 - ``ldp_med.align.estimate_alignment`` by mutual information alone (``refine_iters=()``: session 39's estimate),
 - that affine followed by dipy's SyN (``SymmetricDiffeomorphicRegistration``, ``CCMetric``) against a reference
-  *synthesised in the input's contrast*: the template's tissue maps (GM, WM, CSF, its T1) on the model grid,
+  *synthesised in the input's contrast* (``ldp_med.align.contrast_matched_reference``): the template's tissue maps (GM, WM, CSF, its T1) on the model grid,
   combined with the least-squares weights that best explain the input through the affine. Cross-correlation needs
   the same contrast on both sides; the weights give it for T2w, PD and FLAIR as for T1w. The synthetic subjects are
   rendered from these same maps, so this reference flatters them: real scans are the test that matters.
@@ -25,29 +25,12 @@ import argparse
 import time
 
 import numpy as np
-from bench_align import lstsq_affine, synthetic_truth
+from bench_align import synthetic_truth
 from benchlib import emit, require_validation
 
-from ldp_med.align import AlignConfig, _reduced, _template, estimate_alignment
+from ldp_med.align import (AlignConfig, _reduced, _template, contrast_matched_reference, estimate_alignment,
+                           lstsq_affine, placement_rms)
 from ldp_med.data import synthetic
-
-BASIS = ("gm", "wm", "csf", "t1")
-
-
-def synthesised_reference(static: np.ndarray, s_aff: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """The template's tissue maps weighted to look like ``static`` (least squares through ``matrix``), model grid."""
-    from dipy.align.imaffine import AffineMap
-
-    ref, ref_aff = _template()
-    maps = synthetic.tissue_maps()
-    amap = AffineMap(matrix, domain_grid_shape=static.shape, domain_grid2world=s_aff,
-                     codomain_grid_shape=ref.shape, codomain_grid2world=ref_aff)
-    basis = [maps[n].astype(np.float64) for n in BASIS]
-    pulled = np.stack([amap.transform(b) for b in basis] + [np.ones(static.shape)], -1)
-    inside = amap.transform(maps["mask"].astype(np.float64)) > 0.1
-    coef, *_ = np.linalg.lstsq(pulled[inside], static[inside], rcond=None)
-    return np.tensordot(np.stack(basis + [np.ones(ref.shape)], -1), coef, axes=([3], [0]))
-
 
 def main() -> None:
     from dipy.align.imwarp import SymmetricDiffeomorphicRegistration
@@ -78,22 +61,21 @@ def main() -> None:
         static, s_aff = vol.data.astype(np.float64) / np.percentile(vol.data, 99.5), vol.affine
         if args.reduce > 1:
             static, s_aff = _reduced(static, s_aff, args.reduce, args.reduce / 2)
-        moving = synthesised_reference(static, s_aff, matrix)
+        moving, _ = contrast_matched_reference(static, s_aff, matrix)
         mapping = SymmetricDiffeomorphicRegistration(CCMetric(3), level_iters=list(args.iters)).optimize(
             static, moving, static_grid2world=s_aff, moving_grid2world=ref_aff, prealign=matrix)
         cpu = time.process_time() - c0
         k = args.reduce  # the reduced grid holds every k-th voxel of the input's, at the same world positions
         sel = (np.argwhere(brain) % k == 0).all(1)
         placed = np.stack([mapping.transform(world[..., a], interpolation="linear") for a in range(3)], -1)[brain[::k, ::k, ::k]]
-        contrast = synthetic.make_subject(seed)["contrast"]
+        contrast = synthetic.subject_meta(seed)["contrast"]
         # the affine part of the placement: its least-squares affine over the brain (the truth's definition)
         fitted = lstsq_affine(x[sel], placed)
-        vs_ls = lambda m: float(np.sqrt((((x @ m[:3, :3].T + m[:3, 3]) - (x @ m_true[:3, :3].T + m_true[:3, 3])) ** 2).sum(1).mean()))
         lines.append(f"| {seed} | {contrast} | {rms(m_true):.2f} | {rms(matrix):.2f} | {rms(points=placed):.2f} | {cpu:.1f} | "
-                     f"{vs_ls(matrix):.2f} | {vs_ls(fitted):.2f} |")
+                     f"{placement_rms(matrix, m_true, x):.2f} | {placement_rms(fitted, m_true, x):.2f} |")
         print(lines[-1], flush=True)
-    emit(lines + ["", f"SyN level_iters {list(args.iters)}, CCMetric(3) defaults, reference basis {', '.join(BASIS)}."],
-         args.out)
+    emit(lines + ["", f"SyN level_iters {list(args.iters)}, CCMetric(3) defaults, reference "
+                      "ldp_med.align.contrast_matched_reference (gm, wm, csf, t1)."], args.out)
 
 
 if __name__ == "__main__":

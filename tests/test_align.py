@@ -15,7 +15,7 @@ import torch
 from monai.transforms import Orientation, ResizeWithPadOrCrop, ScaleIntensityRange, Spacing
 from scipy.spatial.transform import Rotation
 
-from ldp_med.align import AlignConfig, estimate_alignment, placement_rms
+from ldp_med.align import AlignConfig, estimate_alignment, lstsq_affine, placement_rms
 from ldp_med.config import ModelConfig
 from ldp_med.data import synthetic
 from ldp_med.errors import InputError
@@ -133,15 +133,10 @@ def test_the_affine_of_a_nonlinear_placement_finds_a_deformed_brain_where_mutual
     least-squares affine of SyN's placement 0.71 mm (docs/results_align.md, "Session 40")."""
     seed = 10003
     subj = synthetic.make_subject(seed, return_tissue=True)
-    rng = np.random.default_rng(seed)  # the subject's deformation, drawn as make_subject draws it
-    synthetic._draw_meta(rng, None)
-    src = synthetic._deform(np.indices(synthetic.GRID).astype(np.float32), int(rng.integers(2**31 - 1)))
+    src = synthetic.deformation_source(seed)
     brain, aff = subj["tissue"].sum(0) > 0.5, subj["affine"]
     x = _brain_points(aff, brain)
-    y = src[:, brain].T @ aff[:3, :3].T + aff[:3, 3]
-    coef, *_ = np.linalg.lstsq(np.c_[x, np.ones(len(x))], y, rcond=None)
-    truth = np.eye(4)
-    truth[:3] = coef.T
+    truth = lstsq_affine(x, src[:, brain].T @ aff[:3, :3].T + aff[:3, 3])
     est = estimate_alignment(Volume(subj["image"], aff))
     assert est.stages[-1] == "nonlinear fit"
     assert placement_rms(est.matrix, truth, x) <= 1.2

@@ -394,6 +394,14 @@ def synthetic_head(clean: np.ndarray, tissue: np.ndarray, contrast: str, seed: i
     return np.clip(clean + outside * head, 0, 1).astype(np.float32)
 
 
+def deformation_source(seed: int) -> np.ndarray:
+    """The template voxel (float index, (3, *GRID) float32) each voxel of subject ``seed`` shows: its own elastic +
+    affine deformation, drawn as :func:`make_subject` draws it (the truth of alignment benchmarks and tests)."""
+    rng = np.random.default_rng(int(seed))
+    _draw_meta(rng, None)  # make_subject's first draws (the contrast is drawn whatever it asks for)
+    return _deform(np.indices(GRID).astype(np.float32), int(rng.integers(2**31 - 1)))
+
+
 def make_subject(
     seed: int, contrast: str | None = None, return_clean: bool = False, return_tissue: bool = False,
     sharp: bool = False, head: bool = False,
