@@ -190,6 +190,24 @@ def test_torchrun_shards_inputs_across_ranks(tmp_path, phantom_nifti):
     assert sorted(p.name for p in out.iterdir()) == ["noisy0.nii.gz", "noisy1.nii.gz", "noisy2.nii.gz"]
 
 
+@pytest.mark.parametrize("args,fails", [
+    (["--task", "kspace"], True), (["--task", "denoise"], True),
+    (["--task", "denoise", "--noise-kind", "gaussian"], False), (["--task", "superres"], False),
+])
+def test_a_signed_volume_is_refused_where_the_simulation_needs_a_magnitude(tmp_path, args, fails):
+    # a statistical map: +-1 blobs; k-space and Rician noise model a magnitude image, Gaussian noise and thick
+    # slices do not care about the sign
+    data = ellipsoid_phantom() - np.roll(ellipsoid_phantom(), 5, axis=0)
+    v = _write_nifti(tmp_path / "tmap.nii.gz", data.astype(np.float32))
+    out = tmp_path / ("o.h5" if "kspace" in args else "o.nii.gz")
+    r = run("simulate", v, "-o", out, *args)
+    if fails:
+        assert_one_line_error(r, v, "signed intensities", "magnitude image")
+        assert not out.exists()
+    else:
+        assert r.exit_code == 0, r.output
+
+
 @pytest.mark.parametrize("volume,needle", [
     (np.zeros((21, 24, 19), np.float32), "constant intensity"),
     (np.arange(8, dtype=np.float32).reshape(2, 2, 2), "volume too small (2x2x2)"),

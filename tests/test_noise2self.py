@@ -8,7 +8,7 @@ from scipy import ndimage
 from ldp_med.baselines import denoise_nlm
 from ldp_med.config import BaselineConfig
 from ldp_med.errors import ConfigError
-from ldp_med.noise2self import _neighbours, _with_centre, noise2self_denoise
+from ldp_med.noise2self import _Neighbourhoods, _with_centre, noise2self_denoise
 
 SIGMA = 0.05
 
@@ -25,12 +25,12 @@ def pair():
 def test_the_neighbourhood_leaves_the_voxel_itself_out():
     x = np.random.default_rng(0).standard_normal((7, 8, 9)).astype(np.float32)
     index = np.ravel_multi_index((3, 4, 4), x.shape)
-    rows = _neighbours(x, np.array([index]), 1)[0]
+    rows = _Neighbourhoods(x, 1)(np.array([index]))[0].numpy()
     expected = np.delete(x[2:5, 3:6, 3:6].reshape(-1), 13)  # the 3x3x3 block without its centre
     np.testing.assert_array_equal(rows, expected)
     y = x.copy()
     y[3, 4, 4] += 100.0  # the voxel's own value never reaches its row
-    np.testing.assert_array_equal(_neighbours(y, np.array([index]), 1)[0], rows)
+    np.testing.assert_array_equal(_Neighbourhoods(y, 1)(np.array([index]))[0].numpy(), rows)
 
 
 def test_it_beats_non_local_means_on_a_texture(pair):

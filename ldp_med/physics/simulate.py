@@ -26,12 +26,34 @@ from ldp_med.physics.degradations import slice_average
 from ldp_med.physics.fft import fftnc
 
 DEFAULT_NOISE = {"kspace": 0.005, "denoise": 0.05, "superres": 0.0}
+SIGNED_FRACTION = 0.1  # negative signal / positive signal above which a volume is not a magnitude image
 
 
 def intensity_scale(data: np.ndarray) -> float:
     """The clean volume's 99.9th percentile (1.0 for an all-zero volume)."""
     p = float(np.percentile(data, 99.9))
     return p if p > 0 else 1.0
+
+
+def check_magnitude(volume: Volume, source: str | os.PathLike | None = None) -> None:
+    """Refuse a signed volume (a statistical map, a phase or CT image): k-space and Rician noise model a
+    magnitude image, and the magnitude reconstructed from a signed one matches neither it nor its reference.
+
+    Magnitude MR images may dip below zero after interpolation or denoising (dipy's ascm output: negative
+    voxels hold 0.4% of the positive signal); a volume whose negative voxels hold more than
+    :data:`SIGNED_FRACTION` of it is refused.
+
+    Raises:
+        InputError: naming ``source`` (default ``volume.meta["source"]``), the fraction and the minimum.
+    """
+    data = volume.data
+    negative = -float(data[data < 0].sum(dtype=np.float64))
+    positive = float(data[data > 0].sum(dtype=np.float64))
+    if negative > SIGNED_FRACTION * positive:
+        share = negative / positive if positive > 0 else float("inf")
+        raise InputError(source or volume.meta.get("source"),
+                         f"signed intensities (negative voxels hold {share:.0%} as much signal as positive ones, "
+                         f"minimum {float(data.min()):.4g}): k-space and Rician noise need a magnitude image")
 
 
 def simulate_kspace(volume: Volume, cfg: SimulateConfig) -> KSpaceData:
@@ -116,13 +138,19 @@ def simulate(volume: Volume, cfg: SimulateConfig, source: str | os.PathLike | No
         volume: the clean volume, data (X, Y, Z).
         cfg: the simulation settings; ``cfg.task`` picks :func:`simulate_kspace` (``"kspace"``),
             :func:`simulate_denoise` (``"denoise"``) or :func:`simulate_superres` (``"superres"``).
-        source: the clean volume's file, recorded as ``attrs["source"]`` of k-space (kspace only).
+        source: the clean volume's file, named in errors and recorded as ``attrs["source"]`` of k-space.
 
     Returns:
         KSpaceData for ``"kspace"`` (save with ``ldp_med.io.kspace.save_kspace``), else a Volume of
         shape (X, Y, Z), or thick-slice (X, Y, Z // factor along ``cfg.axis``) for superres (save with
         ``ldp_med.io.nifti.save_nifti``); ``ldp_med.io.save_output`` writes either.
+
+    Raises:
+        InputError: a signed volume for k-space or Rician noise (:func:`check_magnitude`), or a mask that
+            cannot be built for the volume's phase-encoding plane.
     """
+    if cfg.task == "kspace" or (cfg.task == "denoise" and cfg.noise_kind == "rician"):
+        check_magnitude(volume, source)
     if cfg.task == "kspace":
         ksp = simulate_kspace(volume, cfg)
         if source is not None:
