@@ -214,7 +214,8 @@ def _read_array(img: nib.Nifti1Image, path: Path, volume_index: int | None) -> n
         raise InputError(path, f"volume index {volume_index} must be >= 0")
     if n_volumes:
         if volume_index is None:
-            raise InputError(path, f"4-D data with {n_volumes} volumes; pass a volume index")
+            raise InputError(path, f"4-D data with {n_volumes} volumes; pick one with --volume-index N "
+                                   f"(volume_index=N in Python), N from 0 to {n_volumes - 1}")
         if volume_index >= n_volumes:
             raise InputError(
                 path, f"volume index {volume_index} out of range for 4-D data with {n_volumes} volumes"

@@ -16,6 +16,9 @@ import torch
 from ldp_med.physics.fft import DIMS3, fftnc, ifftnc
 from ldp_med.physics.operators import Lam, LinearOperator, check_lam
 
+#: Multi-coil DC solves take as many samples at a time as have coil images (complex64) within this many bytes.
+DC_BATCH_BYTES = 2**29
+
 
 def _as_tensor(a, name: str) -> torch.Tensor:
     if isinstance(a, np.ndarray):
@@ -204,7 +207,8 @@ class MRIOperator(LinearOperator):
 
         Single-coil: exact closed form in k-space (the mask is binary, so ``A^H A`` is diagonal there):
         ``x = IFFT((mask * y + lam * FFT(x0)) / (mask + lam))``. Multi-coil: ``n_iter`` CG iterations
-        from ``x0`` (see :meth:`LinearOperator.dc_solve`).
+        from ``x0`` (see :meth:`LinearOperator.dc_solve`), on as many samples at a time as have coil images within
+        :data:`DC_BATCH_BYTES` (every sample of a 2 mm volume at once; 8 samples of a 1 mm head held 12 GB).
 
         Args:
             y: k-space ``(B, C, X, Y, Z)`` complex64.
@@ -218,7 +222,12 @@ class MRIOperator(LinearOperator):
         x0 = self.check_image(x0)
         y = self.check_kspace(y)
         if self.maps is not None:
-            return super().dc_solve(y, x0, lam, n_iter)
+            chunk = max(1, DC_BATCH_BYTES // (8 * self.n_coils * x0[0].numel()))  # samples whose coil images fit
+            if len(x0) <= chunk or self.maps.shape[0] > 1:
+                return super().dc_solve(y, x0, lam, n_iter)
+            part = lambda t, i: t[i : i + chunk] if torch.is_tensor(t) and t.ndim and len(t) == len(x0) else t  # noqa: E731
+            return torch.cat([super(MRIOperator, self).dc_solve(part(y, i), x0[i : i + chunk], part(lam, i), n_iter)
+                              for i in range(0, len(x0), chunk)])
         lam = check_lam(lam)
         mask = self._mask_on(y)
         k = (mask * y[:, 0] + lam * fftnc(x0)) / (mask + lam)

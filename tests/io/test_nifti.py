@@ -115,7 +115,7 @@ def test_scaling_is_applied(tmp_path):
 def test_4d_needs_an_index(tmp_path):
     data = np.stack([_data(seed=s) for s in range(3)], axis=-1)
     path = _write(tmp_path / "f.nii.gz", data)
-    with pytest.raises(InputError, match="4-D data with 3 volumes; pass a volume index"):
+    with pytest.raises(InputError, match=r"4-D data with 3 volumes; pick one with --volume-index N \(volume_index=N in Python\), N from 0 to 2"):
         load_nifti(path)
     vol = load_nifti(path, volume_index=2)
     np.testing.assert_array_equal(vol.data, data[..., 2])

@@ -217,3 +217,25 @@ def test_coil_combine_and_zero_filled():
     torch.testing.assert_close(zf_rss.real, ifftnc(y).abs().pow(2).sum(1).sqrt(), atol=1e-5, rtol=1e-5)
     zf_single = zero_filled(y[:, :1], mask)
     torch.testing.assert_close(zf_single, ifftnc(y[:, 0]))
+
+
+def test_multi_coil_dc_solves_samples_in_chunks_within_the_byte_budget(monkeypatch):
+    # 5 samples, budget for 2: chunks (2, 2, 1); each chunk is the batched CG of its samples alone, and the whole
+    # batch within the budget is one batched CG (the samples share step sizes), as before chunking existed
+    import ldp_med.physics.mri as mri
+
+    mask, coils, n = make_mask("poisson", SHAPE[1:], 2, 2, seed=0), 3, 5
+    op = MRIOperator(mask, random_maps(coils, SHAPE, seed=14))
+    y, x0 = crandn(n, coils, *SHAPE, seed=15), crandn(n, *SHAPE, seed=16)
+    lam = torch.linspace(0.1, 2.0, n).reshape(n, 1, 1, 1)
+    whole = op.dc_solve(y, x0, lam, n_iter=4)
+    batched = super(MRIOperator, op).dc_solve
+    monkeypatch.setattr(mri, "DC_BATCH_BYTES", 2 * 8 * coils * int(np.prod(SHAPE)))
+    chunked = op.dc_solve(y, x0, lam, n_iter=4)
+    expected = torch.cat([batched(y[i : i + 2], x0[i : i + 2], lam[i : i + 2], 4) for i in (0, 2, 4)])
+    torch.testing.assert_close(chunked, expected, rtol=0, atol=0)
+    torch.testing.assert_close(whole, batched(y, x0, lam, 4), rtol=0, atol=0)
+    assert not torch.equal(chunked, whole)  # shared step sizes differ between the two groupings
+    converged = op.dc_solve(y, x0, 0.7, n_iter=300)  # the same fixed point either way
+    monkeypatch.setattr(mri, "DC_BATCH_BYTES", 1 << 40)
+    torch.testing.assert_close(converged, op.dc_solve(y, x0, 0.7, n_iter=300), rtol=1e-4, atol=1e-4)
