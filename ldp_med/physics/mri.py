@@ -188,6 +188,11 @@ class MRIOperator(LinearOperator):
         v = v[:, 0] if maps is None else torch.einsum("bcxyz,bcxyz->bxyz", maps_conj, v)
         return torch.fft.fftshift(v, dim=dims)
 
+    def release(self) -> None:
+        """Drop the shifted mask and maps (and their conjugate) that :meth:`normal` keeps: three coil-sized arrays,
+        0.9 GB for 8 coils of a 1 mm head, rebuilt by the next call in a fraction of a second."""
+        self._shifted = None
+
     def _shifted_on(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None,
                                                     tuple[int, ...]]:
         """The ifftshifted mask and maps (and the maps' conjugate) on ``t``'s device and the axes the mask varies
@@ -225,7 +230,10 @@ class MRIOperator(LinearOperator):
             chunk = max(1, DC_BATCH_BYTES // (8 * self.n_coils * x0[0].numel()))  # samples whose coil images fit
             if len(x0) <= chunk or self.maps.shape[0] > 1:
                 return super().dc_solve(y, x0, lam, n_iter)
-            part = lambda t, i: t[i : i + chunk] if torch.is_tensor(t) and t.ndim and len(t) == len(x0) else t  # noqa: E731
+
+            def part(t, i):  # a tensor with one entry per sample, cut to the chunk
+                return t[i : i + chunk] if torch.is_tensor(t) and t.ndim and len(t) == len(x0) else t
+
             return torch.cat([super(MRIOperator, self).dc_solve(part(y, i), x0[i : i + chunk], part(lam, i), n_iter)
                               for i in range(0, len(x0), chunk)])
         lam = check_lam(lam)

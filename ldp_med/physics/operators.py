@@ -63,6 +63,9 @@ class LinearOperator:
         """Apply the normal operator ``A^H A``; same shape as ``x``."""
         return self.A_adjoint(self.A(x))
 
+    def release(self) -> None:
+        """Drop what the operator keeps between calls to be faster (nothing here); the next call rebuilds it."""
+
     def dc_solve(self, y: torch.Tensor, x0: torch.Tensor, lam: Lam, n_iter: int = 10) -> torch.Tensor:
         """Solve ``argmin_x ||A x - y||^2 + lam ||x - x0||^2``.
 

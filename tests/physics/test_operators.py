@@ -239,3 +239,14 @@ def test_multi_coil_dc_solves_samples_in_chunks_within_the_byte_budget(monkeypat
     converged = op.dc_solve(y, x0, 0.7, n_iter=300)  # the same fixed point either way
     monkeypatch.setattr(mri, "DC_BATCH_BYTES", 1 << 40)
     torch.testing.assert_close(converged, op.dc_solve(y, x0, 0.7, n_iter=300), rtol=1e-4, atol=1e-4)
+
+
+def test_release_drops_the_normal_operators_cache_and_the_next_call_rebuilds_it():
+    op = MRIOperator(make_mask("poisson", SHAPE[1:], 2, 2, seed=0), random_maps(3, SHAPE, seed=17))
+    x = crandn(1, *SHAPE, seed=18)
+    before = op.normal(x)
+    assert op._shifted is not None
+    op.release()
+    assert op._shifted is None
+    torch.testing.assert_close(op.normal(x), before, rtol=0, atol=0)
+    DenoiseOperator().release()  # every operator has it (a no-op where nothing is kept)
