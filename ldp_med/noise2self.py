@@ -32,7 +32,7 @@ class _Neighbourhoods:
 
     def __init__(self, x: np.ndarray, context: int):
         n = 2 * context + 1
-        self.shape, self.context = x.shape, context
+        self.shape = x.shape
         self.padded = np.pad(x, context, mode="reflect" if min(x.shape) > context else "edge")
         offsets = np.array([(a, b, c) for a in range(n) for b in range(n) for c in range(n)
                             if (a, b, c) != (context,) * 3])
