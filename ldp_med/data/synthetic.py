@@ -275,10 +275,9 @@ def caption_pool() -> list[tuple[int, str]]:
 def subject_meta(seed: int, contrast: str | None = None) -> dict:
     """Label, contrast and caption of subject ``seed`` without rendering it (cheap).
 
-    These are the first draws of ``np.random.default_rng(seed)``, so they equal ``make_subject``'s.
+    These are :func:`make_subject`'s first draws (:func:`_first_draws`), so they equal its metadata.
     """
-    rng = np.random.default_rng(int(seed))
-    return _draw_meta(rng, contrast) | {"seed": int(seed)}
+    return _first_draws(seed, contrast)[1] | {"seed": int(seed)}
 
 
 def _draw_meta(rng: np.random.Generator, contrast: str | None) -> dict:
@@ -394,12 +393,18 @@ def synthetic_head(clean: np.ndarray, tissue: np.ndarray, contrast: str, seed: i
     return np.clip(clean + outside * head, 0, 1).astype(np.float32)
 
 
+def _first_draws(seed: int, contrast: str | None) -> tuple[np.random.Generator, dict, int]:
+    """The generator of subject ``seed`` after its first draws, the subject's metadata, and the seed of its
+    deformation: the draws :func:`make_subject` and :func:`deformation_source` share."""
+    rng = np.random.default_rng(int(seed))
+    meta = _draw_meta(rng, contrast)
+    return rng, meta, int(rng.integers(2**31 - 1))
+
+
 def deformation_source(seed: int) -> np.ndarray:
     """The template voxel (float index, (3, *GRID) float32) each voxel of subject ``seed`` shows: its own elastic +
     affine deformation, drawn as :func:`make_subject` draws it (the truth of alignment benchmarks and tests)."""
-    rng = np.random.default_rng(int(seed))
-    _draw_meta(rng, None)  # make_subject's first draws (the contrast is drawn whatever it asks for)
-    return _deform(np.indices(GRID).astype(np.float32), int(rng.integers(2**31 - 1)))
+    return _deform(np.indices(GRID).astype(np.float32), _first_draws(seed, None)[2])
 
 
 def make_subject(
@@ -428,12 +433,10 @@ def make_subject(
     from scipy import ndimage
 
     seed = int(seed)
-    rng = np.random.default_rng(seed)
-    meta = _draw_meta(rng, contrast)
+    rng, meta, monai_seed = _first_draws(seed, contrast)
     maps = _load_maps()
 
-    # Spatial variation: all maps move together.
-    monai_seed = int(rng.integers(2**31 - 1))
+    # Spatial variation: all maps move together (monai_seed).
     if sharp:
         gm, wm, csf, t1 = _deform_from_1mm(monai_seed)
     else:
