@@ -4,11 +4,14 @@ Noise that is independent from voxel to voxel cannot be predicted from a voxel's
 A network that sees every voxel's neighbourhood *without the voxel itself* and is trained to predict the noisy value
 therefore learns the clean value: ``E (f(y_N) - y)^2 = E (f(y_N) - x)^2 + sigma^2`` (Batson & Royer, "Noise2Self:
 blind denoising by self-supervision", ICML 2019). Here ``f`` is a per-voxel MLP on the 5x5x5 neighbourhood (the
-centre left out), centred on the neighbourhood's mean and scaled by its spread, as :mod:`ldp_med.selfsim` does for
-super-resolution, so it trains in seconds on two cores. The blind-spot estimate ``mu`` throws the voxel's own value
-away; it is put back where it carries information: ``mu + w (y - mu)``, ``w = max(0, 1 - sigma^2 / v)``, ``v`` the
-local mean (3x3x3) of ``(y - mu)^2`` (a Wiener weight: where the residual is no larger than the noise, it is noise).
-One slice in 5 is held out of the training to pick the best step. No data outside the input is used.
+centre left out) and on non-local means of the voxel computed blind (:func:`_blind_nlm`: patches compared without the
+voxel, the voxel never a candidate), centred on the neighbourhood's mean and scaled by its spread, as
+:mod:`ldp_med.selfsim` does for super-resolution, so it trains in seconds on two cores. The net predicts a Gaussian
+for the clean value, mean ``mu`` and variance ``s2``, trained by the likelihood of the noisy value under
+``N(mu, s2 + sigma^2)``; the voxel's own value, which the blind spot threw away, comes back by the posterior mean
+``mu + w (y - mu)``, ``w = s2 / (s2 + sigma^2)`` (Laine et al., "High-quality self-supervised deep image denoising",
+NeurIPS 2019), whose error variance is ``w sigma^2``. One slice in 5 is held out of the training to pick the best
+step. No data outside the input is used.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ _MAX_TEST = 50_000  # held-out rows scored (a random subset beyond this)
 _MAX_TRAIN = 2_000_000  # training rows held (1 GB; a random subset beyond this: a 1 mm head has 10 M)
 _HOLD_OUT = 5  # one slice in this many (along the last axis) is held out of the training
 _CHUNK = 65536  # rows per inference batch
+_SEARCH = 3  # half-width of the non-local means' search window (7x7x7 candidates)
 
 
 class _Neighbourhoods:
@@ -44,11 +48,79 @@ class _Neighbourhoods:
         return torch.from_numpy(self.padded.reshape(-1)[corner[:, None] + self.offsets[None, :]])
 
 
-def _predict(net: torch.nn.Module, rows: torch.Tensor, floor: float) -> torch.Tensor:
-    """The net's estimate of each row's centre: rows centred on their mean, scaled by their spread (+ ``floor``)."""
-    mean = rows.mean(1, keepdim=True)
-    spread = rows.std(1, keepdim=True) + floor
-    return net((rows - mean) / spread) * spread + mean
+def _blind_nlm(x: np.ndarray, sigma: float, search: int = _SEARCH) -> np.ndarray:
+    """Non-local means of every voxel that its own value never reaches (J-invariant features for the blind spot):
+    each candidate ``x(p + d)`` in the ``(2 search + 1)^3`` window, ``d != 0``, weighs ``exp(-max(D - 2 sigma^2, 0) /
+    (h 2 sigma^2))`` for three filtering strengths ``h`` = 1/2, 1, 2, ``D`` the mean squared difference of the 3x3x3
+    patches around ``p`` and ``p + d`` over the voxel pairs that leave ``x(p)`` out; outside the volume there is
+    nothing (no padding copies the voxel back in). One candidate offset at a time over the whole volume, the patch
+    sums as box sums. Returns ``(4, *x.shape)``: one mean per strength, then the best match's value."""
+    r, pad = 1, search + 1
+    xp = torch.from_numpy(np.pad(x.astype(np.float32), pad))
+    inside = [torch.from_numpy(np.pad(np.ones(k, np.float32), pad)) for k in x.shape]
+    shape = tuple(k + 2 * r for k in x.shape)  # the voxels' patches reach one voxel past the volume
+    window = lambda a, d: a[tuple(slice(pad - r + o, pad - r + o + k) for o, k in zip(d, shape))]  # noqa: E731
+    core = (slice(r, -r),) * 3
+    base, floor = window(xp, (0, 0, 0)), 2 * sigma**2
+    num = torch.zeros((3,) + x.shape)
+    den = torch.zeros_like(num)
+    best, best_value = torch.full(x.shape, float("inf")), torch.zeros(x.shape)
+    with torch.no_grad():
+        for d in np.ndindex(*(2 * search + 1,) * 3):
+            d = tuple(int(o) - search for o in d)
+            if d == (0, 0, 0):
+                continue
+            lines = [m[pad - r:pad - r + k] * m[pad - r + o:pad - r + o + k] for m, o, k in zip(inside, d, shape)]
+            valid = _outer(lines)  # both voxels of a pair inside the volume
+            shifted = window(xp, d)
+            d2 = (base - shifted).square_().mul_(valid)
+            total = _box(d2, r).sub_(d2[core])  # every pair of the two patches but (p, p + d)
+            count = _outer([sum(m.narrow(0, o, k - 2 * r) for o in range(2 * r + 1)) for m, k in zip(lines, shape)])
+            count.sub_(valid[core])
+            if max(map(abs, d)) <= r:  # the pair (p - d, p) is in the patches too
+                back = tuple(slice(r - o, r - o + k) for o, k in zip(d, x.shape))
+                total.sub_(d2[back])
+                count.sub_(valid[back])
+            dist = total.div_(count.clamp_(min=0.5)).sub_(floor).clamp_(min=0.0)
+            dist.add_((1.0 - valid[core]) * 1e30)  # x(p + d) outside the volume: no weight
+            value = shifted[core]
+            w = torch.exp(dist / -floor)  # h = 1; h = 1/2 and 2 are its square and square root
+            for i, weight in enumerate((w * w, w, w.sqrt())):
+                num[i].add_(weight * value)
+                den[i].add_(weight)
+            better = (dist < best).float()
+            best_value.add_(better * (value - best_value))
+            torch.minimum(best, dist, out=best)
+    means = torch.where(den > 0, num / den.clamp(min=1e-30), best_value)  # no candidate near: the best match
+    return torch.cat([means, best_value[None]]).numpy()
+
+
+def _outer(lines: list[torch.Tensor]) -> torch.Tensor:
+    """The 3-D product ``a[i] b[j] c[k]`` of three 1-D tensors."""
+    return lines[0][:, None, None] * lines[1][None, :, None] * lines[2][None, None, :]
+
+
+def _box(a: torch.Tensor, r: int) -> torch.Tensor:
+    """Sums of ``a`` over every (2r+1)^3 block that fits inside it (shape shrinks by 2r per axis), axis by axis."""
+    for axis in range(3):
+        n = a.shape[axis] - 2 * r
+        a = sum(a.narrow(axis, o, n) for o in range(2 * r + 1))
+    return a
+
+
+def _predict(net: torch.nn.Module, rows: torch.Tensor, floor: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The net's Gaussian for each row's clean centre, (mean, variance): rows centred on the mean of their first
+    ``k`` values (the neighbours) and scaled by their spread (+ ``floor``)."""
+    mean = rows[:, :k].mean(1, keepdim=True)
+    spread = rows[:, :k].std(1, keepdim=True) + floor
+    out = net((rows - mean) / spread)
+    return out[:, :1] * spread + mean, torch.nn.functional.softplus(out[:, 1:]) * spread**2
+
+
+def _nll(mean: torch.Tensor, var: torch.Tensor, y: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The noisy value's negative log-likelihood under ``N(mean, var + sigma^2)`` (constants dropped)."""
+    total = var + sigma**2 + 1e-12
+    return torch.mean((y - mean) ** 2 / total + torch.log(total))
 
 
 def noise2self_denoise(volume: np.ndarray, sigma: float, context: int = 2, hidden: int = 128, steps: int = 2000,
@@ -60,11 +132,12 @@ def noise2self_denoise(volume: np.ndarray, sigma: float, context: int = 2, hidde
         sigma: the noise's Gaussian std in the volume's units (e.g. :func:`ldp_med.physics.estimate_rician_noise`).
         context: neighbourhood half-width in voxels.
         hidden: width of the MLP's two hidden layers.
-        steps: Adam steps of 4096 voxels at most (25-30 s at 2000 on two cores for a 2 mm head); fewer where that
-            is more than 40 passes over the training voxels (:func:`ldp_med.selfsim.train_held_out`).
+        steps: Adam steps of 4096 voxels at most (30-40 s at 2000 on two cores for a 2 mm head, the non-local
+            features' 3 s included); fewer where that is more than 40 passes over the training voxels
+            (:func:`ldp_med.selfsim.train_held_out`).
         seed: seeds the training voxels and the network's initialisation.
         progress: a progress bar over the training steps.
-        return_variance: also return the estimate's error variance (:func:`_with_centre`).
+        return_variance: also return the estimate's error variance (:func:`_posterior`).
 
     Returns:
         float32 denoised volume of the same shape, >= 0 where the input is (a magnitude image); with
@@ -73,9 +146,12 @@ def noise2self_denoise(volume: np.ndarray, sigma: float, context: int = 2, hidde
     vol = np.asarray(volume, np.float32)
     scale = float(np.percentile(np.abs(vol), 99)) or 1.0
     x, floor = vol / scale, max(float(sigma) / scale, 1e-3)
+    noise = float(sigma) / scale
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    net = mlp((2 * context + 1) ** 3 - 1, 1, hidden)
+    k = (2 * context + 1) ** 3 - 1
+    features = torch.from_numpy(_blind_nlm(x, floor).reshape(4, -1).T.copy())
+    net = mlp(k + features.shape[1], 2, hidden)
     flat = x.reshape(-1)
     held = np.arange(x.size) % x.shape[-1] % _HOLD_OUT == _HOLD_OUT // 2  # the last axis's index of each flat voxel
     train, test = np.flatnonzero(~held), np.flatnonzero(held)
@@ -84,33 +160,44 @@ def noise2self_denoise(volume: np.ndarray, sigma: float, context: int = 2, hidde
     if len(train) > _MAX_TRAIN:
         train = np.sort(np.random.default_rng(seed + 1).choice(train, _MAX_TRAIN, replace=False))
     neighbours = _Neighbourhoods(x, context)
-    rows, target = neighbours(train), torch.from_numpy(flat[train, None])
-    test_rows, test_target = neighbours(test), torch.from_numpy(flat[test, None])
+
+    def rows_of(index: np.ndarray) -> torch.Tensor:  # neighbours then features, gathered a chunk at a time
+        out = torch.empty(len(index), k + features.shape[1])
+        for start in range(0, len(index), _CHUNK):
+            part = index[start:start + _CHUNK]
+            out[start:start + len(part), :k] = neighbours(part)
+            out[start:start + len(part), k:] = features[part]
+        return out
+
+    rows, target = rows_of(train), torch.from_numpy(flat[train, None])
+    test_rows, test_target = rows_of(test), torch.from_numpy(flat[test, None])
 
     def loss(batch: torch.Tensor) -> torch.Tensor:
-        return torch.mean((_predict(net, rows[batch], floor) - target[batch]) ** 2)
+        return _nll(*_predict(net, rows[batch], floor, k), target[batch], noise)
 
-    train_held_out(net, loss, len(train), lambda: torch.mean((_predict(net, test_rows, floor) - test_target) ** 2),
+    train_held_out(net, loss, len(train), lambda: _nll(*_predict(net, test_rows, floor, k), test_target, noise),
                    steps, gen, "noise2self", progress)
     del rows, target, test_rows
-    mu = np.empty(x.size, np.float32)
+    mu, s2 = np.empty(x.size, np.float32), np.empty(x.size, np.float32)
     with torch.no_grad():
         for start in range(0, x.size, _CHUNK):
             index = np.arange(start, min(start + _CHUNK, x.size))
-            mu[index] = _predict(net, neighbours(index), floor)[:, 0].numpy()
-    est, var = _with_centre(x, mu.reshape(x.shape), float(sigma) / scale)
+            m, v = _predict(net, rows_of(index), floor, k)
+            mu[index], s2[index] = m[:, 0].numpy(), v[:, 0].numpy()
+    est, var = _posterior(x, mu.reshape(x.shape), s2.reshape(x.shape), noise)
     est = np.maximum(scale * est, min(float(vol.min()), 0.0)).astype(np.float32)  # a magnitude image stays >= 0
     return (est, (scale**2 * var).astype(np.float32)) if return_variance else est
 
 
-def _with_centre(x: np.ndarray, mu: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
-    """``mu + w (x - mu)`` with the Wiener weight ``w = max(0, 1 - sigma^2 / v)``, ``v`` the 3x3x3 mean of the
-    squared residual: the voxel's own value where the residual is more than the noise can explain; and that
-    estimate's error variance ``w sigma^2`` (``(1 - w)^2 e + w^2 sigma^2`` with ``e = v - sigma^2``, the blind-spot
-    estimate's own squared error: 0 where the residual is all noise, up to ``sigma^2`` where the voxel is kept)."""
+def _posterior(x: np.ndarray, mu: np.ndarray, s2: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """The clean value's estimate from the net's Gaussian ``N(mu, s2)`` and the voxel's own noisy value ``x ~
+    N(clean, sigma^2)``: ``mu + w (x - mu)`` and its error variance ``w sigma^2``, with ``w`` the larger of the
+    posterior's weight ``s2 / (s2 + sigma^2)`` and the residual's ``max(0, 1 - sigma^2 / v)``, ``v`` the 3x3x3 mean
+    of ``(x - mu)^2``: where the residual is more than the noise, the net's mean is wrong however sure it is (a
+    structure one voxel wide, which no neighbourhood predicts), and the voxel's own value is kept."""
     from scipy.ndimage import uniform_filter
 
     r = x - mu
-    v = uniform_filter(r * r, 3, mode="reflect")
-    w = np.clip(1.0 - sigma**2 / np.maximum(v, 1e-12), 0.0, 1.0)
+    w_r = np.clip(1.0 - sigma**2 / np.maximum(uniform_filter(r * r, 3, mode="reflect"), 1e-12), 0.0, 1.0)
+    w = np.maximum(s2 / (s2 + sigma**2), w_r)
     return mu + w * r, w * sigma**2

@@ -149,7 +149,7 @@ def _bm4d(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
 def classical_estimate(problem: Problem, cfg: ReconstructConfig,
                        progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """The image of the task's classical method (``ldp_med.tasks.BASELINE_METHOD``) that the prior is blended with,
-    and its error variance where the method models it (``noise2self``: its Wiener variance), else None."""
+    and its error variance where the method models it (``noise2self``: its error variance ``w sigma^2``), else None."""
     method = BASELINE_METHOD[problem.task]
     if method == "noise2self":
         return _noise2self_with_variance(problem, cfg, progress)

@@ -18,6 +18,9 @@ from benchlib import head_mask, volume_of
 #: (validation volume, the part of it kept: None for the whole volume)
 VOLUMES = [("10004", (slice(30, 63), slice(35, 76), slice(30, 55))),
            ("noisy:10004", (slice(0, 48), slice(0, 56), slice(20, 44))),
+           ("10007", (slice(25, 60), slice(30, 70), slice(35, 62))),
+           ("noisy:10008", (slice(40, 90), slice(50, 100), slice(10, 40))),
+           ("head:10009", (slice(10, 60), slice(0, 60), slice(40, 70))),
            ("noisy:10005", None), ("head:10006", None)]
 
 

@@ -128,15 +128,17 @@ def main() -> None:
             lines.append(row)
             print(row, flush=True)
             if args.per_volume:
-                per.append(_per_volume(" ".join(values), names, scores, secs))
+                per.append(_per_volume(" ".join(values), names, scores, secs, scale))
                 print(per[-1], flush=True)
     emit(lines + per, args.out)
 
 
-def _per_volume(label: str, names: list[str], scores: list[dict], secs: list[float]) -> str:
-    """A paragraph of each volume's PSNR / SSIM / seconds under ``label`` (``--per-volume``)."""
-    return f"\n{label}: " + "; ".join(f"{n} {s['psnr']:.2f} / {s['ssim']:.4f} / {t:.1f} s"
-                                       for n, s, t in zip(names, scores, secs))
+def _per_volume(label: str, names: list[str], scores: list[dict], secs: list[float], scales=()) -> str:
+    """A paragraph of each volume's PSNR / SSIM / seconds (and std scale for 90%, with a std map) under ``label``
+    (``--per-volume``)."""
+    scales = [f" / scale {c:.2f}" for c in scales] or [""] * len(names)
+    return f"\n{label}: " + "; ".join(f"{n} {s['psnr']:.2f} / {s['ssim']:.4f} / {t:.1f} s{c}"
+                                       for n, s, t, c in zip(names, scores, secs, scales))
 
 
 if __name__ == "__main__":
