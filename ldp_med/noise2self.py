@@ -8,9 +8,10 @@ centre left out) and on non-local means of the voxel computed blind (:func:`_bli
 voxel, the voxel never a candidate), centred on the neighbourhood's mean and scaled by its spread, as
 :mod:`ldp_med.selfsim` does for super-resolution, so it trains in seconds on two cores. The net predicts a Gaussian
 for the clean value, mean ``mu`` and variance ``s2``, trained by the likelihood of the noisy value under
-``N(mu, s2 + sigma^2)``; the voxel's own value, which the blind spot threw away, comes back by the posterior mean
-``mu + w (y - mu)``, ``w = s2 / (s2 + sigma^2)`` (Laine et al., "High-quality self-supervised deep image denoising",
-NeurIPS 2019), whose error variance is ``w sigma^2``. One slice in 5 is held out of the training to pick the best
+``N(mu, s2 + sigma^2)`` (Laine et al., "High-quality self-supervised deep image denoising", NeurIPS 2019); the
+voxel's own value, which the blind spot threw away, comes back as ``mu + w (y - mu)``, ``w`` the larger of the
+posterior's weight ``s2 / (s2 + sigma^2)`` and the residual's ``max(0, 1 - sigma^2 / v)``, ``v`` the local mean
+(3x3x3) of ``(y - mu)^2`` (:func:`_posterior`); its error variance is ``w sigma^2``. One slice in 5 is held out of the training to pick the best
 step. No data outside the input is used.
 """
 
@@ -75,8 +76,7 @@ def _blind_nlm(x: np.ndarray, sigma: float, search: int = _SEARCH) -> np.ndarray
             shifted = window(xp, d)
             d2 = (base - shifted).square_().mul_(valid)
             total = _box(d2, r).sub_(d2[core])  # every pair of the two patches but (p, p + d)
-            count = _outer([sum(m.narrow(0, o, k - 2 * r) for o in range(2 * r + 1)) for m, k in zip(lines, shape)])
-            count.sub_(valid[core])
+            count = _outer([_box(m, r) for m in lines]).sub_(valid[core])
             if max(map(abs, d)) <= r:  # the pair (p - d, p) is in the patches too
                 back = tuple(slice(r - o, r - o + k) for o, k in zip(d, x.shape))
                 total.sub_(d2[back])
@@ -101,8 +101,9 @@ def _outer(lines: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _box(a: torch.Tensor, r: int) -> torch.Tensor:
-    """Sums of ``a`` over every (2r+1)^3 block that fits inside it (shape shrinks by 2r per axis), axis by axis."""
-    for axis in range(3):
+    """Sums of ``a`` over every block of 2r+1 voxels per axis that fits inside it (each axis shrinks by 2r), axis by
+    axis."""
+    for axis in range(a.dim()):
         n = a.shape[axis] - 2 * r
         a = sum(a.narrow(axis, o, n) for o in range(2 * r + 1))
     return a
