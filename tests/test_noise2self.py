@@ -77,6 +77,18 @@ def test_the_non_local_means_follow_their_definition_and_never_see_the_voxel():
         assert np.abs(changed - feats).max() > 0.1  # others see it
 
 
+def test_the_non_local_means_in_slabs_are_those_of_the_whole_volume(monkeypatch):
+    """Slabs of 2 slices (the last of 1) with their halos give the whole volume's features to the bit."""
+    import ldp_med.noise2self as n2s
+
+    x = np.random.default_rng(3).uniform(0, 1, (13, 7, 6)).astype(np.float32)
+    whole = n2s._blind_nlm_block(x, 0.2, 2)
+    monkeypatch.setattr(n2s, "_SLAB_VOXELS", 2 * 7 * 6)
+    np.testing.assert_array_equal(_blind_nlm(x, 0.2, search=2), whole)
+    monkeypatch.setattr(n2s, "_SLAB_VOXELS", 1)  # one slice a slab
+    np.testing.assert_array_equal(_blind_nlm(x, 0.2, search=2), whole)
+
+
 def test_the_voxel_comes_back_where_the_net_is_unsure_or_its_residual_is_more_than_noise():
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 1, (9, 10, 11)).astype(np.float32)
