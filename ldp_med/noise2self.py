@@ -11,8 +11,8 @@ for the clean value, mean ``mu`` and variance ``s2``, trained by the likelihood 
 ``N(mu, s2 + sigma^2)`` (Laine et al., "High-quality self-supervised deep image denoising", NeurIPS 2019); the
 voxel's own value, which the blind spot threw away, comes back as ``mu + w (y - mu)``, ``w`` the larger of the
 posterior's weight ``s2 / (s2 + sigma^2)`` and the residual's ``max(0, 1 - sigma^2 / v)``, ``v`` the local mean
-(3x3x3) of ``(y - mu)^2`` (:func:`_posterior`); its error variance is ``w sigma^2``. One slice in 5 is held out of the training to pick the best
-step. No data outside the input is used.
+(3x3x3) of ``(y - mu)^2`` (:func:`_posterior`); its error variance is ``w sigma^2``. One slice in 5 is held out of
+the training to pick the best step. No data outside the input is used.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def noise2self_denoise(volume: np.ndarray, sigma: float, context: int = 2, hidde
         context: neighbourhood half-width in voxels.
         hidden: width of the MLP's two hidden layers.
         steps: Adam steps of 4096 voxels at most (30-40 s at 2000 on two cores for a 2 mm head, the non-local
-            features' 3 s included); fewer where that is more than 40 passes over the training voxels
+            features included); fewer where that is more than 40 passes over the training voxels
             (:func:`ldp_med.selfsim.train_held_out`).
         seed: seeds the training voxels and the network's initialisation.
         progress: a progress bar over the training steps.
