@@ -125,12 +125,18 @@ def _box(a: torch.Tensor, r: int) -> torch.Tensor:
     return a
 
 
-def _predict(net: torch.nn.Module, rows: torch.Tensor, floor: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The net's Gaussian for each row's clean centre, (mean, variance): rows centred on the mean of their first
-    ``k`` values (the neighbours) and scaled by their spread (+ ``floor``)."""
+def _normalise(rows: torch.Tensor, floor: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre ``rows`` in place on the mean of their first ``k`` values (the neighbours) and scale them by those
+    values' spread (+ ``floor``): the net's input. Returns (mean, spread), each (N, 1), for :func:`_gaussian`."""
     mean = rows[:, :k].mean(1, keepdim=True)
-    spread = rows[:, :k].std(1, keepdim=True) + floor
-    out = net((rows - mean) / spread)
+    spread = rows[:, :k].std(1, keepdim=True).add_(floor)
+    rows.sub_(mean).div_(spread)
+    return mean, spread
+
+
+def _gaussian(out: torch.Tensor, mean: torch.Tensor, spread: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The net's output on normalised rows (:func:`_normalise`) as a Gaussian for each row's clean centre in the
+    volume's units, (mean, variance)."""
     return out[:, :1] * spread + mean, torch.nn.functional.softplus(out[:, 1:]) * spread**2
 
 
@@ -162,7 +168,7 @@ def noise2self_denoise(volume: np.ndarray, sigma: float, context: int = 2, hidde
     """
     vol = np.asarray(volume, np.float32)
     scale = float(np.percentile(np.abs(vol), 99)) or 1.0
-    x, floor = vol / scale, max(float(sigma) / scale, 1e-3)
+    x, floor = np.ascontiguousarray(vol / scale), max(float(sigma) / scale, 1e-3)  # C order: flat indices are views
     noise = float(sigma) / scale
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -178,28 +184,32 @@ def noise2self_denoise(volume: np.ndarray, sigma: float, context: int = 2, hidde
         train = np.sort(np.random.default_rng(seed + 1).choice(train, _MAX_TRAIN, replace=False))
     neighbours = _Neighbourhoods(x, context)
 
-    def rows_of(index: np.ndarray) -> torch.Tensor:  # neighbours then features, gathered a chunk at a time
-        out = torch.empty(len(index), k + features.shape[1])
+    def rows_of(index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The net's normalised rows (neighbours then features) of the voxels ``index``, a chunk at a time, and
+        their (mean, spread) (:func:`_normalise`): normalised once here, not at every step that draws them."""
+        out, mean, spread = torch.empty(len(index), k + features.shape[1]), *torch.empty(2, len(index), 1)
         for start in range(0, len(index), _CHUNK):
-            part = index[start:start + _CHUNK]
-            out[start:start + len(part), :k] = neighbours(part)
-            out[start:start + len(part), k:] = features[part]
-        return out
+            part, rows = index[start:start + _CHUNK], out[start:start + _CHUNK]
+            rows[:, :k] = neighbours(part)
+            rows[:, k:] = features[part]
+            mean[start:start + len(part)], spread[start:start + len(part)] = _normalise(rows, floor, k)
+        return out, mean, spread
 
-    rows, target = rows_of(train), torch.from_numpy(flat[train, None])
-    test_rows, test_target = rows_of(test), torch.from_numpy(flat[test, None])
+    (rows, mean, spread), target = rows_of(train), torch.from_numpy(flat[train, None])
+    (test_rows, test_mean, test_spread), test_target = rows_of(test), torch.from_numpy(flat[test, None])
 
     def loss(batch: torch.Tensor) -> torch.Tensor:
-        return _nll(*_predict(net, rows[batch], floor, k), target[batch], noise)
+        return _nll(*_gaussian(net(rows[batch]), mean[batch], spread[batch]), target[batch], noise)
 
-    train_held_out(net, loss, len(train), lambda: _nll(*_predict(net, test_rows, floor, k), test_target, noise),
-                   steps, gen, "noise2self", progress)
-    del rows, target, test_rows
+    train_held_out(net, loss, len(train), lambda: _nll(*_gaussian(net(test_rows), test_mean, test_spread), test_target,
+                                                       noise), steps, gen, "noise2self", progress)
+    del rows, mean, spread, target, test_rows
     mu, s2 = np.empty(x.size, np.float32), np.empty(x.size, np.float32)
     with torch.no_grad():
         for start in range(0, x.size, _CHUNK):
             index = np.arange(start, min(start + _CHUNK, x.size))
-            m, v = _predict(net, rows_of(index), floor, k)
+            rows, m, s = rows_of(index)
+            m, v = _gaussian(net(rows), m, s)
             mu[index], s2[index] = m[:, 0].numpy(), v[:, 0].numpy()
     est, var = _posterior(x, mu.reshape(x.shape), s2.reshape(x.shape), noise)
     est = np.maximum(scale * est, min(float(vol.min()), 0.0)).astype(np.float32)  # a magnitude image stays >= 0
