@@ -216,6 +216,7 @@ class BaselineConfig:
     noise2self_context: int = 2  # neighbourhood half-width of the blind-spot denoiser (ldp_med.noise2self)
     noise2self_hidden: int = 128
     noise2self_steps: int = 2000
+    noise2self_residual_z: float = 1.0  # confidence of the residual window's growth (ldp_med.noise2self._posterior)
 
     def __post_init__(self) -> None:
         if self.espirit_calib is not None and self.espirit_calib < 2:
@@ -224,6 +225,8 @@ class BaselineConfig:
                      "noise2self_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"baseline.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.noise2self_residual_z >= 0:
+            raise ConfigError(f"baseline.noise2self_residual_z must be >= 0, got {self.noise2self_residual_z}")
 
 
 @dataclass

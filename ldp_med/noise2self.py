@@ -11,7 +11,8 @@ for the clean value, mean ``mu`` and variance ``s2``, trained by the likelihood 
 ``N(mu, s2 + sigma^2)`` (Laine et al., "High-quality self-supervised deep image denoising", NeurIPS 2019); the
 voxel's own value, which the blind spot threw away, comes back as ``mu + w (y - mu)``, ``w`` the larger of the
 posterior's weight ``s2 / (s2 + sigma^2)`` and the residual's ``max(0, 1 - sigma^2 / v)``, ``v`` the local mean
-(3x3x3) of ``(y - mu)^2`` (:func:`_posterior`); its error variance is ``w sigma^2``. One slice in 5 is held out of
+of ``(y - mu)^2`` over the widest cube (3, 5 or 7 across) that agrees with the smaller ones (:func:`_posterior`);
+its error variance is ``w sigma^2``. One slice in 5 is held out of
 the training to pick the best step. No data outside the input is used.
 """
 
@@ -30,6 +31,7 @@ _HOLD_OUT = 5  # one slice in this many (along the last axis) is held out of the
 _CHUNK = 65536  # rows per inference batch
 _SEARCH = 2  # half-width of the non-local means' search window (5x5x5 candidates)
 _SLAB_VOXELS = 2**22  # voxels of the non-local means' slabs (see _blind_nlm)
+_RESIDUAL_WINDOWS = (3, 5, 7)  # cube widths the residual's local mean may take (see _posterior)
 
 
 class _Neighbourhoods:
@@ -147,7 +149,7 @@ def _nll(mean: torch.Tensor, var: torch.Tensor, y: torch.Tensor, sigma: float) -
 
 
 def noise2self_denoise(volume: np.ndarray, sigma: float, context: int = 2, hidden: int = 128, steps: int = 2000,
-                       seed: int = 0, progress: bool = False, return_variance: bool = False):
+                       seed: int = 0, progress: bool = False, return_variance: bool = False, residual_z: float = 1.0):
     """Denoise ``volume`` with a blind-spot MLP trained on the volume itself (see the module's docstring).
 
     Args:
@@ -161,6 +163,10 @@ def noise2self_denoise(volume: np.ndarray, sigma: float, context: int = 2, hidde
         seed: seeds the training voxels and the network's initialisation.
         progress: a progress bar over the training steps.
         return_variance: also return the estimate's error variance (:func:`_posterior`).
+        residual_z: the width, in standard errors, of the intervals that decide how far the residual's local mean
+            reaches (:func:`_posterior`); 0: 3x3x3 everywhere (until session 44); 1 (the default, and the config's)
+            +0.15 dB inside the head on seven validation volumes, +0.05 for the prior on twelve
+            (docs/tune_noise2self_residual_window.md).
 
     Returns:
         float32 denoised volume of the same shape, >= 0 where the input is (a magnitude image); with
@@ -211,20 +217,39 @@ def noise2self_denoise(volume: np.ndarray, sigma: float, context: int = 2, hidde
             rows, m, s = rows_of(index)
             m, v = _gaussian(net(rows), m, s)
             mu[index], s2[index] = m[:, 0].numpy(), v[:, 0].numpy()
-    est, var = _posterior(x, mu.reshape(x.shape), s2.reshape(x.shape), noise)
+    est, var = _posterior(x, mu.reshape(x.shape), s2.reshape(x.shape), noise, residual_z)
     est = np.maximum(scale * est, min(float(vol.min()), 0.0)).astype(np.float32)  # a magnitude image stays >= 0
     return (est, (scale**2 * var).astype(np.float32)) if return_variance else est
 
 
-def _posterior(x: np.ndarray, mu: np.ndarray, s2: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+def _posterior(x: np.ndarray, mu: np.ndarray, s2: np.ndarray, sigma: float,
+               z: float) -> tuple[np.ndarray, np.ndarray]:
     """The clean value's estimate from the net's Gaussian ``N(mu, s2)`` and the voxel's own noisy value ``x ~
     N(clean, sigma^2)``: ``mu + w (x - mu)`` and its error variance ``w sigma^2``, with ``w`` the larger of the
-    posterior's weight ``s2 / (s2 + sigma^2)`` and the residual's ``max(0, 1 - sigma^2 / v)``, ``v`` the 3x3x3 mean
-    of ``(x - mu)^2``: where the residual is more than the noise, the net's mean is wrong however sure it is (a
-    structure one voxel wide, which no neighbourhood predicts), and the voxel's own value is kept."""
+    posterior's weight ``s2 / (s2 + sigma^2)`` and the residual's ``max(0, 1 - sigma^2 / v)``, ``v`` a local mean of
+    ``(x - mu)^2``: where the residual is more than the noise, the net's mean is wrong however sure it is (a
+    structure one voxel wide, which no neighbourhood predicts), and the voxel's own value is kept.
+
+    ``v`` is the mean over the largest cube of :data:`_RESIDUAL_WINDOWS` (3, 5, 7 voxels across)
+    whose mean agrees with every smaller one's: the intersection of confidence intervals rule (Katkovnik, "A new
+    method for varying adaptive bandwidth selection", IEEE TSP 1999), intervals ``v_n +- z sqrt(2 / n) max(v_n,
+    sigma^2)`` (the spread of a mean of ``n`` squared noises). In smooth tissue the windows agree and the widest
+    one's mean, the least noisy, decides (fewer voxels kept by chance); at an edge or a thin structure the residual's
+    mean changes with the window and the smallest one that still agrees decides. ``z`` = 0: always 3x3x3."""
     from scipy.ndimage import uniform_filter
 
     r = x - mu
-    w_r = np.clip(1.0 - sigma**2 / np.maximum(uniform_filter(r * r, 3, mode="reflect"), 1e-12), 0.0, 1.0)
-    w = np.maximum(s2 / (s2 + sigma**2), w_r)
+    r2 = r * r
+    posterior = s2 / (s2 + sigma**2)
+    v = lo = hi = None
+    for size in _RESIDUAL_WINDOWS if z > 0 else _RESIDUAL_WINDOWS[:1]:
+        mean = uniform_filter(r2, size, mode="reflect")
+        half = z * np.sqrt(2.0 / size**3) * np.maximum(mean, sigma**2)
+        if v is None:
+            v, lo, hi, agree = mean, mean - half, mean + half, np.ones(mean.shape, bool)
+            continue
+        lo, hi = np.maximum(lo, mean - half), np.minimum(hi, mean + half)
+        agree &= lo <= hi  # every window so far agrees: this one decides
+        v = np.where(agree, mean, v)
+    w = np.maximum(posterior, np.clip(1.0 - sigma**2 / np.maximum(v, 1e-12), 0.0, 1.0))
     return mu + w * r, w * sigma**2

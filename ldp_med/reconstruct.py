@@ -139,7 +139,8 @@ def _noise2self_with_variance(problem: Problem, cfg: ReconstructConfig, progress
 
     b = cfg.baseline
     return noise2self_denoise(problem.pinv.data, magnitude_noise(problem), b.noise2self_context, b.noise2self_hidden,
-                              b.noise2self_steps, progress=progress, return_variance=True)
+                              b.noise2self_steps, progress=progress, return_variance=True,
+                              residual_z=b.noise2self_residual_z)
 
 
 def _bm4d(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):

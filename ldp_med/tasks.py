@@ -92,8 +92,9 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "noise2self", "sup
 #:   NLM at 0.04, its old partner: 31.49; docs/tune_noise2self_denoise.md).
 #: - ``posterior.std_scale``: the std map's scale, calibrated so that ``|error| <= 1.645 std`` holds for 90% of head
 #:   voxels with ``--samples 8`` (docs/results.md, "Std map"); the perturbed solves miss more of the error the fewer
-#:   k-space samples there are, hence a scale per factor. Denoise 1.02 since session 42 (blended with noise2self, its
-#:   error variance ``w sigma^2`` in the mixture: docs/tune_std_denoise_noise2self_posterior.md; 1.16 before).
+#:   k-space samples there are, hence a scale per factor. Denoise 1.04 since session 44 (blended with noise2self, its
+#:   error variance ``w sigma^2`` in the mixture, ``w`` from the grown residual window:
+#:   docs/tune_std_denoise_residual_window.md; 1.02 with the 3x3x3 window since session 42, 1.16 before).
 #: - ``closing.spin``: cycle spinning of the closing's wavelet term (random shifts in [0, 8) voxels per iteration):
 #:   k-space R=4 +0.86 dB, R=8 +1.20 dB on validation (docs/tune_spin_kspace_r*.md; 16 ties); the image tasks 0
 #:   (denoise +0.01 dB: docs/tune_spin_denoise.md).
@@ -149,7 +150,7 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
     },
     "denoise": {
         "posterior.steps": ((1.0, 50),),
-        "posterior.t_start": ((1.0, 0.5),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 1.02),),
+        "posterior.t_start": ((1.0, 0.5),), "posterior.prior_error": ((1.0, 0.03),), "posterior.std_scale": ((1.0, 1.04),),
         "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),), "posterior.latent_fit_iters": ((1.0, 0),),
         "posterior.keep_detail": ((1.0, False),), "posterior.align": ((1.0, False),),
         "closing.air": ((1.0, 1.0),), "closing.air_floor": ((1.0, 0.1),),

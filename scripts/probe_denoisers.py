@@ -4,6 +4,7 @@ nibabel's 33x41x25 real part, no air around them) and whole 2 mm heads; PSNR in 
 head (``benchlib.head_mask``), where the air's Rician floor, which none of them removes, does not count.
 
     cd scripts && OMP_NUM_THREADS=2 python probe_denoisers.py [--steps 1000]   # noise2self's training steps
+    cd scripts && OMP_NUM_THREADS=2 python probe_denoisers.py --residual-z 0     # noise2self's 3x3x3 residual window
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ VOLUMES = [("10004", (slice(30, 63), slice(35, 76), slice(30, 55))),
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2000, help="noise2self's training steps (its default: 2000)")
+    ap.add_argument("--residual-z", type=float, default=1.0,
+                    help="noise2self's residual window intervals (its default: 1; 0: 3x3x3 everywhere)")
     args = ap.parse_args()
     from ldp_med.baselines import denoise_bm4d, denoise_nlm
     from ldp_med.config import SimulateConfig
@@ -36,7 +39,7 @@ def main() -> None:
     from ldp_med.physics.simulate import simulate_denoise
 
     def noise2self_denoise(y, sigma):
-        return n2s(y, sigma, steps=args.steps)
+        return n2s(y, sigma, steps=args.steps, residual_z=args.residual_z)
 
     try:
         import bm4d  # noqa: F401

@@ -93,32 +93,51 @@ def test_the_voxel_comes_back_where_the_net_is_unsure_or_its_residual_is_more_th
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 1, (9, 10, 11)).astype(np.float32)
     near = x - 0.02 * rng.standard_normal(x.shape).astype(np.float32)  # a residual under the noise
-    est, var = _posterior(x, near, np.full_like(x, 1e4), 0.05)  # the net knows nothing: the voxel, the noise's error
+    est, var = _posterior(x, near, np.full_like(x, 1e4), 0.05, 1.0)  # the net knows nothing: the voxel, the noise
     np.testing.assert_allclose(est, x, atol=1e-5)
     np.testing.assert_allclose(var, 0.05**2, rtol=1e-5)
-    est, var = _posterior(x, near, np.full_like(x, 0.05**2), 0.05)  # as sure as the noise: halfway
+    est, var = _posterior(x, near, np.full_like(x, 0.05**2), 0.05, 1.0)  # as sure as the noise: halfway
     np.testing.assert_allclose(est, (x + near) / 2, atol=1e-6)
     np.testing.assert_allclose(var, 0.05**2 / 2, rtol=1e-5)
-    est, var = _posterior(x, near, np.zeros_like(x), 0.05)  # certain: its mean, no error
+    est, var = _posterior(x, near, np.zeros_like(x), 0.05, 1.0)  # certain: its mean, no error
     np.testing.assert_array_equal(est, near)
     assert np.all(var == 0)
-    est, var = _posterior(x, x - 0.3, np.zeros_like(x), 0.05)  # certain, but a residual of 6 sigma: it is wrong
+    est, var = _posterior(x, x - 0.3, np.zeros_like(x), 0.05, 1.0)  # certain, but a residual of 6 sigma: it is wrong
     w = 1 - 0.05**2 / 0.3**2
     np.testing.assert_allclose(est, x - 0.3 * (1 - w), atol=1e-5)
     np.testing.assert_allclose(var, w * 0.05**2, rtol=1e-4)
 
 
+def test_the_residual_window_grows_where_the_residual_is_noise_and_stays_small_at_a_thin_structure():
+    """A sure net that predicts a flat background and misses a line one voxel wide (6 sigma): with the intervals'
+    rule (z = 1) the noise far from the line is kept by chance less than half as much as with 3x3x3 everywhere
+    (z = 0), and the line is kept as well as 3x3x3 keeps it (a fixed 7x7x7 window would dilute it: z = 3 does)."""
+    rng = np.random.default_rng(4)
+    clean = np.zeros((24, 25, 26), np.float32)
+    clean[12, 12, :] = 6 * SIGMA
+    x = (clean + SIGMA * rng.standard_normal(clean.shape)).astype(np.float32)
+    mu, s2 = np.zeros_like(x), np.zeros_like(x)
+    line = clean > 0
+    away = ndimage.distance_transform_edt(~line) > 4
+    err = lambda est, where: float(np.mean((est - clean)[where] ** 2))  # noqa: E731
+    fixed, grown, wide = (_posterior(x, mu, s2, SIGMA, z)[0] for z in (0.0, 1.0, 3.0))
+    assert err(grown, away) < 0.5 * err(fixed, away)
+    assert err(grown, line) <= 1.05 * err(fixed, line) < 0.1 * err(mu, line)
+    assert err(wide, line) > 2 * err(fixed, line)
+
+
 def test_its_error_variance_is_larger_where_its_error_is_and_about_its_size(pair):
-    """``return_variance``: the variance ranks the error above chance, lies within [0, sigma^2] and its mean is
-    within a factor of 2 of the mean squared error."""
+    """``return_variance``: the variance ranks the error above chance (a map unrelated to it: 0 +- 0.006 over these
+    24 k voxels; it gives 0.046 since the grown residual window, 0.11 with 3x3x3, whose chance-kept noise it flagged),
+    lies within [0, sigma^2] and its mean is within 25% of the mean squared error (1.00; 1.11 with 3x3x3)."""
     from scipy.stats import spearmanr
 
     clean, noisy = pair
     out, var = noise2self_denoise(noisy, SIGMA, steps=300, return_variance=True)
     np.testing.assert_array_equal(out, noise2self_denoise(noisy, SIGMA, steps=300))
     assert var.min() >= 0 and var.max() <= SIGMA**2 * 1.0001
-    assert spearmanr(ndimage.gaussian_filter(var, 1).ravel(), np.abs(out - clean).ravel()).statistic > 0.1
-    assert 0.5 < var.mean() / np.mean((out - clean) ** 2) < 2.0
+    assert spearmanr(ndimage.gaussian_filter(var, 1).ravel(), np.abs(out - clean).ravel()).statistic > 0.03
+    assert 0.8 < var.mean() / np.mean((out - clean) ** 2) < 1.25
 
 
 def test_same_seed_same_result_other_seed_other(pair):
@@ -131,6 +150,8 @@ def test_same_seed_same_result_other_seed_other(pair):
 def test_config_rejects_empty_settings():
     with pytest.raises(ConfigError, match="noise2self_steps"):
         BaselineConfig(noise2self_steps=0)
+    with pytest.raises(ConfigError, match="noise2self_residual_z"):
+        BaselineConfig(noise2self_residual_z=-1.0)
 
 
 def test_cli_denoises_with_it_and_keeps_the_geometry(tmp_path, phantom_nifti):
