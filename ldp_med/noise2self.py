@@ -4,16 +4,16 @@ Noise that is independent from voxel to voxel cannot be predicted from a voxel's
 A network that sees every voxel's neighbourhood *without the voxel itself* and is trained to predict the noisy value
 therefore learns the clean value: ``E (f(y_N) - y)^2 = E (f(y_N) - x)^2 + sigma^2`` (Batson & Royer, "Noise2Self:
 blind denoising by self-supervision", ICML 2019). Here ``f`` is a per-voxel MLP on the 5x5x5 neighbourhood (the
-centre left out) and on non-local means of the voxel computed blind (:func:`_blind_nlm`: patches compared without the
-voxel, the voxel never a candidate), centred on the neighbourhood's mean and scaled by its spread, as
+centre left out) and on non-local means of the voxel computed blind (:func:`_blind_nlm`: patches compared without
+the voxel, the voxel never a candidate), centred on the neighbourhood's mean and scaled by its spread, as
 :mod:`ldp_med.selfsim` does for super-resolution, so it trains in seconds on two cores. The net predicts a Gaussian
-for the clean value, mean ``mu`` and variance ``s2``, trained by the likelihood of the noisy value under
-``N(mu, s2 + sigma^2)`` (Laine et al., "High-quality self-supervised deep image denoising", NeurIPS 2019); the
-voxel's own value, which the blind spot threw away, comes back as ``mu + w (y - mu)``, ``w`` the larger of the
-posterior's weight ``s2 / (s2 + sigma^2)`` and the residual's ``max(0, 1 - sigma^2 / v)``, ``v`` the local mean
-of ``(y - mu)^2`` over the widest cube (3, 5 or 7 across) that agrees with the smaller ones (:func:`_posterior`);
-its error variance is ``w sigma^2``. One slice in 5 is held out of
-the training to pick the best step. No data outside the input is used.
+for the clean value, mean ``mu`` and variance ``s2``, trained by the likelihood of the noisy value under ``N(mu, s2
++ sigma^2)`` (Laine et al., "High-quality self-supervised deep image denoising", NeurIPS 2019); the voxel's own
+value, which the blind spot threw away, comes back as ``mu + w (y - mu)``, ``w`` the larger of the posterior's
+weight ``s2 / (s2 + sigma^2)`` and the residual's ``max(0, 1 - sigma^2 / v)``, ``v`` the local mean of ``(y -
+mu)^2`` over the widest cube (3, 5 or 7 across) that agrees with the smaller ones (:func:`_posterior`); its error
+variance is ``w sigma^2``. One slice in 5 is held out of the training to pick the best step. No data outside the
+input is used.
 """
 
 from __future__ import annotations
