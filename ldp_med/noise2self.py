@@ -238,18 +238,21 @@ def _posterior(x: np.ndarray, mu: np.ndarray, s2: np.ndarray, sigma: float,
     mean changes with the window and the smallest one that still agrees decides. ``z`` = 0: always 3x3x3."""
     from scipy.ndimage import uniform_filter
 
+    def interval(mean: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        half = z * np.sqrt(2.0 / size**3) * np.maximum(mean, sigma**2)
+        return mean - half, mean + half
+
     r = x - mu
     r2 = r * r
-    posterior = s2 / (s2 + sigma**2)
-    v = lo = hi = None
-    for size in _RESIDUAL_WINDOWS if z > 0 else _RESIDUAL_WINDOWS[:1]:
+    smallest, *wider = _RESIDUAL_WINDOWS
+    v = uniform_filter(r2, smallest, mode="reflect")
+    lo, hi = interval(v, smallest)
+    agree = np.ones(v.shape, bool)
+    for size in wider if z > 0 else ():
         mean = uniform_filter(r2, size, mode="reflect")
-        half = z * np.sqrt(2.0 / size**3) * np.maximum(mean, sigma**2)
-        if v is None:
-            v, lo, hi, agree = mean, mean - half, mean + half, np.ones(mean.shape, bool)
-            continue
-        lo, hi = np.maximum(lo, mean - half), np.minimum(hi, mean + half)
+        m_lo, m_hi = interval(mean, size)
+        lo, hi = np.maximum(lo, m_lo), np.minimum(hi, m_hi)
         agree &= lo <= hi  # every window so far agrees: this one decides
         v = np.where(agree, mean, v)
-    w = np.maximum(posterior, np.clip(1.0 - sigma**2 / np.maximum(v, 1e-12), 0.0, 1.0))
+    w = np.maximum(s2 / (s2 + sigma**2), np.clip(1.0 - sigma**2 / np.maximum(v, 1e-12), 0.0, 1.0))
     return mu + w * r, w * sigma**2
