@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import yaml
 
 from ldp_med.errors import ConfigError
-from ldp_med.tasks import ALL_METHODS, SAMPLERS, TASKS
+from ldp_med.tasks import ALL_METHODS, CLASSICAL_METHODS, SAMPLERS, TASKS
 
 T = TypeVar("T")
 
@@ -281,7 +281,7 @@ class PosteriorConfig:
             change, interpolated, instead of replacing it with its interpolated self (matters where the grids do
             not line up: an aligned placement, a coarse or partial field of view). None: the task's (``TASK_SETTINGS``).
         classical_start: the image tasks: the first pass warm-starts from the task's classical estimate
-            (``ldp_med.tasks.BASELINE_METHOD``, computed once and blended in again by ``closing.image_agreement``)
+            (``closing.classical``'s, computed once and blended in again by ``closing.image_agreement``)
             instead of the pseudo-inverse. None: the task's (``TASK_SETTINGS``: super-resolution, from the
             self-similarity estimate).
         autocast: ``"bf16"``: the networks run under ``torch.autocast`` in bfloat16 (on the device they are on;
@@ -382,11 +382,15 @@ class ClosingConfig:
             ``support``.
         image_anchor_support: the same for the image tasks (off: on synthetic brains it costs denoise 1.4 dB,
             the anatomy outside the support is then only wavelet-denoised).
-        image_agreement: image tasks: each closed sample is blended with the task's classical estimate
-            (``ldp_med.tasks.BASELINE_METHOD``: noise2self, selfsim) where the two disagree, with this fraction of the
+        image_agreement: image tasks: each closed sample is blended with the classical estimate
+            (``classical``'s) where the two disagree, with this fraction of the
             classical estimate's 99th percentile as tolerance (:func:`ldp_med.sampling.closing.agreement_blend`);
             0: the closed sample alone. None: the task's (``ldp_med.tasks.TASK_SETTINGS``; denoise 0.02, superres
             0.002, tuned on validation volumes, docs/tune_noise2self_denoise.md, docs/tune_superres_selfsim_agreement.md).
+        classical: image tasks: the classical method (one of the task's, ``ldp_med.tasks.CLASSICAL_METHODS``) whose
+            estimate the closed samples are blended with (``image_agreement``) and, with ``posterior.classical_start``,
+            the sampler starts from. None: the task's (``ldp_med.tasks.TASK_SETTINGS``: denoise noise2self, BM4D for a
+            small field of view; super-resolution selfsim).
         agreement: k-space: the anchor weight of each voxel is scaled by how well the samples agree there with
             the data's own solve from them (the closing objective with anchor 0: CS warm-started from each
             sample), ``exp(-d^2 / (2 t^2))`` with ``t`` this fraction of that solve's 99th percentile (as
@@ -426,6 +430,7 @@ class ClosingConfig:
     anchor_support: bool = True
     image_anchor_support: bool = False
     image_agreement: float | None = None
+    classical: str | None = None
     agreement: float = 0.03
     agreement_iters: int = 30
     from_free: bool = True
@@ -442,6 +447,9 @@ class ClosingConfig:
             raise ConfigError("closing: need iters >= 0, agreement_iters >= 0, restarts >= 0, restart_iters >= 0, spin >= 0, "
                               "anchor >= 0, mu >= 0, 0 < coil_energy <= 1, image_mu >= 0, image_agreement >= 0, "
                               f"agreement >= 0, air >= 0, air_floor >= 0; got {self}")
+        image_methods = {m for t in ("denoise", "superres") for m in CLASSICAL_METHODS[t]}
+        if self.classical is not None and self.classical not in image_methods:
+            raise ConfigError(f"closing.classical {self.classical!r} is not one of {sorted(image_methods)}")
 
 
 @dataclass
@@ -468,6 +476,10 @@ class ReconstructConfig:
             raise ConfigError(f"task {self.task!r} is not one of {['auto', *TASKS]}")
         if self.method is not None and self.method not in ALL_METHODS:
             raise ConfigError(f"method {self.method!r} is not one of {list(ALL_METHODS)}")
+        classical = self.closing.classical
+        if classical is not None and self.task in CLASSICAL_METHODS and classical not in CLASSICAL_METHODS[self.task]:
+            raise ConfigError(f"closing.classical {classical!r} is not a classical method of task {self.task!r} "
+                              f"({', '.join(CLASSICAL_METHODS[self.task])})")
         if self.factor < 2 or self.axis not in (0, 1, 2):
             raise ConfigError(f"factor must be >= 2 and axis 0, 1 or 2 (got {self.factor}, {self.axis})")
 

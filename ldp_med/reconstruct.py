@@ -24,7 +24,7 @@ from ldp_med.io.kspace import KSpaceData, load_kspace
 from ldp_med.io.loaders import is_kspace_file, load_volume
 from ldp_med.io.volume import Volume
 from ldp_med.problems import Problem, denoise_problem, kspace_problem, superres_problem
-from ldp_med.tasks import BASELINE_METHOD, DEFAULT_METHOD, METHODS, PRIOR_METHODS, with_task_settings
+from ldp_med.tasks import DEFAULT_METHOD, METHODS, PRIOR_METHODS, with_task_settings
 
 __all__ = ["Reconstruction", "resolve_task", "resolve_method", "load_input", "build_problem", "SOLVERS", "settle",
            "reconstruct", "reconstruct_file", "output_name"]
@@ -147,14 +147,20 @@ def _bm4d(problem: Problem, cfg: ReconstructConfig, prior, progress: bool):
     return baselines.denoise_bm4d(problem.pinv.data, magnitude_noise(problem)), None, {}
 
 
-def classical_estimate(problem: Problem, cfg: ReconstructConfig,
-                       progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """The image of the task's classical method (``ldp_med.tasks.BASELINE_METHOD``) that the prior is blended with,
-    and its error variance where the method models it (``noise2self``: its error variance ``w sigma^2``), else None."""
-    method = BASELINE_METHOD[problem.task]
+def classical_estimate(problem: Problem, cfg: ReconstructConfig, progress: bool = False,
+                       variance: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image of the classical method that the prior is blended with (``closing.classical``, else the task's
+    for the problem's acquisition: ``ldp_med.tasks.TASK_SETTINGS``) and, with ``variance``, its error variance:
+    noise2self's own (``w sigma^2``); another denoiser's is noise2self's of the same input, run for it (BM4D on a
+    small field of view: validation parts' std map Spearman 0.163 with it, 0.011 with the samples' spread standing in;
+    docs/tune_std_small_denoise.md); None for super-resolution (the caller's samples' spread stands in)."""
+    method = settle(cfg, problem).closing.classical
     if method == "noise2self":
-        return _noise2self_with_variance(problem, cfg, progress)
-    return SOLVERS[problem.task, method](problem, cfg, None, progress)[0], None
+        image, var = _noise2self_with_variance(problem, cfg, progress)
+        return image, var if variance else None
+    image = SOLVERS[problem.task, method](problem, cfg, None, progress)[0]
+    own = _noise2self_with_variance(problem, cfg, progress)[1] if variance and problem.task == "denoise" else None
+    return image, own
 
 
 def magnitude_noise(problem: Problem) -> float:
@@ -213,7 +219,9 @@ def _posterior(sampler: str | None) -> Solver:
             std = None if var is None else pooled_std(var, post.std_smooth) * post.std_scale
         meta = {"nfe": nfe, "sampler": res.method, **{k: v for k, v in res.meta.items() if k.startswith("align_")}}
         regimes = problem.regimes(prior.config)  # whose settings came first (ldp_med.tasks.REGIME_SETTINGS)
+        blended = not problem.is_complex and (classical is not None or (cfg.closing.iters and cfg.closing.image_agreement))
         return image, std, {**meta, **({"closing_iters": cfg.closing.iters} if cfg.closing.iters else {}),
+                            **({"classical": cfg.closing.classical} if blended else {}),
                             **({"regimes": list(regimes)} if regimes else {})}
 
     return solve
@@ -259,8 +267,9 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
     by fresh noise of the problem's level (randomize-then-optimize, seeded by ``posterior.seed``), plus for the
     blended image tasks the mixture variance ``w v_x + (1 - w) v_c + w (1 - w) (x - c)^2`` (averaged over samples):
     the blend's expected squared error if the truth lies, with probability ``w``, around the closed sample ``x`` (as
-    uncertain as the perturbed solves, ``v_x``) and otherwise around the classical estimate ``c`` (``v_c``: its own
-    error variance where its method gives one, noise2self's, else ``v_x``); and, for samples warm-started from
+    uncertain as the perturbed solves, ``v_x``) and otherwise around the classical estimate ``c`` (``v_c``: its error
+    variance from :func:`classical_estimate`, noise2self's for denoising; super-resolution's ``v_x``); and, for
+    samples warm-started from
     ``classical``, its squared distance from the pseudo-inverse (what it changed, uncertain by as much: the samples
     inherit its error, so their spread does not show it)."""
     from ldp_med.sampling.closing import agreement_weights, closing_solve
@@ -292,7 +301,7 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
     if not problem.is_complex and c.image_agreement:
         own = None  # the classical estimate's own error variance, where its method gives one
         if classical is None:
-            classical, own = classical_estimate(problem, cfg, progress)
+            classical, own = classical_estimate(problem, cfg, progress, variance=var is not None)
         w = agreement_weights(closed, classical, c.image_agreement * float(np.percentile(classical, 99)))
         if var is not None:
             own = var if own is None else own

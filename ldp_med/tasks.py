@@ -32,13 +32,6 @@ ALL_METHODS: tuple[str, ...] = tuple(dict.fromkeys(m for t in TASKS for m in MET
 #: on two small real scans, SSIM above cubic's on every volume; the prior warm-started from it and blended back into
 #: it is within 0.05 dB of it (SSIM lower) and takes longer (docs/results.md, "Self-similarity super-resolution").
 DEFAULT_METHOD: dict[str, str] = {"kspace": "prior", "denoise": "prior", "superres": "selfsim"}
-#: The classical method each task's prior is blended with (image tasks, where the prior disagrees with it:
-#: ``closing.image_agreement``) and measured against besides the issue's baselines (docs/results.md). Denoise: the
-#: blind-spot self-supervised denoiser (``ldp_med.noise2self``, session 35) instead of NLM: validation brains, heads,
-#: half fields of view, necks, noisy and faint-air heads 10000-10001, the prior 31.49 dB blended with NLM at 0.04,
-#: 32.42 with noise2self at 0.02 (docs/tune_noise2self_denoise.md); 32.77 with session 42's noise2self (blind
-#: non-local means, a Gaussian head; measured with the posterior's weight alone, the larger weight not re-tuned).
-BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "noise2self", "superres": "selfsim"}
 #: The settings a config leaves to the task (None), each as (undersampling factor, value) points, linearly
 #: interpolated and held constant past the ends: the image tasks have factor 1, k-space the mask's realised
 #: acceleration (:attr:`ldp_med.problems.Problem.factor`). Every value is tuned or calibrated on validation subjects
@@ -95,6 +88,12 @@ BASELINE_METHOD: dict[str, str] = {"kspace": "cs", "denoise": "noise2self", "sup
 #:   k-space samples there are, hence a scale per factor. Denoise 1.04 since session 44 (blended with noise2self, its
 #:   error variance ``w sigma^2`` in the mixture, ``w`` from the grown residual window:
 #:   docs/tune_std_denoise_residual_window.md; 1.02 with the 3x3x3 window since session 42, 1.16 before).
+#: - ``closing.classical``: the classical method the image tasks' prior is blended with (``closing.image_agreement``)
+#:   and warm-started from (``posterior.classical_start``). Denoise: the blind-spot self-supervised denoiser
+#:   (``ldp_med.noise2self``, session 35) instead of NLM: validation brains, heads, half fields of view, necks, noisy
+#:   and faint-air heads 10000-10001, the prior 31.49 dB blended with NLM at 0.04, 32.42 with noise2self at 0.02
+#:   (docs/tune_noise2self_denoise.md); 32.83 with session 44's noise2self. A small field of view blends with BM4D
+#:   instead (:data:`REGIME_SETTINGS`). Super-resolution: self-similarity (``ldp_med.selfsim``, session 34).
 #: - ``closing.spin``: cycle spinning of the closing's wavelet term (random shifts in [0, 8) voxels per iteration):
 #:   k-space R=4 +0.86 dB, R=8 +1.20 dB on validation (docs/tune_spin_kspace_r*.md; 16 ties); the image tasks 0
 #:   (denoise +0.01 dB: docs/tune_spin_denoise.md).
@@ -117,7 +116,7 @@ SMALL_FOV_FRACTION = 0.125
 #:   of the time (9.7 s per volume with the fit and the restart pass, 3.1 without the fit, 1.9 without either; CS
 #:   3.5): only without both is the prior within 0.7x CS's time, for 0.67 dB (29.35 -> 28.68; the worst volume +2.04
 #:   -> +1.39 over CS).
-_COARSE: dict[str, tuple[tuple[float, float | bool], ...]] = {
+_COARSE: dict[str, tuple[tuple[float, float | bool | str], ...]] = {
     "posterior.align": ((1.0, False),), "posterior.steps": ((1.0, 20),), "posterior.latent_fit_iters": ((1.0, 0),),
     "closing.restarts": ((1.0, 0),),
 }
@@ -128,12 +127,25 @@ _COARSE: dict[str, tuple[tuple[float, float | bool], ...]] = {
 #: 0.9872 in 2.8x CS's time; centred, 20 steps, 2 iterations 34.67 / 0.9868 in 0.7x (worst volume +1.93 over CS).
 #: More closing iterations pull a part towards CS's blocks there (5 / 10: 34.64 / 0.9820, 34.26 / 0.9784). The std
 #: map's scale for 90% coverage there, 8 samples: 2.78 (docs/tune_std_small_r4.md; whole heads' R=4 2.19).
-_SMALL: dict[str, tuple[tuple[float, float | bool], ...]] = {
+_SMALL: dict[str, tuple[tuple[float, float | bool | str], ...]] = {
     "posterior.align": ((1.0, False),), "posterior.steps": ((1.0, 20),), "closing.iters": ((1.0, 2),),
     "posterior.std_scale": ((1.0, 2.78),),
 }
 
-TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
+#: The settings of a small field of view in denoising: the prior is blended with BM4D instead of noise2self, whose
+#: self-supervised net has few voxels to learn from there (a 33x41x25 part: 34 k). Validation parts of moved heads
+#: (``part:10000``-``10011``, 66x82x50 mm at 2 mm, Rician 5%; docs/tune_small_denoise.md): BM4D 30.55 / 30.07 dB
+#: on the two halves, noise2self 30.30 / 29.58, the prior blended with noise2self at 0.02 31.52 / 31.03 (the worst
+#: volume 0.72 dB under BM4D), with BM4D at 0.01 31.70 / 31.15 (the worst volume ties BM4D), at 0.02 31.74 / 31.15
+#: (the worst 0.28 under BM4D). The std map's scale for 90% coverage there, 8 samples, with noise2self's error
+#: variance for BM4D's estimate (``reconstruct.classical_estimate``): 1.17 (docs/tune_std_small_denoise.md; whole
+#: volumes 1.04).
+_SMALL_DENOISE: dict[str, tuple[tuple[float, float | bool | str], ...]] = {
+    "closing.classical": ((1.0, "bm4d"),), "closing.image_agreement": ((1.0, 0.01),),
+    "posterior.std_scale": ((1.0, 1.17),),
+}
+
+TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool | str], ...]]] = {
     "kspace": {
         "posterior.steps": ((4.0, 50),),
         "posterior.t_start": ((4.0, 0.1),),
@@ -155,7 +167,7 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
         "posterior.keep_detail": ((1.0, False),), "posterior.align": ((1.0, False),),
         "closing.air": ((1.0, 1.0),), "closing.air_floor": ((1.0, 0.1),),
         "closing.image_agreement": ((1.0, 0.02),), "posterior.classical_start": ((1.0, False),),
-        "closing.spin": ((1.0, 0),),
+        "closing.classical": ((1.0, "noise2self"),), "closing.spin": ((1.0, 0),),
     },
     "superres": {
         "posterior.steps": ((1.0, 50),),
@@ -164,7 +176,7 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
         "posterior.keep_detail": ((1.0, True),), "posterior.align": ((1.0, False),),
         "closing.air": ((1.0, 0.0),), "closing.air_floor": ((1.0, 0.1),),
         "closing.image_agreement": ((1.0, 0.002),), "posterior.classical_start": ((1.0, True),),
-        "closing.spin": ((1.0, 0),),
+        "closing.classical": ((1.0, "selfsim"),), "closing.spin": ((1.0, 0),),
     },
 }
 
@@ -172,9 +184,9 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool], ...]]] = {
 #: Settings of an acquisition regime, per task (a task a regime does not list keeps its own): each replaces the
 #: task's points of the settings it names; of a problem's regimes (:func:`acquisition_regimes`) the first that names
 #: a setting sets it.
-REGIME_SETTINGS: dict[str, dict[str, dict[str, tuple[tuple[float, float | bool], ...]]]] = {
+REGIME_SETTINGS: dict[str, dict[str, dict[str, tuple[tuple[float, float | bool | str], ...]]]] = {
     "coarse": {task: _COARSE for task in TASK_SETTINGS},
-    "small": {"kspace": _SMALL},
+    "small": {"kspace": _SMALL, "denoise": _SMALL_DENOISE},
 }
 assert all(set(settings) <= set(TASK_SETTINGS[task]) for r in REGIME_SETTINGS.values() for task, settings in r.items())
 
@@ -187,13 +199,16 @@ def acquisition_regimes(voxel_mm3: float, fov_fraction: float | None = None) -> 
     return ("coarse",) * (voxel_mm3 >= COARSE_VOXEL_MM3) + ("small",) * small
 
 
-def task_setting(task: str, name: str, factor: float = 1.0, regimes: tuple[str, ...] = ()) -> float | int:
+def task_setting(task: str, name: str, factor: float = 1.0, regimes: tuple[str, ...] = ()) -> float | int | str:
     """The value of setting ``name`` (``section.field``, as in ``--set``) that ``task`` uses at undersampling
     ``factor`` (``regimes``: the acquisition's, :data:`REGIME_SETTINGS` first): the points, linearly interpolated,
     held constant past the ends; a setting whose points are all ints (a count) is rounded to the nearest int, one
-    whose points are all bools is a bool."""
+    whose points are all bools is a bool, one whose points are names (a method) is the last point's at or below
+    ``factor`` (the first point's below them all)."""
     points = sorted(next((REGIME_SETTINGS[r][task][name] for r in regimes if name in REGIME_SETTINGS[r].get(task, {})),
                          TASK_SETTINGS[task][name]))
+    if all(isinstance(v, str) for _, v in points):  # a name: the last point's at or below the factor
+        return next((v for f, v in reversed(points) if f <= factor), points[0][1])
     value = points[0][1] if factor <= points[0][0] else points[-1][1]
     for (f0, v0), (f1, v1) in zip(points, points[1:]):
         if f0 < factor <= f1:

@@ -4,7 +4,7 @@
 
 For each ``volume:case:split`` (bench_recon's simulation; ``head:<seed>`` is a validation subject in a synthetic
 skull, ``ldp_med.data.synthetic.synthetic_head``) one posterior sample ``x_p`` at the shipped defaults, its closing solve, and the
-classical estimate ``x_c`` (``tasks.BASELINE_METHOD``: NLM for denoise, selfsim for superres); the closed sample is
+classical estimate ``x_c`` (``closing.classical``: noise2self for denoise, selfsim for superres); the closed sample is
 blended with ``x_c`` by :func:`ldp_med.sampling.closing.agreement_blend` (what ``reconstruct`` does), with ``BEFORE=1``
 the sample is blended first and then closed (the first version). Tolerances: each value of ``RELATIVE`` times the
 99th percentile of ``x_c`` (what ``closing.image_agreement`` sets), or without ``RELATIVE`` k = 0.5-3 times the

@@ -37,6 +37,7 @@ from ldp_med.io import load_volume  # noqa: E402
 from ldp_med.io.kspace import load_kspace  # noqa: E402
 from ldp_med.metrics import evaluate  # noqa: E402
 from ldp_med.models.pretrained import load_pretrained  # noqa: E402
+from ldp_med.tasks import task_setting  # noqa: E402
 from ldp_med.sampling.closing import closing_solve  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def main() -> None:
         for name in args.volumes:
             path = Path(tmp) / f"{name.replace(':', '-')}{'.h5' if kspace else '.nii.gz'}"
             reference = simulate(name, args.case, path, split="val")
-            method = R.BASELINE_METHOD[CASES[args.case]["task"]]
+            method = "cs" if kspace else task_setting(CASES[args.case]["task"], "closing.classical")
             cfg = recon_config(args.case, method)
             data = load_kspace(path) if kspace else load_volume(path)
             problem = R.build_problem(data, cfg.task, cfg)

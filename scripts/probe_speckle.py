@@ -25,7 +25,7 @@ from ldp_med.config import apply_overrides
 from ldp_med.metrics import evaluate
 from ldp_med.models.pretrained import load_pretrained
 from ldp_med.reconstruct import reconstruct_file
-from ldp_med.tasks import BASELINE_METHOD
+from ldp_med.tasks import task_setting
 
 
 def main() -> None:
@@ -46,7 +46,8 @@ def main() -> None:
             path = Path(tmp) / f"{seed}{'.h5' if CASES[args.case]['task'] == 'kspace' else '.nii.gz'}"
             ref = simulate(str(seed), args.case, path, split="val")
             background = ~ndimage.binary_dilation(ref > 0.05, iterations=3)
-            classical = BASELINE_METHOD[CASES[args.case]["task"]]
+            task = CASES[args.case]["task"]
+            classical = "cs" if task == "kspace" else task_setting(task, "closing.classical")
             # the baseline through every model's VAE, each prior's result through its own
             rows = [(classical, "", reconstruct_file(path, recon_config(args.case, classical)).volume.data,
                      list(vaes.values()))]

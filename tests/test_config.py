@@ -19,6 +19,15 @@ def test_bad_overrides_raise(override):
         apply_overrides(ReconstructConfig(), [override])
 
 
+def test_the_classical_method_to_blend_with_is_one_of_the_tasks():
+    assert apply_overrides(ReconstructConfig(task="denoise"), ["closing.classical=bm4d"]).closing.classical == "bm4d"
+    assert apply_overrides(ReconstructConfig(), ["closing.classical=selfsim"]).closing.classical == "selfsim"  # auto
+    with pytest.raises(ConfigError, match="not a classical method of task 'denoise'"):
+        apply_overrides(ReconstructConfig(task="denoise"), ["closing.classical=selfsim"])
+    with pytest.raises(ConfigError, match="'cs' is not one of"):  # k-space's are never blended with
+        apply_overrides(ReconstructConfig(), ["closing.classical=cs"])
+
+
 def test_unknown_yaml_key_names_the_file(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("accel: 4\nbogus: 1\n")

@@ -33,8 +33,9 @@ _SCANNER = 1  # NIFTI_XFORM_SCANNER_ANAT
 _HEADER_SIZES = {348: nib.Nifti1Header, 540: nib.Nifti2Header}
 _XFORM_CODES = range(0, 6)  # unknown, scanner, aligned, Talairach, MNI, template
 _MAX_DEFLATE_RATIO = 1032  # deflate never compresses better than about 1032:1
-#: ``meta`` keys (prefixes) written into the JSON comment extension: the aligned placement, the settings' regimes
-PROVENANCE = ("align_", "regimes")
+#: ``meta`` keys (prefixes) written into the JSON comment extension: the aligned placement, the settings' regimes,
+#: the classical method an image task's prior was blended with
+PROVENANCE = ("align_", "regimes", "classical")
 
 
 def is_nifti_path(path: str | os.PathLike) -> bool:
@@ -333,7 +334,7 @@ def _build_header(volume: Volume) -> nib.Nifti1Header:
     except (TypeError, ValueError, KeyError):
         hdr.set_xyzt_units("mm", "sec")
     provenance = {k: v for k, v in volume.meta.items() if k.startswith(PROVENANCE)}
-    if provenance:  # the model-space placement (ldp_med.align) and the settings' regimes, as a JSON comment extension
+    if provenance:  # the model-space placement (ldp_med.align), the settings' regimes ...: a JSON comment extension
         hdr.extensions.append(nib.nifti1.Nifti1Extension("comment", json.dumps({"ldp_med": provenance}).encode()))
     return hdr
 

@@ -78,7 +78,8 @@ def test_costs_are_counted_and_within_budget(prior, kproblem):
         guided.run()
 
 
-def test_settings_left_to_the_task_come_from_the_task_at_its_factor_and_explicit_ones_stay(prior, kproblem, phantom):
+def test_settings_left_to_the_task_come_from_the_task_at_its_factor_and_explicit_ones_stay(prior, kproblem, phantom,
+                                                                                          monkeypatch):
     """``TASK_SETTINGS``: (factor, value) points, interpolated between and held past the ends; the sampler and the
     closing solve take them at the problem's undersampling factor (the mask's realised acceleration)."""
     from ldp_med.config import ClosingConfig, ReconstructConfig
@@ -94,6 +95,12 @@ def test_settings_left_to_the_task_come_from_the_task_at_its_factor_and_explicit
     assert task_setting("kspace", "posterior.keep_detail", 6.0) is True  # a switch stays a bool
     assert task_setting("denoise", "posterior.keep_detail") is False
     assert task_setting("kspace", "posterior.align", 4.0) is True and task_setting("kspace", "posterior.align", 8.0) is False
+    # a name (a method) is not interpolated: the last point's at or below the factor, the first's below them all
+    import ldp_med.tasks
+
+    monkeypatch.setitem(ldp_med.tasks.TASK_SETTINGS["denoise"], "closing.classical", ((6.0, "bm4d"), (2.0, "nlm")))
+    assert [task_setting("denoise", "closing.classical", f) for f in (1.0, 2.0, 5.9, 6.0, 9.0)] == ["nlm"] * 3 + ["bm4d"] * 2
+    monkeypatch.undo()
     assert for_task(PosteriorConfig(align=False), "kspace", 4.0).align is False
     assert (for_task(PosteriorConfig(), "denoise").align, for_task(PosteriorConfig(), "superres").align) == (False, False)
     for task in TASK_SETTINGS:
@@ -144,12 +151,12 @@ def test_a_coarse_acquisition_takes_its_own_settings_unless_asked(kproblem):
     assert (settle(asked, coarse).posterior.align, settle(asked, coarse).posterior.steps) == (True, 50)
 
 
-def test_a_small_field_of_view_centres_in_kspace_and_the_image_tasks_keep_theirs(prior, ksp, kproblem, phantom, tmp_path):
+def test_a_small_field_of_view_centres_in_kspace_and_denoises_with_bm4d(prior, ksp, kproblem, phantom, tmp_path):
     import json
 
     import nibabel as nib
 
-    from ldp_med.config import ReconstructConfig
+    from ldp_med.config import ClosingConfig, ReconstructConfig
     from ldp_med.io.nifti import save_nifti
     from ldp_med.reconstruct import reconstruct as run, settle
     from ldp_med.tasks import SMALL_FOV_FRACTION, TASK_SETTINGS, acquisition_regimes
@@ -179,10 +186,20 @@ def test_a_small_field_of_view_centres_in_kspace_and_the_image_tasks_keep_theirs
     assert both.regimes(shipped) == ("coarse", "small")
     settled = settle(ReconstructConfig(), both, shipped)
     assert (settled.posterior.latent_fit_iters, settled.closing.restarts, settled.closing.iters) == (0, 0, 2)
-    # denoising a small part keeps denoising's own settings (only k-space's time asked for the regime)
-    den = denoise_problem(Volume(phantom.data, np.diag([0.4, 0.4, 0.4, 1.0]), {}), noise_std=0.02)
+    # denoising a small part is blended with BM4D, not noise2self (whose net has few voxels to learn from there);
+    # denoising's other settings stay, and a method the user names wins
+    part = Volume(phantom.data, np.diag([0.4, 0.4, 0.4, 1.0]), {})
+    den = denoise_problem(part, noise_std=0.02)
     assert den.regimes(TINY_MODEL) == ("small",)
-    assert settle(ReconstructConfig(), den, TINY_MODEL).closing.iters == TASK_SETTINGS["denoise"]["closing.iters"][0][1]
+    small = settle(ReconstructConfig(), den, TINY_MODEL).closing
+    assert small.iters == TASK_SETTINGS["denoise"]["closing.iters"][0][1]
+    assert (small.classical, settle(ReconstructConfig(), den).closing.classical) == ("bm4d", "noise2self")
+    named = ReconstructConfig(closing=ClosingConfig(classical="nlm"))
+    assert settle(named, den, TINY_MODEL).closing.classical == "nlm"
+    vol = run(part, "denoise", ReconstructConfig(method="prior", posterior=FAST), prior).volume
+    assert vol.meta["classical"] == "bm4d" and vol.meta["regimes"] == ["small"]
+    whole = run(Volume(phantom.data, phantom.affine, {}), "denoise", ReconstructConfig(method="prior", posterior=FAST), prior)
+    assert whole.volume.meta["classical"] == "noise2self" and "regimes" not in whole.volume.meta
 
 
 def test_same_seed_same_output_different_seed_different(prior, kproblem):
@@ -409,11 +426,11 @@ def test_closing_can_start_from_the_agreement_solve_and_keep_restart_passes_plai
 
 def test_closing_blends_the_image_tasks_result_with_the_classical_estimate_where_they_disagree(phantom, monkeypatch):
     """``closing.image_agreement``: a closed sample far from the input (a brain prior on a head) is replaced by the
-    task's classical estimate (``BASELINE_METHOD``'s); 0 passes the closed sample through."""
+    task's classical estimate (``closing.classical``'s); 0 passes the closed sample through."""
     import ldp_med.sampling.closing as closing
     from ldp_med.config import ClosingConfig, ReconstructConfig
     from ldp_med.reconstruct import SOLVERS, _close
-    from ldp_med.tasks import BASELINE_METHOD
+    from ldp_med.tasks import task_setting
 
     monkeypatch.setattr(closing, "closing_solve", lambda problem, samples, *a, **kw: samples)
     rng = np.random.default_rng(0)
@@ -423,7 +440,7 @@ def test_closing_blends_the_image_tasks_result_with_the_classical_estimate_where
     cfg = ReconstructConfig(closing=ClosingConfig(air=0))  # the blend alone (the air step has tests of its own)
     blended, spread = _close(problem, wrong, cfg, None)
     assert spread is None  # no perturbed solves unless asked for
-    classical = SOLVERS["denoise", BASELINE_METHOD["denoise"]](problem, cfg, None, False)[0]
+    classical = SOLVERS["denoise", task_setting("denoise", "closing.classical")](problem, cfg, None, False)[0]
     np.testing.assert_allclose(blended[0], classical, atol=1e-4)
     assert _close(problem, wrong, ReconstructConfig(closing=ClosingConfig(image_agreement=0, air=0)), None)[0] is wrong
 
@@ -476,24 +493,31 @@ def test_a_warm_start_from_the_classical_estimate_adds_its_change_to_the_varianc
 def test_image_task_variance_adds_the_blends_mixture_term(phantom, monkeypatch):
     """The blend's variance is the mixture's, ``w v_x + (1 - w) v_c + w (1 - w) (x - c)^2`` averaged over samples:
     ``v_x`` the perturbed solves' spread, ``v_c`` the classical estimate's own error variance where its method gives
-    one (noise2self) and ``v_x`` where not (NLM): then only the disagreement term adds to the spread."""
+    one (noise2self), noise2self's for another denoiser (NLM) and ``v_x`` for super-resolution's selfsim: then only
+    the disagreement term adds to the spread."""
     import ldp_med.sampling.closing as closing
-    import ldp_med.tasks
     from ldp_med.config import ClosingConfig, ReconstructConfig
     from ldp_med.reconstruct import _close, classical_estimate
 
     monkeypatch.setattr(closing, "closing_solve", lambda problem, samples, *a, perturb=None, **kw: samples)
     problem = denoise_problem(phantom, noise_std=1.0)
-    cfg = ReconstructConfig(closing=ClosingConfig(air=0, image_agreement=0.04))  # the blend alone (no air gain)
-    for method in ("nlm", "noise2self"):
-        monkeypatch.setitem(ldp_med.tasks.BASELINE_METHOD, "denoise", method)
-        c, own = classical_estimate(problem, cfg)
-        assert (own is None) == (method == "nlm")
+    own_n2s = None
+    for method in ("noise2self", "nlm", "selfsim"):  # the blend alone (no air gain)
+        cfg = ReconstructConfig(closing=ClosingConfig(air=0, image_agreement=0.04, classical=method))
+        if method == "selfsim":
+            problem = superres_problem(phantom, 2, 2, noise_std=1.0)
+        c, own = classical_estimate(problem, cfg, variance=True)
+        assert classical_estimate(problem, cfg)[1] is None  # only asked for
+        if method == "noise2self":
+            own_n2s = own
+        elif method == "nlm":  # noise2self's variance of the same input stands in for NLM's
+            np.testing.assert_array_equal(own, own_n2s)
+        assert (own is None) == (method == "selfsim")
         tol = cfg.closing.image_agreement * float(np.percentile(c, 99))
         offsets = np.array([0.0, tol, 30 * tol], np.float32)[:, None, None, None]  # agree, half-way, disagree
         samples = (np.abs(c)[None] + offsets).astype(np.float32)
         blended, var = _close(problem, samples, cfg, None, spread=True)
-        w = np.exp(-(offsets ** 2) / (2 * tol**2))
+        w = closing.agreement_weights(samples, c, tol)  # exp(-offset^2 / (2 tol^2)) where c >= 0
         spread = samples.var(0, ddof=1)  # the stubbed solves return the samples themselves
         v_c = spread if own is None else own
         want = np.mean(w * spread + (1 - w) * v_c + w * (1 - w) * (samples - c) ** 2, 0)
