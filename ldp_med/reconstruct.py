@@ -269,9 +269,8 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
     the blend's expected squared error if the truth lies, with probability ``w``, around the closed sample ``x`` (as
     uncertain as the perturbed solves, ``v_x``) and otherwise around the classical estimate ``c`` (``v_c``: its error
     variance from :func:`classical_estimate`, noise2self's for denoising; super-resolution's ``v_x``); and, for
-    samples warm-started from
-    ``classical``, its squared distance from the pseudo-inverse (what it changed, uncertain by as much: the samples
-    inherit its error, so their spread does not show it)."""
+    samples warm-started from ``classical``, its squared distance from the pseudo-inverse (what it changed, uncertain
+    by as much: the samples inherit its error, so their spread does not show it)."""
     from ldp_med.sampling.closing import agreement_weights, closing_solve
     from ldp_med.sampling.posterior import compressed
 
@@ -299,7 +298,7 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
     if var is not None and classical is not None:  # the warm start's own error, which no sample's spread sees
         var = var + (classical - problem.pinv.data) ** 2
     if not problem.is_complex and c.image_agreement:
-        own = None  # the classical estimate's own error variance, where its method gives one
+        own = None  # the classical estimate's error variance (classical_estimate's), asked for with the spread
         if classical is None:
             classical, own = classical_estimate(problem, cfg, progress, variance=var is not None)
         w = agreement_weights(closed, classical, c.image_agreement * float(np.percentile(classical, 99)))

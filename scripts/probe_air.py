@@ -37,8 +37,8 @@ from ldp_med.io import load_volume  # noqa: E402
 from ldp_med.io.kspace import load_kspace  # noqa: E402
 from ldp_med.metrics import evaluate  # noqa: E402
 from ldp_med.models.pretrained import load_pretrained  # noqa: E402
-from ldp_med.tasks import task_setting  # noqa: E402
 from ldp_med.sampling.closing import closing_solve  # noqa: E402
+from ldp_med.tasks import task_setting  # noqa: E402
 
 
 def main() -> None:
