@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import yaml
 
 from ldp_med.errors import ConfigError
-from ldp_med.tasks import ALL_METHODS, CLASSICAL_METHODS, SAMPLERS, TASKS
+from ldp_med.tasks import ALL_METHODS, BLEND_METHODS, SAMPLERS, TASKS
 
 T = TypeVar("T")
 
@@ -387,7 +387,7 @@ class ClosingConfig:
             classical estimate's 99th percentile as tolerance (:func:`ldp_med.sampling.closing.agreement_blend`);
             0: the closed sample alone. None: the task's (``ldp_med.tasks.TASK_SETTINGS``; denoise 0.02, superres
             0.002, tuned on validation volumes, docs/tune_noise2self_denoise.md, docs/tune_superres_selfsim_agreement.md).
-        classical: image tasks: the classical method (one of the task's, ``ldp_med.tasks.CLASSICAL_METHODS``) whose
+        classical: image tasks: the classical method (one of the task's, ``ldp_med.tasks.BLEND_METHODS``) whose
             estimate the closed samples are blended with (``image_agreement``) and, with ``posterior.classical_start``,
             the sampler starts from. None: the task's (``ldp_med.tasks.TASK_SETTINGS``: denoise noise2self, BM4D for a
             small field of view; super-resolution selfsim).
@@ -447,9 +447,9 @@ class ClosingConfig:
             raise ConfigError("closing: need iters >= 0, agreement_iters >= 0, restarts >= 0, restart_iters >= 0, spin >= 0, "
                               "anchor >= 0, mu >= 0, 0 < coil_energy <= 1, image_mu >= 0, image_agreement >= 0, "
                               f"agreement >= 0, air >= 0, air_floor >= 0; got {self}")
-        image_methods = {m for t in ("denoise", "superres") for m in CLASSICAL_METHODS[t]}
-        if self.classical is not None and self.classical not in image_methods:
-            raise ConfigError(f"closing.classical {self.classical!r} is not one of {sorted(image_methods)}")
+        blendable = {m for methods in BLEND_METHODS.values() for m in methods}
+        if self.classical is not None and self.classical not in blendable:
+            raise ConfigError(f"closing.classical {self.classical!r} is not one of {sorted(blendable)}")
 
 
 @dataclass
@@ -477,9 +477,9 @@ class ReconstructConfig:
         if self.method is not None and self.method not in ALL_METHODS:
             raise ConfigError(f"method {self.method!r} is not one of {list(ALL_METHODS)}")
         classical = self.closing.classical
-        if classical is not None and self.task in CLASSICAL_METHODS and classical not in CLASSICAL_METHODS[self.task]:
+        if classical is not None and self.task != "auto" and classical not in BLEND_METHODS.get(self.task, ()):
             raise ConfigError(f"closing.classical {classical!r} is not a classical method of task {self.task!r} "
-                              f"({', '.join(CLASSICAL_METHODS[self.task])})")
+                              f"({', '.join(BLEND_METHODS.get(self.task, ())) or 'its result is never blended'})")
         if self.factor < 2 or self.axis not in (0, 1, 2):
             raise ConfigError(f"factor must be >= 2 and axis 0, 1 or 2 (got {self.factor}, {self.axis})")
 

@@ -189,6 +189,10 @@ REGIME_SETTINGS: dict[str, dict[str, dict[str, tuple[tuple[float, float | bool |
     "small": {"kspace": _SMALL, "denoise": _SMALL_DENOISE},
 }
 assert all(set(settings) <= set(TASK_SETTINGS[task]) for r in REGIME_SETTINGS.values() for task, settings in r.items())
+#: The classical methods each task's prior may be blended with (``closing.classical``): the image tasks', whose
+#: settings name a partner; k-space's result is never blended.
+BLEND_METHODS: dict[str, tuple[str, ...]] = {t: CLASSICAL_METHODS[t] for t, s in TASK_SETTINGS.items()
+                                             if "closing.classical" in s}
 
 
 def acquisition_regimes(voxel_mm3: float, fov_fraction: float | None = None) -> tuple[str, ...]:
