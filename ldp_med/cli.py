@@ -61,8 +61,9 @@ def cli() -> None:
 
 
 def main() -> None:  # console-script entry point
-    from ldp_med.startup import install
+    from ldp_med.startup import install, tune_allocator
 
+    tune_allocator()  # before torch is imported: huge pages for large CPU tensors (ldp_med.startup)
     install()  # MONAI without the optional packages it would load for unused models (ldp_med.startup)
     if hasattr(signal, "SIGXFSZ"):  # past a file-size limit (ulimit -f) a write fails with EFBIG: one line, no core dump
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -330,3 +330,20 @@ def test_the_detail_a_misaligned_grid_loses_is_given_back_exactly():
     two = _State(None, None, None, x, keep_detail=True)
     two.set_fallback(torch.cat([0.5 * x, x]), smap)  # per-sample fallbacks: sample 1's is x
     torch.testing.assert_close(two.to_acq(smap, m, 1), x, atol=1e-5, rtol=0)
+
+
+def test_a_batch_maps_to_the_acquisition_grid_as_its_samples_do_one_by_one():
+    """``SpaceMap.to_acq`` maps one sample at a time (memory); a batch of images and fallbacks gives each sample's own
+    map, and a batch of one on either side is broadcast over the other."""
+    from ldp_med.config import ModelConfig
+    from ldp_med.space import SpaceMap
+
+    vol = Volume(ellipsoid_phantom((31, 13, 11)), oblique_affine())  # wider than the grid: the fallback shows
+    smap = SpaceMap.for_volume(vol, ModelConfig(grid=(16, 16, 16), voxel_mm=2.0))
+    g = torch.Generator().manual_seed(3)
+    m, fb = torch.rand(3, 1, 16, 16, 16, generator=g), torch.rand(3, *vol.shape, generator=g)
+    one = [smap.to_acq(m[b : b + 1], fb[b : b + 1]) for b in range(3)]
+    torch.testing.assert_close(smap.to_acq(m, fb), torch.cat(one), atol=0, rtol=0)
+    torch.testing.assert_close(smap.to_acq(m[:1], fb), torch.cat([smap.to_acq(m[:1], f[None]) for f in fb]))
+    torch.testing.assert_close(smap.to_acq(m, fb[:1]), torch.cat([smap.to_acq(s[None], fb[:1]) for s in m]))
+    assert smap.to_acq(m, fb)[0].sub(smap.to_acq(m, fb)[1]).abs().max() > 0  # the samples differ

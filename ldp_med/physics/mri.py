@@ -177,15 +177,17 @@ class MRIOperator(LinearOperator):
         image-side shifts commute with the coil products when the maps are shifted too (``S' = ifftshift(S)``),
         so the inner loop is pure FFTs and products on pre-shifted operands (cached per device). Along an axis
         where the mask is constant (size 1: a fully sampled readout) the FFT pair cancels, so neither the FFTs nor
-        the shifts run along it.
+        the shifts run along it. One coil-sized array is allocated and every step after it works in place (a
+        1 mm head's 8 coils: 0.8 GB once instead of four times).
         """
         x = self.check_image(x)
         mask, maps, maps_conj, dims = self._shifted_on(x)
-        v = torch.fft.ifftshift(x, dim=dims)[:, None]
+        v = torch.fft.ifftshift(x, dim=dims)[:, None]  # a new array: ``x`` itself is never written
         if maps is not None:
             v = maps * v
-        v = torch.fft.ifftn(mask * torch.fft.fftn(v, dim=dims, norm="ortho"), dim=dims, norm="ortho")
-        v = v[:, 0] if maps is None else torch.einsum("bcxyz,bcxyz->bxyz", maps_conj, v)
+        torch.fft.fftn(v, dim=dims, norm="ortho", out=v)
+        torch.fft.ifftn(v.mul_(mask), dim=dims, norm="ortho", out=v)
+        v = v[:, 0] if maps is None else v.mul_(maps_conj).sum(dim=1)
         return torch.fft.fftshift(v, dim=dims)
 
     def release(self) -> None:
