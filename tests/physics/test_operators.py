@@ -250,3 +250,17 @@ def test_release_drops_the_normal_operators_cache_and_the_next_call_rebuilds_it(
     assert op._shifted is None
     torch.testing.assert_close(op.normal(x), before, rtol=0, atol=0)
     DenoiseOperator().release()  # every operator has it (a no-op where nothing is kept)
+
+
+def test_the_normal_operator_in_place_is_still_differentiable():
+    """``normal`` works in place without autograd; with it, its gradient is that of ``A^H A`` (``dc_solve`` unrolls CG
+    through it)."""
+    op = MRIOperator(torch.as_tensor(MASKS["poisson"](SHAPE[1:])), random_maps(3, SHAPE, batch=1))
+    x = crandn(B, *SHAPE, seed=6).requires_grad_(True)
+    w = crandn(B, *SHAPE, seed=7)
+    (g_fast,) = torch.autograd.grad((op.normal(x) * w).real.sum(), x)
+    (g_ref,) = torch.autograd.grad((op.A_adjoint(op.A(x)) * w).real.sum(), x)
+    torch.testing.assert_close(g_fast, g_ref, rtol=1e-5, atol=1e-5)
+    lam = torch.full((B, 1, 1, 1), 0.5, requires_grad=True)
+    (g_lam,) = torch.autograd.grad(op.dc_solve(op.A(x.detach()), x.detach(), lam, 3).abs().sum(), lam)
+    assert torch.isfinite(g_lam).all()
