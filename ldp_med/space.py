@@ -637,6 +637,7 @@ class SpaceMap:
         if m.ndim == 4:
             m = m[:, None]
         theta, cov = self._to_acq.to(m.device), self.coverage.to(m.device)
+        inside, outside = cov * self.offset, 1 - cov  # the same for every sample
         rest = None if fallback is None else fallback.to(m.device)
         n = len(m) if rest is None else max(len(m), len(rest))  # either may be one, broadcast over the other
         out = torch.empty((n, *self.acq_shape), device=m.device)
@@ -644,5 +645,5 @@ class SpaceMap:
             i = b if len(m) > 1 else 0
             v = self._resample(m[i : i + 1].float(), theta, self.acq_shape)[0, 0]
             r = self.offset if rest is None else rest[b if len(rest) > 1 else 0].float()
-            out[b] = v.mul_(self.scale).add_(cov * self.offset).add_((1 - cov) * r)
+            out[b] = v.mul_(self.scale).add_(inside).add_(outside * r)
         return out
