@@ -56,6 +56,7 @@ import numpy as np
 
 from ldp_med.errors import InputError
 from ldp_med.io.volume import Volume, check_affine, check_volume_array
+from ldp_med.space import foreground
 
 __all__ = ["Alignment", "AlignConfig", "reference_volume", "estimate_alignment", "placement_rms", "lstsq_affine",
            "contrast_matched_reference"]
@@ -160,18 +161,6 @@ def reference_volume() -> Volume:
 # ----------------------------------------------------------------------------- input preparation
 
 
-def _foreground(data: np.ndarray) -> np.ndarray:
-    """Voxels above a low threshold between the background and the tissue (Otsu on a robust range)."""
-    from skimage.filters import threshold_otsu
-
-    lo, hi = np.percentile(data, [1.0, 99.5])
-    if hi <= lo:
-        return data > lo
-    t = threshold_otsu(np.clip(data, lo, hi).ravel()[:: max(1, data.size // 500_000)])
-    # half of Otsu: keeps dark tissue (CSF in T1, grey matter in FLAIR) inside the foreground
-    return data > lo + 0.5 * (t - lo)
-
-
 def _working_grid(data: np.ndarray, affine: np.ndarray, cfg: AlignConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Crop to the foreground box (+ margin) and resample along the input's axes to ``work_mm`` voxels.
 
@@ -182,7 +171,7 @@ def _working_grid(data: np.ndarray, affine: np.ndarray, cfg: AlignConfig) -> tup
     from scipy import ndimage
 
     vox = np.linalg.norm(affine[:3, :3], axis=0)
-    fg = _foreground(data)
+    fg = foreground(data)
     if fg.any():
         idx = np.nonzero(fg)
         m = np.ceil(cfg.margin_mm / vox).astype(int)
@@ -209,7 +198,7 @@ def _working_grid(data: np.ndarray, affine: np.ndarray, cfg: AlignConfig) -> tup
 
     lo_v, hi_v = np.percentile(work, [0.5, 99.5])
     work = np.clip((work - lo_v) / max(hi_v - lo_v, 1e-12), 0, 1)
-    return work, a_work, work * _foreground(work)
+    return work, a_work, work * foreground(work)
 
 
 # ----------------------------------------------------------------------------- estimation
@@ -311,8 +300,8 @@ def _affine_of_placement(static: np.ndarray, s_aff: np.ndarray, matrix: np.ndarr
     ref, ref_aff = _template()
     mask = np.asarray(tissue_maps()["mask"], np.float64)
     moving, inside = contrast_matched_reference(static, s_aff, matrix)
-    foreground = _foreground(static)
-    if inside.sum() < cfg.refine_min_voxels or (foreground & ~inside).sum() > cfg.refine_max_outside * foreground.sum():
+    fg = foreground(static)
+    if inside.sum() < cfg.refine_min_voxels or (fg & ~inside).sum() > cfg.refine_max_outside * fg.sum():
         return None  # too little brain, or a head: its skull and scalp have nothing to match in the brain's maps
     dipy_log = logging.getLogger("dipy")  # SyN reports every level at INFO: not for a user's terminal
     level = dipy_log.level

@@ -72,7 +72,7 @@ def main() -> None:  # console-script entry point
 
 @cli.command()
 @click.argument("clean")
-@click.option("-o", "--out", required=True, help="Output: .h5 for kspace, NIfTI otherwise.")
+@click.option("-o", "--out", required=True, help="Output: .h5 for kspace, a volume (.nii.gz, .nii, .mgz, .mgh) otherwise.")
 @click.option("--task", type=click.Choice(TASKS), default="kspace", show_default=True)
 @click.option("--accel", type=float, default=4.0, show_default=True, help="Requested acceleration R.")
 @click.option("--mask", "mask_kind", type=click.Choice(["poisson", "random-lines", "equispaced-lines"]), default="poisson", show_default=True)
@@ -88,11 +88,15 @@ def main() -> None:  # console-script entry point
 def simulate(clean, out, task, accel, mask_kind, calib, coils, noise, noise_kind, factor, axis, seed, volume_index, force):
     """Degrade a clean volume: multi-coil k-space (.h5), noise, or thick slices."""
     from ldp_med.io.atomic import check_output
-    from ldp_med.io.loaders import load_volume, save_output
+    from ldp_med.io.loaders import check_volume_path, is_kspace_file, load_volume, save_output
     from ldp_med.physics.simulate import DEFAULT_NOISE, simulate as simulate_data
 
     if noise is None:
         noise = DEFAULT_NOISE[task]
+    if task != "kspace":
+        check_volume_path(out)
+    elif not is_kspace_file(out):
+        raise InputError(out, "k-space output must end in .h5 or .hdf5")
     check_output(out, force, inputs=[clean])
     _check_args(out, accel=accel, calib=calib, coils=coils, noise=noise, factor=factor, axis=axis)
     cfg = SimulateConfig(task=task, accel=accel, mask=mask_kind, calib=calib, coils=coils, noise=noise,
@@ -125,7 +129,7 @@ def _check_args(out, accel, calib, coils, noise, factor, axis) -> None:
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--out", required=True, help="Output NIfTI (one input) or folder (several).")
+@click.option("-o", "--out", required=True, help="Output volume, .nii.gz, .nii, .mgz or .mgh (one input), or folder (several).")
 @click.option("--method", type=click.Choice(ALL_METHODS), default=None, help="Default: " + ", ".join(f"{m} ({t})" for t, m in DEFAULT_METHOD.items()) + "; prior = latent posterior sampling (the config's posterior.method, DDS by default), dps = latent DPS.")
 @click.option("--task", type=click.Choice(["auto", *TASKS]), default=None, help="Default: auto (kspace for .h5; other inputs need --task).")
 @click.option("--factor", type=int, default=None, help="superres: slice-thickness factor [2].")
@@ -289,7 +293,7 @@ def info(model_dir, as_json):
 
 @cli.command()
 @click.argument("input_path", metavar="INPUT")
-@click.option("-o", "--out", required=True, help="Output NIfTI.")
+@click.option("-o", "--out", required=True, help="Output volume (.nii.gz, .nii, .mgz or .mgh).")
 @click.option("--model", "model_dir", default=None, help="Model folder (default: the shipped model).")
 @click.option("--volume-index", type=int, default=None, help="Volume to use from 4-D input.")
 @click.option("--align", is_flag=True, help="Place the model grid by registration to the model space, not by centring.")
@@ -297,15 +301,15 @@ def info(model_dir, as_json):
 def autoencode(input_path, out, model_dir, volume_index, align, force):
     """Encode and decode a volume through the VAE (model grid in, input grid out)."""
     from ldp_med.io.atomic import check_output
-    from ldp_med.io.loaders import load_volume
-    from ldp_med.io.nifti import save_nifti
+    from ldp_med.io.loaders import check_volume_path, load_volume, save_volume
     from ldp_med.models.autoencode import autoencode_volume
     from ldp_med.models.pretrained import load_pretrained
 
+    check_volume_path(out)
     check_output(out, force, inputs=[input_path])
     prior = load_pretrained(model_dir, with_unet=False)
     vol = load_volume(input_path, volume_index)
-    save_nifti(autoencode_volume(prior, vol, align=align), out, force=force)
+    save_volume(autoencode_volume(prior, vol, align=align), out, force=force)
     click.echo(f"wrote {out}")
 
 
@@ -354,7 +358,8 @@ def generate(out_dir, contrast, prompt, count, guidance, steps, seed, device, mo
         from ldp_med.report import save_slices_png
 
         save_slices_png(preview, {p.name: img for p, img in zip(names, imgs.numpy())}, force=force,
-                        scales={p.name: (0.0, 1.0) for p in names}, title=f"{contrast or 'unconditional'}, guidance {guidance:g}")
+                        scales={p.name: (0.0, 1.0) for p in names}, title=f"{contrast or 'unconditional'}, guidance {guidance:g}",
+                        affine=affine)
     click.echo(f"wrote {count} volume(s) to {out}/")
 
 

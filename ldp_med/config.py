@@ -257,7 +257,8 @@ class PosteriorConfig:
         guidance: classifier-free guidance weight (used only with a label).
         dps_step: DPS step size on ``grad ||A x - y||`` (residual in model intensity units).
         phase_sigma: smoothing (voxels) of the k-space phase estimate.
-        min_coverage: smallest fraction of the acquisition field of view the model grid must cover.
+        min_coverage: smallest fraction of the anatomy (the pseudo-inverse's foreground, not the air around it) the
+            model grid must cover.
         max_nfe: refuse settings that would need more UNet evaluations per sample.
         coil_energy: multi-coil k-space is compressed to the fewest virtual coils that hold this fraction
             of the data's energy (SVD coil compression) for speed; 1 keeps every coil.

@@ -59,7 +59,8 @@ def run_demo(out_dir: str | os.PathLike, accel: float = 4.0, seed: int = 0, forc
     scale = (0.0, float(np.percentile(ksp.reference, 99.5)))
     title = f"MNI152 2 mm, 8 coils, Poisson R={ksp.attrs['acceleration']:.2f}: " + ", ".join(
         f"{m} {r['psnr']:.1f} dB" for m, r in rows.items())
-    save_slices_png(out / "report.png", images, force=force, scales={k: scale for k in images}, title=title)
+    save_slices_png(out / "report.png", images, force=force, scales={k: scale for k in images}, title=title,
+                    affine=ksp.affine)
     results = {"acceleration": ksp.attrs["acceleration"], "results": rows}
     write_bytes(out / "results.json", json.dumps(results, indent=2).encode(), force)
     return rows

@@ -25,6 +25,11 @@ class InputError(LdpError):
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (library messages may span several), or its type's name when empty."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 class ConfigError(LdpError):
     """A config file, override or model folder does not match the expected schema."""
 

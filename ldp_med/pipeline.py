@@ -12,27 +12,25 @@ from ldp_med.config import ReconstructConfig
 from ldp_med.errors import InputError
 from ldp_med.io.atomic import check_output
 from ldp_med.io.kspace import load_kspace
-from ldp_med.io.loaders import is_kspace_file, load_volume
-from ldp_med.io.nifti import save_nifti
+from ldp_med.io.loaders import check_volume_path, is_kspace_file, load_volume, save_volume, volume_stem
 from ldp_med.metrics import evaluate
-from ldp_med.reconstruct import Reconstruction, output_name, reconstruct_file
+from ldp_med.reconstruct import Reconstruction, reconstruct_file
 from ldp_med.tasks import PRIOR_METHODS
 
 
 def _outputs(inputs: list[str], out: str, report: str | None) -> list[Path]:
-    """One output path per input: ``out`` itself for one input, ``out/<name>.nii.gz`` for several."""
+    """One output path per input: ``out`` itself for one input (NIfTI or MGH), ``out/<name>.nii.gz`` for several."""
     for p in inputs:
         if not os.path.exists(p):
             raise InputError(p, "no such file or folder")
     if len(inputs) == 1:
-        if not (out.endswith(".nii") or out.endswith(".nii.gz")):
-            raise InputError(out, "output must end in .nii or .nii.gz")
+        check_volume_path(out)
         return [Path(out)]
     if report:
         raise InputError(report, "--report needs a single input")
     if not os.path.isdir(out):
         raise InputError(out, "with several inputs, -o must be an existing folder")
-    paths = [Path(out) / f"{output_name(p)}.nii.gz" for p in inputs]
+    paths = [Path(out) / f"{volume_stem(p)}.nii.gz" for p in inputs]
     if len(set(paths)) != len(paths):
         raise InputError(out, "two inputs share a name; outputs would collide")
     return paths
@@ -44,8 +42,8 @@ def _shard() -> tuple[int, int]:
 
 
 def std_path(dest: Path) -> Path:
-    """``out.nii.gz`` -> ``out_std.nii.gz`` (the posterior standard deviation beside the mean)."""
-    name = output_name(dest)
+    """``out.nii.gz`` -> ``out_std.nii.gz``, ``out.mgz`` -> ``out_std.mgz`` (the posterior std beside the mean)."""
+    name = volume_stem(dest)
     return dest.with_name(f"{name}_std{dest.name[len(name):]}")
 
 
@@ -71,10 +69,10 @@ def reconstruct_to_files(inputs: list[str], out: str, cfg: ReconstructConfig, vo
     written = []
     for path, dest in tqdm(pairs, desc=f"files (rank {rank})" if world > 1 else "files", disable=len(pairs) < 2):
         rec = reconstruct_file(path, cfg, volume_index, progress=len(inputs) == 1, prior=prior)
-        save_nifti(rec.volume, dest, force=force)
+        save_volume(rec.volume, dest, force=force)
         written.append(dest)
         if rec.std is not None:
-            save_nifti(rec.std, std_path(dest), force=force)
+            save_volume(rec.std, std_path(dest), force=force)
             written.append(std_path(dest))
         if report:
             _write_report(path, rec, report, force)
@@ -133,7 +131,7 @@ def _write_report(path: str, rec: Reconstruction, report: str, force: bool) -> N
     vols = {_PINV_NAMES[rec.problem.task]: rec.problem.pinv.data, "reconstruction": rec.volume.data}
     if rec.std is not None:
         vols["posterior std"] = rec.std.data
-    save_slices_png(report, vols, force=force, title=Path(path).name)
+    save_slices_png(report, vols, force=force, title=Path(path).name, affine=rec.volume.affine)
 
 
 def load_reference(path: str) -> np.ndarray:

@@ -27,7 +27,7 @@ from ldp_med.problems import Problem, denoise_problem, kspace_problem, superres_
 from ldp_med.tasks import DEFAULT_METHOD, METHODS, PRIOR_METHODS, with_task_settings
 
 __all__ = ["Reconstruction", "resolve_task", "resolve_method", "load_input", "build_problem", "SOLVERS", "settle",
-           "reconstruct", "reconstruct_file", "output_name"]
+           "reconstruct", "reconstruct_file"]
 
 
 @dataclasses.dataclass
@@ -379,12 +379,3 @@ def reconstruct_file(path: str | os.PathLike, cfg: ReconstructConfig | None = No
     task = resolve_task(path, cfg.task)
     resolve_method(path, task, cfg.method)  # a wrong pair fails before anything is read
     return reconstruct(load_input(path, task, volume_index), task, cfg, prior, progress, source=path)
-
-
-def output_name(path: str | os.PathLike) -> str:
-    """``scan.nii.gz`` -> ``scan`` (used to name outputs beside a folder of inputs)."""
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".h5", ".hdf5"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name

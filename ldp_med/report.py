@@ -9,21 +9,40 @@ import numpy as np
 from ldp_med.io.atomic import atomic_open
 
 
-def orthogonal_slices(vol: np.ndarray) -> list[np.ndarray]:
-    """Central sagittal/coronal/axial slices of an (X, Y, Z) volume, rotated for display (RAS arrays)."""
-    x, y, z = (n // 2 for n in vol.shape)
-    return [np.rot90(vol[x, :, :]), np.rot90(vol[:, y, :]), np.rot90(vol[:, :, z])]
+def as_ras(vol: np.ndarray, affine: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``vol``'s axes permuted and flipped to the closest RAS+ order (no resampling) and its voxel sizes in that
+    order; ``affine`` None: the array is taken as RAS with 1 mm voxels."""
+    if affine is None:
+        return vol, np.ones(3)
+    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    ornt = ornt_transform(io_orientation(affine), axcodes2ornt("RAS"))
+    sizes = np.empty(3)
+    sizes[ornt[:, 0].astype(int)] = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    return apply_orientation(vol, ornt), sizes
+
+
+def orthogonal_slices(vol: np.ndarray, affine: np.ndarray | None = None) -> list[tuple[np.ndarray, float]]:
+    """Central sagittal, coronal and axial slices of an (X, Y, Z) volume whose voxel-to-world map is ``affine``
+    (None: a RAS array), each rotated for display (superior / anterior up, the patient's right on the right) with
+    its pixel aspect (height / width in mm), so any storage order (LIA, LPS, oblique) and thick slices look the same."""
+    ras, (dx, dy, dz) = as_ras(vol, affine)
+    x, y, z = (n // 2 for n in ras.shape)
+    return [(np.rot90(ras[x, :, :]), dz / dy), (np.rot90(ras[:, y, :]), dz / dx), (np.rot90(ras[:, :, z]), dy / dx)]
 
 
 def save_slices_png(
     path: str | os.PathLike, volumes: dict[str, np.ndarray], force: bool = False,
     scales: dict[str, tuple[float, float]] | None = None, title: str | None = None,
+    affine: np.ndarray | None = None,
 ) -> None:
     """Write a grid PNG: one row per volume (named by its key), three orthogonal slices per row.
 
     Args:
         volumes: name -> (X, Y, Z) magnitude array; rows appear in insertion order.
         scales: optional name -> (vmin, vmax); default 0 .. the 99.5th percentile of each volume.
+        affine: the volumes' voxel-to-RAS map: slices are shown in anatomical orientation with true proportions
+            (:func:`orthogonal_slices`); None takes the arrays as RAS with cubic voxels.
     """
     import matplotlib
 
@@ -35,9 +54,9 @@ def save_slices_png(
     fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False, layout="constrained")  # keeps the title clear
     for row, (name, vol) in enumerate(volumes.items()):
         vmin, vmax = scales.get(name, (0.0, float(np.percentile(vol, 99.5)) or 1.0))
-        for col, sl in enumerate(orthogonal_slices(np.asarray(vol, np.float32))):
+        for col, (sl, aspect) in enumerate(orthogonal_slices(np.asarray(vol, np.float32), affine)):
             ax = axes[row, col]
-            ax.imshow(sl, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.imshow(sl, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest", aspect=aspect)
             ax.set_xticks([])
             ax.set_yticks([])
             if col == 0:

@@ -149,7 +149,7 @@ def reconstruction_advice(task: str, method: str) -> str:
 def input_shape(path: str | os.PathLike, task: str, factor: int = 2, axis: int = 2) -> tuple[tuple[int, ...], int] | None:
     """(output grid, coils) from a file's header without reading its data, or None when unknown.
 
-    K-space containers: the ``kspace`` dataset's shape (coils, X, Y, Z). NIfTI: the header's first
+    K-space containers: the ``kspace`` dataset's shape (coils, X, Y, Z). NIfTI and MGH: the header's first
     three dims (superres: ``factor`` x along ``axis``). Other inputs (DICOM folders) return None;
     their readers check sizes themselves.
     """
@@ -161,10 +161,13 @@ def input_shape(path: str | os.PathLike, task: str, factor: int = 2, axis: int =
             with h5py.File(path, "r") as f:
                 shape = f["kspace"].shape
             return (tuple(shape[1:4]), int(shape[0])) if len(shape) == 4 else None
-        if name.endswith((".nii", ".nii.gz")):
+        if name.endswith((".nii", ".nii.gz", ".mgh", ".mgz")):
             import nibabel as nib
 
-            shape = list(nib.load(str(path)).header.get_data_shape()[:3])
+            from ldp_med.io.guard import quiet
+
+            with quiet():  # a bad header's warnings are not for here: the reader reports it in one line
+                shape = list(nib.load(str(path)).header.get_data_shape()[:3])
             if len(shape) < 3:
                 return None
             if task == "superres":

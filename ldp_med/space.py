@@ -81,6 +81,7 @@ __all__ = [
     "ToModelSpaced",
     "ModelSpaceInfo",
     "SpaceMap",
+    "foreground",
     "model_grid_affine",
 ]
 
@@ -508,6 +509,18 @@ class ToModelSpaced(MapTransform, InvertibleTransform):
         return d
 
 
+def foreground(data: np.ndarray) -> np.ndarray:
+    """Voxels above a low threshold between the background and the tissue (Otsu on a robust range), bool (X, Y, Z)."""
+    from skimage.filters import threshold_otsu
+
+    lo, hi = np.percentile(data, [1.0, 99.5])
+    if hi <= lo:
+        return data > lo
+    t = threshold_otsu(np.clip(data, lo, hi).ravel()[:: max(1, data.size // 500_000)])
+    # half of Otsu: keeps dark tissue (CSF in T1, grey matter in FLAIR) inside the foreground
+    return data > lo + 0.5 * (t - lo)
+
+
 class SpaceMap:
     """Acquisition grid <-> model grid, with the intensity map ``acquisition = model * scale + offset``.
 
@@ -606,6 +619,12 @@ class SpaceMap:
     def coverage_fraction(self) -> float:
         """Fraction of the acquisition field of view that lies inside the model grid."""
         return float(self.coverage.mean())
+
+    def foreground_coverage(self, image: np.ndarray) -> float:
+        """Fraction of ``image``'s foreground (:func:`foreground`: the anatomy, not the air around it) that lies
+        inside the model grid; the field of view's (:attr:`coverage_fraction`) when the image has no foreground."""
+        fg = torch.from_numpy(np.ascontiguousarray(foreground(np.asarray(image))))
+        return float(self.coverage[fg].mean()) if bool(fg.any()) else self.coverage_fraction
 
     def mask_to_acq(self, mask: torch.Tensor) -> np.ndarray:
         """A model-grid map (*grid) in [0, 1] (e.g. ``Prior.support``) on the acquisition grid, float32 (X, Y, Z);

@@ -29,7 +29,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from ldp_med.errors import InputError
+from ldp_med.errors import InputError, one_line
 from ldp_med.io.volume import Volume, check_affine, check_volume_array
 
 __all__ = ["load_dicom", "LPS_TO_RAS"]
@@ -49,10 +49,6 @@ class _Slice:
     spacing: np.ndarray  # (2,) PixelSpacing: (row spacing, column spacing)
     thickness: float | None
     source: str
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 @contextmanager
@@ -80,10 +76,10 @@ def _read(file: Path) -> Dataset:
         return pydicom.dcmread(file, force=False, defer_size="256 KB")
     except InvalidDicomError as exc:
         if _has_marker(file):
-            raise InputError(file, f"corrupt DICOM file ({_one_line(exc)})") from None
+            raise InputError(file, f"corrupt DICOM file ({one_line(exc)})") from None
         raise
     except Exception as exc:  # pydicom raises many types on corrupt files
-        raise InputError(file, f"corrupt DICOM file ({_one_line(exc)})") from None
+        raise InputError(file, f"corrupt DICOM file ({one_line(exc)})") from None
 
 
 def _has_pixels(ds: Dataset) -> bool:
@@ -131,7 +127,7 @@ def _tag(item: Dataset | None, keyword: str, file: Path, where: str = ""):
     try:
         return item.get(keyword)
     except Exception as exc:  # pydicom converts values lazily and raises on text in a numeric tag
-        raise InputError(file, f"{keyword}{where} is not readable ({_one_line(exc)})") from None
+        raise InputError(file, f"{keyword}{where} is not readable ({one_line(exc)})") from None
 
 
 def _floats(item: Dataset | None, keyword: str, n: int, file: Path, where: str = "") -> np.ndarray:
@@ -197,7 +193,7 @@ def _pixel_frames(ds: Dataset, file: Path, n_frames: int) -> np.ndarray:
     try:
         pixels = np.asarray(ds.pixel_array)
     except Exception as exc:  # decoders raise many types (missing plugin, bad length, ...)
-        raise InputError(file, f"cannot decode pixel data (transfer syntax {syntax}): {_one_line(exc)}") from None
+        raise InputError(file, f"cannot decode pixel data (transfer syntax {syntax}): {one_line(exc)}") from None
     if pixels.size != n_frames * rows * cols:
         raise InputError(file, f"pixel data holds {pixels.size} values, expected {n_frames} x {rows} x {cols}")
     return pixels.reshape(n_frames, rows, cols)

@@ -9,10 +9,15 @@ from pathlib import Path
 from ldp_med.errors import InputError
 from ldp_med.io.dicom import load_dicom
 from ldp_med.io.kspace import KSpaceData, save_kspace
+from ldp_med.io.mgh import is_mgh_path, load_mgh, save_mgh
 from ldp_med.io.nifti import is_nifti_path, load_nifti, save_nifti
 from ldp_med.io.volume import MIN_SIZE, Volume, check_volume_content
 
-__all__ = ["load_volume", "save_output", "is_kspace_file", "is_dicom_file"]
+__all__ = ["load_volume", "save_volume", "save_output", "is_volume_path", "check_volume_path", "volume_stem", "is_kspace_file",
+           "is_dicom_file"]
+
+#: What a volume output's name may end in (the writer follows the name): NIfTI, FreeSurfer MGH.
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
 
 _DICOM_SUFFIXES = (".dcm", ".ima")
 _KSPACE_SUFFIXES = (".h5", ".hdf5")
@@ -36,16 +41,36 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
     return head[128:132] == b"DICM"
 
 
+def is_volume_path(path: str | os.PathLike) -> bool:
+    """True when the name ends in one of :data:`VOLUME_SUFFIXES` (case-insensitive): a volume can be written there."""
+    return Path(path).name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def check_volume_path(path: str | os.PathLike) -> None:
+    """Raise a one-line InputError unless a volume can be written at ``path`` (see :func:`is_volume_path`)."""
+    if not is_volume_path(path):
+        raise InputError(path, "output must end in .nii, .nii.gz, .mgh or .mgz")
+
+
+def volume_stem(path: str | os.PathLike) -> str:
+    """``scan.nii.gz`` -> ``scan``, ``brain.mgz`` -> ``brain``: the name without a volume or k-space suffix."""
+    name = Path(path).name
+    for suffix in VOLUME_SUFFIXES + _KSPACE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def load_volume(path: str | os.PathLike, volume_index: int | None = None, min_size: int = MIN_SIZE) -> Volume:
-    """Read a volume from a NIfTI file, a DICOM series folder or a DICOM file.
+    """Read a volume from a NIfTI file, a FreeSurfer MGH/MGZ file, a DICOM series folder or a DICOM file.
 
     Dispatch: a folder, a ``.dcm``/``.ima`` file or a file with the DICOM marker -> :func:`load_dicom`;
-    ``.nii``/``.nii.gz`` -> :func:`load_nifti`; anything else is an error. The volume must then have at
+    ``.nii``/``.nii.gz`` -> :func:`load_nifti`; ``.mgh``/``.mgz`` -> :func:`load_mgh`; anything else is an error. The volume must then have at
     least ``min_size`` voxels along every axis and more than one intensity (:func:`check_volume_content`).
 
     Args:
         path: file or folder.
-        volume_index: volume of 4-D NIfTI data to read; only valid for NIfTI.
+        volume_index: volume of 4-D NIfTI or MGH data to read; not valid for DICOM.
         min_size: fewest voxels along each axis (default :data:`~ldp_med.io.volume.MIN_SIZE`; 1 accepts
             a single DICOM slice).
 
@@ -65,20 +90,30 @@ def _read_volume(path: Path, volume_index: int | None) -> Volume:
         raise InputError(path, "file or folder not found")
     if is_nifti_path(path):
         return load_nifti(path, volume_index=volume_index)
+    if is_mgh_path(path):
+        return load_mgh(path, volume_index=volume_index)
     if path.is_dir() or is_dicom_file(path):
         if volume_index is not None:
-            raise InputError(path, "a volume index applies to 4-D NIfTI only, not to DICOM")
+            raise InputError(path, "a volume index applies to 4-D NIfTI or MGH only, not to DICOM")
         return load_dicom(path)
     if is_kspace_file(path):
         raise InputError(path, "is a k-space container (HDF5), not a volume; read it with load_kspace")
-    raise InputError(path, "unrecognised format (expected NIfTI .nii/.nii.gz or a DICOM folder)")
+    raise InputError(path, "unrecognised format (expected NIfTI .nii/.nii.gz, FreeSurfer .mgh/.mgz or a DICOM folder)")
+
+
+def save_volume(volume: Volume, path: str | os.PathLike, force: bool = False) -> Path:
+    """Write a volume in the format its name says: :func:`~ldp_med.io.mgh.save_mgh` for ``.mgh``/``.mgz``,
+    :func:`~ldp_med.io.nifti.save_nifti` for ``.nii``/``.nii.gz``; any other name is an InputError."""
+    check_volume_path(path)
+    return save_mgh(volume, path, force=force) if is_mgh_path(path) else save_nifti(volume, path, force=force)
 
 
 def save_output(data: KSpaceData | Volume, path: str | os.PathLike, force: bool = False) -> Path:
-    """Write k-space with :func:`~ldp_med.io.kspace.save_kspace`, a volume with :func:`~ldp_med.io.nifti.save_nifti`.
+    """Write k-space with :func:`~ldp_med.io.kspace.save_kspace`, a volume with :func:`save_volume`.
 
     Args:
-        data: a k-space container (``path`` ``.h5``/``.hdf5``) or a volume (``path`` ``.nii``/``.nii.gz``).
+        data: a k-space container (``path`` ``.h5``/``.hdf5``) or a volume (``path`` ``.nii``/``.nii.gz``/
+            ``.mgh``/``.mgz``).
         path: destination.
         force: overwrite an existing file.
 
@@ -90,4 +125,4 @@ def save_output(data: KSpaceData | Volume, path: str | os.PathLike, force: bool 
     """
     if isinstance(data, KSpaceData):
         return save_kspace(data, path, force=force)
-    return save_nifti(data, path, force=force)
+    return save_volume(data, path, force=force)

@@ -8,31 +8,23 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 import os
-import warnings
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError
 
-from ldp_med.errors import InputError
+from ldp_med.errors import InputError, one_line
 from ldp_med.io.atomic import atomic_open
+from ldp_med.io.guard import READ_ERRORS, check_data_fits, quiet, read_volume_array
 from ldp_med.io.volume import Volume, check_affine, check_volume_array
 
 __all__ = ["load_nifti", "save_nifti", "is_nifti_path"]
 
-# Everything nibabel, gzip and the file system raise for unreadable, truncated or fake files.
-_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error, OverflowError,
-                KeyError, TypeError, IndexError)
 _SCANNER = 1  # NIFTI_XFORM_SCANNER_ANAT
 _HEADER_SIZES = {348: nib.Nifti1Header, 540: nib.Nifti2Header}
 _XFORM_CODES = range(0, 6)  # unknown, scanner, aligned, Talairach, MNI, template
-_MAX_DEFLATE_RATIO = 1032  # deflate never compresses better than about 1032:1
 #: ``meta`` keys (prefixes) written into the JSON comment extension: the aligned placement, the settings' regimes,
 #: the classical method an image task's prior was blended with
 PROVENANCE = ("align_", "regimes", "classical")
@@ -44,42 +36,11 @@ def is_nifti_path(path: str | os.PathLike) -> bool:
     return name.endswith(".nii") or name.endswith(".nii.gz")
 
 
-def _one_line(exc: BaseException) -> str:
-    """The exception's message on one line (nibabel's messages may span several)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _check_input_file(path: Path) -> None:
     if not path.exists():
         raise InputError(path, "file not found")
     if path.is_dir():
         raise InputError(path, "is a folder, expected a NIfTI file (.nii or .nii.gz)")
-
-
-@contextmanager
-def _quiet():
-    """Silence nibabel's header-fix log lines and numpy's warnings: problems become InputErrors instead."""
-    logger = nib.imageglobals.logger
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
-    try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-def _gzip_length(path: Path) -> int:
-    """Uncompressed length of a gzip file, read through to the end so its CRC and length are verified."""
-    total = 0
-    try:
-        with gzip.open(path, "rb") as f:
-            while chunk := f.read(1 << 22):
-                total += len(chunk)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(path, f"corrupt or truncated gzip data ({_one_line(exc)})") from None
-    return total
 
 
 def _raw_header(path: Path) -> nib.Nifti1Header:
@@ -89,7 +50,7 @@ def _raw_header(path: Path) -> nib.Nifti1Header:
         with opener(path, "rb") as f:
             head = f.read(540)
     except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(path, f"not a readable NIfTI file ({_one_line(exc)})") from None
+        raise InputError(path, f"not a readable NIfTI file ({one_line(exc)})") from None
     for size, klass in _HEADER_SIZES.items():
         for endian in "<>":
             if len(head) >= 4 and int(np.frombuffer(head[:4], f"{endian}i4")[0]) == size:
@@ -139,15 +100,7 @@ def _check_data_extent(hdr: nib.Nifti1Header, shape: tuple[int, ...], path: Path
     minimum = hdr.single_vox_offset
     if not np.isfinite(offset) or offset != int(offset) or offset < minimum:
         raise InputError(path, f"header vox_offset = {offset:g} must be a whole number >= {minimum}")
-    needed = int(offset) + _data_bytes(hdr, shape, path)
-    size, held = path.stat().st_size, "holds"
-    if path.name.lower().endswith(".gz"):  # bound it cheaply first, then count exactly (verifying the CRC)
-        bound = size * _MAX_DEFLATE_RATIO + 4096
-        size, held = (bound, "can hold at most") if needed > bound else (_gzip_length(path), "holds")
-    if needed > size:
-        dims = "x".join(map(str, shape))
-        raise InputError(path, f"header promises {dims} {hdr.get_data_dtype()} ({needed} bytes with the header) but "
-                               f"the file {held} {size} bytes: truncated, or wrong dim/datatype")
+    check_data_fits(path, int(offset) + _data_bytes(hdr, shape, path), f"{'x'.join(map(str, shape))} {hdr.get_data_dtype()}")
 
 
 def _check_geometry_fields(hdr: nib.Nifti1Header, shape: tuple[int, ...], path: Path) -> None:
@@ -183,62 +136,13 @@ def _check_header(path: Path) -> None:
 def _open_image(path: Path) -> nib.Nifti1Image:
     _check_header(path)
     try:
-        with _quiet():
+        with quiet():
             img = nib.load(path, mmap=False)
-    except _READ_ERRORS as exc:
-        raise InputError(path, f"not a readable NIfTI file ({_one_line(exc)})") from None
+    except READ_ERRORS as exc:
+        raise InputError(path, f"not a readable NIfTI file ({one_line(exc)})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(path, f"not a NIfTI file (nibabel reads it as {type(img).__name__})")
     return img
-
-
-def _spatial_shape(shape: tuple[int, ...], path: Path) -> tuple[tuple[int, ...], int]:
-    """Split the on-disk shape into the 3-D spatial shape and the number of volumes.
-
-    Trailing singleton dimensions beyond the third are dropped; a 4th dimension > 1 counts the
-    volumes; any other extra dimension > 1 is an error.
-    """
-    trimmed = list(shape)
-    while len(trimmed) > 3 and trimmed[-1] == 1:
-        trimmed.pop()
-    if len(trimmed) <= 3:
-        return tuple(trimmed), 0
-    if len(trimmed) == 4:
-        return tuple(trimmed[:3]), trimmed[3]
-    raise InputError(path, f"{len(trimmed)}-D data with shape {tuple(shape)}; expected 3-D or 4-D")
-
-
-def _read_array(img: nib.Nifti1Image, path: Path, volume_index: int | None) -> np.ndarray:
-    """Read the (scaled) data of one 3-D volume as float32, shape (X, Y, Z)."""
-    shape3, n_volumes = _spatial_shape(img.shape, path)
-    if volume_index is not None and volume_index < 0:
-        raise InputError(path, f"volume index {volume_index} must be >= 0")
-    if n_volumes:
-        if volume_index is None:
-            raise InputError(path, f"4-D data with {n_volumes} volumes; pick one with --volume-index N "
-                                   f"(volume_index=N in Python), N from 0 to {n_volumes - 1}")
-        if volume_index >= n_volumes:
-            raise InputError(
-                path, f"volume index {volume_index} out of range for 4-D data with {n_volumes} volumes"
-            )
-        # Slicing the array proxy applies scl_slope/scl_inter exactly like get_fdata.
-        index = (slice(None),) * 3 + (volume_index,) + (0,) * (len(img.shape) - 4)
-        getter = lambda: np.asarray(img.dataobj[index], dtype=np.float32)  # noqa: E731
-    else:
-        if volume_index not in (None, 0):
-            raise InputError(path, f"volume index {volume_index} out of range: the data is 3-D (one volume)")
-        getter = lambda: img.get_fdata(dtype=np.float32)  # noqa: E731
-    dtype = img.get_data_dtype()
-    if np.issubdtype(dtype, np.complexfloating):
-        raise InputError(path, f"complex data ({dtype}); expected a real-valued (magnitude) volume")
-    if dtype.fields is not None:
-        raise InputError(path, f"non-numeric data type {dtype} (e.g. RGB); expected a scalar volume")
-    try:
-        with _quiet():
-            data = getter()
-    except _READ_ERRORS as exc:
-        raise InputError(path, f"cannot read the image data, the file may be truncated ({_one_line(exc)})") from None
-    return data.reshape(shape3) if len(shape3) == 3 else data
 
 
 def _header_meta(img: nib.Nifti1Image, path: Path) -> dict:
@@ -282,7 +186,7 @@ def load_nifti(path: str | os.PathLike, volume_index: int | None = None) -> Volu
     path = Path(path)
     _check_input_file(path)
     img = _open_image(path)
-    data = check_volume_array(_read_array(img, path, volume_index), path)
+    data = check_volume_array(read_volume_array(img, path, volume_index), path)
     affine = check_affine(img.affine, path)
     meta = _header_meta(img, path)
     if volume_index is not None and meta["shape_on_disk"][3:] and meta["shape_on_disk"][3] > 1:

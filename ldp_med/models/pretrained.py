@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 import ldp_med
 from ldp_med.config import ModelConfig, from_dict, to_dict
-from ldp_med.errors import ConfigError, InputError
+from ldp_med.errors import ConfigError, InputError, one_line
 from ldp_med.models.builders import build_unet, build_vae, check_model_config
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "default"
@@ -121,10 +121,6 @@ def save_pretrained(folder: str | os.PathLike, cfg: ModelConfig, vae: torch.nn.M
     return folder
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _is_safetensors(head: bytes, size: int) -> bool:
     """A safetensors file: an 8-byte little-endian header length, then that many bytes of JSON object."""
     return len(head) >= 9 and 8 + int.from_bytes(head[:8], "little") <= size and head[8:9] == b"{"
@@ -178,7 +174,7 @@ def read_config(folder: str | os.PathLike) -> ModelConfig:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise InputError(path, f"unreadable JSON ({_one_line(exc)})") from None
+        raise InputError(path, f"unreadable JSON ({one_line(exc)})") from None
     if not isinstance(data, dict):
         raise InputError(path, f"expected a JSON object, got {type(data).__name__}")
     if isinstance(data.get("vae"), dict):  # keys that older folders lack, at the values they were trained with:
@@ -188,7 +184,7 @@ def read_config(folder: str | os.PathLike) -> ModelConfig:
         cfg = from_dict(ModelConfig, data)
         check_model_config(cfg)
     except (ConfigError, ValueError, TypeError) as exc:
-        raise InputError(path, _one_line(exc)) from None
+        raise InputError(path, one_line(exc)) from None
     _check_numbers(cfg, path)
     return cfg
 
@@ -218,7 +214,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ValueError, RuntimeError for bad dtypes
-        raise InputError(path, f"unreadable safetensors file ({_one_line(exc)})") from None
+        raise InputError(path, f"unreadable safetensors file ({one_line(exc)})") from None
 
 
 def _load_weights(module: torch.nn.Module, path: Path) -> None:

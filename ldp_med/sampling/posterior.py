@@ -473,11 +473,12 @@ def make_sampler(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = N
     leaves to the task (None) are the task's (:func:`for_task`). The warm start is ``init`` (an image on the
     acquisition grid, e.g. an earlier reconstruction), else the pseudo-inverse. ``alignment``: an earlier
     run's :class:`ldp_med.align.Alignment` of the same problem, used instead of a new estimate when ``cfg.align``.
-    An aligned placement whose model grid covers less than ``cfg.min_coverage`` of the field of view (a failed
-    registration) is rejected for centring, said in ``meta["align_rejected"]``.
+    An aligned placement whose model grid covers less than ``cfg.min_coverage`` of the anatomy (the pseudo-inverse's
+    foreground, :meth:`SpaceMap.foreground_coverage`: a failed registration) is rejected for centring, said in
+    ``meta["align_rejected"]``; the air around the anatomy may lie outside the grid (a 256 mm field of view).
 
     Raises:
-        InputError: the model does not fit (channels, grid, or it covers too little of the field of view).
+        InputError: the model does not fit (channels, grid, or it covers too little of the anatomy).
         ConfigError: label out of range.
     """
     cfg = for_task(cfg or PosteriorConfig(), problem.task, problem.factor, problem.regimes(prior.config))
@@ -486,13 +487,15 @@ def make_sampler(prior: Prior, problem: Problem, cfg: PosteriorConfig | None = N
         raise ConfigError(f"label {cfg.label} out of range: the model has classes {list(prior.config.class_names)}")
     space = SpaceMap.for_volume(problem.pinv, prior.config, align=cfg.align, transform=alignment if cfg.align else None)
     alignment, rejected = space.alignment, None
-    if alignment is not None and space.coverage_fraction < cfg.min_coverage:  # a registration that missed: centre
-        rejected = {"align_rejected": f"the aligned placement left the model grid over {space.coverage_fraction:.0%} "
-                                      "of the field of view; centred instead"}
+    covered = space.foreground_coverage(problem.pinv.data)
+    if alignment is not None and covered < cfg.min_coverage:  # a registration that missed: centre
+        rejected = {"align_rejected": f"the aligned placement left the model grid over {covered:.0%} of the "
+                                      "anatomy; centred instead"}
         space = SpaceMap.for_volume(problem.pinv, prior.config)
-    if space.coverage_fraction < cfg.min_coverage:
+        covered = space.foreground_coverage(problem.pinv.data)
+    if covered < cfg.min_coverage:
         raise InputError(problem.source, f"the model grid ({'x'.join(map(str, prior.config.grid))} at "
-                         f"{prior.config.voxel_mm} mm) covers only {space.coverage_fraction:.0%} of the field of view")
+                         f"{prior.config.voxel_mm} mm) covers only {covered:.0%} of the anatomy (the image's foreground)")
     if cfg.crop:
         space = space.cropped(prior.config.vae_factor * 2 ** (len(prior.config.unet.channels) - 1),
                               cfg.crop_margin * prior.config.vae_factor)

@@ -1,7 +1,7 @@
 """The generated bad-input corpus: every case is one (kind, field, value) applied to a valid base input.
 
 Kinds: ``nifti`` (.nii) and ``nifti_gz`` (.nii.gz) header fields and contents, ``gzip`` (truncated or
-corrupted compressed streams), ``dicom`` (series folders with bad geometry, sizes, rescaling, transfer
+corrupted compressed streams), ``mgz`` (FreeSurfer MGZ header fields, contents and truncations), ``dicom`` (series folders with bad geometry, sizes, rescaling, transfer
 syntaxes, and pydicom's own broken test files), ``kspace`` (HDF5 containers with wrong datasets and
 attributes) and ``model`` (model folders: config, weights, pickles). :func:`build` writes one case under a
 folder and returns the command line that must reject it with exit code 2 and one line naming the file.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import io
 import json
 import pickle
 import shutil
@@ -86,6 +87,19 @@ GZIP_FIELDS: dict[str, list] = {
     "gzip_of": ["text", "empty", "nifti_header_only", "double_gzip"],
 }
 
+MGH_FIELDS: dict[str, list] = {
+    "version": [0, 2, -1, 16777216],
+    "dims": [0, -1, 4000, 2**30],
+    "frames": [0, 2, -1],
+    "type": [2, 5, 9, 99, -1],
+    "delta": [0.0, NAN, INF, -1.0],
+    "Mdc": ["nan", "inf", "zeros", "rank2"],
+    "Pxyz_c": [NAN, INF],
+    "content": ["nan_voxel", "zeros", "2x2x2", "one_slice"],
+    "file": ["empty", "text", "random_bytes", "header_only", "short_header"],
+    "truncate": [1, 100, 283, 300, 0.5, 0.99],
+}
+
 DICOM_FIELDS: dict[str, list] = {
     "ImagePositionPatient": ["missing_one", "missing_all", "nan", "two_values", "text", "duplicate", "gap",
                              "empty", "inf", "all_same"],
@@ -133,8 +147,8 @@ MODEL_FIELDS: dict[str, list] = {
                for magic in ("proto2", "proto4", "proto5", "torch_zip")],
 }
 
-KINDS = {"nifti": NIFTI_FIELDS, "nifti_gz": NIFTI_FIELDS, "gzip": GZIP_FIELDS, "dicom": DICOM_FIELDS,
-         "kspace": KSPACE_FIELDS, "model": MODEL_FIELDS}
+KINDS = {"nifti": NIFTI_FIELDS, "nifti_gz": NIFTI_FIELDS, "gzip": GZIP_FIELDS, "mgz": MGH_FIELDS,
+         "dicom": DICOM_FIELDS, "kspace": KSPACE_FIELDS, "model": MODEL_FIELDS}
 
 
 def all_cases() -> list[Case]:
@@ -198,7 +212,8 @@ def bases(root: str) -> dict[str, Path]:
     base.mkdir(parents=True, exist_ok=True)
     good = base / "good.nii.gz"
     good.write_bytes(gzip.compress(nifti_bytes(_nifti_header(), phantom())))
-    paths = {"nifti": good, "dicom": _write_series(base / "series", [{}] * 8),
+    (base / "good.mgz").write_bytes(gzip.compress(mgh_bytes(phantom())))
+    paths = {"nifti": good, "mgz": base / "good.mgz", "dicom": _write_series(base / "series", [{}] * 8),
              "kspace": _good_kspace(base / "good.h5", good), "model": _tiny_model(base / "model")}
     return paths
 
@@ -318,6 +333,64 @@ def _write_nifti_case(case: Case, folder: Path) -> Path:
         path = folder / "bad.nii.gz"
         path.write_bytes(gzip.compress(raw, mtime=0) if case.field != "truncate" else _cut(
             gzip.compress(_patch_nifti("dim0", 3), mtime=0), case.value))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- MGH
+
+_MGH_HEADER = nib.freesurfer.mghformat.MGHHeader._hdrdtype  # the 284 bytes before the data
+
+
+def mgh_bytes(data: np.ndarray) -> bytes:
+    """An uncompressed MGH file of ``data`` (header, data, footer), oblique 1.2 x 1.0 x 1.5 mm voxels."""
+    aff = np.diag([1.2, 1.0, 1.5, 1.0])
+    aff[:3, 3] = [-5.0, -6.0, -7.0]
+    buffer = io.BytesIO()
+    nib.MGHImage(data, aff).to_file_map({"image": nib.FileHolder(fileobj=buffer)})
+    return buffer.getvalue()
+
+
+def _patch_mgh(field: str, value) -> bytes:
+    """The bytes of an .mgh with ``field`` set to ``value`` (before compression)."""
+    if field == "file":
+        header = mgh_bytes(phantom())[:_MGH_HEADER.itemsize]
+        return {"empty": b"", "text": b"this is not an MGH file\n" * 20,
+                "random_bytes": np.random.default_rng(3).integers(0, 256, 4000, dtype=np.uint8).tobytes(),
+                "header_only": header, "short_header": header[:100]}[value]
+    if field == "content":
+        data = phantom().astype(np.float32)
+        if value == "nan_voxel":
+            data[3, 4, 5] = NAN
+        elif value == "zeros":
+            data[:] = 0
+        elif value in ("2x2x2", "one_slice"):
+            data = data[:2, :2, :2] if value == "2x2x2" else data[:, :, :1]
+        return mgh_bytes(data)
+    raw = bytearray(mgh_bytes(phantom()))
+    if field == "truncate":
+        end = _MGH_HEADER.itemsize + phantom().nbytes  # header + data: the footer after it is optional
+        return bytes(raw[:int(end * value) if isinstance(value, float) else value])
+    hdr = np.frombuffer(raw, _MGH_HEADER, count=1).copy()
+    if field == "dims":
+        hdr["dims"][0][1] = value
+    elif field == "frames":
+        hdr["dims"][0][3] = value
+    elif field == "delta":
+        hdr["delta"][0][1] = value
+    elif field == "Mdc":
+        hdr["Mdc"][0] = {"nan": np.full((3, 3), NAN), "inf": np.full((3, 3), INF), "zeros": np.zeros((3, 3)),
+                         "rank2": np.array([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0]])}[value]
+    elif field == "Pxyz_c":
+        hdr["Pxyz_c"][0][2] = value
+    else:
+        hdr[field] = value
+    raw[:_MGH_HEADER.itemsize] = hdr.tobytes()
+    return bytes(raw)
+
+
+def _write_mgh_case(case: Case, folder: Path) -> Path:
+    path = folder / "bad.mgz"
+    path.write_bytes(gzip.compress(_patch_mgh(case.field, case.value), mtime=0))
     return path
 
 
@@ -740,6 +813,8 @@ def build(case: Case, folder: Path, base_root: Path, command: int = 0) -> Invoca
         bad = _write_nifti_case(case, folder)
     elif case.kind == "gzip":
         bad = _write_gzip_case(case, folder)
+    elif case.kind == "mgz":
+        bad = _write_mgh_case(case, folder)
     elif case.kind == "dicom":
         bad = _write_dicom_case(case, folder)
     elif case.kind == "kspace":

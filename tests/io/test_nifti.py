@@ -223,7 +223,7 @@ def test_check_volume_array_rejects_bad_arrays():
 
 def test_load_volume_dispatch(oblique, tmp_path):
     assert load_volume(oblique).meta["format"] == "nifti"
-    other = tmp_path / "scan.mgz"
+    other = tmp_path / "scan.img"
     other.write_bytes(b"\0" * 400)
     with pytest.raises(InputError, match="unrecognised format"):
         load_volume(other)
