@@ -13,6 +13,7 @@ from ldp_med.errors import InputError
 from ldp_med.io.atomic import check_output
 from ldp_med.io.kspace import load_kspace
 from ldp_med.io.loaders import check_volume_path, is_kspace_file, load_volume, save_volume, volume_stem
+from ldp_med.io.volume import Volume
 from ldp_med.metrics import evaluate
 from ldp_med.reconstruct import Reconstruction, reconstruct_file
 from ldp_med.tasks import PRIOR_METHODS
@@ -134,20 +135,44 @@ def _write_report(path: str, rec: Reconstruction, report: str, force: bool) -> N
     save_slices_png(report, vols, force=force, title=Path(path).name, affine=rec.volume.affine)
 
 
-def load_reference(path: str) -> np.ndarray:
-    """A reference magnitude volume: a NIfTI/DICOM volume or a k-space container's ``reference``."""
+#: How far (mm, any entry of the affines) a reconstruction's grid may lie from its reference's and still be the same
+#: grid: float32 header fields (NIfTI's sform, MGH's cosines) hold an affine to about 1e-5 mm.
+SAME_GRID_MM = 1e-3
+
+
+def load_reference(path: str) -> Volume:
+    """A reference magnitude volume and its grid: a NIfTI/MGH/DICOM volume or a k-space container's ``reference``."""
     if is_kspace_file(path):
         ksp = load_kspace(path)
         if ksp.reference is None:
             raise InputError(path, "k-space container has no `reference` dataset")
-        return ksp.reference
-    return load_volume(path).data
+        return Volume(ksp.reference, ksp.affine)
+    return load_volume(path)
+
+
+def on_grid_of(volume: Volume, reference: Volume, path: str) -> np.ndarray:
+    """``volume``'s data voxel for voxel with ``reference``'s: as it is on the same grid, with its axes permuted and
+    flipped when it holds the same grid in another storage order (an LIA MGZ against a RAS NIfTI); no resampling.
+
+    Raises:
+        InputError: naming ``path`` when the shapes or the grids differ.
+    """
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+
+    ornt = ornt_transform(io_orientation(volume.affine), io_orientation(reference.affine))
+    data = apply_orientation(volume.data, ornt)
+    if data.shape != reference.shape:
+        raise InputError(path, f"shape {volume.shape} does not match the reference's {reference.shape}")
+    affine = volume.affine @ inv_ornt_aff(ornt, volume.shape)
+    gap = float(np.abs(affine - reference.affine).max())
+    if gap > SAME_GRID_MM:
+        raise InputError(path, f"its grid is not the reference's (affines differ by up to {gap:.3g} mm); "
+                               "resample one onto the other before comparing")
+    return np.ascontiguousarray(data)
 
 
 def evaluate_files(recon: str, reference: str) -> dict[str, float]:
-    """PSNR/SSIM/NMSE of the volume in ``recon`` against ``reference`` (conventions: ldp_med.metrics)."""
-    r = load_volume(recon).data
+    """PSNR/SSIM/NMSE of the volume in ``recon`` against ``reference`` (conventions: ldp_med.metrics), voxel for
+    voxel on the reference's grid (:func:`on_grid_of`)."""
     ref = load_reference(reference)
-    if r.shape != ref.shape:
-        raise InputError(recon, f"shape {r.shape} does not match the reference's {ref.shape}")
-    return evaluate(r, ref)
+    return evaluate(on_grid_of(load_volume(recon), ref, recon), ref.data)

@@ -88,8 +88,8 @@ def test_existing_output_needs_force(tmp_path, phantom_nifti):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def _write_nifti(path, data):
-    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+def _write_nifti(path, data, affine=None):
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
     return path
 
 
@@ -164,6 +164,27 @@ def test_nifti_without_task_and_wrong_method(tmp_path, phantom_nifti):
 def test_evaluate_shape_mismatch(tmp_path, phantom_nifti):
     other = _write_nifti(tmp_path / "other.nii.gz", np.zeros((5, 5, 5), np.float32))
     assert_one_line_error(run("evaluate", other, "--reference", phantom_nifti), other)
+
+
+def test_evaluate_compares_voxels_at_the_same_place_whatever_the_storage_order(tmp_path, phantom_nifti):
+    """A reconstruction stored in another axis order (FreeSurfer's LIA MGZ) scores as its RAS copy does against a RAS
+    reference (it scored as unrelated images before: same shape, voxels compared at different places); a grid moved
+    by 2 mm is refused in one line, never scored."""
+    from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+    ref = nib.load(str(phantom_nifti))
+    noisy = np.asarray(ref.dataobj, np.float32) + np.random.default_rng(0).normal(0, 5, ref.shape).astype(np.float32)
+    same = _write_nifti(tmp_path / "same.nii.gz", noisy, ref.affine)
+    ornt = ornt_transform(io_orientation(ref.affine), axcodes2ornt("LIA"))
+    stored = nib.MGHImage(apply_orientation(noisy, ornt), ref.affine @ inv_ornt_aff(ornt, noisy.shape))
+    nib.save(stored, str(tmp_path / "lia.mgz"))
+    scores = [json.loads(run("evaluate", p, "--reference", phantom_nifti, "--json").output)
+              for p in (same, tmp_path / "lia.mgz")]
+    assert scores[0]["psnr"] > 25 and scores[1] == pytest.approx(scores[0], rel=1e-6)
+    moved = ref.affine.copy()
+    moved[:3, 3] += 2.0
+    shifted = _write_nifti(tmp_path / "moved.nii.gz", noisy, moved)
+    assert_one_line_error(run("evaluate", shifted, "--reference", phantom_nifti), shifted, "grid is not the reference's")
 
 
 def test_bad_config_override(tmp_path, phantom_nifti):

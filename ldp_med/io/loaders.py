@@ -13,8 +13,8 @@ from ldp_med.io.mgh import is_mgh_path, load_mgh, save_mgh
 from ldp_med.io.nifti import is_nifti_path, load_nifti, save_nifti
 from ldp_med.io.volume import MIN_SIZE, Volume, check_volume_content
 
-__all__ = ["load_volume", "save_volume", "save_output", "is_volume_path", "check_volume_path", "volume_stem", "is_kspace_file",
-           "is_dicom_file"]
+__all__ = ["load_volume", "save_volume", "save_output", "is_volume_path", "check_volume_path", "volume_stem",
+           "is_kspace_file", "is_dicom_file"]
 
 #: What a volume output's name may end in (the writer follows the name): NIfTI, FreeSurfer MGH.
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
@@ -65,8 +65,9 @@ def load_volume(path: str | os.PathLike, volume_index: int | None = None, min_si
     """Read a volume from a NIfTI file, a FreeSurfer MGH/MGZ file, a DICOM series folder or a DICOM file.
 
     Dispatch: a folder, a ``.dcm``/``.ima`` file or a file with the DICOM marker -> :func:`load_dicom`;
-    ``.nii``/``.nii.gz`` -> :func:`load_nifti`; ``.mgh``/``.mgz`` -> :func:`load_mgh`; anything else is an error. The volume must then have at
-    least ``min_size`` voxels along every axis and more than one intensity (:func:`check_volume_content`).
+    ``.nii``/``.nii.gz`` -> :func:`load_nifti`; ``.mgh``/``.mgz`` -> :func:`load_mgh`; anything else is an error.
+    The volume must then have at least ``min_size`` voxels along every axis and more than one intensity
+    (:func:`check_volume_content`).
 
     Args:
         path: file or folder.

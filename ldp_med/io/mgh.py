@@ -25,7 +25,9 @@ from ldp_med.io.volume import Volume, check_affine, check_volume_array
 
 __all__ = ["load_mgh", "save_mgh", "is_mgh_path"]
 
-_HEADER = MGHHeader._hdrdtype  # the 284 bytes before the data: version, dims, type, dof, goodRASFlag, delta, Mdc, Pxyz_c
+#: the header's fields (version, dims, type, dof, goodRASFlag, delta, Mdc, Pxyz_c): the first 90 of the 284 bytes
+#: before the data
+_HEADER = MGHHeader._hdrdtype
 _DATA_OFFSET = 284
 _GEOMETRY = ("delta", "Mdc", "Pxyz_c")
 _SCAN = ("tr", "flip_angle", "te", "ti", "fov")

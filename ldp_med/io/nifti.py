@@ -100,7 +100,8 @@ def _check_data_extent(hdr: nib.Nifti1Header, shape: tuple[int, ...], path: Path
     minimum = hdr.single_vox_offset
     if not np.isfinite(offset) or offset != int(offset) or offset < minimum:
         raise InputError(path, f"header vox_offset = {offset:g} must be a whole number >= {minimum}")
-    check_data_fits(path, int(offset) + _data_bytes(hdr, shape, path), f"{'x'.join(map(str, shape))} {hdr.get_data_dtype()}")
+    needed = int(offset) + _data_bytes(hdr, shape, path)  # refuses an unknown datatype first
+    check_data_fits(path, needed, f"{'x'.join(map(str, shape))} {hdr.get_data_dtype()}")
 
 
 def _check_geometry_fields(hdr: nib.Nifti1Header, shape: tuple[int, ...], path: Path) -> None:
