@@ -13,14 +13,22 @@ from ldp_med.errors import InputError
 from ldp_med.io.atomic import check_output
 from ldp_med.io.kspace import load_kspace
 from ldp_med.io.loaders import check_volume_path, is_kspace_file, load_volume, save_volume, volume_stem
+from ldp_med.io.mgh import is_mgh_path
 from ldp_med.io.volume import Volume
 from ldp_med.metrics import evaluate
 from ldp_med.reconstruct import Reconstruction, reconstruct_file
 from ldp_med.tasks import PRIOR_METHODS
 
 
+def _folder_suffix(path: str) -> str:
+    """What an input's output is called in a folder of outputs: FreeSurfer's format stays, all else is NIfTI."""
+    name = Path(path).name.lower()
+    return name[-4:] if is_mgh_path(name) else ".nii.gz"
+
+
 def _outputs(inputs: list[str], out: str, report: str | None) -> list[Path]:
-    """One output path per input: ``out`` itself for one input (NIfTI or MGH), ``out/<name>.nii.gz`` for several."""
+    """One output path per input: ``out`` itself for one input (NIfTI or MGH), ``out/<name><suffix>`` for several:
+    an MGH input keeps its ``.mgz`` / ``.mgh``, every other input (NIfTI, DICOM, k-space) gives ``.nii.gz``."""
     for p in inputs:
         if not os.path.exists(p):
             raise InputError(p, "no such file or folder")
@@ -31,7 +39,7 @@ def _outputs(inputs: list[str], out: str, report: str | None) -> list[Path]:
         raise InputError(report, "--report needs a single input")
     if not os.path.isdir(out):
         raise InputError(out, "with several inputs, -o must be an existing folder")
-    paths = [Path(out) / f"{volume_stem(p)}.nii.gz" for p in inputs]
+    paths = [Path(out) / f"{volume_stem(p)}{_folder_suffix(p)}" for p in inputs]
     if len(set(paths)) != len(paths):
         raise InputError(out, "two inputs share a name; outputs would collide")
     return paths
@@ -51,7 +59,8 @@ def std_path(dest: Path) -> Path:
 def reconstruct_to_files(inputs: list[str], out: str, cfg: ReconstructConfig, volume_index: int | None = None,
                          report: str | None = None, force: bool = False, model: str | None = None,
                          device: str = "cpu") -> list[Path]:
-    """Reconstruct each input with ``cfg`` and write ``<out>`` (one input) or ``<out>/<name>.nii.gz`` (several).
+    """Reconstruct each input with ``cfg`` and write ``<out>`` (one input) or ``<out>/<name>.nii.gz`` (several; an
+    MGH input's output keeps its ``.mgz`` / ``.mgh``).
 
     With a prior method and ``cfg.posterior.samples > 1`` the std map goes to ``<name>_std.nii.gz``.
     All destinations are checked before any work starts, so a refused overwrite costs nothing.

@@ -92,3 +92,14 @@ def test_the_command_line_denoises_an_mgz_into_mgz_and_nifti_on_the_same_grid(tm
     assert gzip.decompress(src.read_bytes()) == before
     r = CliRunner().invoke(cli, ["autoencode", str(src), "-o", str(tmp_path / "ae.img")])
     assert r.exit_code == 2 and "output must end in" in r.stderr
+
+
+def test_a_folder_of_outputs_keeps_an_mgz_input_in_its_format(tmp_path, phantom_nifti):
+    src = _oblique_mgz(tmp_path / "a.mgz", frames=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = CliRunner().invoke(cli, ["reconstruct", str(src), str(phantom_nifti), "-o", str(out), "--task", "denoise",
+                                 "--method", "nlm"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert sorted(p.name for p in out.iterdir()) == ["a.mgz", "phantom.nii.gz"]
+    assert np.allclose(load_volume(out / "a.mgz").affine, load_volume(src).affine, atol=1e-5)
