@@ -461,13 +461,15 @@ class ReconstructConfig:
         method: a method of the task; None means the task's default (``ldp_med.tasks.DEFAULT_METHOD``).
             ``prior`` runs the sampler ``posterior.method`` names; ``dps`` always runs latent DPS.
         task: a task, or "auto" (k-space for an .h5 container; other inputs need it given).
-        factor, axis: slice-thickness factor and slice axis (superres).
+        factor, axis: slice-thickness factor and slice axis (superres); None reads them from the input's voxel sizes
+            (:func:`ldp_med.problems.slice_geometry`: the thickest axis and its thickness over the in-plane size,
+            else 2 and 2).
     """
 
     method: str | None = None
     task: str = "auto"
-    factor: int = 2
-    axis: int = 2
+    factor: int | None = None
+    axis: int | None = None
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
     closing: ClosingConfig = field(default_factory=ClosingConfig)
@@ -481,7 +483,7 @@ class ReconstructConfig:
         if classical is not None and self.task != "auto" and classical not in BLEND_METHODS.get(self.task, ()):
             raise ConfigError(f"closing.classical {classical!r} is not a classical method of task {self.task!r} "
                               f"({', '.join(BLEND_METHODS.get(self.task, ())) or 'its result is never blended'})")
-        if self.factor < 2 or self.axis not in (0, 1, 2):
+        if (self.factor is not None and self.factor < 2) or self.axis not in (None, 0, 1, 2):
             raise ConfigError(f"factor must be >= 2 and axis 0, 1 or 2 (got {self.factor}, {self.axis})")
 
 

@@ -31,7 +31,11 @@ from ldp_med.physics.noise import estimate_image_noise, estimate_kspace_noise
 from ldp_med.physics.operators import DenoiseOperator, LinearOperator
 from ldp_med.tasks import acquisition_regimes
 
-__all__ = ["Problem", "kspace_problem", "denoise_problem", "superres_problem", "DEFAULT_ESPIRIT_CALIB"]
+__all__ = ["Problem", "kspace_problem", "denoise_problem", "superres_problem", "slice_geometry",
+           "DEFAULT_ESPIRIT_CALIB"]
+
+#: A slice axis is read from the voxel sizes when it is this many times thicker than the thickest other axis.
+THICK_RATIO = 1.5
 
 #: ESPIRiT calibration width when neither the config nor the file's ``calib`` attribute gives one.
 DEFAULT_ESPIRIT_CALIB = 12
@@ -194,15 +198,37 @@ def denoise_problem(volume: Volume, noise_std: float | None = None) -> Problem:
     return Problem("denoise", DenoiseOperator(), y, pinv, sigma, how, meta)
 
 
-def superres_problem(volume: Volume, factor: int, axis: int, noise_std: float | None = None) -> Problem:
+def slice_geometry(voxel_sizes, factor: int | None = None, axis: int | None = None) -> tuple[int, int]:
+    """The slice-thickness factor and slice axis of a thick-slice volume: those given, else read from its voxel sizes.
+
+    ``axis`` None: the thickest axis when it is at least :data:`THICK_RATIO` times the thickest other one, else 2.
+    ``factor`` None: that axis' voxel size over the mean of the other two, rounded, at least 2; 2 when the axis is
+    not that much thicker (an isotropic volume). A 0.9 x 0.9 x 3 mm scan gives (3, 2); 4 x 1 x 1 mm (4, 0).
+    """
+    sizes = np.asarray(voxel_sizes, np.float64)[:3]
+    if axis is None:
+        thickest = int(np.argmax(sizes))
+        axis = thickest if sizes[thickest] >= THICK_RATIO * np.delete(sizes, thickest).max() else 2
+    if factor is None:
+        others = np.delete(sizes, axis)
+        thick = sizes[axis] >= THICK_RATIO * others.max()
+        factor = max(2, int(round(sizes[axis] / others.mean()))) if thick else 2
+    return int(factor), int(axis)
+
+
+def superres_problem(volume: Volume, factor: int | None = None, axis: int | None = None,
+                     noise_std: float | None = None) -> Problem:
     """Slice-thickness super-resolution of a thick-slice ``volume``.
 
     The acquisition (and output) grid is the fine grid: ``factor`` times more slices along ``axis``,
     with :func:`fine_affine`; ``A`` averages blocks of ``factor`` fine slices back to ``volume``'s grid.
-    The pseudo-inverse is :func:`ldp_med.baselines.cubic_upsample`.
+    The pseudo-inverse is :func:`ldp_med.baselines.cubic_upsample`. ``factor`` / ``axis`` None: read from the
+    voxel sizes (:func:`slice_geometry`).
     """
     source = volume.meta.get("source")
     data = _image(volume)
+    if factor is None or axis is None:
+        factor, axis = slice_geometry(volume.voxel_sizes, factor, axis)
     if isinstance(factor, bool) or int(factor) != factor or factor < 2:
         raise InputError(source, f"super-resolution factor must be an integer >= 2, got {factor}")
     if axis not in (0, 1, 2):

@@ -156,12 +156,13 @@ def reconstruction_advice(task: str, method: str) -> str:
     return "crop the volume, or use a machine with more memory"
 
 
-def input_shape(path: str | os.PathLike, task: str, factor: int = 2, axis: int = 2) -> tuple[tuple[int, ...], int] | None:
+def input_shape(path: str | os.PathLike, task: str, factor: int | None = 2,
+                axis: int | None = 2) -> tuple[tuple[int, ...], int] | None:
     """(output grid, coils) from a file's header without reading its data, or None when unknown.
 
     K-space containers: the ``kspace`` dataset's shape (coils, X, Y, Z). NIfTI and MGH: the header's first
-    three dims (superres: ``factor`` x along ``axis``). Other inputs (DICOM folders) return None;
-    their readers check sizes themselves.
+    three dims (superres: ``factor`` x along ``axis``, None read from the header's voxel sizes as the problem
+    will). Other inputs (DICOM folders) return None; their readers check sizes themselves.
     """
     name = str(path).lower()
     try:
@@ -177,10 +178,15 @@ def input_shape(path: str | os.PathLike, task: str, factor: int = 2, axis: int =
             from ldp_med.io.guard import quiet
 
             with quiet():  # a bad header's warnings are not for here: the reader reports it in one line
-                shape = list(nib.load(str(path)).header.get_data_shape()[:3])
+                header = nib.load(str(path)).header
+                shape = list(header.get_data_shape()[:3])
+                zooms = header.get_zooms()[:3]
             if len(shape) < 3:
                 return None
             if task == "superres":
+                from ldp_med.problems import slice_geometry
+
+                factor, axis = slice_geometry(zooms, factor, axis)
                 shape[axis] *= factor
             return tuple(shape), 1
     except Exception:  # noqa: BLE001 - unreadable headers are the reader's to report, with its message

@@ -76,6 +76,25 @@ def test_denoise_and_superres_round_trip(tmp_path, phantom_nifti):
     assert json.loads(run("evaluate", fine, "--reference", phantom_nifti, "--json").output)["psnr"] > 20
 
 
+def test_superres_reads_the_slice_axis_and_factor_from_the_voxel_sizes(tmp_path):
+    from ldp_med.problems import slice_geometry
+
+    assert slice_geometry((0.9, 0.9, 3.0)) == (3, 2) and slice_geometry((4.0, 1.0, 1.1)) == (4, 0)
+    assert slice_geometry((1.0, 1.0, 1.0)) == (2, 2) and slice_geometry((1.5, 1.2, 2.0)) == (2, 2)
+    assert slice_geometry((4.0, 1.0, 1.0), factor=2) == (2, 0) and slice_geometry((4.0, 1.0, 1.0), axis=1) == (2, 1)
+    affine = np.diag([1.2, 1.2, 1.2, 1.0])
+    clean = _write_nifti(tmp_path / "clean.nii.gz", ellipsoid_phantom() * 200, affine)
+    thick = tmp_path / "thick.nii.gz"
+    assert run("simulate", clean, "-o", thick, "--task", "superres", "--factor", 3, "--axis", 0).exit_code == 0
+    fine = tmp_path / "fine.nii.gz"
+    r = run("reconstruct", thick, "-o", fine, "--task", "superres", "--method", "cubic")  # 3.6 x 1.2 x 1.2 mm
+    assert r.exit_code == 0, r.output
+    img = nib.load(str(fine))
+    assert img.shape == (21, 24, 19)
+    np.testing.assert_allclose(img.affine, affine, atol=1e-6)
+    assert json.loads(run("evaluate", fine, "--reference", clean, "--json").output)["psnr"] > 20
+
+
 def test_existing_output_needs_force(tmp_path, phantom_nifti):
     out = tmp_path / "noisy.nii.gz"
     assert run("simulate", phantom_nifti, "-o", out, "--task", "denoise").exit_code == 0

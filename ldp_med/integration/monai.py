@@ -48,16 +48,17 @@ class LatentPriorReconstruct(Transform):
         prior: the latent diffusion prior.
         task: "denoise" or "superres" for images ("kspace" takes a :class:`KSpaceData`).
         config: sampler settings (:class:`PosteriorConfig`; defaults if None).
-        factor, axis: slice-thickness factor and axis (superres).
+        factor, axis: slice-thickness factor and axis (superres); None reads them from the image's voxel sizes
+            (:func:`ldp_med.problems.slice_geometry`).
         noise_std: measurement noise std in the image's units; None reads the file's or estimates it.
         return_std: return ``(mean, std)`` (std None for one sample) instead of the mean.
         progress: progress bar over the steps.
         baseline: classical settings the problem builder reads (ESPIRiT calibration width); defaults if None.
     """
 
-    def __init__(self, prior: Prior, task: str = "denoise", config: PosteriorConfig | None = None, factor: int = 2,
-                 axis: int = 2, noise_std: float | None = None, return_std: bool = False, progress: bool = False,
-                 baseline: BaselineConfig | None = None):
+    def __init__(self, prior: Prior, task: str = "denoise", config: PosteriorConfig | None = None,
+                 factor: int | None = None, axis: int | None = None, noise_std: float | None = None,
+                 return_std: bool = False, progress: bool = False, baseline: BaselineConfig | None = None):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         self.prior, self.task = prior, task
@@ -118,8 +119,8 @@ class LatentPriorReconstructd(MapTransform):
     """
 
     def __init__(self, keys, prior: Prior, task: str = "denoise", config: PosteriorConfig | None = None,
-                 factor: int = 2, axis: int = 2, noise_std: float | None = None, std_postfix: str | None = "std",
-                 progress: bool = False, allow_missing_keys: bool = False):
+                 factor: int | None = None, axis: int | None = None, noise_std: float | None = None,
+                 std_postfix: str | None = "std", progress: bool = False, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         self.transform = LatentPriorReconstruct(prior, task, config, factor, axis, noise_std, return_std=True,
                                                 progress=progress)
@@ -149,8 +150,9 @@ class LatentPosteriorInferer(Inferer):
     Returns (from ``__call__``): MetaTensor(s) of the input's layout on the acquisition grid.
     """
 
-    def __init__(self, prior: Prior, task: str = "denoise", config: PosteriorConfig | None = None, factor: int = 2,
-                 axis: int = 2, noise_std: float | None = None, return_std: bool = False, progress: bool = False):
+    def __init__(self, prior: Prior, task: str = "denoise", config: PosteriorConfig | None = None,
+                 factor: int | None = None, axis: int | None = None, noise_std: float | None = None,
+                 return_std: bool = False, progress: bool = False):
         super().__init__()
         self.transform = LatentPriorReconstruct(prior, task, config, factor, axis, noise_std, True, progress)
         self.return_std = return_std
