@@ -14,7 +14,7 @@ from ldp_med.io.atomic import check_output
 from ldp_med.io.kspace import load_kspace
 from ldp_med.io.loaders import check_volume_path, is_kspace_file, load_volume, save_volume, volume_stem
 from ldp_med.io.mgh import is_mgh_path
-from ldp_med.io.volume import Volume
+from ldp_med.io.volume import Volume, reorient
 from ldp_med.metrics import evaluate
 from ldp_med.reconstruct import Reconstruction, reconstruct_file
 from ldp_med.tasks import PRIOR_METHODS
@@ -166,13 +166,9 @@ def on_grid_of(volume: Volume, reference: Volume, path: str) -> np.ndarray:
     Raises:
         InputError: naming ``path`` when the shapes or the grids differ.
     """
-    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
-
-    ornt = ornt_transform(io_orientation(volume.affine), io_orientation(reference.affine))
-    data = apply_orientation(volume.data, ornt)
+    data, affine = reorient(volume.data, volume.affine, like=reference.affine)
     if data.shape != reference.shape:
         raise InputError(path, f"shape {volume.shape} does not match the reference's {reference.shape}")
-    affine = volume.affine @ inv_ornt_aff(ornt, volume.shape)
     gap = float(np.abs(affine - reference.affine).max())
     if gap > SAME_GRID_MM:
         raise InputError(path, f"its grid is not the reference's (affines differ by up to {gap:.3g} mm); "

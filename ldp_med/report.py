@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from ldp_med.io.atomic import atomic_open
+from ldp_med.io.volume import reorient
 
 
 def as_ras(vol: np.ndarray, affine: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -14,12 +15,8 @@ def as_ras(vol: np.ndarray, affine: np.ndarray | None) -> tuple[np.ndarray, np.n
     order; ``affine`` None: the array is taken as RAS with 1 mm voxels."""
     if affine is None:
         return vol, np.ones(3)
-    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
-
-    ornt = ornt_transform(io_orientation(affine), axcodes2ornt("RAS"))
-    sizes = np.empty(3)
-    sizes[ornt[:, 0].astype(int)] = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
-    return apply_orientation(vol, ornt), sizes
+    ras, ras_affine = reorient(vol, affine)
+    return ras, np.linalg.norm(ras_affine[:3, :3], axis=0)
 
 
 def orthogonal_slices(vol: np.ndarray, affine: np.ndarray | None = None) -> list[tuple[np.ndarray, float]]:

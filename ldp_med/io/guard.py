@@ -18,7 +18,7 @@ from nibabel.spatialimages import HeaderDataError
 
 from ldp_med.errors import InputError, one_line
 
-__all__ = ["READ_ERRORS", "quiet", "gzip_length", "check_data_fits", "read_volume_array"]
+__all__ = ["READ_ERRORS", "quiet", "check_input_file", "gzip_length", "check_data_fits", "read_volume_array"]
 
 #: Everything nibabel, gzip and the file system raise for unreadable, truncated or fake files.
 READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error, OverflowError,
@@ -38,6 +38,14 @@ def quiet():
             yield
     finally:
         logger.setLevel(level)
+
+
+def check_input_file(path: Path, expected: str) -> None:
+    """Refuse a missing path or a folder where a file is read (``expected``: what it should be, for the message)."""
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if path.is_dir():
+        raise InputError(path, f"is a folder, expected {expected}")
 
 
 def gzip_length(path: Path) -> int:

@@ -20,7 +20,7 @@ from nibabel.freesurfer.mghformat import MGHHeader, data_type_codes
 
 from ldp_med.errors import InputError, one_line
 from ldp_med.io.atomic import atomic_open
-from ldp_med.io.guard import READ_ERRORS, check_data_fits, quiet, read_volume_array
+from ldp_med.io.guard import READ_ERRORS, check_data_fits, check_input_file, quiet, read_volume_array
 from ldp_med.io.volume import Volume, check_affine, check_volume_array
 
 __all__ = ["load_mgh", "save_mgh", "is_mgh_path"]
@@ -88,10 +88,7 @@ def _check_header(path: Path) -> bool:
 
 
 def _open_image(path: Path) -> nib.MGHImage:
-    if not path.exists():
-        raise InputError(path, "file not found")
-    if path.is_dir():
-        raise InputError(path, "is a folder, expected an MGH file (.mgh or .mgz)")
+    check_input_file(path, "an MGH file (.mgh or .mgz)")
     good = _check_header(path)
     try:
         with quiet():
@@ -135,16 +132,21 @@ def load_mgh(path: str | os.PathLike, volume_index: int | None = None) -> Volume
     return Volume(data=data, affine=affine, meta=meta)
 
 
+def _write_fields(hdr: MGHHeader, fields: dict) -> None:
+    """Set the geometry and scan fields of ``hdr`` from ``meta["mgh"]``'s lists (float32, as MGH stores them)."""
+    for k in _GEOMETRY + _SCAN:
+        hdr[k] = np.asarray(fields[k], np.float32).reshape(hdr[k].shape)
+
+
 def _stored_fields(meta: dict, affine: np.ndarray, shape: tuple[int, ...]) -> dict | None:
     """The header fields ``meta["mgh"]`` carries when their geometry still gives ``affine`` on ``shape``."""
     fields = meta.get("mgh")
     if not isinstance(fields, dict) or meta.get("format") != "mgh":
         return None
+    hdr = MGHHeader()
+    hdr.set_data_shape(shape)
     try:
-        hdr = MGHHeader()
-        hdr.set_data_shape(shape)
-        for k in _GEOMETRY + _SCAN:
-            hdr[k] = np.asarray(fields[k], np.float32).reshape(hdr[k].shape)
+        _write_fields(hdr, fields)
     except (KeyError, TypeError, ValueError):
         return None
     return fields if np.allclose(hdr.get_affine(), affine, rtol=0, atol=1e-4) else None
@@ -178,8 +180,7 @@ def save_mgh(volume: Volume, path: str | os.PathLike, force: bool = False) -> Pa
     img = nib.MGHImage(data, affine)
     fields = _stored_fields(volume.meta, affine, data.shape)
     if fields is not None:
-        for k in _GEOMETRY + _SCAN:
-            img.header[k] = np.asarray(fields[k], np.float32).reshape(img.header[k].shape)
+        _write_fields(img.header, fields)
     buffer = io.BytesIO()
     img.to_file_map({"image": nib.FileHolder(fileobj=buffer)})
     raw = buffer.getvalue()

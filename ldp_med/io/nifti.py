@@ -17,7 +17,7 @@ import numpy as np
 
 from ldp_med.errors import InputError, one_line
 from ldp_med.io.atomic import atomic_open
-from ldp_med.io.guard import READ_ERRORS, check_data_fits, quiet, read_volume_array
+from ldp_med.io.guard import READ_ERRORS, check_data_fits, check_input_file, quiet, read_volume_array
 from ldp_med.io.volume import Volume, check_affine, check_volume_array
 
 __all__ = ["load_nifti", "save_nifti", "is_nifti_path"]
@@ -34,13 +34,6 @@ def is_nifti_path(path: str | os.PathLike) -> bool:
     """True when the file name ends in ``.nii`` or ``.nii.gz`` (case-insensitive)."""
     name = Path(path).name.lower()
     return name.endswith(".nii") or name.endswith(".nii.gz")
-
-
-def _check_input_file(path: Path) -> None:
-    if not path.exists():
-        raise InputError(path, "file not found")
-    if path.is_dir():
-        raise InputError(path, "is a folder, expected a NIfTI file (.nii or .nii.gz)")
 
 
 def _raw_header(path: Path) -> nib.Nifti1Header:
@@ -185,7 +178,7 @@ def load_nifti(path: str | os.PathLike, volume_index: int | None = None) -> Volu
             dimension, NaN/Inf values, or a singular affine.
     """
     path = Path(path)
-    _check_input_file(path)
+    check_input_file(path, "a NIfTI file (.nii or .nii.gz)")
     img = _open_image(path)
     data = check_volume_array(read_volume_array(img, path, volume_index), path)
     affine = check_affine(img.affine, path)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ldp_med.errors import InputError
 
-__all__ = ["Volume", "check_volume_array", "check_affine", "check_volume_content", "MIN_SIZE"]
+__all__ = ["Volume", "check_volume_array", "check_affine", "check_volume_content", "reorient", "MIN_SIZE"]
 
 #: Fewest voxels along any axis of an input volume: the 7-voxel window of 3-D SSIM, and enough for the
 #: noise estimators, denoisers and slice-thickness models to be defined without warnings.
@@ -147,3 +147,13 @@ def check_volume_content(volume: Volume, path: str | os.PathLike | None, min_siz
         raise InputError(path, f"constant intensity (every voxel is {low:g}): nothing to simulate, reconstruct "
                                "or compare")
     return volume
+
+
+def reorient(data: np.ndarray, affine: np.ndarray, like: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``data`` with its axes permuted and flipped into the voxel order closest to ``like``'s (RAS+ for None), and
+    the affine that goes with it: the same voxels in the same places, stored another way (no resampling). An LIA
+    MGZ against a RAS NIfTI, a DICOM's (column, row, slice) order against a RAS display."""
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+
+    ornt = ornt_transform(io_orientation(affine), io_orientation(np.eye(4) if like is None else like))
+    return apply_orientation(data, ornt), np.asarray(affine, np.float64) @ inv_ornt_aff(ornt, np.shape(data))
