@@ -72,7 +72,7 @@ def main() -> None:  # console-script entry point
 
 @cli.command()
 @click.argument("clean")
-@click.option("-o", "--out", required=True, help="Output: .h5 for kspace, a volume (.nii.gz, .nii, .mgz, .mgh) otherwise.")
+@click.option("-o", "--out", required=True, help="Output: .h5 for kspace, a volume (.nii.gz, .nii, .mgz, .mgh, or a name without a suffix: a DICOM series folder) otherwise.")
 @click.option("--task", type=click.Choice(TASKS), default="kspace", show_default=True)
 @click.option("--accel", type=float, default=4.0, show_default=True, help="Requested acceleration R.")
 @click.option("--mask", "mask_kind", type=click.Choice(["poisson", "random-lines", "equispaced-lines"]), default="poisson", show_default=True)
@@ -88,6 +88,7 @@ def main() -> None:  # console-script entry point
 def simulate(clean, out, task, accel, mask_kind, calib, coils, noise, noise_kind, factor, axis, seed, volume_index, force):
     """Degrade a clean volume: multi-coil k-space (.h5), noise, or thick slices."""
     from ldp_med.io.atomic import check_output
+    from ldp_med.io.dicom_out import is_dicom_output
     from ldp_med.io.loaders import check_volume_path, is_kspace_file, load_volume, save_output
     from ldp_med.physics.simulate import DEFAULT_NOISE, simulate as simulate_data
 
@@ -97,7 +98,7 @@ def simulate(clean, out, task, accel, mask_kind, calib, coils, noise, noise_kind
         check_volume_path(out)
     elif not is_kspace_file(out):
         raise InputError(out, "k-space output must end in .h5 or .hdf5")
-    check_output(out, force, inputs=[clean])
+    check_output(out, force, inputs=[clean], folder=task != "kspace" and is_dicom_output(out))
     _check_args(out, accel=accel, calib=calib, coils=coils, noise=noise, factor=factor, axis=axis)
     cfg = SimulateConfig(task=task, accel=accel, mask=mask_kind, calib=calib, coils=coils, noise=noise,
                          noise_kind=noise_kind, factor=factor, axis=axis, seed=seed)
@@ -129,7 +130,7 @@ def _check_args(out, accel, calib, coils, noise, factor, axis) -> None:
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--out", required=True, help="Output volume, .nii.gz, .nii, .mgz or .mgh (one input), or folder (several).")
+@click.option("-o", "--out", required=True, help="Output volume, .nii.gz, .nii, .mgz, .mgh or a name without a suffix (a DICOM series folder) for one input; an existing folder for several.")
 @click.option("--method", type=click.Choice(ALL_METHODS), default=None, help="Default: " + ", ".join(f"{m} ({t})" for t, m in DEFAULT_METHOD.items()) + "; prior = latent posterior sampling (the config's posterior.method, DDS by default), dps = latent DPS.")
 @click.option("--task", type=click.Choice(["auto", *TASKS]), default=None, help="Default: auto (kspace for .h5; other inputs need --task).")
 @click.option("--factor", type=int, default=None, help="superres: slice-thickness factor [the slice axis' voxel size over the in-plane one; 2 for isotropic voxels].")
@@ -293,7 +294,7 @@ def info(model_dir, as_json):
 
 @cli.command()
 @click.argument("input_path", metavar="INPUT")
-@click.option("-o", "--out", required=True, help="Output volume (.nii.gz, .nii, .mgz or .mgh).")
+@click.option("-o", "--out", required=True, help="Output volume (.nii.gz, .nii, .mgz, .mgh, or a name without a suffix: a DICOM series folder).")
 @click.option("--model", "model_dir", default=None, help="Model folder (default: the shipped model).")
 @click.option("--volume-index", type=int, default=None, help="Volume to use from 4-D input.")
 @click.option("--align", is_flag=True, help="Place the model grid by registration to the model space, not by centring.")
@@ -301,12 +302,13 @@ def info(model_dir, as_json):
 def autoencode(input_path, out, model_dir, volume_index, align, force):
     """Encode and decode a volume through the VAE (model grid in, input grid out)."""
     from ldp_med.io.atomic import check_output
+    from ldp_med.io.dicom_out import is_dicom_output
     from ldp_med.io.loaders import check_volume_path, load_volume, save_volume
     from ldp_med.models.autoencode import autoencode_volume
     from ldp_med.models.pretrained import load_pretrained
 
     check_volume_path(out)
-    check_output(out, force, inputs=[input_path])
+    check_output(out, force, inputs=[input_path], folder=is_dicom_output(out))
     prior = load_pretrained(model_dir, with_unet=False)
     vol = load_volume(input_path, volume_index)
     save_volume(autoencode_volume(prior, vol, align=align), out, force=force)

@@ -166,6 +166,31 @@ def test_kill_during_an_atomic_write_leaves_nothing(tmp_path):
             assert dest.read_bytes() == b"old"
 
 
+def test_kill_during_a_dicom_series_write_leaves_no_series_and_the_old_one_whole(tmp_path):
+    """A series folder appears whole: killed after its files are written and before the rename, the destination is
+    absent (or, with force, the old series unchanged); the next write of it clears the killed one's hidden folder."""
+    code = ("import sys, numpy as np; from ldp_med.io import Volume; from ldp_med.io.dicom_out import save_dicom; "
+            "save_dicom(Volume(np.arange(9 * 8 * 7, dtype=np.float32).reshape(9, 8, 7)), sys.argv[1], force=FORCE)")
+    env = {**os.environ, PAUSE_ENV: "60", "PYTHONPATH": str(ROOT)}
+    dest = tmp_path / "series"
+    for force in (False, True):
+        if force:
+            dest.mkdir()
+            (dest / "IM00001.dcm").write_bytes(b"old")
+        proc = subprocess.Popen([sys.executable, "-c", code.replace("FORCE", str(force)), str(dest)], env=env,
+                                stderr=subprocess.PIPE, text=True)
+        wait_for_line(proc, "test pause before linking")
+        proc.kill()
+        proc.wait()
+        hidden = {n for n in listing(tmp_path) if n.startswith(".series.")}
+        assert len(hidden) == 1 and listing(tmp_path) - hidden == ({"series"} if force else set())
+        if force:
+            assert listing(dest) == {"IM00001.dcm"} and (dest / "IM00001.dcm").read_bytes() == b"old"
+    subprocess.run([sys.executable, "-c", code.replace("FORCE", "True"), str(dest)], env={**env, PAUSE_ENV: "0"},
+                   check=True)
+    assert listing(tmp_path) == {"series"} and len(listing(dest)) == 7
+
+
 def _write_config(cfg, path: Path) -> Path:
     path.write_text(yaml.safe_dump(to_dict(cfg)))
     return path

@@ -4,6 +4,9 @@
   missing or unwritable folder, or is one of the inputs (the same file by another spelling, a symlink
   or a hard link, or a file inside an input folder such as a DICOM series). It also *claims* the
   output for this process, so that a second process writing the same file refuses with one line.
+- :func:`atomic_folder` does the same for an output that is a folder of files (a DICOM series): they are written
+  into a hidden folder beside the destination, which is renamed into place when complete; ``--force`` replaces only a
+  folder that holds nothing but ``.dcm`` files.
 - :func:`atomic_open` gives a file object backed by an unnamed ``O_TMPFILE`` inode in the destination
   folder and links it into place at the end: a ``kill -9`` at any moment leaves no partial file,
   because until the link the data has no name. Without ``O_TMPFILE`` (not Linux, or a file system
@@ -22,6 +25,7 @@ import errno
 import os
 import re
 import secrets
+import shutil
 import socket
 import sys
 import time
@@ -78,20 +82,24 @@ def _probe_writable(path: Path, parent: Path) -> None:
         raise InputError(path, f"output folder {parent} is not writable ({exc.strerror})") from None
 
 
-def check_output(path: str | os.PathLike, force: bool = False, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+def check_output(path: str | os.PathLike, force: bool = False, inputs: Iterable[str | os.PathLike] = (),
+                 folder: bool = False) -> Path:
     """Check that ``path`` can be written, before any work, and claim it for this process.
 
     Args:
-        path: the destination file.
-        force: allow replacing an existing file (never an input).
+        path: the destination file (or folder, with ``folder``).
+        force: allow replacing an existing file (never an input); with ``folder``, an existing folder that holds
+            nothing but ``.dcm`` files (a DICOM series) and no input.
         inputs: the files or folders the command reads; the output may not be or lie in one.
+        folder: the output is a folder of files written whole (:func:`atomic_folder`).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        InputError: naming ``path`` when the folder is missing or unwritable, the file exists
-            without ``force``, it is a folder, it is an input, or another process is writing it.
+        InputError: naming ``path`` when the folder is missing or unwritable, the output exists without ``force``,
+            it is a folder where a file is expected (or the reverse), it is or holds an input, or another process is
+            writing it.
     """
     path = Path(path)
     check_not_input(path, inputs)
@@ -99,13 +107,33 @@ def check_output(path: str | os.PathLike, force: bool = False, inputs: Iterable[
     if not parent.is_dir():
         raise InputError(path, f"output folder {parent} does not exist")
     _probe_writable(path, parent)
-    if path.is_dir():
+    if folder:
+        _check_replaceable_folder(path, force, inputs)
+    elif path.is_dir():
         raise InputError(path, "output is a folder, expected a file")
     if path.exists() and not force:
         raise InputError(path, "output exists; use --force to overwrite")
     claim(path)
     _remove_stale_temporaries(path)
     return path
+
+
+def _check_replaceable_folder(path: Path, force: bool, inputs: Iterable[str | os.PathLike]) -> None:
+    """A folder output may replace (with ``force``) only a folder of ``.dcm`` files that holds no input."""
+    if path.exists() and not path.is_dir():
+        raise InputError(path, "output exists and is a file; a DICOM series is written to a folder")
+    if path.is_dir() and not force:
+        raise InputError(path, "output exists (a folder); use --force to replace it with this DICOM series")
+    if not path.is_dir():
+        return
+    real = _real(path).rstrip(os.sep) + os.sep
+    for inp in inputs:
+        if _real(inp).startswith(real):
+            raise InputError(path, f"output folder holds the input {inp}; choose another output")
+    for entry in os.scandir(path):
+        if not (entry.is_file(follow_symlinks=False) and entry.name.lower().endswith(".dcm")):
+            raise InputError(path, f"output folder holds {entry.name}, not only .dcm files; --force replaces only "
+                                   "a DICOM series folder")
 
 
 # -- claims: one writer per output ------------------------------------------------------------------
@@ -181,14 +209,17 @@ def _temp_name(path: Path) -> Path:
 
 
 def _remove_stale_temporaries(path: Path) -> None:
-    """Remove ``.<name>.<pid>.*.tmp*`` files of ``path`` left by killed processes (pid no longer alive)."""
+    """Remove ``.<name>.<pid>.*.tmp*`` files (and folders) of ``path`` left by killed processes (pid no longer alive)."""
     pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]{{8}}\.tmp")
     with contextlib.suppress(OSError):
         for entry in os.scandir(path.parent if str(path.parent) else "."):
             m = pattern.match(entry.name)
             if m and not _alive(int(m.group(1))):
                 with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
+                    if entry.is_dir(follow_symlinks=False):  # a folder output's (atomic_folder)
+                        shutil.rmtree(entry.path)
+                    else:
+                        os.unlink(entry.path)
 
 
 def _alive(pid: int) -> bool:
@@ -280,6 +311,44 @@ def atomic_open(path: str | os.PathLike, force: bool = False, inputs: Iterable[s
             os.fsync(fh.fileno())
             _test_pause(path)
             _link_into_place(fh.fileno(), path, force)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, force: bool = False,
+                  inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+    """Yield a new empty hidden folder beside ``path``; the files written into it become the folder ``path`` on
+    success (one rename: the output appears whole or not at all, and a killed process leaves a hidden folder that the
+    next check of that output removes). With ``force`` an existing ``path`` (a folder of ``.dcm`` files,
+    :func:`check_output`) is replaced.
+
+    Raises:
+        InputError: as :func:`check_output` (``folder=True``), or the write failed (full disk, read-only folder); the
+            destination is then unchanged and nothing is left behind.
+    """
+    path = check_output(path, force, inputs, folder=True)
+    tmp = _temp_name(path)
+    with _write_errors(path):
+        os.mkdir(tmp)
+        try:
+            yield tmp
+            for entry in os.scandir(tmp):
+                fd = os.open(entry.path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            _test_pause(path)
+            if path.exists():
+                if not force:
+                    raise InputError(path, _APPEARED)
+                old = _temp_name(path)
+                os.rename(path, old)  # the only moment without ``path``: two renames, the old folder then removed
+                os.rename(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from ldp_med.errors import InputError
 from ldp_med.io.dicom import load_dicom
+from ldp_med.io.dicom_out import is_dicom_output, save_dicom
 from ldp_med.io.kspace import KSpaceData, save_kspace
 from ldp_med.io.mgh import is_mgh_path, load_mgh, save_mgh
 from ldp_med.io.nifti import is_nifti_path, load_nifti, save_nifti
 from ldp_med.io.volume import MIN_SIZE, Volume, check_volume_content
 
-__all__ = ["load_volume", "save_volume", "save_output", "is_volume_path", "check_volume_path", "volume_stem",
+__all__ = ["load_volume", "save_volume", "dicom_source", "save_output", "is_volume_path", "check_volume_path", "volume_stem",
            "is_kspace_file", "is_dicom_file"]
 
 #: What a volume output's name may end in (the writer follows the name): NIfTI, FreeSurfer MGH.
@@ -42,14 +43,16 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
 
 
 def is_volume_path(path: str | os.PathLike) -> bool:
-    """True when the name ends in one of :data:`VOLUME_SUFFIXES` (case-insensitive): a volume can be written there."""
-    return Path(path).name.lower().endswith(VOLUME_SUFFIXES)
+    """True when a volume can be written at ``path``: the name ends in one of :data:`VOLUME_SUFFIXES`
+    (case-insensitive), or has no suffix at all (a DICOM series folder, :func:`~ldp_med.io.dicom_out.is_dicom_output`)."""
+    return Path(path).name.lower().endswith(VOLUME_SUFFIXES) or is_dicom_output(path)
 
 
 def check_volume_path(path: str | os.PathLike) -> None:
     """Raise a one-line InputError unless a volume can be written at ``path`` (see :func:`is_volume_path`)."""
     if not is_volume_path(path):
-        raise InputError(path, "output must end in .nii, .nii.gz, .mgh or .mgz")
+        raise InputError(path, "output must end in .nii, .nii.gz, .mgh or .mgz, or be a folder name without a suffix "
+                               "(a DICOM series)")
 
 
 def volume_stem(path: str | os.PathLike) -> str:
@@ -104,9 +107,21 @@ def _read_volume(path: Path, volume_index: int | None) -> Volume:
 
 def save_volume(volume: Volume, path: str | os.PathLike, force: bool = False) -> Path:
     """Write a volume in the format its name says: :func:`~ldp_med.io.mgh.save_mgh` for ``.mgh``/``.mgz``,
-    :func:`~ldp_med.io.nifti.save_nifti` for ``.nii``/``.nii.gz``; any other name is an InputError."""
+    :func:`~ldp_med.io.nifti.save_nifti` for ``.nii``/``.nii.gz``, :func:`~ldp_med.io.dicom_out.save_dicom` for a
+    name without a suffix (a DICOM series folder; one derived from a DICOM input, ``meta["source"]``, joins that
+    input's study); any other name is an InputError."""
     check_volume_path(path)
+    if is_dicom_output(path):
+        return save_dicom(volume, path, force=force, like=dicom_source(volume))
     return save_mgh(volume, path, force=force) if is_mgh_path(path) else save_nifti(volume, path, force=force)
+
+
+def dicom_source(volume: Volume) -> Path | None:
+    """The DICOM file or series folder ``volume`` was read or derived from (``meta["source"]``), else None."""
+    source = volume.meta.get("source")
+    if not source or not os.path.exists(source):
+        return None
+    return Path(source) if os.path.isdir(source) or is_dicom_file(source) else None
 
 
 def save_output(data: KSpaceData | Volume, path: str | os.PathLike, force: bool = False) -> Path:
