@@ -169,7 +169,8 @@ def on_grid_of(volume: Volume, reference: Volume, path: str) -> np.ndarray:
     """
     data, affine = reorient(volume.data, volume.affine, like=reference.affine)
     if data.shape != reference.shape:
-        raise InputError(path, f"shape {volume.shape} does not match the reference's {reference.shape}")
+        stored = "" if data.shape == volume.shape else f", {data.shape} in the reference's axis order,"
+        raise InputError(path, f"shape {volume.shape}{stored} does not match the reference's {reference.shape}")
     gap = float(np.abs(affine - reference.affine).max())
     if gap > SAME_GRID_MM:
         raise InputError(path, f"its grid is not the reference's (affines differ by up to {gap:.3g} mm); "

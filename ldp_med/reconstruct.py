@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 

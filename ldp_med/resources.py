@@ -160,9 +160,9 @@ def input_shape(path: str | os.PathLike, task: str, factor: int | None = 2,
                 axis: int | None = 2) -> tuple[tuple[int, ...], int] | None:
     """(output grid, coils) from a file's header without reading its data, or None when unknown.
 
-    K-space containers: the ``kspace`` dataset's shape (coils, X, Y, Z). NIfTI and MGH: the header's first
+    K-space containers: the ``kspace`` dataset's shape (coils, X, Y, Z). NIfTI (pairs too) and MGH: the header's first
     three dims (superres: ``factor`` x along ``axis``, None read from the header's voxel sizes as the problem
-    will). Other inputs (DICOM folders) return None; their readers check sizes themselves.
+    will). Other inputs (DICOM folders, MINC) return None; their readers check sizes themselves.
     """
     name = str(path).lower()
     try:
@@ -172,7 +172,7 @@ def input_shape(path: str | os.PathLike, task: str, factor: int | None = 2,
             with h5py.File(path, "r") as f:
                 shape = f["kspace"].shape
             return (tuple(shape[1:4]), int(shape[0])) if len(shape) == 4 else None
-        if name.endswith((".nii", ".nii.gz", ".mgh", ".mgz")):
+        if name.endswith((".nii", ".nii.gz", ".mgh", ".mgz", ".hdr", ".img", ".hdr.gz", ".img.gz")):
             import nibabel as nib
 
             from ldp_med.io.guard import quiet

@@ -18,12 +18,12 @@ from nibabel.spatialimages import HeaderDataError
 
 from ldp_med.errors import InputError, one_line
 
-__all__ = ["READ_ERRORS", "quiet", "check_input_file", "gzip_length", "check_data_fits", "read_volume_array"]
+__all__ = ["READ_ERRORS", "MAX_DEFLATE_RATIO", "quiet", "check_input_file", "gzip_length", "check_data_fits", "read_volume_array"]
 
 #: Everything nibabel, gzip and the file system raise for unreadable, truncated or fake files.
 READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error, OverflowError,
                KeyError, TypeError, IndexError)
-_MAX_DEFLATE_RATIO = 1032  # deflate never compresses better than about 1032:1
+MAX_DEFLATE_RATIO = 1032  # deflate never compresses better than about 1032:1
 
 
 @contextmanager
@@ -73,7 +73,7 @@ def check_data_fits(path: Path, needed: int, promised: str) -> None:
     """
     size, held = path.stat().st_size, "holds"
     if path.name.lower().endswith((".gz", ".mgz")):
-        bound = size * _MAX_DEFLATE_RATIO + 4096
+        bound = size * MAX_DEFLATE_RATIO + 4096
         size, held = (bound, "can hold at most") if needed > bound else (gzip_length(path), "holds")
     if needed > size:
         raise InputError(path, f"header promises {promised} ({needed} bytes with the header) but the file {held} "
@@ -96,19 +96,28 @@ def _spatial_shape(shape: tuple[int, ...], path: Path) -> tuple[tuple[int, ...],
     raise InputError(path, f"{len(trimmed)}-D data with shape {tuple(shape)}; expected 3-D or 4-D")
 
 
-def read_volume_array(img: nib.spatialimages.SpatialImage, path: Path, volume_index: int | None) -> np.ndarray:
+def read_volume_array(img: nib.spatialimages.SpatialImage, path: Path, volume_index: int | None,
+                      volume_axis: int | None = None) -> np.ndarray:
     """Read the (scaled) data of one 3-D volume of a nibabel image as float32, shape (X, Y, Z).
 
     Args:
         img: what nibabel opened (its data not yet read).
         path: the file, named in errors.
         volume_index: the volume of 4-D data (0-based); required when there are several, None or 0 for 3-D.
+        volume_axis: the axis of 4-D data that counts the volumes, when it is not the last (MINC's time axis comes
+            first); None: the 4th (NIfTI, MGH).
 
     Raises:
         InputError: 4-D data without a (valid) index, more than 4 dimensions, complex or structured data,
             or data nibabel cannot read (a truncated file).
     """
-    shape3, n_volumes = _spatial_shape(img.shape, path)
+    if volume_axis is None:
+        shape3, n_volumes = _spatial_shape(img.shape, path)
+        index = (slice(None),) * 3 + (volume_index,) + (0,) * (len(img.shape) - 4)
+    else:
+        shape3 = tuple(d for i, d in enumerate(img.shape) if i != volume_axis)
+        n_volumes = img.shape[volume_axis] if img.shape[volume_axis] > 1 else 0
+        index = tuple(volume_index or 0 if i == volume_axis else slice(None) for i in range(len(img.shape)))
     if volume_index is not None and volume_index < 0:
         raise InputError(path, f"volume index {volume_index} must be >= 0")
     if n_volumes:
@@ -119,12 +128,12 @@ def read_volume_array(img: nib.spatialimages.SpatialImage, path: Path, volume_in
             raise InputError(
                 path, f"volume index {volume_index} out of range for 4-D data with {n_volumes} volumes"
             )
+    elif volume_index not in (None, 0):
+        raise InputError(path, f"volume index {volume_index} out of range: the data is 3-D (one volume)")
+    if n_volumes or volume_axis is not None:
         # Slicing the array proxy applies the header's scaling exactly like get_fdata.
-        index = (slice(None),) * 3 + (volume_index,) + (0,) * (len(img.shape) - 4)
         getter = lambda: np.asarray(img.dataobj[index], dtype=np.float32)  # noqa: E731
     else:
-        if volume_index not in (None, 0):
-            raise InputError(path, f"volume index {volume_index} out of range: the data is 3-D (one volume)")
         getter = lambda: img.get_fdata(dtype=np.float32)  # noqa: E731
     dtype = img.get_data_dtype()
     if np.issubdtype(dtype, np.complexfloating):

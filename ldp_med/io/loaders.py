@@ -11,6 +11,7 @@ from ldp_med.io.dicom import load_dicom
 from ldp_med.io.dicom_out import is_dicom_output, save_dicom
 from ldp_med.io.kspace import KSpaceData, save_kspace
 from ldp_med.io.mgh import is_mgh_path, load_mgh, save_mgh
+from ldp_med.io.minc import is_minc_path, load_minc
 from ldp_med.io.nifti import is_nifti_path, load_nifti, save_nifti
 from ldp_med.io.volume import MIN_SIZE, Volume, check_volume_content
 
@@ -22,6 +23,7 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
 
 _DICOM_SUFFIXES = (".dcm", ".ima")
 _KSPACE_SUFFIXES = (".h5", ".hdf5")
+_READ_ONLY_SUFFIXES = (".mnc.gz", ".mnc", ".hdr.gz", ".img.gz", ".hdr", ".img")  # MINC, NIfTI pairs
 
 
 def is_kspace_file(path: str | os.PathLike) -> bool:
@@ -58,23 +60,24 @@ def check_volume_path(path: str | os.PathLike) -> None:
 def volume_stem(path: str | os.PathLike) -> str:
     """``scan.nii.gz`` -> ``scan``, ``brain.mgz`` -> ``brain``: the name without a volume or k-space suffix."""
     name = Path(path).name
-    for suffix in VOLUME_SUFFIXES + _KSPACE_SUFFIXES:
+    for suffix in VOLUME_SUFFIXES + _READ_ONLY_SUFFIXES + _KSPACE_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
 
 
 def load_volume(path: str | os.PathLike, volume_index: int | None = None, min_size: int = MIN_SIZE) -> Volume:
-    """Read a volume from a NIfTI file, a FreeSurfer MGH/MGZ file, a DICOM series folder or a DICOM file.
+    """Read a volume from a NIfTI file, a FreeSurfer MGH/MGZ file, a MINC file, a DICOM series folder or a DICOM file.
 
     Dispatch: a folder, a ``.dcm``/``.ima`` file or a file with the DICOM marker -> :func:`load_dicom`;
-    ``.nii``/``.nii.gz`` -> :func:`load_nifti`; ``.mgh``/``.mgz`` -> :func:`load_mgh`; anything else is an error.
+    ``.nii``/``.nii.gz`` and ``.hdr``/``.img`` pairs -> :func:`load_nifti`; ``.mgh``/``.mgz`` -> :func:`load_mgh`; ``.mnc``/``.mnc.gz`` ->
+    :func:`~ldp_med.io.minc.load_minc`; anything else is an error.
     The volume must then have at least ``min_size`` voxels along every axis and more than one intensity
     (:func:`check_volume_content`).
 
     Args:
         path: file or folder.
-        volume_index: volume of 4-D NIfTI or MGH data to read; not valid for DICOM.
+        volume_index: volume of 4-D NIfTI, MGH or MINC data to read; not valid for DICOM.
         min_size: fewest voxels along each axis (default :data:`~ldp_med.io.volume.MIN_SIZE`; 1 accepts
             a single DICOM slice).
 
@@ -96,13 +99,16 @@ def _read_volume(path: Path, volume_index: int | None) -> Volume:
         return load_nifti(path, volume_index=volume_index)
     if is_mgh_path(path):
         return load_mgh(path, volume_index=volume_index)
+    if is_minc_path(path):
+        return load_minc(path, volume_index=volume_index)
     if path.is_dir() or is_dicom_file(path):
         if volume_index is not None:
-            raise InputError(path, "a volume index applies to 4-D NIfTI or MGH only, not to DICOM")
+            raise InputError(path, "a volume index applies to 4-D NIfTI, MGH or MINC only, not to DICOM")
         return load_dicom(path)
     if is_kspace_file(path):
         raise InputError(path, "is a k-space container (HDF5), not a volume; read it with load_kspace")
-    raise InputError(path, "unrecognised format (expected NIfTI .nii/.nii.gz, FreeSurfer .mgh/.mgz or a DICOM folder)")
+    raise InputError(path, "unrecognised format (expected NIfTI .nii/.nii.gz/.hdr+.img, FreeSurfer .mgh/.mgz, MINC "
+                           ".mnc/.mnc.gz or a DICOM folder)")
 
 
 def save_volume(volume: Volume, path: str | os.PathLike, force: bool = False) -> Path:

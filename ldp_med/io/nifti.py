@@ -30,10 +30,32 @@ _XFORM_CODES = range(0, 6)  # unknown, scanner, aligned, Talairach, MNI, templat
 PROVENANCE = ("align_", "regimes", "classical")
 
 
+_PAIR_SUFFIXES = (".hdr", ".img", ".hdr.gz", ".img.gz")  # a NIfTI pair: header and data in two files (read only)
+
+
 def is_nifti_path(path: str | os.PathLike) -> bool:
-    """True when the file name ends in ``.nii`` or ``.nii.gz`` (case-insensitive)."""
+    """True when the file name ends in ``.nii`` or ``.nii.gz``, or names one file of a ``.hdr``/``.img`` pair
+    (also gzip-compressed; case-insensitive)."""
     name = Path(path).name.lower()
-    return name.endswith(".nii") or name.endswith(".nii.gz")
+    return name.endswith((".nii", ".nii.gz")) or _is_pair(path)
+
+
+def _is_pair(path: str | os.PathLike) -> bool:
+    return Path(path).name.lower().endswith(_PAIR_SUFFIXES)
+
+
+def _pair_files(path: Path) -> tuple[Path, Path]:
+    """(header file, data file) of the pair ``path`` names (either one, the case of its suffix kept)."""
+    name = path.name
+    gz = name.lower().endswith(".gz")
+    stem, suffix = (name[:-7], name[-7:-3]) if gz else (name[:-4], name[-4:])
+    swap = {".hdr": ".img", ".img": ".hdr", ".HDR": ".IMG", ".IMG": ".HDR"}.get(suffix, ".img")
+    other = path.with_name(stem + swap + (name[-3:] if gz else ""))
+    header, data = (path, other) if suffix.lower() == ".hdr" else (other, path)
+    for file in (header, data):
+        if not file.is_file():
+            raise InputError(path, f"{file.name}, the other file of this NIfTI pair, is missing")
+    return header, data
 
 
 def _raw_header(path: Path) -> nib.Nifti1Header:
@@ -67,11 +89,16 @@ def _header_shape(hdr: nib.Nifti1Header, path: Path) -> tuple[int, ...]:
     return shape
 
 
-def _check_magic(hdr: nib.Nifti1Header, path: Path) -> None:
+def _check_magic(hdr: nib.Nifti1Header, path: Path, pair: bool) -> None:
     magic = bytes(hdr["magic"]).rstrip(b"\0")
-    if magic in (b"ni1", b"ni2"):
+    if pair and magic in (b"n+1", b"n+2"):
+        raise InputError(path, f"header magic {magic.decode()!r} belongs to a single-file NIfTI, not a .hdr/.img pair")
+    if pair and magic == b"":
+        raise InputError(path, "an Analyze 7.5 header (no NIfTI magic): it does not say which way the patient's left "
+                               "lies; convert it to NIfTI where that is known")
+    if not pair and magic in (b"ni1", b"ni2"):
         raise InputError(path, f"header magic {magic.decode()!r} belongs to a .hdr/.img pair, not a single-file NIfTI")
-    if magic not in (b"n+1", b"n+2"):
+    if magic not in ((b"ni1", b"ni2") if pair else (b"n+1", b"n+2")):
         raise InputError(path, f"not a readable NIfTI file (magic {magic!r})")
 
 
@@ -87,14 +114,15 @@ def _data_bytes(hdr: nib.Nifti1Header, shape: tuple[int, ...], path: Path) -> in
     return n
 
 
-def _check_data_extent(hdr: nib.Nifti1Header, shape: tuple[int, ...], path: Path) -> None:
-    """The data the header promises must fit in the file: checked before anything is allocated."""
+def _check_data_extent(hdr: nib.Nifti1Header, shape: tuple[int, ...], path: Path, data_file: Path) -> None:
+    """The data the header promises must fit in ``data_file`` (``path`` itself, or a pair's ``.img``): checked
+    before anything is allocated."""
     offset = float(hdr["vox_offset"])
-    minimum = hdr.single_vox_offset
+    minimum = hdr.single_vox_offset if data_file == path else 0
     if not np.isfinite(offset) or offset != int(offset) or offset < minimum:
         raise InputError(path, f"header vox_offset = {offset:g} must be a whole number >= {minimum}")
     needed = int(offset) + _data_bytes(hdr, shape, path)  # refuses an unknown datatype first
-    check_data_fits(path, needed, f"{'x'.join(map(str, shape))} {hdr.get_data_dtype()}")
+    check_data_fits(data_file, needed, f"{'x'.join(map(str, shape))} {hdr.get_data_dtype()}")
 
 
 def _check_geometry_fields(hdr: nib.Nifti1Header, shape: tuple[int, ...], path: Path) -> None:
@@ -118,11 +146,12 @@ def _check_scaling(hdr: nib.Nifti1Header, path: Path) -> None:
 
 
 def _check_header(path: Path) -> None:
-    """Reject a header nibabel would silently fix, or whose data cannot be in the file."""
-    hdr = _raw_header(path)
-    _check_magic(hdr, path)
-    shape = _header_shape(hdr, path)
-    _check_data_extent(hdr, shape, path)
+    """Reject a header nibabel would silently fix, or whose data cannot be in the file (a pair's: its ``.img``)."""
+    header, data = _pair_files(path) if _is_pair(path) else (path, path)
+    hdr = _raw_header(header)
+    _check_magic(hdr, header, pair=header != data)
+    shape = _header_shape(hdr, header)
+    _check_data_extent(hdr, shape, header, data)
     _check_geometry_fields(hdr, shape, path)
     _check_scaling(hdr, path)
 
@@ -134,7 +163,7 @@ def _open_image(path: Path) -> nib.Nifti1Image:
             img = nib.load(path, mmap=False)
     except READ_ERRORS as exc:
         raise InputError(path, f"not a readable NIfTI file ({one_line(exc)})") from None
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+    if not isinstance(img, (nib.Nifti1Pair, nib.Nifti2Pair)):  # the single-file images are pairs' subclasses
         raise InputError(path, f"not a NIfTI file (nibabel reads it as {type(img).__name__})")
     return img
 
@@ -156,10 +185,10 @@ def _header_meta(img: nib.Nifti1Image, path: Path) -> dict:
 
 
 def load_nifti(path: str | os.PathLike, volume_index: int | None = None) -> Volume:
-    """Read a NIfTI-1 or NIfTI-2 file (``.nii`` or ``.nii.gz``) as a :class:`Volume`.
+    """Read a NIfTI-1 or NIfTI-2 file (``.nii`` or ``.nii.gz``, or a ``.hdr``/``.img`` pair) as a :class:`Volume`.
 
     Args:
-        path: the file.
+        path: the file (either file of a pair).
         volume_index: which volume of 4-D data to read (0-based); required for 4-D data with
             more than one volume. 3-D data (also stored as (X, Y, Z, 1)) accepts None or 0.
 
@@ -178,7 +207,7 @@ def load_nifti(path: str | os.PathLike, volume_index: int | None = None) -> Volu
             dimension, NaN/Inf values, or a singular affine.
     """
     path = Path(path)
-    check_input_file(path, "a NIfTI file (.nii or .nii.gz)")
+    check_input_file(path, "a NIfTI file (.nii, .nii.gz or a .hdr/.img pair)")
     img = _open_image(path)
     data = check_volume_array(read_volume_array(img, path, volume_index), path)
     affine = check_affine(img.affine, path)
@@ -259,7 +288,7 @@ def save_nifti(volume: Volume, path: str | os.PathLike, force: bool = False) -> 
             missing output folder, non-3-D or non-finite data, or a singular affine.
     """
     path = Path(path)
-    if not is_nifti_path(path):
+    if not Path(path).name.lower().endswith((".nii", ".nii.gz")):
         raise InputError(path, "output must end in .nii or .nii.gz")
     data = check_volume_array(volume.data, path)
     check_affine(volume.affine, path)

@@ -1,7 +1,8 @@
 """The generated bad-input corpus: every case is one (kind, field, value) applied to a valid base input.
 
 Kinds: ``nifti`` (.nii) and ``nifti_gz`` (.nii.gz) header fields and contents, ``gzip`` (truncated or
-corrupted compressed streams), ``mgz`` (FreeSurfer MGZ header fields, contents and truncations), ``dicom`` (series folders with bad geometry, sizes, rescaling, transfer
+corrupted compressed streams), ``mgz`` (FreeSurfer MGZ header fields, contents and truncations), ``minc`` (MINC1 ``.mnc.gz``
+geometry, scaling, dimensions, truncations and a compressed MINC2), ``dicom`` (series folders with bad geometry, sizes, rescaling, transfer
 syntaxes, and pydicom's own broken test files), ``kspace`` (HDF5 containers with wrong datasets and
 attributes) and ``model`` (model folders: config, weights, pickles). :func:`build` writes one case under a
 folder and returns the command line that must reject it with exit code 2 and one line naming the file.
@@ -100,6 +101,18 @@ MGH_FIELDS: dict[str, list] = {
     "truncate": [1, 100, 283, 300, 0.5, 0.99],
 }
 
+MINC_FIELDS: dict[str, list] = {
+    "step": [0.0, NAN, INF],
+    "start": [NAN, INF],
+    "direction_cosines": ["nan", "zeros", "parallel"],
+    "image-max": [NAN, INF],
+    "valid_range": ["equal", "nan"],
+    "dims": ["two_times", "vector", "two_spatial", "irregular"],
+    "content": ["zeros", "2x2x2", "four_d"],
+    "file": ["empty", "text", "random_bytes", "minc2_gz", "netcdf_without_image"],
+    "truncate": [3, 100, 0.5, 0.99],
+}
+
 DICOM_FIELDS: dict[str, list] = {
     "ImagePositionPatient": ["missing_one", "missing_all", "nan", "two_values", "text", "duplicate", "gap",
                              "empty", "inf", "all_same"],
@@ -148,7 +161,7 @@ MODEL_FIELDS: dict[str, list] = {
 }
 
 KINDS = {"nifti": NIFTI_FIELDS, "nifti_gz": NIFTI_FIELDS, "gzip": GZIP_FIELDS, "mgz": MGH_FIELDS,
-         "dicom": DICOM_FIELDS, "kspace": KSPACE_FIELDS, "model": MODEL_FIELDS}
+         "minc": MINC_FIELDS, "dicom": DICOM_FIELDS, "kspace": KSPACE_FIELDS, "model": MODEL_FIELDS}
 
 
 def all_cases() -> list[Case]:
@@ -213,7 +226,8 @@ def bases(root: str) -> dict[str, Path]:
     good = base / "good.nii.gz"
     good.write_bytes(gzip.compress(nifti_bytes(_nifti_header(), phantom())))
     (base / "good.mgz").write_bytes(gzip.compress(mgh_bytes(phantom())))
-    paths = {"nifti": good, "mgz": base / "good.mgz", "dicom": _write_series(base / "series", [{}] * 8),
+    (base / "good.mnc.gz").write_bytes(gzip.compress(_minc_case_bytes("", None)))
+    paths = {"nifti": good, "mgz": base / "good.mgz", "minc": base / "good.mnc.gz", "dicom": _write_series(base / "series", [{}] * 8),
              "kspace": _good_kspace(base / "good.h5", good), "model": _tiny_model(base / "model")}
     return paths
 
@@ -391,6 +405,106 @@ def _patch_mgh(field: str, value) -> bytes:
 def _write_mgh_case(case: Case, folder: Path) -> Path:
     path = folder / "bad.mgz"
     path.write_bytes(gzip.compress(_patch_mgh(case.field, case.value), mtime=0))
+    return path
+
+
+# MINC1 (netCDF): the geometry of tests/io/test_minc.py's files (exact oblique cosines, a negative step)
+_MINC_ROT = np.array([[0.96, -0.28, 0.0], [0.28, 0.96, 0.0], [0.0, 0.0, 1.0]]) @ \
+    np.array([[1.0, 0.0, 0.0], [0.0, 0.8, -0.6], [0.0, 0.6, 0.8]])
+MINC_COSINES = {"xspace": _MINC_ROT[:, 0], "yspace": _MINC_ROT[:, 1], "zspace": _MINC_ROT[:, 2]}
+MINC_STEPS = {"xspace": 1.5, "yspace": -2.0, "zspace": 2.5, "time": 1.0, "time2": 1.0, "vector_dimension": 1.0}
+MINC_STARTS = {"xspace": -30.0, "yspace": 40.0, "zspace": -12.5, "time": 0.0, "time2": 0.0, "vector_dimension": 0.0}
+
+
+def minc1_bytes(stored: np.ndarray, names: tuple[str, ...], lo, hi, attrs: dict | None = None,
+                valid_range=(0.0, 255.0), spacing: bytes = b"regular__") -> bytes:
+    """A MINC1 file: unsigned bytes ``stored`` with dimensions ``names`` (file order), per-slice real range ``lo`` ..
+    ``hi`` along the first dimension, :data:`MINC_STEPS` / :data:`MINC_STARTS` / :data:`MINC_COSINES` (``attrs``:
+    ``{(dimension, attribute): value}`` replaces one)."""
+    import tempfile
+
+    from nibabel.externals.netcdf import netcdf_file
+
+    attrs = attrs or {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.mnc"
+        f = netcdf_file(str(path), "w")
+        for name, size in zip(names, stored.shape):
+            f.createDimension(name, size)
+            var = f.createVariable(name, "d", ())
+            var.step, var.start, var.spacing = MINC_STEPS[name], MINC_STARTS[name], spacing
+            if name in MINC_COSINES:
+                var.direction_cosines = MINC_COSINES[name]
+            for (dim, key), value in attrs.items():
+                if dim == name:
+                    setattr(var, key, value)
+        image = f.createVariable("image", "b", names)
+        image[:] = stored.view(np.int8)
+        image.signtype, image.valid_range = b"unsigned", np.asarray(valid_range, np.float64)
+        for key, values in (("image-min", lo), ("image-max", hi)):
+            var = f.createVariable(key, "d", names[:1])
+            var[:] = values
+        f.close()
+        return path.read_bytes()
+
+
+#: The valid MINC base on the NIfTI base's grid (1.2 x 1.0 x 1.5 mm from (-5, -6, -7)), so that `evaluate` compares
+#: them voxel for voxel in the positive control.
+_MINC_BASE = {**{(n, "step"): v for n, v in zip(("xspace", "yspace", "zspace"), (1.2, 1.0, 1.5))},
+              **{(n, "start"): v for n, v in zip(("xspace", "yspace", "zspace"), (-5.0, -6.0, -7.0))},
+              **{(n, "direction_cosines"): np.eye(3)[i] for i, n in enumerate(("xspace", "yspace", "zspace"))}}
+
+
+def _minc_case_bytes(field: str, value) -> bytes:
+    """The bytes of a MINC1 file (before compression) with ``field`` set to ``value``; the valid base for any other
+    field."""
+    data = (phantom() * 200 + 20).astype(np.uint8)
+    names = ("xspace", "yspace", "zspace")
+    lo, hi = np.zeros(data.shape[0]), np.full(data.shape[0], 255.0)
+
+    def minc(stored, dims=names, low=lo, high=hi, **kw):
+        return minc1_bytes(np.ascontiguousarray(stored), dims, low, high, {**_MINC_BASE, **kw.pop("attrs", {})}, **kw)
+
+    if field == "file":
+        return {"empty": b"", "text": b"this is not a MINC file\n" * 20,
+                "random_bytes": np.random.default_rng(5).integers(0, 256, 4000, dtype=np.uint8).tobytes(),
+                "netcdf_without_image": b"CDF\x01" + b"\0" * 28}.get(value, b"")
+    if field == "truncate":
+        raw = minc(data)
+        return raw[:int(len(raw) * value) if isinstance(value, float) else value]
+    if field in ("step", "start"):
+        return minc(data, attrs={("yspace", field): value})
+    if field == "direction_cosines":
+        cos = {"nan": np.full(3, NAN), "zeros": np.zeros(3), "parallel": np.eye(3)[0]}[value]
+        return minc(data, attrs={("yspace", "direction_cosines"): cos})
+    if field == "image-max":
+        return minc(data, high=np.full_like(hi, value))
+    if field == "valid_range":
+        return minc(data, valid_range=(7.0, 7.0) if value == "equal" else (NAN, 255.0))
+    if field == "dims":
+        if value == "irregular":
+            return minc(data, spacing=b"irregular")
+        if value == "vector":
+            return minc(np.moveaxis(np.broadcast_to(data, (3,) + data.shape), 0, -1), names + ("vector_dimension",))
+        if value == "two_times":
+            return minc(np.broadcast_to(data, (2, 2) + data.shape), ("time", "time2") + names, np.zeros(2),
+                        np.full(2, 255.0))
+        return minc(data[0], names[1:], np.zeros(data.shape[1]), np.full(data.shape[1], 255.0))
+    if value == "four_d":
+        return minc(np.stack([data, data]), ("time",) + names, np.zeros(2), np.full(2, 255.0))
+    if field != "content":  # the valid base
+        return minc(data)
+    small = np.zeros_like(data) if value == "zeros" else data[:2, :2, :2]
+    return minc(small, names, lo[:small.shape[0]], hi[:small.shape[0]])
+
+
+def _write_minc_case(case: Case, folder: Path) -> Path:
+    path = folder / "bad.mnc.gz"
+    if case.field == "file" and case.value == "minc2_gz":
+        content = (Path(nib.__file__).parent / "tests" / "data" / "small.mnc").read_bytes()
+    else:
+        content = _minc_case_bytes(case.field, case.value)
+    path.write_bytes(gzip.compress(content, mtime=0))
     return path
 
 
@@ -815,6 +929,8 @@ def build(case: Case, folder: Path, base_root: Path, command: int = 0) -> Invoca
         bad = _write_gzip_case(case, folder)
     elif case.kind == "mgz":
         bad = _write_mgh_case(case, folder)
+    elif case.kind == "minc":
+        bad = _write_minc_case(case, folder)
     elif case.kind == "dicom":
         bad = _write_dicom_case(case, folder)
     elif case.kind == "kspace":

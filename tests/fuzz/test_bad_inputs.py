@@ -99,7 +99,7 @@ def test_corpus_size_and_structure():
 def test_good_inputs_pass_every_command(base_root, tmp_path):
     """The positive control: every command accepts the valid base input the corpus corrupts."""
     paths = bases(str(base_root))
-    runs = [(t, paths[kind]) for t in VOLUME_COMMANDS for kind in ("nifti", "mgz")]
+    runs = [(t, paths[kind]) for t in VOLUME_COMMANDS for kind in ("nifti", "mgz", "minc")]
     runs += [(t, paths["kspace"]) for t in KSPACE_COMMANDS]
     for template, good_input in runs + [(REFERENCE_COMMAND, paths["kspace"])]:
         out = tmp_path / "out"

@@ -121,7 +121,7 @@ def test_load_volume_dispatches_folder_and_marker(series, tmp_path):
     plain = tmp_path / "IM0001"  # no suffix: recognised by the DICM marker
     plain.write_bytes(next(series.glob("*.dcm")).read_bytes())
     assert load_volume(plain, min_size=1).shape == (COLS, ROWS, 1)
-    with pytest.raises(InputError, match="4-D NIfTI or MGH only"):
+    with pytest.raises(InputError, match="4-D NIfTI, MGH or MINC only"):
         load_volume(series, volume_index=0)
 
 

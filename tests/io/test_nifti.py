@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from ldp_med.errors import InputError
-from ldp_med.io import Volume, check_volume_array, load_nifti, load_volume, save_nifti
+from ldp_med.io import Volume, check_volume_array, load_nifti, load_volume, save_nifti, save_volume
+from ldp_med.io.loaders import volume_stem
+from tests.conftest import ellipsoid_phantom, oblique_affine
 
 SHAPE = (9, 12, 10)
 
@@ -223,7 +225,7 @@ def test_check_volume_array_rejects_bad_arrays():
 
 def test_load_volume_dispatch(oblique, tmp_path):
     assert load_volume(oblique).meta["format"] == "nifti"
-    other = tmp_path / "scan.img"
+    other = tmp_path / "scan.raw"
     other.write_bytes(b"\0" * 400)
     with pytest.raises(InputError, match="unrecognised format"):
         load_volume(other)
@@ -321,3 +323,33 @@ def test_load_volume_refuses_constant_and_tiny_volumes(tmp_path, data, needle):
     load_nifti(path)  # the reader itself reads it; load_volume (what commands use) refuses it
     with pytest.raises(InputError, match=needle):
         load_volume(path)
+
+
+def test_a_nifti_pair_reads_as_its_single_file_and_bad_pairs_give_one_line(tmp_path):
+    data = (ellipsoid_phantom((9, 8, 7)) * 300).astype(np.int16)
+    nib.save(nib.Nifti1Image(data, oblique_affine()), tmp_path / "one.nii")
+    single = load_volume(tmp_path / "one.nii")
+    for name in ("pair.hdr", "pair.img", "gz.hdr.gz", "gz.img.gz", "CAPS.HDR"):
+        path = tmp_path / name
+        if not path.exists():
+            nib.save(nib.Nifti1Pair(data, oblique_affine()), path)
+        vol = load_volume(path)
+        assert np.array_equal(vol.data, single.data) and np.allclose(vol.affine, single.affine)
+        assert vol.meta["source"] == str(path)
+    assert volume_stem("scan.img.gz") == "scan" and volume_stem("scan.hdr") == "scan"
+    (tmp_path / "lost.hdr").write_bytes((tmp_path / "pair.hdr").read_bytes())
+    (tmp_path / "cut.hdr").write_bytes((tmp_path / "pair.hdr").read_bytes())
+    (tmp_path / "cut.img").write_bytes((tmp_path / "pair.img").read_bytes()[:200])
+    nib.save(nib.AnalyzeImage(data, np.eye(4)), tmp_path / "analyze.hdr")
+    nib.save(nib.Nifti1Image(data, oblique_affine()), tmp_path / "single_in.nii")
+    (tmp_path / "single.hdr").write_bytes((tmp_path / "single_in.nii").read_bytes()[:348])
+    (tmp_path / "single.img").write_bytes(data.tobytes(order="F"))
+    for name, message in [("lost.hdr", "lost.img, the other file of this NIfTI pair, is missing"),
+                          ("cut.img", "header promises 9x8x7 int16 .* the file holds 200 bytes"),
+                          ("analyze.img", "an Analyze 7.5 header \\(no NIfTI magic\\)"),
+                          ("single.hdr", "header magic 'n\\+1' belongs to a single-file NIfTI")]:
+        with pytest.raises(InputError, match=message) as info:
+            load_volume(tmp_path / name)
+        assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="output must end in"):
+        save_volume(single, tmp_path / "out.img")
