@@ -27,9 +27,11 @@ RECON_OVERHEAD = 100e6
 #: Complex64 C x C per-voxel matrices of ESPIRiT (sigpy's image-domain AHA and its products), per coil pair.
 ESPIRIT_COIL_PAIRS = 2.5
 #: Live complex64 multi-coil arrays (coils x X x Y x Z x 8 bytes) at the peak of each k-space method,
-#: ESPIRiT coil-map estimation included (it runs once for every method when the file has no maps); cs from a
-#: 1 mm head (182x218x182, 8 coils: 4.61 GB measured, docs/reliability.md), where its arrays outweigh ESPIRiT's.
-KSPACE_COIL_ARRAYS = {"zero-filled": 2.0, "cs": 6.0, "tv": 4.0, "prior": 4.0, "dps": 6.0}
+#: ESPIRiT coil-map estimation included (it runs once for every method when the file has no maps). zero-filled, cs
+#: and tv from 1 mm heads, where the arrays outweigh ESPIRiT's (session 48, peak RSS less the 0.6 GB program, 8
+#: coils): 182x218x182 3.11 / 4.61 / 5.29 GB, 256^3 6.74 / 9.29 / 11.65 GB (docs/reliability.md); their 2, 6 and 4
+#: until then, calibrated on 64x72x64, were below both.
+KSPACE_COIL_ARRAYS = {"zero-filled": 5.0, "cs": 7.5, "tv": 9.5, "prior": 4.0, "dps": 6.0}
 #: Live float32 images (X x Y x Z x 4 bytes) at the peak of each image-domain method.
 IMAGE_ARRAYS = {"nlm": 12.0, "cubic": 8.0, "prior": 16.0, "dps": 20.0}
 #: Live float32 activations per model-grid voxel and first-level channel of the prior's networks
