@@ -166,13 +166,17 @@ def reconstruct(inputs, out, method, task, factor, axis, volume_index, config_pa
 
 @cli.command()
 @click.argument("recon")
-@click.option("--reference", required=True, help="Reference NIfTI/DICOM or a k-space container (its `reference`).")
+@click.option("--reference", required=True,
+              help="Reference volume (NIfTI, MGH, MINC, DICOM) or a k-space container (its `reference`).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def evaluate(recon, reference, as_json):
+@click.option("--report", default=None, help="Write a PNG of orthogonal slices: reference, reconstruction, "
+                                             "error x10.")
+@click.option("--force", is_flag=True, help="Overwrite an existing report.")
+def evaluate(recon, reference, as_json, report, force):
     """PSNR, SSIM (3-D) and NMSE of a reconstruction against a reference."""
     from ldp_med.pipeline import evaluate_files
 
-    scores = evaluate_files(recon, reference)
+    scores = evaluate_files(recon, reference, report, force)
     if as_json:
         click.echo(json.dumps(scores))
     else:

@@ -151,7 +151,8 @@ SAME_GRID_MM = 1e-3
 
 
 def load_reference(path: str) -> Volume:
-    """A reference magnitude volume and its grid: a NIfTI/MGH/DICOM volume or a k-space container's ``reference``."""
+    """A reference magnitude volume and its grid: a volume (NIfTI, MGH, MINC, DICOM) or a k-space container's
+    ``reference``."""
     if is_kspace_file(path):
         ksp = load_kspace(path)
         if ksp.reference is None:
@@ -178,8 +179,28 @@ def on_grid_of(volume: Volume, reference: Volume, path: str) -> np.ndarray:
     return np.ascontiguousarray(data)
 
 
-def evaluate_files(recon: str, reference: str) -> dict[str, float]:
+def evaluate_files(recon: str, reference: str, report: str | None = None, force: bool = False) -> dict[str, float]:
     """PSNR/SSIM/NMSE of the volume in ``recon`` against ``reference`` (conventions: ldp_med.metrics), voxel for
-    voxel on the reference's grid (:func:`on_grid_of`)."""
+    voxel on the reference's grid (:func:`on_grid_of`); with ``report``, a PNG of the reference, the reconstruction
+    and the error magnified :data:`ERROR_GAIN` times, on the reference's grid (checked, like every output, before the
+    work: never an input, never over a file without ``force``)."""
+    if report:
+        check_output(report, force, inputs=[recon, reference])
     ref = load_reference(reference)
-    return evaluate(on_grid_of(load_volume(recon), ref, recon), ref.data)
+    data = on_grid_of(load_volume(recon), ref, recon)
+    scores = evaluate(data, ref.data)
+    if report:
+        from ldp_med.report import save_slices_png
+
+        top = float(np.percentile(ref.data, 99.5)) or 1.0
+        error = np.abs(data - ref.data)
+        save_slices_png(report, {"reference": ref.data, "reconstruction": data, f"|error| x{ERROR_GAIN}": error},
+                        force=force, scales={"reference": (0, top), "reconstruction": (0, top),
+                                             f"|error| x{ERROR_GAIN}": (0, top / ERROR_GAIN)},
+                        title=f"{Path(recon).name}: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f}",
+                        affine=ref.affine)
+    return scores
+
+
+#: How many times the error is magnified in ``evaluate``'s report (its row spans a tenth of the reference's range).
+ERROR_GAIN = 10

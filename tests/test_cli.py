@@ -206,6 +206,26 @@ def test_evaluate_compares_voxels_at_the_same_place_whatever_the_storage_order(t
     assert_one_line_error(run("evaluate", shifted, "--reference", phantom_nifti), shifted, "grid is not the reference's")
 
 
+def test_evaluate_writes_an_error_report_on_the_references_grid_and_never_over_a_file(tmp_path, phantom_nifti):
+    from PIL import Image
+
+    ref = nib.load(str(phantom_nifti))
+    noisy = np.asarray(ref.dataobj, np.float32) + np.random.default_rng(0).normal(0, 5, ref.shape).astype(np.float32)
+    rec = _write_nifti(tmp_path / "rec.nii.gz", noisy, ref.affine)
+    png = tmp_path / "err.png"
+    r = run("evaluate", rec, "--reference", phantom_nifti, "--report", png)
+    assert r.exit_code == 0, r.output
+    pixels = np.asarray(Image.open(png).convert("L"), np.float32)
+    assert pixels.shape == (720, 720)  # three rows (reference, reconstruction, error) of 3 x 3 inches at 80 dpi
+    assert pixels[480:].max() == 255  # the error, magnified 10 times, saturates somewhere
+    assert_one_line_error(run("evaluate", rec, "--reference", phantom_nifti, "--report", png), png, "--force")
+    assert run("evaluate", rec, "--reference", phantom_nifti, "--report", png, "--force").exit_code == 0
+    before = digest(rec)
+    assert_one_line_error(run("evaluate", rec, "--reference", phantom_nifti, "--report", rec, "--force"), rec,
+                          "output is the input")
+    assert digest(rec) == before
+
+
 def test_bad_config_override(tmp_path, phantom_nifti):
     h5 = _good_container(tmp_path, phantom_nifti)
     assert_one_line_error(run("reconstruct", h5, "-o", tmp_path / "o.nii.gz", "--set", "baseline.cs_iters=x"), "cs_iters")
