@@ -72,7 +72,9 @@ def main() -> None:  # console-script entry point
 
 @cli.command()
 @click.argument("clean")
-@click.option("-o", "--out", required=True, help="Output: .h5 for kspace, a volume (.nii.gz, .nii, .mgz, .mgh, or a name without a suffix: a DICOM series folder) otherwise.")
+@click.option("-o", "--out", required=True,
+              help="Output: .h5 for kspace, a volume (.nii.gz, .nii, .mgz, .mgh, or a name without a suffix: a DICOM "
+                   "series folder) otherwise.")
 @click.option("--task", type=click.Choice(TASKS), default="kspace", show_default=True)
 @click.option("--accel", type=float, default=4.0, show_default=True, help="Requested acceleration R.")
 @click.option("--mask", "mask_kind", type=click.Choice(["poisson", "random-lines", "equispaced-lines"]), default="poisson", show_default=True)
@@ -130,7 +132,9 @@ def _check_args(out, accel, calib, coils, noise, factor, axis) -> None:
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--out", required=True, help="Output volume, .nii.gz, .nii, .mgz, .mgh or a name without a suffix (a DICOM series folder) for one input; an existing folder for several.")
+@click.option("-o", "--out", required=True,
+              help="Output volume, .nii.gz, .nii, .mgz, .mgh or a name without a suffix (a DICOM series "
+                   "folder) for one input; an existing folder for several.")
 @click.option("--method", type=click.Choice(ALL_METHODS), default=None, help="Default: " + ", ".join(f"{m} ({t})" for t, m in DEFAULT_METHOD.items()) + "; prior = latent posterior sampling (the config's posterior.method, DDS by default), dps = latent DPS.")
 @click.option("--task", type=click.Choice(["auto", *TASKS]), default=None, help="Default: auto (kspace for .h5; other inputs need --task).")
 @click.option("--factor", type=int, default=None, help="superres: slice-thickness factor [the slice axis' voxel size over the in-plane one; 2 for isotropic voxels].")
@@ -298,7 +302,8 @@ def info(model_dir, as_json):
 
 @cli.command()
 @click.argument("input_path", metavar="INPUT")
-@click.option("-o", "--out", required=True, help="Output volume (.nii.gz, .nii, .mgz, .mgh, or a name without a suffix: a DICOM series folder).")
+@click.option("-o", "--out", required=True,
+              help="Output volume (.nii.gz, .nii, .mgz, .mgh, or a name without a suffix: a DICOM series folder).")
 @click.option("--model", "model_dir", default=None, help="Model folder (default: the shipped model).")
 @click.option("--volume-index", type=int, default=None, help="Volume to use from 4-D input.")
 @click.option("--align", is_flag=True, help="Place the model grid by registration to the model space, not by centring.")

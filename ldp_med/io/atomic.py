@@ -209,7 +209,8 @@ def _temp_name(path: Path) -> Path:
 
 
 def _remove_stale_temporaries(path: Path) -> None:
-    """Remove ``.<name>.<pid>.*.tmp*`` files (and folders) of ``path`` left by killed processes (pid no longer alive)."""
+    """Remove ``.<name>.<pid>.*.tmp*`` files (and folders) of ``path`` left by killed processes (pid no longer
+    alive)."""
     pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]{{8}}\.tmp")
     with contextlib.suppress(OSError):
         for entry in os.scandir(path.parent if str(path.parent) else "."):

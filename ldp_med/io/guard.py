@@ -18,7 +18,8 @@ from nibabel.spatialimages import HeaderDataError
 
 from ldp_med.errors import InputError, one_line
 
-__all__ = ["READ_ERRORS", "MAX_DEFLATE_RATIO", "quiet", "check_input_file", "gzip_length", "check_data_fits", "read_volume_array"]
+__all__ = ["READ_ERRORS", "MAX_DEFLATE_RATIO", "quiet", "check_input_file", "gzip_length", "check_data_fits",
+           "read_volume_array"]
 
 #: Everything nibabel, gzip and the file system raise for unreadable, truncated or fake files.
 READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error, OverflowError,

@@ -15,8 +15,8 @@ from ldp_med.io.minc import is_minc_path, load_minc
 from ldp_med.io.nifti import is_nifti_path, load_nifti, save_nifti
 from ldp_med.io.volume import MIN_SIZE, Volume, check_volume_content
 
-__all__ = ["load_volume", "save_volume", "dicom_source", "save_output", "is_volume_path", "check_volume_path", "volume_stem",
-           "is_kspace_file", "is_dicom_file"]
+__all__ = ["load_volume", "save_volume", "dicom_source", "save_output", "is_volume_path", "check_volume_path",
+           "volume_stem", "is_kspace_file", "is_dicom_file"]
 
 #: What a volume output's name may end in (the writer follows the name): NIfTI, FreeSurfer MGH.
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
@@ -46,7 +46,8 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
 
 def is_volume_path(path: str | os.PathLike) -> bool:
     """True when a volume can be written at ``path``: the name ends in one of :data:`VOLUME_SUFFIXES`
-    (case-insensitive), or has no suffix at all (a DICOM series folder, :func:`~ldp_med.io.dicom_out.is_dicom_output`)."""
+    (case-insensitive), or has no suffix at all (a DICOM series folder,
+    :func:`~ldp_med.io.dicom_out.is_dicom_output`)."""
     return Path(path).name.lower().endswith(VOLUME_SUFFIXES) or is_dicom_output(path)
 
 
@@ -70,8 +71,8 @@ def load_volume(path: str | os.PathLike, volume_index: int | None = None, min_si
     """Read a volume from a NIfTI file, a FreeSurfer MGH/MGZ file, a MINC file, a DICOM series folder or a DICOM file.
 
     Dispatch: a folder, a ``.dcm``/``.ima`` file or a file with the DICOM marker -> :func:`load_dicom`;
-    ``.nii``/``.nii.gz`` and ``.hdr``/``.img`` pairs -> :func:`load_nifti`; ``.mgh``/``.mgz`` -> :func:`load_mgh`; ``.mnc``/``.mnc.gz`` ->
-    :func:`~ldp_med.io.minc.load_minc`; anything else is an error.
+    ``.nii``/``.nii.gz`` and ``.hdr``/``.img`` pairs -> :func:`load_nifti`; ``.mgh``/``.mgz`` -> :func:`load_mgh`;
+    ``.mnc``/``.mnc.gz`` -> :func:`~ldp_med.io.minc.load_minc`; anything else is an error.
     The volume must then have at least ``min_size`` voxels along every axis and more than one intensity
     (:func:`check_volume_content`).
 

@@ -1,11 +1,11 @@
 """The generated bad-input corpus: every case is one (kind, field, value) applied to a valid base input.
 
 Kinds: ``nifti`` (.nii) and ``nifti_gz`` (.nii.gz) header fields and contents, ``gzip`` (truncated or
-corrupted compressed streams), ``mgz`` (FreeSurfer MGZ header fields, contents and truncations), ``minc`` (MINC1 ``.mnc.gz``
-geometry, scaling, dimensions, truncations and a compressed MINC2), ``dicom`` (series folders with bad geometry, sizes, rescaling, transfer
-syntaxes, and pydicom's own broken test files), ``kspace`` (HDF5 containers with wrong datasets and
-attributes) and ``model`` (model folders: config, weights, pickles). :func:`build` writes one case under a
-folder and returns the command line that must reject it with exit code 2 and one line naming the file.
+corrupted compressed streams), ``mgz`` (FreeSurfer MGZ header fields, contents and truncations), ``minc`` (MINC1
+``.mnc.gz`` geometry, scaling, dimensions, truncations and a compressed MINC2), ``dicom`` (series folders with bad
+geometry, sizes, rescaling, transfer syntaxes, and pydicom's own broken test files), ``kspace`` (HDF5 containers
+with wrong datasets and attributes) and ``model`` (model folders: config, weights, pickles). :func:`build` writes one
+case under a folder and returns the command line that must reject it with exit code 2 and one line naming the file.
 
 Valid base inputs are built once per process (:func:`bases`) and each case only patches a copy.
 """
