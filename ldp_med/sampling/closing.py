@@ -197,7 +197,7 @@ def air_mask(image: np.ndarray, floor: float, smooth: float = 1.5, erode: int = 
 
 
 def air_gain(image: np.ndarray, energy: np.ndarray, noise: np.ndarray | float, k: float, floor: float,
-             smooth: float = 1.5) -> np.ndarray:
+             smooth: float = 1.5, erode: int = 2) -> np.ndarray:
     """Per-voxel gains that take the noise out of the air around the head (power subtraction).
 
     In the air (:func:`air_mask` of ``image`` at ``floor``) a voxel keeps the share of its energy that ``k`` times
@@ -212,6 +212,7 @@ def air_gain(image: np.ndarray, energy: np.ndarray, noise: np.ndarray | float, k
         energy: (X, Y, Z) the observed energy (e.g. ``image ** 2``, or the noisy input's square).
         noise: (X, Y, Z) or scalar noise energy in the same units.
         k: the noise multiple (0: gains 1 everywhere).
+        smooth, erode: the air mask's (:func:`air_mask`); ``smooth`` smooths the energies too.
 
     Returns:
         (X, Y, Z) float32 gains in [0, 1].
@@ -220,7 +221,7 @@ def air_gain(image: np.ndarray, energy: np.ndarray, noise: np.ndarray | float, k
 
     if not k or not floor:
         return np.ones(np.shape(image), np.float32)
-    air = air_mask(image, floor, smooth)
+    air = air_mask(image, floor, smooth, erode)
 
     def smoothed(a):
         return ndimage.gaussian_filter(np.asarray(a, np.float64), smooth) if np.ndim(a) else float(a)
