@@ -67,6 +67,16 @@ def _check_stored(img: nib.Minc2Image, path: Path) -> None:
                                f"bytes) but the file stores {stored} bytes of it: truncated, or wrong dimensions")
 
 
+def _dimension_names(img) -> list[str]:
+    """The file's dimension names in order (nibabel keeps them on its MINC file object, not in its public API); if
+    that ever moves, a 3-D file is taken as three spatial dimensions and 4-D data as time first, MINC's usual order."""
+    try:
+        return [str(n.decode() if isinstance(n, bytes) else n) for n in img.dataobj.minc_file._dim_names]
+    except AttributeError:
+        spatial = ["zspace", "yspace", "xspace"]
+        return {3: spatial, 4: ["time", *spatial]}.get(len(img.shape), [f"dim{i}" for i in range(len(img.shape))])
+
+
 def load_minc(path: str | os.PathLike, volume_index: int | None = None) -> Volume:
     """Read a MINC1 or MINC2 volume (see the module docstring).
 
@@ -94,7 +104,7 @@ def load_minc(path: str | os.PathLike, volume_index: int | None = None) -> Volum
         raise InputError(path, f"not a readable MINC file ({one_line(exc)})") from None
     if not isinstance(img, (nib.Minc1Image, nib.Minc2Image)):
         raise InputError(path, f"not a MINC file (nibabel reads it as {type(img).__name__})")
-    names = [str(n.decode() if isinstance(n, bytes) else n) for n in img.dataobj.minc_file._dim_names]
+    names = _dimension_names(img)
     extra = [i for i, n in enumerate(names) if not n.endswith("space")]
     if "vector_dimension" in names:
         raise InputError(path, "a vector dimension (e.g. RGB); expected a scalar volume")
