@@ -90,17 +90,17 @@ def main() -> None:  # console-script entry point
 def simulate(clean, out, task, accel, mask_kind, calib, coils, noise, noise_kind, factor, axis, seed, volume_index, force):
     """Degrade a clean volume: multi-coil k-space (.h5), noise, or thick slices."""
     from ldp_med.io.atomic import check_output
-    from ldp_med.io.dicom_out import is_dicom_output
-    from ldp_med.io.loaders import check_volume_path, is_kspace_file, load_volume, save_output
+    from ldp_med.io.loaders import check_volume_output, is_kspace_file, load_volume, save_output
     from ldp_med.physics.simulate import DEFAULT_NOISE, simulate as simulate_data
 
     if noise is None:
         noise = DEFAULT_NOISE[task]
     if task != "kspace":
-        check_volume_path(out)
+        check_volume_output(out, force, inputs=[clean])
     elif not is_kspace_file(out):
         raise InputError(out, "k-space output must end in .h5 or .hdf5")
-    check_output(out, force, inputs=[clean], folder=task != "kspace" and is_dicom_output(out))
+    else:
+        check_output(out, force, inputs=[clean])
     _check_args(out, accel=accel, calib=calib, coils=coils, noise=noise, factor=factor, axis=axis)
     cfg = SimulateConfig(task=task, accel=accel, mask=mask_kind, calib=calib, coils=coils, noise=noise,
                          noise_kind=noise_kind, factor=factor, axis=axis, seed=seed)
@@ -310,14 +310,11 @@ def info(model_dir, as_json):
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def autoencode(input_path, out, model_dir, volume_index, align, force):
     """Encode and decode a volume through the VAE (model grid in, input grid out)."""
-    from ldp_med.io.atomic import check_output
-    from ldp_med.io.dicom_out import is_dicom_output
-    from ldp_med.io.loaders import check_volume_path, load_volume, save_volume
+    from ldp_med.io.loaders import check_volume_output, load_volume, save_volume
     from ldp_med.models.autoencode import autoencode_volume
     from ldp_med.models.pretrained import load_pretrained
 
-    check_volume_path(out)
-    check_output(out, force, inputs=[input_path], folder=is_dicom_output(out))
+    check_volume_output(out, force, inputs=[input_path])
     prior = load_pretrained(model_dir, with_unet=False)
     vol = load_volume(input_path, volume_index)
     save_volume(autoencode_volume(prior, vol, align=align), out, force=force)

@@ -11,9 +11,9 @@ from tqdm.auto import tqdm
 from ldp_med.config import ReconstructConfig
 from ldp_med.errors import InputError
 from ldp_med.io.atomic import check_output
-from ldp_med.io.dicom_out import is_dicom_output
 from ldp_med.io.kspace import load_kspace
-from ldp_med.io.loaders import check_volume_path, is_kspace_file, load_volume, save_volume, volume_stem
+from ldp_med.io.loaders import (check_volume_output, check_volume_path, is_kspace_file, load_volume, save_volume,
+                                volume_stem)
 from ldp_med.io.mgh import is_mgh_path
 from ldp_med.io.volume import Volume, reorient
 from ldp_med.metrics import evaluate
@@ -105,7 +105,10 @@ def _check_outputs(inputs: list[str], pairs: list[tuple[str, Path]], cfg: Recons
         if real in seen:
             raise InputError(dest, f"the same file as output {seen[real]}; give distinct outputs")
         seen[real] = dest
-        check_output(dest, force, inputs=inputs, folder=is_dicom_output(dest))
+        if report and dest == Path(report):
+            check_output(dest, force, inputs=inputs)
+        else:
+            check_volume_output(dest, force, inputs)
 
 
 def check_reconstruction_memory(path: str, cfg: ReconstructConfig, prior=None) -> None:

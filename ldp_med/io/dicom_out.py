@@ -32,7 +32,7 @@ from pydicom.valuerep import DSfloat
 from ldp_med.errors import InputError, one_line
 from ldp_med.io.atomic import atomic_folder
 from ldp_med.io.dicom import LPS_TO_RAS
-from ldp_med.io.volume import Volume
+from ldp_med.io.volume import Volume, check_volume_array
 
 __all__ = ["save_dicom", "is_dicom_output"]
 
@@ -78,14 +78,13 @@ def save_dicom(volume: Volume, folder: str | os.PathLike, force: bool = False,
         The folder.
 
     Raises:
-        InputError: naming ``folder`` for an affine DICOM cannot hold (sheared in-plane axes), non-finite data, an
-            output refused by :func:`~ldp_med.io.atomic.check_output`, or a failed write; naming ``like`` when it
-            holds no readable DICOM file.
+        InputError: naming ``folder`` for an affine DICOM cannot hold (sheared in-plane axes), data that is not a
+            finite 3-D volume (:func:`~ldp_med.io.volume.check_volume_array`), an output refused by
+            :func:`~ldp_med.io.atomic.check_output`, or a failed write; naming ``like`` when it holds no readable
+            DICOM file.
     """
     folder = Path(folder)
-    data = np.asarray(volume.data, np.float64)
-    if not np.isfinite(data).all():
-        raise InputError(folder, "volume has NaN or Inf values; nothing was written")
+    data = np.asarray(check_volume_array(volume.data, folder), np.float64)
     geometry = _geometry(volume.affine, folder)
     source = _like_dataset(Path(like)) if like is not None else None
     slope, intercept = _rescale(data)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ldp_med.errors import InputError
+from ldp_med.io.atomic import check_output
 from ldp_med.io.dicom import load_dicom
 from ldp_med.io.dicom_out import is_dicom_output, save_dicom
 from ldp_med.io.kspace import KSpaceData, save_kspace
@@ -16,7 +17,7 @@ from ldp_med.io.nifti import is_nifti_path, load_nifti, save_nifti
 from ldp_med.io.volume import MIN_SIZE, Volume, check_volume_content
 
 __all__ = ["load_volume", "save_volume", "dicom_source", "save_output", "is_volume_path", "check_volume_path",
-           "volume_stem", "is_kspace_file", "is_dicom_file"]
+           "check_volume_output", "volume_stem", "is_kspace_file", "is_dicom_file"]
 
 #: What a volume output's name may end in (the writer follows the name): NIfTI, FreeSurfer MGH.
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
@@ -56,6 +57,14 @@ def check_volume_path(path: str | os.PathLike) -> None:
     if not is_volume_path(path):
         raise InputError(path, "output must end in .nii, .nii.gz, .mgh or .mgz, or be a folder name without a suffix "
                                "(a DICOM series)")
+
+
+def check_volume_output(path: str | os.PathLike, force: bool = False, inputs=()) -> Path:
+    """:func:`check_volume_path`, then :func:`~ldp_med.io.atomic.check_output` of ``path`` as the file or, for a
+    DICOM series, the folder the name says: before any work, never an input, never over an output without
+    ``force``."""
+    check_volume_path(path)
+    return check_output(path, force, inputs, folder=is_dicom_output(path))
 
 
 def volume_stem(path: str | os.PathLike) -> str:
