@@ -1,0 +1,109 @@
+"""Tune the air step (``closing.air*``, ``ldp_med.sampling.closing.air_gain``) in minutes: each simulated *validation*
+volume (never a test subject) is reconstructed once with the prior, the air step's inputs are kept (the closed
+samples, the image, the observed and the noise energies), and every grid point's air step is then scored on them.
+
+    cd scripts && OMP_NUM_THREADS=2 python probe_air_gain.py --case denoise --heads --crops --necks --noisy --faint \\
+        --grid closing.air=1,1.5,2 closing.air_floor=0.2,0.25,0.3 closing.air_energy_smooth=1.5,3
+
+The same result as ``tune_prior.py --grid`` over these fields (one reconstruction per volume instead of one per grid
+point and volume: twelve 2 mm volumes take 10-15 minutes once, a grid point 10-20 seconds); ``--per-volume`` also
+prints each volume's PSNR under its row. The rows are mean PSNR / SSIM against the noise-free reference
+(bench_recon's acquisitions and ``evaluate``); the first row is the shipped setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from benchlib import CASES, emit, recon_config, require_validation, simulate
+
+import ldp_med.reconstruct as R
+import ldp_med.sampling.closing as C
+from ldp_med.io.kspace import load_kspace
+from ldp_med.metrics import evaluate
+from ldp_med.models.pretrained import load_pretrained
+
+FIELDS = ("air", "air_floor", "air_smooth", "air_erode", "air_energy_smooth")
+
+
+def capture(path: Path, case: str, prior) -> dict:
+    """One prior reconstruction of ``path``; the air step's inputs (closed samples, image, energies) as it ran."""
+    kept, air_gain, air_gains = {}, C.air_gain, R.air_gains
+
+    def inputs(image, energy, noise, *args, **kwargs):
+        kept.update(image=image, energy=energy, noise=noise)
+        return np.ones(np.shape(image), np.float32)
+
+    def gains(problem, closed, closing, *args):
+        kept.update(closed=closed, closing=closing)
+        return air_gains(problem, closed, closing, *args)
+
+    C.air_gain, R.air_gains = inputs, gains
+    try:
+        R.reconstruct_file(path, recon_config(case, "prior"), prior=prior)
+    finally:
+        C.air_gain, R.air_gains = air_gain, air_gains
+    if "closing" not in kept:
+        raise SystemExit(f"{case}: the task's air step is off (closing.air 0); nothing to tune")
+    return kept
+
+
+def score(kept: dict, c, ref: np.ndarray) -> dict:
+    """``evaluate`` of the closed samples after the air step with the settings of ``c`` (a ClosingConfig)."""
+    gain = C.air_gain(kept["image"], kept["energy"], kept["noise"], c.air, c.air_floor, c.air_smooth, c.air_erode,
+                      c.air_energy_smooth)
+    return evaluate(np.abs(kept["closed"] * gain).mean(0), ref)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[10000, 10001])
+    ap.add_argument("--case", default="denoise", choices=[c for c in CASES if c != "superres"])
+    ap.add_argument("--grid", nargs="+", required=True, help=f"closing.FIELD=v1,v2,... for FIELD in {FIELDS}")
+    for kind in ("heads", "crops", "necks", "noisy", "faint"):
+        ap.add_argument(f"--{kind}", action="store_true", help=f"also each seed's {kind.rstrip('s')}: (as tune_prior)")
+    ap.add_argument("--per-volume", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    require_validation(args.seeds)
+    grid = {}
+    for g in args.grid:
+        key, values = g.split("=", 1)
+        field = key.removeprefix("closing.")
+        if field not in FIELDS:
+            ap.error(f"--grid: {key} is not one of closing.{{{','.join(FIELDS)}}}")
+        grid[field] = [float(v) if field != "air_erode" else int(v) for v in values.split(",")]
+    kinds = [""] + [f"{k.rstrip('s')}:" for k in ("heads", "crops", "necks", "noisy", "faint") if getattr(args, k)]
+    names = [f"{kind}{seed}" for kind in kinds for seed in args.seeds]
+    task, prior = CASES[args.case]["task"], load_pretrained()
+    volumes = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            path = Path(tmp) / f"{name.replace(':', '-')}{'.h5' if task == 'kspace' else '.nii.gz'}"
+            ref = simulate(name, args.case, path, split="val")
+            ref = load_kspace(path).reference if task == "kspace" else ref
+            volumes.append((capture(path, args.case, prior), ref))
+            print(f"captured {name}", flush=True)
+    lines = ["| " + " | ".join(grid) + " | PSNR (dB) | SSIM |", "|" + "---|" * (len(grid) + 2)]
+    shipped = volumes[0][0]["closing"]
+    rows = [tuple(getattr(shipped, f) for f in grid)] + list(itertools.product(*grid.values()))
+    per = []
+    for i, values in enumerate(rows):
+        scores = [score(kept, dataclasses.replace(kept["closing"], **dict(zip(grid, values))), ref)
+                  for kept, ref in volumes]
+        label = " | ".join(map(str, values)) + (" (shipped)" if i == 0 else "")
+        psnr, ssim = np.mean([s["psnr"] for s in scores]), np.mean([s["ssim"] for s in scores])
+        lines.append(f"| {label} | {psnr:.2f} | {ssim:.4f} |")
+        print(lines[-1], flush=True)
+        if args.per_volume:
+            per.append(f"\n{label}: " + "; ".join(f"{n} {s['psnr']:.2f}" for n, s in zip(names, scores)))
+    emit(lines + per, args.out)
+
+
+if __name__ == "__main__":
+    main()
