@@ -413,12 +413,10 @@ class ClosingConfig:
             (``ldp_med.tasks.TASK_SETTINGS``).
         air_floor: that threshold, a fraction of the closed image's 99th percentile (Gaussian-smoothed by
             ``air_smooth``); None: the task's.
-        air_smooth: the Gaussian width (voxels) of the smoothing of the image the air's threshold reads.
-        air_energy_smooth: the Gaussian width (voxels) of the means over the air of the energies its gains compare
-            (the air alone: the head's energy stays out of the air next to it).
+        air_smooth: the Gaussian width (voxels) of the air step's smoothing: of the image its threshold reads and
+            of the energies its gains compare.
         air_erode: voxels the air is eroded by, away from the head, before its gains apply (a margin that keeps
-            the head's faint edge out of the air; 2 for k-space and super-resolution until session 49, when the
-            energies' means over the air alone made the margin a loss).
+            the head's faint edge out of the air); None: the task's (denoise 0 since session 48, else 2).
         restart_iters: in the passes before the last (``restarts``), whose closed image only warm-starts the next
             pass, the anchored solve alone (no agreement solve) for this many iterations, from the sample;
             None: the same closing as the last pass.
@@ -445,21 +443,18 @@ class ClosingConfig:
     air: float | None = None
     air_floor: float | None = None
     air_smooth: float = 1.5
-    air_energy_smooth: float = 3.0
-    air_erode: int = 0
+    air_erode: int | None = None
     spin: int | None = None
 
     def __post_init__(self) -> None:
         weights = (self.anchor or 0.0, self.mu or 0.0, self.image_anchor, self.image_mu, self.image_agreement or 0.0,
-                   self.agreement, self.air or 0.0, self.air_floor or 0.0, self.air_smooth,
-                   self.air_energy_smooth)
+                   self.agreement, self.air or 0.0, self.air_floor or 0.0, self.air_smooth)
         counts = (self.iters or 0, self.agreement_iters, self.restarts or 0, self.restart_iters or 0, self.spin or 0,
-                  self.air_erode)
+                  self.air_erode or 0)
         if min(counts) < 0 or min(weights) < 0 or not 0 < self.coil_energy <= 1:
             raise ConfigError("closing: need iters >= 0, agreement_iters >= 0, restarts >= 0, restart_iters >= 0, "
-                              "spin >= 0, air_erode >= 0, air_smooth >= 0, air_energy_smooth >= 0, anchor >= 0, "
-                              "mu >= 0, 0 < coil_energy <= 1, image_mu >= 0, image_agreement >= 0, agreement >= 0, "
-                              "air >= 0, air_floor >= 0; "
+                              "spin >= 0, air_erode >= 0, air_smooth >= 0, anchor >= 0, mu >= 0, 0 < coil_energy <= 1, "
+                              "image_mu >= 0, image_agreement >= 0, agreement >= 0, air >= 0, air_floor >= 0; "
                               f"got {self}")
         blendable = {m for methods in BLEND_METHODS.values() for m in methods}
         if self.classical is not None and self.classical not in blendable:

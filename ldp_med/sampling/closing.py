@@ -197,24 +197,22 @@ def air_mask(image: np.ndarray, floor: float, smooth: float = 1.5, erode: int = 
 
 
 def air_gain(image: np.ndarray, energy: np.ndarray, noise: np.ndarray | float, k: float, floor: float,
-             smooth: float = 1.5, erode: int = 0, energy_smooth: float = 3.0) -> np.ndarray:
+             smooth: float = 1.5, erode: int = 2) -> np.ndarray:
     """Per-voxel gains that take the noise out of the air around the head (power subtraction).
 
     In the air (:func:`air_mask` of ``image`` at ``floor``) a voxel keeps the share of its energy that ``k`` times
     the noise energy does not explain: ``sqrt(max(E - k N, 0) / E_out)``, ``E`` the observed energy (``energy``),
-    ``N`` the noise's (``noise``), ``E_out`` the output's (``image ** 2``), each a Gaussian-weighted mean over the
-    air alone (``energy_smooth`` voxels; normalised convolution): the head's energy never reaches the air next to it,
-    which a plain Gaussian made look like signal (a ring of noise kept around the head). 1 elsewhere and never above
-    1. Air that holds only noise goes to 0 (the truth there is 0: air gives no MR signal); air that holds more than
-    the noise explains (a reference with noise of its own, ghosts that are in the data) keeps that part.
+    ``N`` the noise's (``noise``), ``E_out`` the output's (``image ** 2``), each Gaussian-smoothed by ``smooth``
+    voxels; 1 elsewhere and never above 1. Air that holds only noise goes to 0 (the truth there is 0: air gives no
+    MR signal); air that holds more than the noise explains (a reference with noise of its own, ghosts that are in
+    the data) keeps that part.
 
     Args:
         image: (X, Y, Z) the output magnitude.
         energy: (X, Y, Z) the observed energy (e.g. ``image ** 2``, or the noisy input's square).
         noise: (X, Y, Z) or scalar noise energy in the same units.
         k: the noise multiple (0: gains 1 everywhere).
-        smooth, erode: the air mask's (:func:`air_mask`).
-        energy_smooth: the Gaussian width (voxels) of the energies' means over the air.
+        smooth, erode: the air mask's (:func:`air_mask`); ``smooth`` smooths the energies too.
 
     Returns:
         (X, Y, Z) float32 gains in [0, 1].
@@ -224,13 +222,9 @@ def air_gain(image: np.ndarray, energy: np.ndarray, noise: np.ndarray | float, k
     if not k or not floor:
         return np.ones(np.shape(image), np.float32)
     air = air_mask(image, floor, smooth, erode)
-    inside = air.astype(np.float64)
-    share = np.maximum(ndimage.gaussian_filter(inside, energy_smooth), 1e-12)  # the air's share of each Gaussian
 
     def smoothed(a):
-        if not np.ndim(a):
-            return float(a)
-        return ndimage.gaussian_filter(np.asarray(a, np.float64) * inside, energy_smooth) / share
+        return ndimage.gaussian_filter(np.asarray(a, np.float64), smooth) if np.ndim(a) else float(a)
 
     signal = np.clip(smoothed(energy) - k * smoothed(noise), 0, None)
     gain = np.sqrt(signal / np.maximum(smoothed(np.square(np.asarray(image, np.float64))), 1e-20))
