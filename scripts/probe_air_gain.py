@@ -8,7 +8,8 @@ samples, the image, the observed and the noise energies), and every grid point's
 The same result as ``tune_prior.py --grid`` over these fields (one reconstruction per volume instead of one per grid
 point and volume: twelve 2 mm volumes take 10-15 minutes once, a grid point 10-20 seconds); ``--per-volume`` also
 prints each volume's PSNR under its row. The rows are mean PSNR / SSIM against the noise-free reference
-(bench_recon's acquisitions and ``evaluate``); the first row is the shipped setting. The validation volumes are
+(bench_recon's acquisitions and ``evaluate``); the first row is the shipped setting (each volume's own, its
+regime's where one applies; labelled with the first volume's). The validation volumes are
 synthetic: session 49's air step that gained 2 dB here lost 4.8 on a real template head (docs/results.md, "The air
 judged by the air alone"); benchmark the test heads (bench_recon.py --heads) before shipping what this finds.
 """
@@ -91,13 +92,14 @@ def main() -> None:
             volumes.append((capture(path, args.case, prior), ref))
             print(f"captured {name}", flush=True)
     lines = ["| " + " | ".join(grid) + " | PSNR (dB) | SSIM |", "|" + "---|" * (len(grid) + 2)]
-    shipped = volumes[0][0]["closing"]
-    rows = [tuple(getattr(shipped, f) for f in grid)] + list(itertools.product(*grid.values()))
     per = []
-    for i, values in enumerate(rows):
-        scores = [score(kept, dataclasses.replace(kept["closing"], **dict(zip(grid, values))), ref)
-                  for kept, ref in volumes]
-        label = " | ".join(map(str, values)) + (" (shipped)" if i == 0 else "")
+    for values in [None, *itertools.product(*grid.values())]:  # None: each volume's own settings (its regime's)
+        scores = [score(kept, kept["closing"] if values is None else
+                        dataclasses.replace(kept["closing"], **dict(zip(grid, values))), ref) for kept, ref in volumes]
+        if values is None:
+            label = " | ".join(str(getattr(volumes[0][0]["closing"], f)) for f in grid) + " (shipped)"
+        else:
+            label = " | ".join(map(str, values))
         psnr, ssim = np.mean([s["psnr"] for s in scores]), np.mean([s["ssim"] for s in scores])
         lines.append(f"| {label} | {psnr:.2f} | {ssim:.4f} |")
         print(lines[-1], flush=True)
