@@ -314,6 +314,42 @@ def simulate(name: str, case: str, path: Path, split: str = "test") -> np.ndarra
     return ref
 
 
+#: The validation volume kinds of tune_prior / probe_air_gain: flag -> the name prefix ``benchlib.volume_of`` reads.
+VOLUME_KINDS = {"heads": "head:", "crops": "crop:", "necks": "neck:", "noisy": "noisy:", "faint": "faint:",
+                "coarse": "coarse:", "parts": "part:"}
+
+
+def add_volume_kinds(ap) -> None:
+    """The ``--heads`` ... ``--parts`` and ``--no-brains`` flags of :func:`volume_names` on an argparse parser."""
+    ap.add_argument("--heads", action="store_true",
+                    help="also each seed inside a synthetic skull and scalp (ldp_med.data.synthetic.synthetic_head, 'head:<seed>')")
+    ap.add_argument("--crops", action="store_true",
+                    help="also each seed's synthetic head moved and cut to half its field of view ('crop:<seed>': a "
+                         "volume where the prior sees only part of a head, like a partial real scan)")
+    ap.add_argument("--necks", action="store_true",
+                    help="also each seed's synthetic head with a neck below it, past the model grid ('neck:<seed>', "
+                         "benchlib.with_neck: anatomy the prior never saw, like a head scanned with its neck)")
+    ap.add_argument("--noisy", action="store_true",
+                    help="also each seed's synthetic head with Rician noise of its own, 1%% of its maximum ('noisy:<seed>': "
+                         "a reference whose air is not 0, like a real scan's)")
+    ap.add_argument("--faint", action="store_true",
+                    help="also each seed's synthetic head with a faint smooth signal in its air ('faint:<seed>': "
+                         "1-4%% of its maximum, as a template averaged over many heads has)")
+    ap.add_argument("--coarse", action="store_true",
+                    help="also each seed's synthetic head moved and acquired at 4x4x5 mm ('coarse:<seed>', as dipy's b0)")
+    ap.add_argument("--parts", action="store_true",
+                    help="also each seed's synthetic head moved and cut to a 66x82x50 mm box ('part:<seed>', as nibabel's T1 part)")
+    ap.add_argument("--no-brains", action="store_true",
+                    help="leave out the seeds' plain brains (only the kinds asked for: e.g. --coarse --no-brains)")
+
+
+def volume_names(args) -> list[str]:
+    """Each of ``args.seeds`` as a plain brain (unless ``--no-brains``) and as each kind its flags ask for
+    (:func:`add_volume_kinds`), kind by kind: ``10000``, ``10001``, ``head:10000`` ..."""
+    kinds = [""] * (not args.no_brains) + [prefix for flag, prefix in VOLUME_KINDS.items() if getattr(args, flag)]
+    return [f"{kind}{seed}" for kind in kinds for seed in args.seeds]
+
+
 def recon_config(case: str, method: str | None = None, posterior=None):
     """The ReconstructConfig that matches the simulation of ``case`` (task, slice factor and axis).
 

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from benchlib import CASES, emit, recon_config, require_validation, simulate
+from benchlib import CASES, add_volume_kinds, emit, recon_config, require_validation, simulate, volume_names
 
 import ldp_med.reconstruct as R
 import ldp_med.sampling.closing as C
@@ -67,8 +67,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[10000, 10001])
     ap.add_argument("--case", default="denoise", choices=[c for c in CASES if c != "superres"])
     ap.add_argument("--grid", nargs="+", required=True, help=f"closing.FIELD=v1,v2,... for FIELD in {FIELDS}")
-    for kind in ("heads", "crops", "necks", "noisy", "faint"):
-        ap.add_argument(f"--{kind}", action="store_true", help=f"also each seed's {kind.rstrip('s')}: (as tune_prior)")
+    add_volume_kinds(ap)
     ap.add_argument("--per-volume", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -80,8 +79,7 @@ def main() -> None:
         if field not in FIELDS:
             ap.error(f"--grid: {key} is not one of closing.{{{','.join(FIELDS)}}}")
         grid[field] = [float(v) if field != "air_erode" else int(v) for v in values.split(",")]
-    kinds = [""] + [f"{k.rstrip('s')}:" for k in ("heads", "crops", "necks", "noisy", "faint") if getattr(args, k)]
-    names = [f"{kind}{seed}" for kind in kinds for seed in args.seeds]
+    names = volume_names(args)
     task, prior = CASES[args.case]["task"], load_pretrained()
     volumes = []
     with tempfile.TemporaryDirectory() as tmp:

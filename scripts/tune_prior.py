@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import CASES, emit, head_mask, recon_config, require_validation, simulate, spearman_in_head
+from benchlib import (CASES, add_volume_kinds, emit, head_mask, recon_config, require_validation, simulate,
+                      spearman_in_head, volume_names)
 from ldp_med.config import PosteriorConfig, apply_overrides
 from ldp_med.io.kspace import load_kspace
 from ldp_med.metrics import ause, evaluate, std_scale_for
@@ -47,26 +48,7 @@ def main() -> None:
                     help="ReconstructConfig fields and the values to try, SECTION.FIELD=v1,v2,...")
     ap.add_argument("--reference-method", default=None, help="also score this method once per file (e.g. cs)")
     ap.add_argument("--samples", type=int, default=1, help="posterior samples (> 1: Spearman of the std map)")
-    ap.add_argument("--heads", action="store_true",
-                    help="also each seed inside a synthetic skull and scalp (ldp_med.data.synthetic.synthetic_head, 'head:<seed>')")
-    ap.add_argument("--crops", action="store_true",
-                    help="also each seed's synthetic head moved and cut to half its field of view ('crop:<seed>': a "
-                         "volume where the prior sees only part of a head, like a partial real scan)")
-    ap.add_argument("--necks", action="store_true",
-                    help="also each seed's synthetic head with a neck below it, past the model grid ('neck:<seed>', "
-                         "benchlib.with_neck: anatomy the prior never saw, like a head scanned with its neck)")
-    ap.add_argument("--noisy", action="store_true",
-                    help="also each seed's synthetic head with Rician noise of its own, 1%% of its maximum ('noisy:<seed>': "
-                         "a reference whose air is not 0, like a real scan's)")
-    ap.add_argument("--faint", action="store_true",
-                    help="also each seed's synthetic head with a faint smooth signal in its air ('faint:<seed>': "
-                         "1-4%% of its maximum, as a template averaged over many heads has)")
-    ap.add_argument("--coarse", action="store_true",
-                    help="also each seed's synthetic head moved and acquired at 4x4x5 mm ('coarse:<seed>', as dipy's b0)")
-    ap.add_argument("--parts", action="store_true",
-                    help="also each seed's synthetic head moved and cut to a 66x82x50 mm box ('part:<seed>', as nibabel's T1 part)")
-    ap.add_argument("--no-brains", action="store_true",
-                    help="leave out the seeds' plain brains (only the kinds asked for: e.g. --coarse --no-brains)")
+    add_volume_kinds(ap)
     ap.add_argument("--per-volume", action="store_true",
                     help="also print each volume's PSNR / SSIM / seconds under its grid point's row")
     ap.add_argument("--method", default="prior", help="the method whose settings the grid varies (default prior)")
@@ -84,8 +66,7 @@ def main() -> None:
     lines = ["| " + " | ".join([*grid, "PSNR (dB)", "SSIM", "s/volume", *extra]) + " |", "|" + "---|" * (len(grid) + 3 + len(extra))]
     with tempfile.TemporaryDirectory() as tmp:
         files, names, per = [], [], []
-        kinds = [""] * (not args.no_brains) + ["head:"] * args.heads + ["crop:"] * args.crops + ["neck:"] * args.necks + ["noisy:"] * args.noisy + ["faint:"] * args.faint + ["coarse:"] * args.coarse + ["part:"] * args.parts
-        for s in [f"{kind}{seed}" for kind in kinds for seed in args.seeds]:
+        for s in volume_names(args):
             path = Path(tmp) / f"{s.replace(':', '-')}{'.h5' if task == 'kspace' else '.nii.gz'}"
             ref = simulate(s, args.case, path, split="val")
             files.append((path, load_kspace(path).reference if task == "kspace" else ref))
