@@ -91,6 +91,15 @@ HEADS = {
                       "pydeface mean head with face, resampled to 2 mm, scanner position"),
 }
 
+#: Heads that PyPI packages ship that are averages of many subjects and are *not* test data: validation volumes for
+#: tuning (``--templates``; ``volume_of(name, split="val")`` only), the real anatomy (face, neck, dim skin) that the
+#: synthetic heads lack. Same fields as :data:`HEADS`. (FSL's and SPM's MNI152 heads would be averages of the same 152
+#: subjects as the NLin6Asym test head: left out.)
+VAL_HEADS = {
+    "val-conte": ("voxface==2024.7.23", "voxface/templates/ConteCore2_50_T1w_2mm.nii.gz", None,
+                  "Caltech Conte Core 2 T1w average of 50 adults, head with face and neck, 2 mm (voxface, MIT)"),
+}
+
 #: Real scans of individuals that installed packages ship (:func:`real_scans`), by short name: test data only.
 REAL = {"real-nibabel": "nibabel anatomical.nii (T1 part)", "real-dipy": "dipy aniso_vox (b0, 4x4x5 LPS)"}
 
@@ -181,30 +190,34 @@ def cut(vol: Volume, lo, hi) -> Volume:
 
 
 def volume_of(name: str, split: str = "test"):
-    """``template``, a head of :data:`HEADS`, a real scan of :data:`REAL` (the scan itself is the reference), a seed
-    of ``split``, ``head:<seed>`` (that subject in a synthetic skull and scalp), ``crop:<seed>`` (that head moved
-    and cut to half its field of view, as bench_align's ``crop-half``), ``coarse:<seed>`` (that head moved and
-    acquired at 4x4x5 mm, LPS, as dipy's b0), ``part:<seed>`` (that head moved and cut to a 33x41x25-voxel box
-    around a random point of its brain, as nibabel's T1 part), or ``neck:<seed>`` (that head with a neck
-    below it, past the model grid: :func:`with_neck`), ``noisy:<seed>`` (that head with Rician noise of its own, as a
-    real scan's reference has), ``faint:<seed>`` (that head with a faint smooth signal in its air, 1-4% of its
-    maximum, as a template averaged over many heads has): (noise-free Volume, the reference;
-    description)."""
+    """``template``, a head of :data:`HEADS` (test) or :data:`VAL_HEADS` (``split`` "val"), a real scan of :data:`REAL`
+    (the scan itself is the reference), a seed of ``split``, ``head:<seed>`` (that subject in a synthetic skull and
+    scalp), ``crop:<seed>`` (that head moved and cut to half its field of view, as bench_align's ``crop-half``),
+    ``coarse:<seed>`` (that head moved and acquired at 4x4x5 mm, LPS, as dipy's b0), ``part:<seed>`` (that head moved
+    and cut to a 33x41x25-voxel box around a random point of its brain, as nibabel's T1 part), ``neck:<seed>`` (that
+    head with a neck below it, past the model grid: :func:`with_neck`), ``noisy:<seed>`` / ``loud:<seed>`` (that head
+    with Rician noise of its own, 1% / 3% of its maximum, as a real scan's reference has: a good 3 T scan's, a low-SNR
+    EPI's), ``faint:<seed>`` (that head with a faint smooth signal in its air, 1-4% of its maximum, as a template
+    averaged over many heads has) or ``rim:<seed>`` (that head with a dim rim outside its scalp: 10-25% of its maximum
+    fading to 0 over 3-10 mm on about 60% of its surface, as a real head's face, ears and skin, or a template's blurred
+    edge, have): (noise-free Volume, the reference; description)."""
     from ldp_med.data import synthetic
     from ldp_med.data.template import mni152_template
     from ldp_med.io.volume import Volume
 
     if name == "template":
         return mni152_template(2), "MNI152 2 mm template"
-    if name in HEADS or name in REAL:
+    if name in HEADS or name in REAL or name in VAL_HEADS:
         import nibabel as nib
         from nibabel.processing import resample_to_output
 
+        if (name in VAL_HEADS) != (split == "val"):
+            raise SystemExit(f"{name} is not a {split} volume")
         if name in REAL:
             description, voxel_mm = REAL[name], None
             img = nib.load(real_scans()[description])
         else:
-            requirement, member, voxel_mm, description = HEADS[name]
+            requirement, member, voxel_mm, description = {**HEADS, **VAL_HEADS}[name]
             img = nib.load(packaged_file(requirement, member))
         if voxel_mm:
             img = resample_to_output(img, voxel_sizes=voxel_mm, order=3)
@@ -236,11 +249,14 @@ def volume_of(name: str, split: str = "test"):
     if name.startswith("neck:"):  # the synthetic head of a seed on a field of view that reaches past the model grid
         head, description = volume_of(f"head:{name[5:]}", split)
         return with_neck(head, int(name[5:])), f"{description}, with a neck below it (56 mm past the grid)"
-    if name.startswith("noisy:"):  # that head as a real scan's reference: with Rician noise of its own (1% of the max)
-        head, description = volume_of(f"head:{name[6:]}", split)
-        rng, sigma = np.random.default_rng(int(name[6:])), 0.01 * float(head.data.max())
+    if name.startswith(("noisy:", "loud:")):  # that head as a real scan's reference: with Rician noise of its own
+        kind, seed = name.split(":")
+        head, description = volume_of(f"head:{seed}", split)
+        level = {"noisy": 0.01, "loud": 0.03}[kind]  # of the maximum: a good 3 T T1 scan's, a low-SNR (EPI) scan's
+        rng, sigma = np.random.default_rng(int(seed)), level * float(head.data.max())
         noisy = np.hypot(head.data + sigma * rng.standard_normal(head.shape), sigma * rng.standard_normal(head.shape))
-        return Volume(noisy.astype(np.float32), head.affine, {}), f"{description}, with Rician noise of its own (1%)"
+        return (Volume(noisy.astype(np.float32), head.affine, {}),
+                f"{description}, with Rician noise of its own ({level:.0%})")
     if name.startswith("faint:"):  # that head with a faint smooth signal in its air, as an average of many heads has
         from scipy import ndimage
 
@@ -251,6 +267,24 @@ def volume_of(name: str, split: str = "test"):
         halo = ndimage.gaussian_filter((head.data > 0.1 * peak).astype(np.float32), 4)  # blurred skin
         faint = peak * (0.01 * (0.5 + field) + 0.03 * halo)
         return Volume((head.data + faint).astype(np.float32), head.affine, {}), f"{description}, faint signal in its air"
+    if name.startswith("rim:"):  # that head with a dim rim outside its scalp, as a real head's face, ears and skin have
+        from scipy import ndimage
+
+        head, description = volume_of(f"head:{name[4:]}", split)
+        rng, peak = np.random.default_rng([int(name[4:]), 29]), float(head.data.max())
+
+        def field(sigma):  # a smooth standard random field
+            f = ndimage.gaussian_filter(rng.standard_normal(head.shape), sigma)
+            return (f - f.mean()) / f.std()
+
+        outside = ndimage.distance_transform_edt(head.data < 0.1 * peak) * 2.0  # mm from the head's surface
+        level = peak * np.clip(0.175 + 0.05 * field(6), 0.1, 0.25)  # 10-25% of the maximum
+        depth = np.clip(6.5 + 2.0 * field(6), 3.0, 10.0)  # fading to 0 over 3-10 mm
+        cover = field(10) > -0.25  # about 60% of the surface
+        rim = np.where(cover & (outside > 0), level * np.clip(1 - outside / depth, 0, 1), 0)
+        rim = ndimage.gaussian_filter(rim, 0.6)  # partial volume
+        return (Volume(np.maximum(head.data, rim).astype(np.float32), head.affine, {}),
+                f"{description}, a dim rim outside its scalp")
     if name.startswith("head:"):  # a synthetic subject wrapped in a synthetic skull and scalp (tuning heads)
         seed = int(name[5:])
         if synthetic.split_of(seed) != split:
@@ -316,7 +350,8 @@ def simulate(name: str, case: str, path: Path, split: str = "test") -> np.ndarra
 
 #: The validation volume kinds of tune_prior / probe_air_gain: flag -> the name prefix ``benchlib.volume_of`` reads.
 VOLUME_KINDS = {"heads": "head:", "crops": "crop:", "necks": "neck:", "noisy": "noisy:", "faint": "faint:",
-                "coarse": "coarse:", "parts": "part:"}
+                "coarse": "coarse:", "parts": "part:", "rims": "rim:",
+                "loud": "loud:"}
 
 
 def add_volume_kinds(ap) -> None:
@@ -332,6 +367,9 @@ def add_volume_kinds(ap) -> None:
     ap.add_argument("--noisy", action="store_true",
                     help="also each seed's synthetic head with Rician noise of its own, 1%% of its maximum ('noisy:<seed>': "
                          "a reference whose air is not 0, like a real scan's)")
+    ap.add_argument("--loud", action="store_true",
+                    help="also each seed's synthetic head with Rician noise of its own, 3%% of its maximum ('loud:<seed>': "
+                         "a low-SNR real scan's reference, an EPI b0's)")
     ap.add_argument("--faint", action="store_true",
                     help="also each seed's synthetic head with a faint smooth signal in its air ('faint:<seed>': "
                          "1-4%% of its maximum, as a template averaged over many heads has)")
@@ -339,15 +377,22 @@ def add_volume_kinds(ap) -> None:
                     help="also each seed's synthetic head moved and acquired at 4x4x5 mm ('coarse:<seed>', as dipy's b0)")
     ap.add_argument("--parts", action="store_true",
                     help="also each seed's synthetic head moved and cut to a 66x82x50 mm box ('part:<seed>', as nibabel's T1 part)")
+    ap.add_argument("--rims", action="store_true",
+                    help="also each seed's synthetic head with a dim rim outside its scalp ('rim:<seed>': 10-25%% of its "
+                         "maximum, as a real head's face, ears and skin have; an air step must keep it)")
+    ap.add_argument("--templates", action="store_true",
+                    help=f"also the validation head templates, once each ({', '.join(VAL_HEADS)}: averages of many "
+                         "subjects with face and neck, benchlib.VAL_HEADS)")
     ap.add_argument("--no-brains", action="store_true",
                     help="leave out the seeds' plain brains (only the kinds asked for: e.g. --coarse --no-brains)")
 
 
 def volume_names(args) -> list[str]:
     """Each of ``args.seeds`` as a plain brain (unless ``--no-brains``) and as each kind its flags ask for
-    (:func:`add_volume_kinds`), kind by kind: ``10000``, ``10001``, ``head:10000`` ..."""
+    (:func:`add_volume_kinds`), kind by kind: ``10000``, ``10001``, ``head:10000`` ...; then :data:`VAL_HEADS` with
+    ``--templates``"""
     kinds = [""] * (not args.no_brains) + [prefix for flag, prefix in VOLUME_KINDS.items() if getattr(args, flag)]
-    return [f"{kind}{seed}" for kind in kinds for seed in args.seeds]
+    return [f"{kind}{seed}" for kind in kinds for seed in args.seeds] + list(VAL_HEADS) * args.templates
 
 
 def recon_config(case: str, method: str | None = None, posterior=None):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from ldp_med.io.kspace import load_kspace
 from ldp_med.metrics import evaluate
 from ldp_med.models.pretrained import load_pretrained
 
-FIELDS = ("air", "air_floor", "air_smooth", "air_erode")
+FIELDS = ("air", "air_floor", "air_smooth", "air_erode", "air_range")
 
 
 def capture(path: Path, case: str, prior) -> dict:
@@ -58,7 +59,8 @@ def capture(path: Path, case: str, prior) -> dict:
 
 def score(kept: dict, c, ref: np.ndarray) -> dict:
     """``evaluate`` of the closed samples after the air step with the settings of ``c`` (a ClosingConfig)."""
-    gain = C.air_gain(kept["image"], kept["energy"], kept["noise"], c.air, c.air_floor, c.air_smooth, c.air_erode)
+    gain = C.air_gain(kept["image"], kept["energy"], kept["noise"], c.air, c.air_floor, c.air_smooth, c.air_erode,
+                      c.air_range)
     return evaluate(np.abs(kept["closed"] * gain).mean(0), ref)
 
 
@@ -68,6 +70,11 @@ def main() -> None:
     ap.add_argument("--case", default="denoise", choices=[c for c in CASES if c != "superres"])
     ap.add_argument("--grid", nargs="+", required=True, help=f"closing.FIELD=v1,v2,... for FIELD in {FIELDS}")
     add_volume_kinds(ap)
+    ap.add_argument("--captures", default=None,
+                    help="a folder that keeps each volume's capture (<case>-<volume>.pkl): read when there, written when "
+                         "not, so a later grid, or a changed air step, is scored without reconstructing again (a capture is "
+                         "of this code's reconstruction: empty the folder when the model or the steps before the air "
+                         "step change)")
     ap.add_argument("--per-volume", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -84,10 +91,17 @@ def main() -> None:
     volumes = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
+            kept = Path(args.captures) / f"{args.case}-{name.replace(':', '-')}.pkl" if args.captures else None
+            if kept is not None and kept.exists():
+                volumes.append(pickle.loads(kept.read_bytes()))
+                continue
             path = Path(tmp) / f"{name.replace(':', '-')}{'.h5' if task == 'kspace' else '.nii.gz'}"
             ref = simulate(name, args.case, path, split="val")
             ref = load_kspace(path).reference if task == "kspace" else ref
             volumes.append((capture(path, args.case, prior), ref))
+            if kept is not None:
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                kept.write_bytes(pickle.dumps(volumes[-1]))
             print(f"captured {name}", flush=True)
     lines = ["| " + " | ".join(grid) + " | PSNR (dB) | SSIM |", "|" + "---|" * (len(grid) + 2)]
     per = []

@@ -198,6 +198,46 @@ def test_without_erosion_the_air_step_reaches_the_voxels_next_to_the_head_and_de
     assert [with_task_settings(ClosingConfig(), "closing", t, 4.0).air_erode for t in ("denoise", "kspace")] == [0, 2]
 
 
+def test_range_means_are_gaussian_means_at_width_0_and_keep_to_their_side_of_an_edge():
+    from scipy import ndimage
+
+    from ldp_med.sampling.closing import range_means
+
+    rng = np.random.default_rng(3)
+    guide = np.zeros((17, 19, 15), np.float32)
+    guide[:, 9:] = 1.0  # a bright half beside a dark one
+    a = (guide + 0.05 * rng.standard_normal(guide.shape)).astype(np.float32)
+    np.testing.assert_allclose(range_means([a], guide, 1.5, 0.0)[0], ndimage.gaussian_filter(a.astype(np.float64), 1.5))
+    plain, ranged = range_means([a], guide, 1.5, 0.0)[0], range_means([a], guide, 1.5, 0.1)[0]
+    assert ranged.dtype == np.float32 and ranged.shape == guide.shape
+    assert plain[:, 8].mean() > 0.2  # a plain mean beside the edge takes in the bright side
+    assert abs(ranged[:, 8].mean()) < 0.01 and abs(ranged[:, 9].mean() - 1) < 0.01  # a ranged one keeps to its side
+    far = (slice(None), slice(0, 4))  # far from the edge both are the same mean of the dark side
+    np.testing.assert_allclose(ranged[far], plain[far], atol=1e-4)
+
+
+def test_ranged_air_gains_take_the_noise_beside_the_head_and_keep_a_dim_rim():
+    """Plain means carry the head's energy into the air next to it (a ring of noise kept) and average a dim rim below
+    the floor with the air; ranged means (``range_``, ``closing.air_range``) keep both apart."""
+    from ldp_med.sampling.closing import air_gain
+
+    head, r = _head_in_air((40, 40, 40))
+    rim = ((r >= 8) & (r < 10.5) & (np.indices(r.shape)[0] < 20)).astype(np.float32)  # a dim rim on half the head
+    sigma = 0.02
+    rng = np.random.default_rng(0)
+    truth = head + 0.12 * rim
+    image = np.hypot(truth + sigma * rng.standard_normal(r.shape), sigma * rng.standard_normal(r.shape))
+    image = image.astype(np.float32)
+    gains = {w: air_gain(image, image.astype(np.float64)**2, 2 * sigma**2, k=1.25, floor=0.2, erode=0, range_=w)
+             for w in (0.0, 0.04)}
+    ring = (r >= 8.5) & (r < 10.5) & (np.indices(r.shape)[0] > 22)  # the air beside the head, where no rim is
+    dim = (rim > 0) & (r >= 8.5)
+    assert np.median(gains[0.0][ring]) > 0.5 and np.median(gains[0.04][ring]) < 0.2
+    assert np.median(gains[0.04][dim]) > 0.85
+    assert np.median(gains[0.04][r > 14]) < 0.1  # far air still goes
+    assert (gains[0.04][r < 8] == 1).all()
+
+
 def test_kspace_closing_takes_the_noise_out_of_the_air_and_leaves_the_head():
     """``closing.air`` through ``reconstruct._close``: on a phantom in a field of view of air, 8 coils, the air of the
     closed image loses its noise (its energy falls), the head inside keeps its values."""
