@@ -420,6 +420,10 @@ class ClosingConfig:
             about its own brightness, so the head's energy stays out of the air beside it and a dim rim (skin, face)
             is not averaged with the air; 0 (the default): plain Gaussian means. Not a task setting: every width
             tried in session 50 lost on dipy's real b0 (docs/results.md, "Ranged means in the air").
+        air_blur: after the gains, each voxel of the air becomes the Gaussian mean (this many voxels) of the air
+            around it (``ldp_med.sampling.closing.air_blur``): what the air keeps (a reference's own noise, a faint
+            signal) is better estimated by its mean than in the noise's pattern; 0: off. None: the task's (denoise 1.5
+            since session 50, else 0).
         air_erode: voxels the air is eroded by, away from the head, before its gains apply (a margin that keeps
             the head's faint edge out of the air); None: the task's (denoise 0 since session 48, else 2).
         restart_iters: in the passes before the last (``restarts``), whose closed image only warm-starts the next
@@ -449,17 +453,19 @@ class ClosingConfig:
     air_floor: float | None = None
     air_smooth: float = 1.5
     air_range: float = 0.0
+    air_blur: float | None = None
     air_erode: int | None = None
     spin: int | None = None
 
     def __post_init__(self) -> None:
         weights = (self.anchor or 0.0, self.mu or 0.0, self.image_anchor, self.image_mu, self.image_agreement or 0.0,
-                   self.agreement, self.air or 0.0, self.air_floor or 0.0, self.air_smooth, self.air_range)
+                   self.agreement, self.air or 0.0, self.air_floor or 0.0, self.air_smooth, self.air_range,
+                   self.air_blur or 0.0)
         counts = (self.iters or 0, self.agreement_iters, self.restarts or 0, self.restart_iters or 0, self.spin or 0,
                   self.air_erode or 0)
         if min(counts) < 0 or min(weights) < 0 or not 0 < self.coil_energy <= 1:
             raise ConfigError("closing: need iters >= 0, agreement_iters >= 0, restarts >= 0, restart_iters >= 0, "
-                              "spin >= 0, air_erode >= 0, air_smooth >= 0, air_range >= 0, anchor >= 0, mu >= 0, "
+                              "spin >= 0, air_erode >= 0, air_smooth >= 0, air_range >= 0, air_blur >= 0, anchor >= 0, mu >= 0, "
                               "0 < coil_energy <= 1, image_mu >= 0, image_agreement >= 0, agreement >= 0, air >= 0, "
                               "air_floor >= 0; "
                               f"got {self}")

@@ -306,8 +306,13 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
             var = np.mean(w * var + (1 - w) * own + w * (1 - w) * (closed - classical) ** 2, 0)
         closed = (w * closed + (1 - w) * classical).astype(np.float32)
     if c.air and c.air_floor:  # the noise out of the air around the head
+        from ldp_med.sampling.closing import air_blur, air_mask
+
+        air = air_mask(np.abs(closed).mean(0), c.air_floor, c.air_smooth, c.air_erode) if c.air_blur else None
         gain = air_gains(problem, closed, c, cfg.posterior.seed, solve)
         closed = (closed * gain).astype(closed.dtype)
+        if air is not None:  # what the air keeps, as its local mean over the air
+            closed = air_blur(closed, air, c.air_blur)
         var = None if var is None else var * gain**2
     return closed, var
 

@@ -80,6 +80,11 @@ DEFAULT_METHOD: dict[str, str] = {"kspace": "prior", "denoise": "prior", "superr
 #:   validation volumes above: 32.83 -> 33.41 dB at erode 0 (1: 33.19; smoothing 0.75 instead of 1.5 loses SSIM, 0.79
 #:   against 0.87), every volume up, and 33.54 with the floor at 0.2 (0.3: 33.56), worst margin over NLM +4.59 ->
 #:   +5.19 (docs/tune_air_erode_denoise.md, docs/tune_air_floor_erode0_denoise.md). k-space keeps 2 (untuned).
+#: - ``closing.air_blur``: denoise 1.5 since session 50 (the air becomes its Gaussian mean over the air after the
+#:   gains). 21 validation volumes (the above, plus dim-rim, 3%-own-noise, coarse and small-part heads and the Conte
+#:   Core 2 template head; docs/tune_air_blur_denoise.md): 33.04 -> 33.61 dB, SSIM 0.872 -> 0.882, no volume down in
+#:   either (2.5: 33.90, but a dim rim's SSIM -0.007); test heads +0.07 to +0.83 dB, real scans unchanged
+#:   (docs/results.md, "The air keeps its mean"). k-space and super-resolution 0 (untuned).
 #: - ``posterior.classical_start`` / ``closing.image_agreement``: super-resolution warm-starts from the self-similarity
 #:   estimate (``selfsim``, its classical method since session 34: +4.1 dB over cubic on validation brains, heads, half
 #:   fields of view, necks and noisy heads 10000-10001, docs/tune_selfsim.md) and blends it back in where the closed
@@ -163,7 +168,7 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool | str], ...]]
         "posterior.keep_detail": ((4.0, True),),
         "posterior.align": ((4.0, True), (8.0, False)),
         "closing.air": ((4.0, 4.0), (8.0, 10.0)), "closing.air_floor": ((4.0, 0.05),),
-        "closing.air_erode": ((4.0, 2),),
+        "closing.air_erode": ((4.0, 2),), "closing.air_blur": ((4.0, 0.0),),
         "posterior.classical_start": ((4.0, False),), "closing.spin": ((4.0, 8),),
     },
     "denoise": {
@@ -172,6 +177,7 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool | str], ...]]
         "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),), "posterior.latent_fit_iters": ((1.0, 0),),
         "posterior.keep_detail": ((1.0, False),), "posterior.align": ((1.0, False),),
         "closing.air": ((1.0, 1.0),), "closing.air_floor": ((1.0, 0.2),), "closing.air_erode": ((1.0, 0),),
+        "closing.air_blur": ((1.0, 1.5),),
         "closing.image_agreement": ((1.0, 0.02),), "posterior.classical_start": ((1.0, False),),
         "closing.classical": ((1.0, "noise2self"),), "closing.spin": ((1.0, 0),),
     },
@@ -181,6 +187,7 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool | str], ...]]
         "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),), "posterior.latent_fit_iters": ((1.0, 0),),
         "posterior.keep_detail": ((1.0, True),), "posterior.align": ((1.0, False),),
         "closing.air": ((1.0, 0.0),), "closing.air_floor": ((1.0, 0.1),), "closing.air_erode": ((1.0, 2),),
+        "closing.air_blur": ((1.0, 0.0),),
         "closing.image_agreement": ((1.0, 0.002),), "posterior.classical_start": ((1.0, True),),
         "closing.classical": ((1.0, "selfsim"),), "closing.spin": ((1.0, 0),),
     },

@@ -32,7 +32,7 @@ from ldp_med.io.kspace import load_kspace
 from ldp_med.metrics import evaluate
 from ldp_med.models.pretrained import load_pretrained
 
-FIELDS = ("air", "air_floor", "air_smooth", "air_erode", "air_range")
+FIELDS = ("air", "air_floor", "air_smooth", "air_erode", "air_range", "air_blur")
 
 
 def capture(path: Path, case: str, prior) -> dict:
@@ -61,7 +61,10 @@ def score(kept: dict, c, ref: np.ndarray) -> dict:
     """``evaluate`` of the closed samples after the air step with the settings of ``c`` (a ClosingConfig)."""
     gain = C.air_gain(kept["image"], kept["energy"], kept["noise"], c.air, c.air_floor, c.air_smooth, c.air_erode,
                       c.air_range)
-    return evaluate(np.abs(kept["closed"] * gain).mean(0), ref)
+    out = kept["closed"] * gain
+    if c.air_blur:
+        out = C.air_blur(out, C.air_mask(kept["image"], c.air_floor, c.air_smooth, c.air_erode), c.air_blur)
+    return evaluate(np.abs(out).mean(0), ref)
 
 
 def main() -> None:

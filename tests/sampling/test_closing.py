@@ -238,6 +238,29 @@ def test_ranged_air_gains_take_the_noise_beside_the_head_and_keep_a_dim_rim():
     assert (gains[0.04][r < 8] == 1).all()
 
 
+def test_air_blur_replaces_the_air_by_its_mean_over_the_air_and_leaves_the_rest():
+    from ldp_med.config import ClosingConfig
+    from ldp_med.sampling.closing import air_blur, air_mask
+    from ldp_med.tasks import with_task_settings
+
+    head, r = _head_in_air((30, 32, 28))
+    rng = np.random.default_rng(2)
+    samples = np.stack([head + 0.05 + 0.02 * rng.standard_normal(head.shape) for _ in range(2)]).astype(np.float32)
+    air = air_mask(samples.mean(0), 0.2, erode=0)
+    out = air_blur(samples, air, 1.5)
+    assert out.shape == samples.shape and out.dtype == samples.dtype
+    np.testing.assert_array_equal(out[:, ~air], samples[:, ~air])  # the head and its cavity untouched
+    far = air & (r > 12)
+    assert out[:, far].std() < 0.3 * samples[:, far].std()  # the air's noise pattern goes
+    assert abs(out[:, far].mean() - samples[:, far].mean()) < 0.005  # its level stays
+    beside = air & (r < 10)  # the head does not leak into the air next to it
+    assert abs(out[:, beside].mean() - 0.05) < 0.01
+    assert air_blur(samples, air, 0.0) is samples
+    complex_out = air_blur(samples.astype(np.complex64), air, 1.5)
+    np.testing.assert_allclose(complex_out.real, out, atol=1e-6)
+    assert [with_task_settings(ClosingConfig(), "closing", t, 4.0).air_blur for t in ("denoise", "kspace")] == [1.5, 0.0]
+
+
 def test_kspace_closing_takes_the_noise_out_of_the_air_and_leaves_the_head():
     """``closing.air`` through ``reconstruct._close``: on a phantom in a field of view of air, 8 coils, the air of the
     closed image loses its noise (its energy falls), the head inside keeps its values."""
