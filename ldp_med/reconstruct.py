@@ -308,21 +308,21 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
     if c.air and c.air_floor:  # the noise out of the air around the head
         from ldp_med.sampling.closing import air_blur, air_mask
 
-        air = air_mask(np.abs(closed).mean(0), c.air_floor, c.air_smooth, c.air_erode) if c.air_blur else None
-        gain = air_gains(problem, closed, c, cfg.posterior.seed, solve)
-        closed = (closed * gain).astype(closed.dtype)
-        if air is not None:  # what the air keeps, as its local mean over the air
-            closed = air_blur(closed, air, c.air_blur)
+        air = air_mask(np.abs(closed).mean(0), c.air_floor, c.air_smooth, c.air_erode)
+        gain = air_gains(problem, closed, c, cfg.posterior.seed, solve, air)
+        closed = air_blur((closed * gain).astype(closed.dtype), air, c.air_blur)  # what the air keeps: its mean
         var = None if var is None else var * gain**2
     return closed, var
 
 
-def air_gains(problem: Problem, closed: np.ndarray, closing, seed: int | None, solve) -> np.ndarray:
+def air_gains(problem: Problem, closed: np.ndarray, closing, seed: int | None, solve,
+              air: np.ndarray | None = None) -> np.ndarray:
     """The air step's (X, Y, Z) gains for the (B, X, Y, Z) ``closed`` samples (:func:`ldp_med.sampling.closing.air_gain`
     with ``closing.air`` and ``closing.air_floor``). k-space: the noise energy is how far ``solve`` (the solve that
     made ``closed``, a ``closing_solve`` partial) moves in :data:`AIR_PROBE`'s short run on data perturbed by fresh
     noise of the data's level, seeded by ``seed``; the image tasks: ``2 sigma^2`` of a magnitude image against the
-    noisy input's energy (sigma: :func:`magnitude_noise`)."""
+    noisy input's energy (sigma: :func:`magnitude_noise`). ``air``: the air mask of ``closed``'s mean magnitude, if the
+    caller has it."""
     from ldp_med.sampling.closing import air_gain
     from ldp_med.sampling.posterior import compressed
 
@@ -334,7 +334,7 @@ def air_gains(problem: Problem, closed: np.ndarray, closing, seed: int | None, s
     else:  # E y^2 = s^2 + 2 sigma^2
         energy, noise = np.square(problem.pinv.data, dtype=np.float64), 2 * magnitude_noise(problem) ** 2
     return air_gain(image, energy, noise, closing.air, closing.air_floor, closing.air_smooth, closing.air_erode,
-                    closing.air_range)
+                    closing.air_range, air)
 
 
 #: One (task, method) table: every pair the registry (``ldp_med.tasks``) allows, and nothing else.

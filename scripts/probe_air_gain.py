@@ -43,9 +43,9 @@ def capture(path: Path, case: str, prior) -> dict:
         kept.update(image=image, energy=energy, noise=noise)
         return np.ones(np.shape(image), np.float32)
 
-    def gains(problem, closed, closing, *args):
+    def gains(problem, closed, closing, *args, **kwargs):
         kept.update(closed=closed, closing=closing)
-        return air_gains(problem, closed, closing, *args)
+        return air_gains(problem, closed, closing, *args, **kwargs)
 
     C.air_gain, R.air_gains = inputs, gains
     try:

@@ -197,7 +197,7 @@ def air_mask(image: np.ndarray, floor: float, smooth: float = 1.5, erode: int = 
 
 
 def air_gain(image: np.ndarray, energy: np.ndarray, noise: np.ndarray | float, k: float, floor: float,
-             smooth: float = 1.5, erode: int = 2, range_: float = 0.0) -> np.ndarray:
+             smooth: float = 1.5, erode: int = 2, range_: float = 0.0, air: np.ndarray | None = None) -> np.ndarray:
     """Per-voxel gains that take the noise out of the air around the head (power subtraction).
 
     In the air (:func:`air_mask` of ``image`` at ``floor``) a voxel keeps the share of its energy that ``k`` times
@@ -216,6 +216,7 @@ def air_gain(image: np.ndarray, energy: np.ndarray, noise: np.ndarray | float, k
         k: the noise multiple (0: gains 1 everywhere).
         smooth, erode: the air mask's (:func:`air_mask`); ``smooth`` is the means' spatial width too.
         range_: the means' range width, a fraction of the smoothed image's 99th percentile (0: plain means).
+        air: the air mask, if the caller has it (:func:`air_mask` of ``image`` with ``floor``, ``smooth``, ``erode``).
 
     Returns:
         (X, Y, Z) float32 gains in [0, 1].
@@ -224,7 +225,7 @@ def air_gain(image: np.ndarray, energy: np.ndarray, noise: np.ndarray | float, k
         return np.ones(np.shape(image), np.float32)
     from scipy import ndimage
 
-    air = air_mask(image, floor, smooth, erode)
+    air = air_mask(image, floor, smooth, erode) if air is None else air
     image = np.asarray(image, np.float32)
     width = range_ * float(np.percentile(ndimage.gaussian_filter(image, smooth), 99)) if range_ else 0.0  # air_mask's
     mean_energy, mean_out = range_means([energy, np.square(image, dtype=np.float64)], image, smooth, width, air)
