@@ -465,9 +465,9 @@ class ClosingConfig:
                   self.air_erode or 0)
         if min(counts) < 0 or min(weights) < 0 or not 0 < self.coil_energy <= 1:
             raise ConfigError("closing: need iters >= 0, agreement_iters >= 0, restarts >= 0, restart_iters >= 0, "
-                              "spin >= 0, air_erode >= 0, air_smooth >= 0, air_range >= 0, air_blur >= 0, anchor >= 0, mu >= 0, "
-                              "0 < coil_energy <= 1, image_mu >= 0, image_agreement >= 0, agreement >= 0, air >= 0, "
-                              "air_floor >= 0; "
+                              "spin >= 0, air_erode >= 0, air_smooth >= 0, air_range >= 0, air_blur >= 0, "
+                              "anchor >= 0, mu >= 0, 0 < coil_energy <= 1, image_mu >= 0, image_agreement >= 0, "
+                              "agreement >= 0, air >= 0, air_floor >= 0; "
                               f"got {self}")
         blendable = {m for methods in BLEND_METHODS.values() for m in methods}
         if self.classical is not None and self.classical not in blendable:
