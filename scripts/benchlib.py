@@ -348,38 +348,35 @@ def simulate(name: str, case: str, path: Path, split: str = "test") -> np.ndarra
     return ref
 
 
-#: The validation volume kinds of tune_prior / probe_air_gain: flag -> the name prefix ``benchlib.volume_of`` reads.
-VOLUME_KINDS = {"heads": "head:", "crops": "crop:", "necks": "neck:", "noisy": "noisy:", "faint": "faint:",
-                "coarse": "coarse:", "parts": "part:", "rims": "rim:",
-                "loud": "loud:"}
+#: The validation volume kinds of tune_prior / probe_air_gain: flag -> (the name prefix ``benchlib.volume_of`` reads,
+#: the flag's help), in the order :func:`volume_names` lists them.
+VOLUME_KINDS = {
+    "heads": ("head:", "also each seed inside a synthetic skull and scalp (ldp_med.data.synthetic.synthetic_head, "
+                       "'head:<seed>')"),
+    "crops": ("crop:", "also each seed's synthetic head moved and cut to half its field of view ('crop:<seed>': a "
+                       "volume where the prior sees only part of a head, like a partial real scan)"),
+    "necks": ("neck:", "also each seed's synthetic head with a neck below it, past the model grid ('neck:<seed>', "
+                       "benchlib.with_neck: anatomy the prior never saw, like a head scanned with its neck)"),
+    "noisy": ("noisy:", "also each seed's synthetic head with Rician noise of its own, 1%% of its maximum "
+                        "('noisy:<seed>': a reference whose air is not 0, like a real scan's)"),
+    "faint": ("faint:", "also each seed's synthetic head with a faint smooth signal in its air ('faint:<seed>': "
+                        "1-4%% of its maximum, as a template averaged over many heads has)"),
+    "coarse": ("coarse:", "also each seed's synthetic head moved and acquired at 4x4x5 mm ('coarse:<seed>', as "
+                          "dipy's b0)"),
+    "parts": ("part:", "also each seed's synthetic head moved and cut to a 66x82x50 mm box ('part:<seed>', as "
+                       "nibabel's T1 part)"),
+    "rims": ("rim:", "also each seed's synthetic head with a dim rim outside its scalp ('rim:<seed>': 10-25%% of its "
+                     "maximum, as a real head's face, ears and skin have; an air step must keep it)"),
+    "loud": ("loud:", "also each seed's synthetic head with Rician noise of its own, 3%% of its maximum "
+                      "('loud:<seed>': a low-SNR real scan's reference, an EPI b0's)"),
+}
 
 
 def add_volume_kinds(ap) -> None:
-    """The ``--heads`` ... ``--parts`` and ``--no-brains`` flags of :func:`volume_names` on an argparse parser."""
-    ap.add_argument("--heads", action="store_true",
-                    help="also each seed inside a synthetic skull and scalp (ldp_med.data.synthetic.synthetic_head, 'head:<seed>')")
-    ap.add_argument("--crops", action="store_true",
-                    help="also each seed's synthetic head moved and cut to half its field of view ('crop:<seed>': a "
-                         "volume where the prior sees only part of a head, like a partial real scan)")
-    ap.add_argument("--necks", action="store_true",
-                    help="also each seed's synthetic head with a neck below it, past the model grid ('neck:<seed>', "
-                         "benchlib.with_neck: anatomy the prior never saw, like a head scanned with its neck)")
-    ap.add_argument("--noisy", action="store_true",
-                    help="also each seed's synthetic head with Rician noise of its own, 1%% of its maximum ('noisy:<seed>': "
-                         "a reference whose air is not 0, like a real scan's)")
-    ap.add_argument("--loud", action="store_true",
-                    help="also each seed's synthetic head with Rician noise of its own, 3%% of its maximum ('loud:<seed>': "
-                         "a low-SNR real scan's reference, an EPI b0's)")
-    ap.add_argument("--faint", action="store_true",
-                    help="also each seed's synthetic head with a faint smooth signal in its air ('faint:<seed>': "
-                         "1-4%% of its maximum, as a template averaged over many heads has)")
-    ap.add_argument("--coarse", action="store_true",
-                    help="also each seed's synthetic head moved and acquired at 4x4x5 mm ('coarse:<seed>', as dipy's b0)")
-    ap.add_argument("--parts", action="store_true",
-                    help="also each seed's synthetic head moved and cut to a 66x82x50 mm box ('part:<seed>', as nibabel's T1 part)")
-    ap.add_argument("--rims", action="store_true",
-                    help="also each seed's synthetic head with a dim rim outside its scalp ('rim:<seed>': 10-25%% of its "
-                         "maximum, as a real head's face, ears and skin have; an air step must keep it)")
+    """The flags of :data:`VOLUME_KINDS`, ``--templates`` and ``--no-brains`` (:func:`volume_names`) on an argparse
+    parser."""
+    for flag, (_, help_) in VOLUME_KINDS.items():
+        ap.add_argument(f"--{flag}", action="store_true", help=help_)
     ap.add_argument("--templates", action="store_true",
                     help=f"also the validation head templates, once each ({', '.join(VAL_HEADS)}: averages of many "
                          "subjects with face and neck, benchlib.VAL_HEADS)")
@@ -391,7 +388,7 @@ def volume_names(args) -> list[str]:
     """Each of ``args.seeds`` as a plain brain (unless ``--no-brains``) and as each kind its flags ask for
     (:func:`add_volume_kinds`), kind by kind: ``10000``, ``10001``, ``head:10000`` ...; then :data:`VAL_HEADS` with
     ``--templates``"""
-    kinds = [""] * (not args.no_brains) + [prefix for flag, prefix in VOLUME_KINDS.items() if getattr(args, flag)]
+    kinds = [""] * (not args.no_brains) + [prefix for flag, (prefix, _) in VOLUME_KINDS.items() if getattr(args, flag)]
     return [f"{kind}{seed}" for kind in kinds for seed in args.seeds] + list(VAL_HEADS) * args.templates
 
 

@@ -58,12 +58,14 @@ def capture(path: Path, case: str, prior) -> dict:
 
 
 def score(kept: dict, c, ref: np.ndarray) -> dict:
-    """``evaluate`` of the closed samples after the air step with the settings of ``c`` (a ClosingConfig)."""
-    gain = C.air_gain(kept["image"], kept["energy"], kept["noise"], c.air, c.air_floor, c.air_smooth, c.air_erode,
-                      c.air_range)
-    out = kept["closed"] * gain
-    if c.air_blur:
-        out = C.air_blur(out, C.air_mask(kept["image"], c.air_floor, c.air_smooth, c.air_erode), c.air_blur)
+    """``evaluate`` of the closed samples after the air step with the settings of ``c`` (a ClosingConfig), as
+    ``reconstruct._close`` runs it: one air mask for the gains and the blur."""
+    out = kept["closed"]
+    if c.air and c.air_floor:
+        air = C.air_mask(kept["image"], c.air_floor, c.air_smooth, c.air_erode)
+        gain = C.air_gain(kept["image"], kept["energy"], kept["noise"], c.air, c.air_floor, c.air_smooth, c.air_erode,
+                          c.air_range, air)
+        out = C.air_blur(out * gain, air, c.air_blur)
     return evaluate(np.abs(out).mean(0), ref)
 
 
