@@ -32,7 +32,7 @@ from ldp_med.io.kspace import load_kspace
 from ldp_med.metrics import evaluate
 from ldp_med.models.pretrained import load_pretrained
 
-FIELDS = ("air", "air_floor", "air_smooth", "air_erode", "air_range", "air_blur")
+FIELDS = ("air", "air_floor", "air_smooth", "air_erode", "air_range", "air_head", "air_blur")
 
 
 def capture(path: Path, case: str, prior) -> dict:
@@ -57,16 +57,21 @@ def capture(path: Path, case: str, prior) -> dict:
     return kept
 
 
-def score(kept: dict, c, ref: np.ndarray) -> dict:
-    """``evaluate`` of the closed samples after the air step with the settings of ``c`` (a ClosingConfig), as
-    ``reconstruct._close`` runs it: one air mask for the gains and the blur."""
+def air_step(kept: dict, c) -> np.ndarray:
+    """The (X, Y, Z) mean magnitude of the closed samples after the air step with the settings of ``c`` (a
+    ClosingConfig), as ``reconstruct._close`` runs it: one air mask for the gains and the blur."""
     out = kept["closed"]
     if c.air and c.air_floor:
         air = C.air_mask(kept["image"], c.air_floor, c.air_smooth, c.air_erode)
         gain = C.air_gain(kept["image"], kept["energy"], kept["noise"], c.air, c.air_floor, c.air_smooth, c.air_erode,
-                          c.air_range, air)
+                          c.air_range, air, 1.0 if c.air_head is None else c.air_head)  # None: a capture from before
         out = C.air_blur(out * gain, air, c.air_blur)
-    return evaluate(np.abs(out).mean(0), ref)
+    return np.abs(out).mean(0)
+
+
+def score(kept: dict, c, ref: np.ndarray) -> dict:
+    """``evaluate`` of :func:`air_step` against ``ref``."""
+    return evaluate(air_step(kept, c), ref)
 
 
 def main() -> None:

@@ -197,17 +197,19 @@ def air_mask(image: np.ndarray, floor: float, smooth: float = 1.5, erode: int = 
 
 
 def air_gain(image: np.ndarray, energy: np.ndarray, noise: np.ndarray | float, k: float, floor: float,
-             smooth: float = 1.5, erode: int = 2, range_: float = 0.0, air: np.ndarray | None = None) -> np.ndarray:
+             smooth: float = 1.5, erode: int = 2, range_: float = 0.0, air: np.ndarray | None = None,
+             head: float = 1.0) -> np.ndarray:
     """Per-voxel gains that take the noise out of the air around the head (power subtraction).
 
     In the air (:func:`air_mask` of ``image`` at ``floor``) a voxel keeps the share of its energy that ``k`` times
     the noise energy does not explain: ``sqrt(max(E - k N, 0) / E_out)``, ``E`` the observed energy (``energy``),
     ``N`` the noise's (``noise``), ``E_out`` the output's (``image ** 2``), each a local mean (:func:`range_means`:
     Gaussian, ``smooth`` voxels, over the voxels whose ``image`` is within about ``range_`` times its 99th percentile
-    of the voxel's own; ``range_`` 0: plain Gaussian means, whose head energy reaches the air beside it); 1
-    elsewhere and never above 1. Air that holds only noise goes to 0 (the truth there is 0: air gives no MR signal);
-    air that holds more than the noise explains (a reference with noise of its own, ghosts that are in the data, a
-    dim rim of skin or face below the floor) keeps that part.
+    of the voxel's own; ``range_`` 0: plain Gaussian means, whose head energy reaches the air beside it), in which
+    the voxels outside the air weigh ``head`` (1: plain means; 0: the air's own means, which average a dim rim of
+    skin or face below the floor with the air); 1 elsewhere and never above 1. Air that holds only noise goes to 0
+    (the truth there is 0: air gives no MR signal); air that holds more than the noise explains (a reference with
+    noise of its own, ghosts that are in the data, a dim rim of skin or face below the floor) keeps that part.
 
     Args:
         image: (X, Y, Z) the output magnitude.
@@ -217,6 +219,7 @@ def air_gain(image: np.ndarray, energy: np.ndarray, noise: np.ndarray | float, k
         smooth, erode: the air mask's (:func:`air_mask`); ``smooth`` is the means' spatial width too.
         range_: the means' range width, a fraction of the smoothed image's 99th percentile (0: plain means).
         air: the air mask, if the caller has it (:func:`air_mask` of ``image`` with ``floor``, ``smooth``, ``erode``).
+        head: the weight of the voxels outside the air in the means (a normalised convolution for ``head`` < 1).
 
     Returns:
         (X, Y, Z) float32 gains in [0, 1].
@@ -228,8 +231,15 @@ def air_gain(image: np.ndarray, energy: np.ndarray, noise: np.ndarray | float, k
     air = air_mask(image, floor, smooth, erode) if air is None else air
     image = np.asarray(image, np.float32)
     width = range_ * float(np.percentile(ndimage.gaussian_filter(image, smooth), 99)) if range_ else 0.0  # air_mask's
-    mean_energy, mean_out = range_means([energy, np.square(image, dtype=np.float64)], image, smooth, width, air)
-    mean_noise = range_means([noise], image, smooth, width, air)[0] if np.ndim(noise) else float(noise)
+    arrays = [energy, np.square(image, dtype=np.float64)] + ([noise] if np.ndim(noise) else [])
+    if head != 1:  # the head's voxels weigh less: means of w a over means of w
+        weight = np.where(air, 1.0, head)
+        arrays = [weight * a for a in arrays] + [weight]
+    means = range_means(arrays, image, smooth, width, air)
+    if head != 1:
+        means = [m / np.maximum(means[-1], 1e-12) for m in means[:-1]]
+    mean_energy, mean_out = means[:2]
+    mean_noise = means[2] if np.ndim(noise) else float(noise)
     gain = np.sqrt(np.clip(mean_energy - k * mean_noise, 0, None) / np.maximum(mean_out, 1e-20))
     return np.where(air, np.minimum(gain, 1.0), 1.0).astype(np.float32)
 

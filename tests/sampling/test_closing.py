@@ -261,6 +261,35 @@ def test_air_blur_replaces_the_air_by_its_mean_over_the_air_and_leaves_the_rest(
     assert [with_task_settings(ClosingConfig(), "closing", t, 4.0).air_blur for t in ("denoise", "kspace")] == [1.5, 0.0]
 
 
+def test_air_gains_weigh_the_head_less_so_its_energy_keeps_less_noise_beside_it():
+    """``head`` (``closing.air_head``) is the weight of the voxels outside the air in the gains' means: 1 is the plain
+    Gaussian mean, 0 the air's own (a normalised convolution over the air mask); below 1 the head's energy keeps less
+    of the noise in the air beside it (a narrower halo), and a dim rim on the head is kept."""
+    from scipy import ndimage
+
+    from ldp_med.config import ClosingConfig
+    from ldp_med.sampling.closing import air_gain, air_mask
+    from ldp_med.tasks import with_task_settings
+
+    head, r = _head_in_air((40, 40, 40))
+    rim = ((r >= 8) & (r < 10.5) & (np.indices(r.shape)[0] < 20)).astype(np.float32)  # a dim rim on half the head
+    sigma = 0.02
+    rng = np.random.default_rng(0)
+    image = np.hypot(head + 0.12 * rim + sigma * rng.standard_normal(r.shape), sigma * rng.standard_normal(r.shape))
+    image, energy = image.astype(np.float32), image.astype(np.float64) ** 2
+    gains = {h: air_gain(image, energy, 2 * sigma**2, k=1.0, floor=0.2, erode=0, head=h) for h in (1.0, 0.3, 0.0)}
+    np.testing.assert_array_equal(gains[1.0], air_gain(image, energy, 2 * sigma**2, k=1.0, floor=0.2, erode=0))
+    air = air_mask(image, 0.2, erode=0)
+    means = [ndimage.gaussian_filter(a, 1.5) for a in (air * energy, air.astype(np.float64))]  # the air's own means
+    own = np.where(air, np.minimum(np.sqrt(np.clip(1 - 2 * sigma**2 * means[1] / means[0], 0, None)), 1), 1)
+    np.testing.assert_allclose(gains[0.0], own, atol=1e-5)
+    halo = (r >= 11.5) & (r < 13.5) & (np.indices(r.shape)[0] > 22)  # 3.5-5.5 voxels out, where no rim is
+    assert gains[0.3][halo].mean() < 0.8 * gains[1.0][halo].mean()
+    assert np.median(gains[0.3][(rim > 0) & (r >= 8.5)]) > 0.95  # the rim stays
+    assert (gains[0.3][r < 8] == 1).all()
+    assert [with_task_settings(ClosingConfig(), "closing", t, 4.0).air_head for t in ("denoise", "kspace")] == [1.0, 1.0]
+
+
 def test_kspace_closing_takes_the_noise_out_of_the_air_and_leaves_the_head():
     """``closing.air`` through ``reconstruct._close``: on a phantom in a field of view of air, 8 coils, the air of the
     closed image loses its noise (its energy falls), the head inside keeps its values."""
