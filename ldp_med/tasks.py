@@ -47,7 +47,8 @@ DEFAULT_METHOD: dict[str, str] = {"kspace": "prior", "denoise": "prior", "superr
 #:   instead of the zero-filled one, and closes again (validation 37.70 -> 37.91 dB, SSIM 0.8662 -> 0.8736, twice the
 #:   time; a third pass 37.84; at R=4 no gain: 41.39 both).
 #: - ``closing.iters``: k-space 10 from the agreement's anchor-free solve (``closing.from_free``: as good as 30 from
-#:   the sample on validation at R=4, -0.07 dB at R=8, in 0.6-0.8x the time); the image tasks 30 from the sample.
+#:   the sample on validation at R=4, -0.07 dB at R=8, in 0.6-0.8x the time); the image tasks 30 from the sample
+#:   (denoising's solve stops after the first, its minimiser: ``closing_solve`` with ``A = I``, since session 51).
 #: - ``posterior.latent_fit_iters``: at R=8, 6 Adam steps on the final latent toward the data through the decoder
 #:   (``fit_latents``; validation brains and heads 10000-10003: R=8 35.91 -> 36.10 dB, SSIM +0.006, +6 s per volume;
 #:   R=4 +0.08 dB for the same 6 s, not taken: docs/results.md, "A latent fit before the closing solve"); 6 steps since

@@ -45,8 +45,11 @@ class LinearOperator:
     """Base class of a linear operator ``A`` with adjoint ``A^H``.
 
     Subclasses implement :meth:`A` and :meth:`A_adjoint`; they may override :meth:`dc_solve`
-    with a closed form. ``op(x)`` is ``op.A(x)``.
+    with a closed form. ``op(x)`` is ``op.A(x)``. ``normal_is_identity``: ``A^H A = I`` (solvers may take
+    shortcuts: :func:`ldp_med.sampling.closing.closing_solve`).
     """
+
+    normal_is_identity: bool = False
 
     def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802 (operator notation)
         """Apply the forward operator."""
@@ -102,6 +105,8 @@ class DenoiseOperator(LinearOperator):
 
     The data-consistency solve is the closed form ``(y + lam x0) / (1 + lam)``.
     """
+
+    normal_is_identity = True
 
     def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
         """Return ``x`` unchanged (any shape, real or complex)."""

@@ -54,7 +54,9 @@ def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, 
             solutions, phase included), float32 otherwise.
         lam: anchor weight (0: the CS baseline's objective).
         mu: wavelet sparsity weight (the CS baseline's lambda for k-space).
-        iters: FISTA iterations, warm-started from each anchor.
+        iters: FISTA iterations, warm-started from each anchor. With ``A^H A = I`` (denoising), no per-voxel
+            ``weights`` and no ``spin``, one: the gradient step lands on ``(A^H y + lam x_bar) / (1 + lam)`` from any
+            ``x``, so the first prox is the minimiser and every later iteration repeats it (to float rounding).
         weights: (X, Y, Z) per-voxel anchor weights ``w`` (max 1); None means 1 everywhere.
         operator, y: use these instead of the problem's (e.g. coil-compressed k-space for speed).
         perturb: randomize-then-optimize (Bardsley et al., SIAM J. Sci. Comput. 2014; perturb-and-MAP,
@@ -80,6 +82,8 @@ def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, 
     aty_y = op.A_adjoint(y)[0].numpy() if perturb is None else None  # the same for every anchor unless perturbed
     w2 = np.float32(1.0) if weights is None else np.asarray(weights, np.float32) ** 2
     step = 1.0 / (operator_norm_sq(problem) + lam * float(np.max(w2)))
+    if getattr(op, "normal_is_identity", False) and weights is None and spin <= 1:  # the first step is the minimiser (see ``iters``)
+        iters = min(iters, 1)
     anchors = np.asarray(anchors)
     W = sp.linop.Wavelet(tuple(anchors.shape[1:]), wave_name=wavelet)
     wavelet_l1 = sp.prox.UnitaryTransform(_l1_reg(sp, W.oshape, mu), W)

@@ -81,6 +81,32 @@ def test_real_problems_close_too():
     assert out.dtype == np.float32 and np.abs(out[0] - clean).mean() < np.abs(noisy - clean).mean()
 
 
+def test_denoising_closes_in_one_step_the_closed_form_minimiser(monkeypatch):
+    """``A = I`` with one anchor weight: the gradient step lands on ``(y + lam x_bar) / (1 + lam)`` from anywhere, so
+    the solve is one prox of that point (the wavelet soft-threshold at ``mu / (1 + lam)``), whatever ``iters`` says;
+    per-voxel weights still iterate."""
+    import sigpy as sp
+
+    from ldp_med.sampling.closing import _l1_reg
+
+    rng = np.random.default_rng(4)
+    clean = ellipsoid_phantom((13, 17, 11))
+    noisy = (clean + 0.05 * rng.normal(size=clean.shape)).astype(np.float32)
+    problem = denoise_problem(Volume(noisy, np.eye(4)), noise_std=0.05)
+    anchor = (clean + 0.02 * rng.normal(size=clean.shape)).astype(np.float32)[None]
+    updates = []
+    update = sp.alg.GradientMethod.update
+    monkeypatch.setattr(sp.alg.GradientMethod, "update", lambda self: (updates.append(1), update(self))[1])
+    out = closing_solve(problem, anchor, lam=3.0, mu=0.02, iters=30)[0]
+    assert len(updates) == 1
+    W = sp.linop.Wavelet(clean.shape, wave_name="db4")
+    z = (noisy + 3.0 * anchor[0]) / 4.0
+    closed_form = np.real(sp.prox.UnitaryTransform(_l1_reg(sp, W.oshape, 0.02), W)(0.25, z))
+    np.testing.assert_allclose(out, closed_form, atol=1e-6)
+    closing_solve(problem, anchor, lam=3.0, mu=0.02, iters=30, weights=np.full(clean.shape, 0.5))
+    assert len(updates) == 31
+
+
 def test_cycle_spinning_removes_the_dyadic_grid_and_is_seeded():
     """``spin``: the wavelet prox at random offsets. On the CS objective (no anchor) of an undersampled phantom, the
     spun solve is nearer the truth than the decimated one (the phantom's edges fall anywhere on the wavelet's dyadic
@@ -207,8 +233,8 @@ def test_range_means_are_gaussian_means_at_width_0_and_keep_to_their_side_of_an_
     guide = np.zeros((17, 19, 15), np.float32)
     guide[:, 9:] = 1.0  # a bright half beside a dark one
     a = (guide + 0.05 * rng.standard_normal(guide.shape)).astype(np.float32)
-    np.testing.assert_allclose(range_means([a], guide, 1.5, 0.0)[0], ndimage.gaussian_filter(a.astype(np.float64), 1.5))
     plain, ranged = range_means([a], guide, 1.5, 0.0)[0], range_means([a], guide, 1.5, 0.1)[0]
+    np.testing.assert_allclose(plain, ndimage.gaussian_filter(a.astype(np.float64), 1.5))
     assert ranged.dtype == np.float32 and ranged.shape == guide.shape
     assert plain[:, 8].mean() > 0.2  # a plain mean beside the edge takes in the bright side
     assert abs(ranged[:, 8].mean()) < 0.01 and abs(ranged[:, 9].mean() - 1) < 0.01  # a ranged one keeps to its side
@@ -267,7 +293,7 @@ def test_air_gains_weigh_the_head_less_so_its_energy_keeps_less_noise_beside_it(
     of the noise in the air beside it (a narrower halo), and a dim rim on the head is kept."""
     from scipy import ndimage
 
-    from ldp_med.config import ClosingConfig
+    from ldp_med.config import ClosingConfig, ConfigError
     from ldp_med.sampling.closing import air_gain, air_mask
     from ldp_med.tasks import with_task_settings
 
@@ -288,6 +314,8 @@ def test_air_gains_weigh_the_head_less_so_its_energy_keeps_less_noise_beside_it(
     assert np.median(gains[0.3][(rim > 0) & (r >= 8.5)]) > 0.95  # the rim stays
     assert (gains[0.3][r < 8] == 1).all()
     assert [with_task_settings(ClosingConfig(), "closing", t, 4.0).air_head for t in ("denoise", "kspace")] == [1.0, 1.0]
+    with pytest.raises(ConfigError, match="air_head"):
+        ClosingConfig(air_head=1.5)
 
 
 def test_kspace_closing_takes_the_noise_out_of_the_air_and_leaves_the_head():
