@@ -82,8 +82,8 @@ def closing_solve(problem: Problem, anchors: np.ndarray, lam: float, mu: float, 
     aty_y = op.A_adjoint(y)[0].numpy() if perturb is None else None  # the same for every anchor unless perturbed
     w2 = np.float32(1.0) if weights is None else np.asarray(weights, np.float32) ** 2
     step = 1.0 / (operator_norm_sq(problem) + lam * float(np.max(w2)))
-    if getattr(op, "normal_is_identity", False) and weights is None and spin <= 1:  # the first step is the minimiser (see ``iters``)
-        iters = min(iters, 1)
+    if getattr(op, "normal_is_identity", False) and weights is None and spin <= 1:
+        iters = min(iters, 1)  # the first step is the minimiser (see ``iters``)
     anchors = np.asarray(anchors)
     W = sp.linop.Wavelet(tuple(anchors.shape[1:]), wave_name=wavelet)
     wavelet_l1 = sp.prox.UnitaryTransform(_l1_reg(sp, W.oshape, mu), W)

@@ -313,7 +313,8 @@ def test_air_gains_weigh_the_head_less_so_its_energy_keeps_less_noise_beside_it(
     assert gains[0.3][halo].mean() < 0.8 * gains[1.0][halo].mean()
     assert np.median(gains[0.3][(rim > 0) & (r >= 8.5)]) > 0.95  # the rim stays
     assert (gains[0.3][r < 8] == 1).all()
-    assert [with_task_settings(ClosingConfig(), "closing", t, 4.0).air_head for t in ("denoise", "kspace")] == [1.0, 1.0]
+    heads = [with_task_settings(ClosingConfig(), "closing", t, 4.0).air_head for t in ("denoise", "kspace", "superres")]
+    assert heads == [1.0, 1.0, 1.0]
     with pytest.raises(ConfigError, match="air_head"):
         ClosingConfig(air_head=1.5)
 
