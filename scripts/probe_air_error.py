@@ -42,9 +42,9 @@ def main() -> None:
     for path in sorted(Path(args.captures).glob(f"{args.case}-*.pkl")):
         kept, ref = pickle.loads(path.read_bytes())
         ref = np.asarray(ref, np.float32)
-        out = air_step(kept, c)
-        now = evaluate(out, ref)
         air = C.air_mask(kept["image"], c.air_floor, c.air_smooth, c.air_erode)
+        out = air_step(kept, c, air)
+        now = evaluate(out, ref)
         dist, err = ndimage.distance_transform_edt(air), (out - ref) ** 2
         total = float(err.sum())
         shares = [float(err[air & (dist > a) & (dist <= b)].sum()) / total for a, b in BANDS]

@@ -57,12 +57,13 @@ def capture(path: Path, case: str, prior) -> dict:
     return kept
 
 
-def air_step(kept: dict, c) -> np.ndarray:
+def air_step(kept: dict, c, air: np.ndarray | None = None) -> np.ndarray:
     """The (X, Y, Z) mean magnitude of the closed samples after the air step with the settings of ``c`` (a
-    ClosingConfig), as ``reconstruct._close`` runs it: one air mask for the gains and the blur."""
+    ClosingConfig), as ``reconstruct._close`` runs it: one air mask for the gains and the blur (``air``, if the caller
+    has it: :func:`ldp_med.sampling.closing.air_mask` of ``kept["image"]`` with ``c``'s settings)."""
     out = kept["closed"]
     if c.air and c.air_floor:
-        air = C.air_mask(kept["image"], c.air_floor, c.air_smooth, c.air_erode)
+        air = C.air_mask(kept["image"], c.air_floor, c.air_smooth, c.air_erode) if air is None else air
         gain = C.air_gain(kept["image"], kept["energy"], kept["noise"], c.air, c.air_floor, c.air_smooth, c.air_erode,
                           c.air_range, air, 1.0 if c.air_head is None else c.air_head)  # None: a capture from before
         out = C.air_blur(out * gain, air, c.air_blur)
