@@ -100,15 +100,14 @@ def _blind_nlm_block(x: np.ndarray, sigma: float, search: int) -> np.ndarray:
                 total.sub_(d2[back])
                 count.sub_(valid[back])
             dist = total.div_(count.clamp_(min=0.5)).sub_(floor).clamp_(min=0.0)
-            dist.add_((1.0 - valid[core]) * 1e30)  # x(p + d) outside the volume: no weight
+            dist.masked_fill_(valid[core] == 0, 1e30)  # x(p + d) outside the volume: no weight
             value = shifted[core]
-            w = torch.exp(dist / -floor)  # h = 1; h = 1/2 and 2 are its square and square root
-            for i, weight in enumerate((w * w, w, w.sqrt())):
-                num[i].add_(weight * value)
-                den[i].add_(weight)
-            better = (dist < best).float()
-            best_value.add_(better * (value - best_value))
+            best_value = torch.where(dist < best, value, best_value)
             torch.minimum(best, dist, out=best)
+            w = dist.div_(-floor).exp_()  # h = 1; h = 1/2 and 2 are its square and square root
+            for i, weight in enumerate((w * w, w, w.sqrt())):
+                num[i].addcmul_(weight, value)
+                den[i].add_(weight)
     means = torch.where(den > 0, num / den.clamp(min=1e-30), best_value)  # no candidate near: the best match
     return torch.cat([means, best_value[None]]).numpy()
 
