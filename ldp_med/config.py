@@ -415,17 +415,6 @@ class ClosingConfig:
             ``air_smooth``); None: the task's.
         air_smooth: the Gaussian width (voxels) of the air step's smoothing: of the image its threshold reads and
             of the energies its gains compare.
-        air_range: the range width of the means the air's gains compare (``ldp_med.sampling.closing.range_means``),
-            a fraction of the smoothed image's 99th percentile: a voxel's energies are averaged only with voxels of
-            about its own brightness, so the head's energy stays out of the air beside it and a dim rim (skin, face)
-            is not averaged with the air; 0 (the default): plain Gaussian means. Not a task setting: every width
-            tried in session 50 lost on dipy's real b0 (docs/results.md, "Ranged means in the air").
-        air_head: the weight of the head's voxels (those outside the air) in the means the air's gains compare
-            (``head`` of ``ldp_med.sampling.closing.air_gain``): 1, plain Gaussian means, carry the head's energy into
-            the air beside it, whose noise then passes for signal (a halo); 0, the air's own means, average a dim rim
-            (skin, face) below the floor with the air (session 49: -4.8 dB on a template head). None: the task's (1
-            everywhere: session 51's 0.3 narrowed the halo but cost a real b0 0.05 dB, docs/results.md "The head's
-            weight in the air's means").
         air_blur: after the gains, each voxel of the air becomes the Gaussian mean (this many voxels) of the air
             around it (``ldp_med.sampling.closing.air_blur``): what the air keeps (a reference's own noise, a faint
             signal) is better estimated by its mean than in the noise's pattern; 0: off. None: the task's (denoise 1.5
@@ -458,21 +447,19 @@ class ClosingConfig:
     air: float | None = None
     air_floor: float | None = None
     air_smooth: float = 1.5
-    air_range: float = 0.0
-    air_head: float | None = None
     air_blur: float | None = None
     air_erode: int | None = None
     spin: int | None = None
 
     def __post_init__(self) -> None:
         weights = (self.anchor or 0.0, self.mu or 0.0, self.image_anchor, self.image_mu, self.image_agreement or 0.0,
-                   self.agreement, self.air or 0.0, self.air_floor or 0.0, self.air_smooth, self.air_range,
+                   self.agreement, self.air or 0.0, self.air_floor or 0.0, self.air_smooth,
                    self.air_blur or 0.0)
         counts = (self.iters or 0, self.agreement_iters, self.restarts or 0, self.restart_iters or 0, self.spin or 0,
                   self.air_erode or 0)
-        if min(counts) < 0 or min(weights) < 0 or not 0 < self.coil_energy <= 1 or not 0 <= (self.air_head or 0) <= 1:
+        if min(counts) < 0 or min(weights) < 0 or not 0 < self.coil_energy <= 1:
             raise ConfigError("closing: need iters >= 0, agreement_iters >= 0, restarts >= 0, restart_iters >= 0, "
-                              "spin >= 0, air_erode >= 0, air_smooth >= 0, air_range >= 0, 0 <= air_head <= 1, "
+                              "spin >= 0, air_erode >= 0, air_smooth >= 0, "
                               "air_blur >= 0, anchor >= 0, mu >= 0, 0 < coil_energy <= 1, image_mu >= 0, "
                               "image_agreement >= 0, agreement >= 0, air >= 0, air_floor >= 0; "
                               f"got {self}")

@@ -333,8 +333,7 @@ def air_gains(problem: Problem, closed: np.ndarray, closing, seed: int | None, s
         energy, noise = image**2, np.mean((np.abs(probe) - np.abs(closed)) ** 2, 0)
     else:  # E y^2 = s^2 + 2 sigma^2
         energy, noise = np.square(problem.pinv.data, dtype=np.float64), 2 * magnitude_noise(problem) ** 2
-    return air_gain(image, energy, noise, closing.air, closing.air_floor, closing.air_smooth, closing.air_erode,
-                    closing.air_range, air, closing.air_head)
+    return air_gain(image, energy, noise, closing.air, closing.air_floor, closing.air_smooth, closing.air_erode, air)
 
 
 #: One (task, method) table: every pair the registry (``ldp_med.tasks``) allows, and nothing else.

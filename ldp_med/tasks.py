@@ -87,9 +87,6 @@ DEFAULT_METHOD: dict[str, str] = {"kspace": "prior", "denoise": "prior", "superr
 #:   either (2.5: 33.90, but a dim rim's SSIM -0.007); test heads +0.07 to +0.83 dB, real scans unchanged
 #:   (docs/results.md, "The air keeps its mean"). k-space 0 (session 51, 21 validation volumes at R=4: 39.14 dB at
 #:   0 and 1.5, a 3%-own-noise head -0.52; docs/tune_air_blur_kspace_r4.md), super-resolution 0 (no air step).
-#: - ``closing.air_head``: 1 everywhere. Session 51's denoise 0.3 with ``air_blur`` 3 (validation 33.61 -> 34.22 dB,
-#:   no volume down) lost 0.17 dB on the NLin6Asym test head (the wider blur) and 0.05 on dipy's b0 (the weight);
-#:   k-space +0.01 at 0.3 (docs/results.md, "The head's weight in the air's means").
 #: - ``posterior.classical_start`` / ``closing.image_agreement``: super-resolution warm-starts from the self-similarity
 #:   estimate (``selfsim``, its classical method since session 34: +4.1 dB over cubic on validation brains, heads, half
 #:   fields of view, necks and noisy heads 10000-10001, docs/tune_selfsim.md) and blends it back in where the closed
@@ -173,7 +170,7 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool | str], ...]]
         "posterior.keep_detail": ((4.0, True),),
         "posterior.align": ((4.0, True), (8.0, False)),
         "closing.air": ((4.0, 4.0), (8.0, 10.0)), "closing.air_floor": ((4.0, 0.05),),
-        "closing.air_erode": ((4.0, 2),), "closing.air_blur": ((4.0, 0.0),), "closing.air_head": ((4.0, 1.0),),
+        "closing.air_erode": ((4.0, 2),), "closing.air_blur": ((4.0, 0.0),),
         "posterior.classical_start": ((4.0, False),), "closing.spin": ((4.0, 8),),
     },
     "denoise": {
@@ -182,7 +179,7 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool | str], ...]]
         "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),), "posterior.latent_fit_iters": ((1.0, 0),),
         "posterior.keep_detail": ((1.0, False),), "posterior.align": ((1.0, False),),
         "closing.air": ((1.0, 1.0),), "closing.air_floor": ((1.0, 0.2),), "closing.air_erode": ((1.0, 0),),
-        "closing.air_blur": ((1.0, 1.5),), "closing.air_head": ((1.0, 1.0),),
+        "closing.air_blur": ((1.0, 1.5),),
         "closing.image_agreement": ((1.0, 0.02),), "posterior.classical_start": ((1.0, False),),
         "closing.classical": ((1.0, "noise2self"),), "closing.spin": ((1.0, 0),),
     },
@@ -192,7 +189,7 @@ TASK_SETTINGS: dict[str, dict[str, tuple[tuple[float, float | bool | str], ...]]
         "closing.restarts": ((1.0, 0),), "closing.iters": ((1.0, 30),), "posterior.latent_fit_iters": ((1.0, 0),),
         "posterior.keep_detail": ((1.0, True),), "posterior.align": ((1.0, False),),
         "closing.air": ((1.0, 0.0),), "closing.air_floor": ((1.0, 0.1),), "closing.air_erode": ((1.0, 2),),
-        "closing.air_blur": ((1.0, 0.0),), "closing.air_head": ((1.0, 1.0),),
+        "closing.air_blur": ((1.0, 0.0),),
         "closing.image_agreement": ((1.0, 0.002),), "posterior.classical_start": ((1.0, True),),
         "closing.classical": ((1.0, "selfsim"),), "closing.spin": ((1.0, 0),),
     },

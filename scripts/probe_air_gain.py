@@ -32,7 +32,7 @@ from ldp_med.io.kspace import load_kspace
 from ldp_med.metrics import evaluate
 from ldp_med.models.pretrained import load_pretrained
 
-FIELDS = ("air", "air_floor", "air_smooth", "air_erode", "air_range", "air_head", "air_blur")
+FIELDS = ("air", "air_floor", "air_smooth", "air_erode", "air_blur")
 
 
 def capture(path: Path, case: str, prior) -> dict:
@@ -65,7 +65,7 @@ def air_step(kept: dict, c, air: np.ndarray | None = None) -> np.ndarray:
     if c.air and c.air_floor:
         air = C.air_mask(kept["image"], c.air_floor, c.air_smooth, c.air_erode) if air is None else air
         gain = C.air_gain(kept["image"], kept["energy"], kept["noise"], c.air, c.air_floor, c.air_smooth, c.air_erode,
-                          c.air_range, air, 1.0 if c.air_head is None else c.air_head)  # None: a capture from before
+                          air)
         out = C.air_blur(out * gain, air, c.air_blur)
     return np.abs(out).mean(0)
 

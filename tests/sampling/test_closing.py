@@ -191,7 +191,7 @@ def test_air_is_what_connects_to_the_field_of_views_faces_not_dark_tissue_inside
 
 
 def test_air_gain_removes_noise_only_air_and_keeps_what_the_noise_does_not_explain():
-    from ldp_med.sampling.closing import air_gain
+    from ldp_med.sampling.closing import air_gain, air_mask
 
     head, r = _head_in_air()
     rng = np.random.default_rng(0)
@@ -206,6 +206,9 @@ def test_air_gain_removes_noise_only_air_and_keeps_what_the_noise_does_not_expla
     kept = air_gain(loud, loud**2, 0.02**2, k=2.0, floor=0.1)
     assert np.median(kept[r > 12]) == pytest.approx(np.sqrt(1 / 2), abs=0.1)
     assert (air_gain(image, image**2, 0.02**2, k=0.0, floor=0.1) == 1).all()
+    # the caller's mask (reconstruct._close computes it once for the gains and the blur) is the one used
+    np.testing.assert_array_equal(air_gain(image, image**2, 0.02**2, k=2.0, floor=0.1, air=air_mask(image, 0.1)), gain)
+    assert (air_gain(image, image**2, 0.02**2, k=2.0, floor=0.1, air=np.zeros(image.shape, bool)) == 1).all()
 
 
 def test_without_erosion_the_air_step_reaches_the_voxels_next_to_the_head_and_denoising_takes_it():
@@ -222,46 +225,6 @@ def test_without_erosion_the_air_step_reaches_the_voxels_next_to_the_head_and_de
     assert (gains[2][band] == 1).all() and np.median(gains[0][band]) < 0.8
     assert (gains[0][r < 8] == 1).all()
     assert [with_task_settings(ClosingConfig(), "closing", t, 4.0).air_erode for t in ("denoise", "kspace")] == [0, 2]
-
-
-def test_range_means_are_gaussian_means_at_width_0_and_keep_to_their_side_of_an_edge():
-    from scipy import ndimage
-
-    from ldp_med.sampling.closing import range_means
-
-    rng = np.random.default_rng(3)
-    guide = np.zeros((17, 19, 15), np.float32)
-    guide[:, 9:] = 1.0  # a bright half beside a dark one
-    a = (guide + 0.05 * rng.standard_normal(guide.shape)).astype(np.float32)
-    plain, ranged = range_means([a], guide, 1.5, 0.0)[0], range_means([a], guide, 1.5, 0.1)[0]
-    np.testing.assert_allclose(plain, ndimage.gaussian_filter(a.astype(np.float64), 1.5))
-    assert ranged.dtype == np.float32 and ranged.shape == guide.shape
-    assert plain[:, 8].mean() > 0.2  # a plain mean beside the edge takes in the bright side
-    assert abs(ranged[:, 8].mean()) < 0.01 and abs(ranged[:, 9].mean() - 1) < 0.01  # a ranged one keeps to its side
-    far = (slice(None), slice(0, 4))  # far from the edge both are the same mean of the dark side
-    np.testing.assert_allclose(ranged[far], plain[far], atol=1e-4)
-
-
-def test_ranged_air_gains_take_the_noise_beside_the_head_and_keep_a_dim_rim():
-    """Plain means carry the head's energy into the air next to it (a ring of noise kept) and average a dim rim below
-    the floor with the air; ranged means (``range_``, ``closing.air_range``) keep both apart."""
-    from ldp_med.sampling.closing import air_gain
-
-    head, r = _head_in_air((40, 40, 40))
-    rim = ((r >= 8) & (r < 10.5) & (np.indices(r.shape)[0] < 20)).astype(np.float32)  # a dim rim on half the head
-    sigma = 0.02
-    rng = np.random.default_rng(0)
-    truth = head + 0.12 * rim
-    image = np.hypot(truth + sigma * rng.standard_normal(r.shape), sigma * rng.standard_normal(r.shape))
-    image = image.astype(np.float32)
-    gains = {w: air_gain(image, image.astype(np.float64)**2, 2 * sigma**2, k=1.25, floor=0.2, erode=0, range_=w)
-             for w in (0.0, 0.04)}
-    ring = (r >= 8.5) & (r < 10.5) & (np.indices(r.shape)[0] > 22)  # the air beside the head, where no rim is
-    dim = (rim > 0) & (r >= 8.5)
-    assert np.median(gains[0.0][ring]) > 0.5 and np.median(gains[0.04][ring]) < 0.2
-    assert np.median(gains[0.04][dim]) > 0.85
-    assert np.median(gains[0.04][r > 14]) < 0.1  # far air still goes
-    assert (gains[0.04][r < 8] == 1).all()
 
 
 def test_air_blur_replaces_the_air_by_its_mean_over_the_air_and_leaves_the_rest():
@@ -285,38 +248,6 @@ def test_air_blur_replaces_the_air_by_its_mean_over_the_air_and_leaves_the_rest(
     complex_out = air_blur(samples.astype(np.complex64), air, 1.5)
     np.testing.assert_allclose(complex_out.real, out, atol=1e-6)
     assert [with_task_settings(ClosingConfig(), "closing", t, 4.0).air_blur for t in ("denoise", "kspace")] == [1.5, 0.0]
-
-
-def test_air_gains_weigh_the_head_less_so_its_energy_keeps_less_noise_beside_it():
-    """``head`` (``closing.air_head``) is the weight of the voxels outside the air in the gains' means: 1 is the plain
-    Gaussian mean, 0 the air's own (a normalised convolution over the air mask); below 1 the head's energy keeps less
-    of the noise in the air beside it (a narrower halo), and a dim rim on the head is kept."""
-    from scipy import ndimage
-
-    from ldp_med.config import ClosingConfig, ConfigError
-    from ldp_med.sampling.closing import air_gain, air_mask
-    from ldp_med.tasks import with_task_settings
-
-    head, r = _head_in_air((40, 40, 40))
-    rim = ((r >= 8) & (r < 10.5) & (np.indices(r.shape)[0] < 20)).astype(np.float32)  # a dim rim on half the head
-    sigma = 0.02
-    rng = np.random.default_rng(0)
-    image = np.hypot(head + 0.12 * rim + sigma * rng.standard_normal(r.shape), sigma * rng.standard_normal(r.shape))
-    image, energy = image.astype(np.float32), image.astype(np.float64) ** 2
-    gains = {h: air_gain(image, energy, 2 * sigma**2, k=1.0, floor=0.2, erode=0, head=h) for h in (1.0, 0.3, 0.0)}
-    np.testing.assert_array_equal(gains[1.0], air_gain(image, energy, 2 * sigma**2, k=1.0, floor=0.2, erode=0))
-    air = air_mask(image, 0.2, erode=0)
-    means = [ndimage.gaussian_filter(a, 1.5) for a in (air * energy, air.astype(np.float64))]  # the air's own means
-    own = np.where(air, np.minimum(np.sqrt(np.clip(1 - 2 * sigma**2 * means[1] / means[0], 0, None)), 1), 1)
-    np.testing.assert_allclose(gains[0.0], own, atol=1e-5)
-    halo = (r >= 11.5) & (r < 13.5) & (np.indices(r.shape)[0] > 22)  # 3.5-5.5 voxels out, where no rim is
-    assert gains[0.3][halo].mean() < 0.8 * gains[1.0][halo].mean()
-    assert np.median(gains[0.3][(rim > 0) & (r >= 8.5)]) > 0.95  # the rim stays
-    assert (gains[0.3][r < 8] == 1).all()
-    heads = [with_task_settings(ClosingConfig(), "closing", t, 4.0).air_head for t in ("denoise", "kspace", "superres")]
-    assert heads == [1.0, 1.0, 1.0]
-    with pytest.raises(ConfigError, match="air_head"):
-        ClosingConfig(air_head=1.5)
 
 
 def test_kspace_closing_takes_the_noise_out_of_the_air_and_leaves_the_head():
