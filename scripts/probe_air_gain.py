@@ -8,9 +8,10 @@ samples, the image, the observed and the noise energies), and every grid point's
 The same result as ``tune_prior.py --grid`` over these fields (one reconstruction per volume instead of one per grid
 point and volume: twelve 2 mm volumes take 10-15 minutes once, a grid point 10-20 seconds); ``--per-volume`` also
 prints each volume's PSNR under its row. The rows are mean PSNR / SSIM against the noise-free reference
-(bench_recon's acquisitions and ``evaluate``); the first row is the shipped setting (each volume's own, its
-regime's where one applies; labelled with the first volume's). The validation volumes are
-synthetic: session 49's air step that gained 2 dB here lost 4.8 on a real template head (docs/results.md, "The air
+(bench_recon's acquisitions and ``evaluate``); the first row is each volume's settings as captured (its regime's
+where one applies; labelled with the first volume's): the shipped ones when the capture was made, and a field added
+since reads its class default (``--captures`` reuses captures: delete them to capture today's). The validation
+volumes are synthetic: session 49's air step that gained 2 dB here lost 4.8 on a real template head (docs/results.md, "The air
 judged by the air alone"); benchmark the test heads (bench_recon.py --heads) before shipping what this finds.
 """
 
@@ -120,7 +121,7 @@ def main() -> None:
         scores = [score(kept, kept["closing"] if values is None else
                         dataclasses.replace(kept["closing"], **dict(zip(grid, values))), ref) for kept, ref in volumes]
         if values is None:
-            label = " | ".join(str(getattr(volumes[0][0]["closing"], f)) for f in grid) + " (shipped)"
+            label = " | ".join(str(getattr(volumes[0][0]["closing"], f)) for f in grid) + " (as captured)"
         else:
             label = " | ".join(map(str, values))
         psnr, ssim = np.mean([s["psnr"] for s in scores]), np.mean([s["ssim"] for s in scores])
