@@ -11,8 +11,9 @@ prints each volume's PSNR under its row. The rows are mean PSNR / SSIM against t
 (bench_recon's acquisitions and ``evaluate``); the first row is each volume's settings as captured (its regime's
 where one applies; labelled with the first volume's): the shipped ones when the capture was made, and a field added
 since reads its class default (``--captures`` reuses captures: delete them to capture today's). The validation
-volumes are synthetic: session 49's air step that gained 2 dB here lost 4.8 on a real template head (docs/results.md, "The air
-judged by the air alone"); benchmark the test heads (bench_recon.py --heads) before shipping what this finds.
+volumes are synthetic: session 49's air step that gained 2 dB here lost 4.8 on a real template head
+(docs/results.md, "The air judged by the air alone"); benchmark the test heads (bench_recon.py --heads) before
+shipping what this finds.
 """
 
 from __future__ import annotations
