@@ -16,7 +16,10 @@
 # On a machine without our dependencies it installs the wheels in .whl/ into /tmp/site; it renders the synthetic
 # cohort (cache/cohort) with one process per core when it is not there; caption embeddings come from
 # .whl/captions.safetensors when the text encoder is not installed. STEPS_SCALE (default 1) multiplies every
-# stage's steps, for a smoke test on a CPU (STEPS_SCALE=0.002). Writes the final model folder to OUT
+# stage's steps, for a smoke test on a CPU (STEPS_SCALE=0.002). SET (space-separated KEY=VALUE) adds a --set to every
+# stage: the knobs for a version that fits issue 14's 9 minutes, not measured yet (the CPU chain at the fp32 rates of
+# sessions 21/24, ~4.6 VAE and ~8.5 prior steps/s on an H200, takes about an hour), e.g.
+# SET='loop.autocast=bf16 loop.batch_size=16' with a STEPS_SCALE below 1. Writes the final model folder to OUT
 # (default runs/gpu/model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +29,7 @@ PY=${PY:-python3}
 SCALE=${STEPS_SCALE:-1}
 PRIOR_CONFIG=${PRIOR_CONFIG:-configs/prior_pca_wide.yaml}
 METRIC_CONFIG=${METRIC_CONFIG:-configs/prior_pca_wide_metric.yaml}
+read -r -a SETS <<< "${SET:-}"
 DEADLINE=$("$PY" -c "import time; print(int(time.time() + ${MAX_MINUTES:-1e5} * 60))")
 export HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ! "$PY" -c "import monai, nibabel, pydicom, nilearn, pywt" 2>/dev/null; then
@@ -53,7 +57,7 @@ stage() {
   local t=$(date +%s)
   local limit=(--max-minutes "$("$PY" -c "print(max(0.1, ($DEADLINE - $t) / 60))")")
   "$PY" -m ldp_med train "$kind" --config "$config" --out "$WORK/$name" --device auto --set loop.threads=0 \
-    --set loop.steps="$(steps "$n")" "${resume[@]}" "${limit[@]}" "$@"
+    --set loop.steps="$(steps "$n")" "${resume[@]}" "${limit[@]}" "$@" "${SETS[@]/#/--set=}"
   [[ -f "$WORK/$name/model/config.json" ]] || { echo "$name: stopped before its last step; run again to continue"; exit 3; }
   echo "$name: $(( $(date +%s) - t )) s"
 }
