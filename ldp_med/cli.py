@@ -132,9 +132,10 @@ def _check_args(out, accel, calib, coils, noise, factor, axis) -> None:
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--out", required=True,
+@click.option("-o", "--out", default=None,
               help="Output volume, .nii.gz, .nii, .mgz, .mgh or a name without a suffix (a DICOM series "
-                   "folder) for one input; an existing folder for several.")
+                   "folder) for one input; an existing folder for several.  [default: <name>_<method>.nii.gz "
+                   "beside each input; .mgz / .mgh for FreeSurfer inputs]")
 @click.option("--method", type=click.Choice(ALL_METHODS), default=None, help="Default: " + ", ".join(f"{m} ({t})" for t, m in DEFAULT_METHOD.items()) + "; prior = latent posterior sampling (the config's posterior.method, DDS by default), dps = latent DPS.")
 @click.option("--task", type=click.Choice(["auto", *TASKS]), default=None, help="Default: auto (kspace for .h5; other inputs need --task).")
 @click.option("--factor", type=int, default=None, help="superres: slice-thickness factor [the slice axis' voxel size over the in-plane one; 2 for isotropic voxels].")

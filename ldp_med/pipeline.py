@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ldp_med.config import ReconstructConfig
-from ldp_med.errors import InputError
+from ldp_med.errors import InputError, LdpError
 from ldp_med.io.atomic import check_output
 from ldp_med.io.kspace import load_kspace
 from ldp_med.io.loaders import (check_volume_output, check_volume_path, is_kspace_file, load_volume, save_volume,
@@ -27,23 +28,38 @@ def _folder_suffix(path: str) -> str:
     return name[-4:] if is_mgh_path(name) else ".nii.gz"
 
 
-def _outputs(inputs: list[str], out: str, report: str | None) -> list[Path]:
-    """One output path per input: ``out`` itself for one input (NIfTI or MGH), ``out/<name><suffix>`` for several:
-    an MGH input keeps its ``.mgz`` / ``.mgh``, every other input (NIfTI, DICOM, k-space) gives ``.nii.gz``."""
-    for p in inputs:
-        if not os.path.exists(p):
-            raise InputError(p, "no such file or folder")
-    if len(inputs) == 1:
+def _outputs(inputs: list[str], out: str | None, report: str | None, methods: list[str]) -> list[Path]:
+    """One output path per input: ``out`` itself for one input (NIfTI or MGH), ``out/<name><suffix>`` for several;
+    without ``out``, ``<name>_<method><suffix>`` beside each input. An MGH input keeps its ``.mgz`` / ``.mgh``,
+    every other input (NIfTI, MINC, DICOM, k-space) gives ``.nii.gz``."""
+    if len(inputs) > 1 and report:
+        raise InputError(report, "--report needs a single input")
+    if out is None:
+        sources = [Path(p) if Path(p).name else Path(os.path.abspath(p)) for p in inputs]  # "." names its folder
+        paths = [s.with_name(f"{volume_stem(s)}_{m}{_folder_suffix(p)}") for p, s, m in zip(inputs, sources, methods)]
+    elif len(inputs) == 1:
         check_volume_path(out)
         return [Path(out)]
-    if report:
-        raise InputError(report, "--report needs a single input")
-    if not os.path.isdir(out):
+    elif not os.path.isdir(out):
         raise InputError(out, "with several inputs, -o must be an existing folder")
-    paths = [Path(out) / f"{volume_stem(p)}{_folder_suffix(p)}" for p in inputs]
+    else:
+        paths = [Path(out) / f"{volume_stem(p)}{_folder_suffix(p)}" for p in inputs]
     if len(set(paths)) != len(paths):
-        raise InputError(out, "two inputs share a name; outputs would collide")
+        raise InputError(out or paths[0].parent, "two inputs share a name; outputs would collide")
     return paths
+
+
+def _settle(path: str, cfg: ReconstructConfig) -> ReconstructConfig:
+    """``cfg`` with the task and method of ``path`` settled (``auto`` and the task's default made explicit)."""
+    from ldp_med.reconstruct import resolve_method, resolve_task
+
+    if not os.path.exists(path):
+        raise InputError(path, "no such file or folder")
+    task = resolve_task(path, cfg.task)
+    try:
+        return dataclasses.replace(cfg, task=task, method=resolve_method(path, task, cfg.method))
+    except LdpError as exc:  # e.g. closing.classical not a method of the task the input settles
+        raise InputError(path, str(exc)) from None
 
 
 def _shard() -> tuple[int, int]:
@@ -57,29 +73,32 @@ def std_path(dest: Path) -> Path:
     return dest.with_name(f"{name}_std{dest.name[len(name):]}")
 
 
-def reconstruct_to_files(inputs: list[str], out: str, cfg: ReconstructConfig, volume_index: int | None = None,
+def reconstruct_to_files(inputs: list[str], out: str | None, cfg: ReconstructConfig, volume_index: int | None = None,
                          report: str | None = None, force: bool = False, model: str | None = None,
                          device: str = "cpu") -> list[Path]:
     """Reconstruct each input with ``cfg`` and write ``<out>`` (one input) or ``<out>/<name>.nii.gz`` (several; an
-    MGH input's output keeps its ``.mgz`` / ``.mgh``).
+    MGH input's output keeps its ``.mgz`` / ``.mgh``); ``out`` None: ``<name>_<method>.nii.gz`` beside each input.
 
     With a prior method and ``cfg.posterior.samples > 1`` the std map goes to ``<name>_std.nii.gz``.
-    All destinations are checked before any work starts, so a refused overwrite costs nothing.
+    Each input's task and method are settled first, then all destinations are checked before any work starts,
+    so a refused overwrite costs nothing.
     """
     rank, world = _shard()
-    pairs = list(zip(inputs, _outputs(inputs, out, report)))[rank::world]  # this rank's share under torchrun
-    with_prior = cfg.method in PRIOR_METHODS
-    _check_outputs(inputs, pairs, cfg, report, force)
+    settled = [_settle(p, cfg) for p in inputs]
+    dests = _outputs(inputs, out, report, [c.method for c in settled])
+    jobs = list(zip(inputs, dests, settled))[rank::world]  # this rank's share under torchrun
+    _check_outputs(inputs, jobs, report, force)
     prior = None
-    if with_prior:
+    if any(c.method in PRIOR_METHODS for _, _, c in jobs):
         from ldp_med.models.pretrained import load_pretrained
 
         prior = load_pretrained(model, device=device)
-    for path, _ in pairs:
-        check_reconstruction_memory(path, cfg, prior)
+    for path, _, job_cfg in jobs:
+        check_reconstruction_memory(path, job_cfg, prior)
     written = []
-    for path, dest in tqdm(pairs, desc=f"files (rank {rank})" if world > 1 else "files", disable=len(pairs) < 2):
-        rec = reconstruct_file(path, cfg, volume_index, progress=len(inputs) == 1, prior=prior)
+    for path, dest, job_cfg in tqdm(jobs, desc=f"files (rank {rank})" if world > 1 else "files",
+                                    disable=len(jobs) < 2):
+        rec = reconstruct_file(path, job_cfg, volume_index, progress=len(inputs) == 1, prior=prior)
         save_volume(rec.volume, dest, force=force)
         written.append(dest)
         if rec.std is not None:
@@ -91,12 +110,11 @@ def reconstruct_to_files(inputs: list[str], out: str, cfg: ReconstructConfig, vo
     return written
 
 
-def _check_outputs(inputs: list[str], pairs: list[tuple[str, Path]], cfg: ReconstructConfig, report: str | None,
+def _check_outputs(inputs: list[str], jobs: list[tuple[str, Path, ReconstructConfig]], report: str | None,
                    force: bool) -> None:
     """Every destination is new (or ``force``), writable, distinct, never an input, and claimed by this process."""
-    dests = [o for _, o in pairs]
-    if cfg.method in PRIOR_METHODS and cfg.posterior.samples > 1:
-        dests += [std_path(o) for _, o in pairs]
+    dests = [dest for _, dest, _ in jobs]
+    dests += [std_path(dest) for _, dest, c in jobs if c.method in PRIOR_METHODS and c.posterior.samples > 1]
     if report:
         dests.append(Path(report))
     seen: dict[str, Path] = {}

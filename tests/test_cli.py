@@ -287,3 +287,26 @@ def test_all_zero_and_tiny_volumes_fail_in_one_line(tmp_path, phantom_nifti, vol
     r = run(*[a.format(v=v, d=out, p=phantom_nifti) for a in command])
     assert_one_line_error(r, v, needle)
     assert not r.stderr.lower().count("warning") and list(out.iterdir()) == []
+
+
+def test_without_out_each_output_is_named_for_its_input_and_method_beside_it(tmp_path, phantom_nifti, monkeypatch):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    h5 = scans / "scan.h5"
+    assert run("simulate", phantom_nifti, "-o", h5, "--coils", 2, "--calib", 6).exit_code == 0
+    before = digest(h5)
+    monkeypatch.chdir(tmp_path)  # not the input's folder
+    r = run("reconstruct", h5, "--method", "zero-filled")
+    assert r.exit_code == 0, r.output
+    out = scans / "scan_zero-filled.nii.gz"
+    assert r.output.strip() == f"wrote {out}"
+    assert nib.load(str(out)).shape == (21, 24, 19) and digest(h5) == before
+    assert_one_line_error(run("reconstruct", h5, "--method", "zero-filled"), out, "--force")
+    assert run("reconstruct", h5, "--method", "cs").exit_code == 0
+    assert (scans / "scan_cs.nii.gz").exists()
+    # several inputs, a FreeSurfer one keeps its format; a folder of DICOM slices is named after the folder
+    assert run("simulate", phantom_nifti, "-o", scans / "noisy.mgz", "--task", "denoise").exit_code == 0
+    assert run("simulate", phantom_nifti, "-o", scans / "series", "--task", "denoise").exit_code == 0
+    r = run("reconstruct", scans / "noisy.mgz", f"{scans / 'series'}/", "--task", "denoise", "--method", "nlm")
+    assert r.exit_code == 0, r.output
+    assert (scans / "noisy_nlm.mgz").exists() and (scans / "series_nlm.nii.gz").exists()

@@ -120,3 +120,30 @@ def test_monai_pipeline_and_cli_agree_on_a_kspace_file(tmp_path, phantom_nifti, 
     img = nib.load(str(out))
     np.testing.assert_allclose(img.get_fdata(), mean[0].numpy(), rtol=0, atol=1e-6)
     np.testing.assert_allclose(img.affine, mean.affine.numpy(), atol=1e-5)
+
+
+def test_the_default_methods_outputs_and_memory_are_settled_before_any_work(tmp_path, phantom_nifti, model_dir,
+                                                                            monkeypatch):
+    """No --method: the task's default (the prior for k-space) is settled at the boundary, so its std map is checked
+    with the other outputs before any work, and the memory estimate counts the prior's grid."""
+    import ldp_med.pipeline as pipeline
+
+    h5 = tmp_path / "scan.h5"
+    assert run("simulate", phantom_nifti, "-o", h5, "--coils", 3, "--calib", 6).exit_code == 0
+    (tmp_path / "recon_std.nii.gz").write_bytes(b"kept")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("reconstructed before the outputs were checked")
+
+    monkeypatch.setattr(pipeline, "reconstruct_file", no_work)
+    r = run("reconstruct", h5, "-o", tmp_path / "recon.nii.gz", "--samples", 2, "--model", model_dir)
+    assert r.exit_code == 2, r.output
+    assert "recon_std.nii.gz" in r.stderr and "--force" in r.stderr
+    assert not (tmp_path / "recon.nii.gz").exists()
+
+    seen = []
+    monkeypatch.setattr(pipeline, "check_reconstruction_memory",
+                        lambda path, cfg, prior=None: seen.append((cfg.task, cfg.method, prior is not None)))
+    r = run("reconstruct", h5, "-o", tmp_path / "other.nii.gz", "--model", model_dir)
+    assert isinstance(r.exception, AssertionError)  # reached the work, after the checks
+    assert seen == [("kspace", "prior", True)]
