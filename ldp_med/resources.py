@@ -32,8 +32,16 @@ ESPIRIT_COIL_PAIRS = 2.5
 #: coils): 182x218x182 3.11 / 4.61 / 5.29 GB, 256^3 6.74 / 9.29 / 11.65 GB (docs/reliability.md); their 2, 6 and 4
 #: until then, calibrated on 64x72x64, were below both.
 KSPACE_COIL_ARRAYS = {"zero-filled": 5.0, "cs": 7.5, "tv": 9.5, "prior": 4.0, "dps": 6.0}
-#: Live float32 images (X x Y x Z x 4 bytes) at the peak of each image-domain method.
-IMAGE_ARRAYS = {"nlm": 12.0, "cubic": 8.0, "prior": 16.0, "dps": 20.0}
+#: Live float32 images (X x Y x Z x 4 bytes) at the peak of each image-domain method, and (``IMAGE_FIXED``) bytes that
+#: grow with the volume only up to a cap: the training rows of the networks learned on the scan (noise2self's
+#: ``_MAX_TRAIN``, selfsim's ``_MAX_ROWS``), which the prior methods run as their classical partner. Peak RSS less
+#: the 0.38 GB program, 2 mm / 1 mm NLin6Asym head (session 53, docs/reliability.md): denoise prior 0.82 / 1.95 GB,
+#: noise2self 0.61 / 1.66, nlm 0.04 / 0.36, bm4d 0.84 / more than 7.06 (stopped at 400 s); superres selfsim
+#: 0.37 / 1.51, prior 0.48 / 1.54, cubic 0.02 / 0.27. Until then noise2self, selfsim and bm4d counted 8 images
+#: (0.33 GB at 1 mm) and the prior 16 without its partner.
+IMAGE_ARRAYS = {"nlm": 12.0, "cubic": 8.0, "noise2self": 40.0, "selfsim": 44.0, "bm4d": 280.0, "prior": 20.0,
+                "dps": 20.0}
+IMAGE_FIXED = {"noise2self": 0.5e9, "selfsim": 0.2e9, "prior": 0.3e9, "dps": 0.3e9}
 #: Live float32 activations per model-grid voxel and first-level channel of the prior's networks
 #: (VAE decoder and encoder at the model grid dominate; UNet activations are at the latent grid).
 PRIOR_ACTIVATIONS = 15.0
@@ -125,7 +133,7 @@ def reconstruction_bytes(task: str, method: str, shape: tuple[int, ...], coils: 
     - k-space: ``RECON_OVERHEAD + 8 * (N_e * ESPIRIT_COIL_PAIRS * C**2 + N * KSPACE_COIL_ARRAYS[method] * C)``
       (ESPIRiT holds a C x C matrix per voxel of its grid, N_e voxels, coarser than N above
       ``ESPIRIT_MAX_VOXELS``; the methods hold a few multi-coil arrays);
-    - denoise / superres: ``RECON_OVERHEAD + IMAGE_ARRAYS[method] * 4 * N``;
+    - denoise / superres: ``RECON_OVERHEAD + IMAGE_FIXED[method] + IMAGE_ARRAYS[method] * 4 * N``;
     - prior methods add, for the first posterior sample, the DC arrays again and
       ``PRIOR_ACTIVATIONS * 4 * prod(model_grid) * first_channels`` of network activations, and for every further
       sample ``SAMPLE_IMAGES * 8 * N`` (k-space) or ``IMAGE_ARRAYS[method] * 4 * N`` (the image tasks) and
@@ -140,7 +148,7 @@ def reconstruction_bytes(task: str, method: str, shape: tuple[int, ...], coils: 
                                      + voxels * KSPACE_COIL_ARRAYS.get(method, 8.0) * coils)
         first, extra = KSPACE_COIL_ARRAYS.get(method, 8.0) * 8 * coils * voxels, SAMPLE_IMAGES * 8 * voxels
     else:
-        need = RECON_OVERHEAD + IMAGE_ARRAYS.get(method, 8.0) * 4 * voxels
+        need = RECON_OVERHEAD + IMAGE_FIXED.get(method, 0.0) + IMAGE_ARRAYS.get(method, 8.0) * 4 * voxels
         first = extra = IMAGE_ARRAYS.get(method, 8.0) * 4 * voxels
     if model_grid and first_channels:
         model = 4 * math.prod(model_grid) * first_channels
