@@ -9,7 +9,6 @@ the data range is ``reference.max() - reference.min()``; SSIM is scikit-image's 
 from __future__ import annotations
 
 import numpy as np
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 
 def _pair(recon: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -31,12 +30,16 @@ def psnr(recon: np.ndarray, reference: np.ndarray) -> float:
     recon, reference = _pair(recon, reference)
     if np.array_equal(recon, reference):  # no error at all: infinite PSNR, without numpy's divide warning
         return float("inf")
+    from skimage.metrics import peak_signal_noise_ratio  # here, not at the top: its scipy.stats import cost every command 0.6-1 s
+
     return float(peak_signal_noise_ratio(reference, recon, data_range=data_range(reference)))
 
 
 def ssim(recon: np.ndarray, reference: np.ndarray) -> float:
     """3-D structural similarity (scikit-image, 7-voxel window) with ``data_range(reference)``."""
     recon, reference = _pair(recon, reference)
+    from skimage.metrics import structural_similarity
+
     return float(structural_similarity(reference, recon, data_range=data_range(reference)))
 
 
