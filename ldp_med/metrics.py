@@ -30,7 +30,8 @@ def psnr(recon: np.ndarray, reference: np.ndarray) -> float:
     recon, reference = _pair(recon, reference)
     if np.array_equal(recon, reference):  # no error at all: infinite PSNR, without numpy's divide warning
         return float("inf")
-    from skimage.metrics import peak_signal_noise_ratio  # here, not at the top: its scipy.stats import cost every command 0.6-1 s
+    # imported here, not at the top: with it scipy.stats, 0.6-1 s of every command's start (docs/results.md)
+    from skimage.metrics import peak_signal_noise_ratio
 
     return float(peak_signal_noise_ratio(reference, recon, data_range=data_range(reference)))
 
