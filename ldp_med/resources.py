@@ -172,10 +172,23 @@ def input_shape(path: str | os.PathLike, task: str, factor: int | None = 2,
 
     K-space containers: the ``kspace`` dataset's shape (coils, X, Y, Z). NIfTI (pairs too) and MGH: the header's first
     three dims (superres: ``factor`` x along ``axis``, None read from the header's voxel sizes as the problem
-    will). Other inputs (DICOM folders, MINC) return None; their readers check sizes themselves.
+    will). DICOM series folders: rows x columns x the frames of every file with an image (headers only; superres's
+    factor and axis as for NIfTI, from the pixel and slice spacing). MINC and single DICOM files return None; their
+    readers check sizes themselves.
     """
     name = str(path).lower()
     try:
+        if os.path.isdir(path):
+            found = _dicom_folder_shape(Path(path))
+            if found is None:
+                return None
+            shape, zooms = found
+            if task == "superres":
+                from ldp_med.problems import slice_geometry
+
+                factor, axis = slice_geometry(zooms, factor, axis)
+                shape[axis] *= factor
+            return tuple(shape), 1
         if name.endswith((".h5", ".hdf5")):
             import h5py
 
@@ -202,6 +215,29 @@ def input_shape(path: str | os.PathLike, task: str, factor: int | None = 2,
     except Exception:  # noqa: BLE001 - unreadable headers are the reader's to report, with its message
         return None
     return None
+
+
+def _dicom_folder_shape(folder: Path) -> tuple[list[int], list[float]] | None:
+    """([rows, columns, frames], [row spacing, column spacing, slice spacing]) of the DICOM images under ``folder``,
+    from their headers (pixels not read); None when it holds none. Frames of every image file count, so a folder of
+    several series (which the reader refuses) estimates their sum."""
+    import pydicom
+
+    shape, zooms, frames = None, None, 0
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=[
+                "Rows", "Columns", "NumberOfFrames", "PixelSpacing", "SpacingBetweenSlices", "SliceThickness"])
+            rows, columns = int(ds.Rows), int(ds.Columns)
+        except Exception:  # noqa: BLE001 - not DICOM, or not an image: the reader decides
+            continue
+        frames += int(ds.get("NumberOfFrames") or 1)
+        if shape is None:
+            shape = [rows, columns]
+            pixel = [float(v) for v in ds.get("PixelSpacing") or (1.0, 1.0)]
+            step = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or pixel[0]
+            zooms = [*pixel[:2], abs(float(step))]
+    return (shape + [frames], zooms) if shape else None
 
 
 # -- training ---------------------------------------------------------------------------------------------

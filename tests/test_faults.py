@@ -332,6 +332,31 @@ def test_reconstruction_above_available_memory_is_refused(tmp_path, scan_h5, mon
     assert run("reconstruct", scan_h5, "-o", tmp_path / "r.nii.gz", "--method", "zero-filled").exit_code == 0
 
 
+def test_a_dicom_series_is_estimated_from_its_headers(tmp_path, monkeypatch):
+    """A DICOM folder's size comes from its headers (rows x columns x files), so its memory is checked before the
+    reader allocates; until session 53 a folder was never estimated."""
+    import nibabel as nib
+    import numpy as np
+
+    from ldp_med.io.loaders import load_volume
+    from tests.conftest import ellipsoid_phantom
+
+    data = ellipsoid_phantom() * 300 + 5
+    zooms = np.diag([1.0, 1.0, 3.0, 1.0])  # 1 x 1 x 3 mm: a thick-slice series
+    nib.save(nib.Nifti1Image(data.astype(np.float32), zooms), str(tmp_path / "x.nii.gz"))
+    series = tmp_path / "series"
+    assert run("simulate", tmp_path / "x.nii.gz", "-o", series, "--task", "denoise").exit_code == 0
+    (series / "notes.txt").write_text("not DICOM")
+    shape = load_volume(series).data.shape
+    found = resources.input_shape(series, "denoise", None, None)
+    assert found is not None and sorted(found[0]) == sorted(shape) and found[1] == 1
+    thick, _ = resources.input_shape(series, "superres", None, None)
+    assert np.prod(thick) == 3 * np.prod(shape)  # the slice axis read from the spacing: factor 3
+    monkeypatch.setenv(resources.LIMIT_ENV, "0.01")
+    r = run("reconstruct", series, "-o", tmp_path / "d.nii.gz", "--task", "denoise", "--method", "nlm")
+    assert_cli_error(r, "nlm denoise of", "needs about")
+
+
 def test_prior_reconstruction_advice_names_coil_compression(tmp_path, scan_h5, monkeypatch):
     monkeypatch.setenv(resources.LIMIT_ENV, "0.01")
     r = run("reconstruct", scan_h5, "-o", tmp_path / "r.nii.gz", "--method", "prior", "--samples", 4)
