@@ -41,7 +41,8 @@ def test_docs_have_command_lines():
 @pytest.mark.parametrize("path,number,line", CLI_LINES, ids=[f"{p.name}:{n}" for p, n, _ in CLI_LINES])
 def test_command_line_in_the_docs_parses(path, number, line, monkeypatch):
     """Every documented ``ldp-med`` command line names a command and options that exist, with values they accept
-    (click parses it; the commands' bodies are replaced, so nothing runs)."""
+    (click parses it; the commands' bodies are replaced, so nothing runs), and ``reconstruct``'s ``--set`` fields
+    exist in its config."""
     import shlex
 
     from click.testing import CliRunner
@@ -57,3 +58,7 @@ def test_command_line_in_the_docs_parses(path, number, line, monkeypatch):
     args = shlex.split(re.split(r"\s(?:&&|\||>|2>)\s", line)[0], comments=True)[1:]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, f"{path.name}:{number}: {line}\n{result.output}"
+    if args[0] == "reconstruct":  # and its --set fields exist, with values they accept
+        from ldp_med.config import ReconstructConfig, load_config
+
+        load_config(ReconstructConfig, None, [v for k, v in zip(args, args[1:]) if k == "--set"])
