@@ -10,6 +10,7 @@ import dataclasses
 import errno
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -303,8 +304,9 @@ def info(model_dir, as_json):
 
 @cli.command()
 @click.argument("input_path", metavar="INPUT")
-@click.option("-o", "--out", required=True,
-              help="Output volume (.nii.gz, .nii, .mgz, .mgh, or a name without a suffix: a DICOM series folder).")
+@click.option("-o", "--out", default=None,
+              help="Output volume (.nii.gz, .nii, .mgz, .mgh, or a name without a suffix: a DICOM series folder) "
+                   "[default: <name>_ae.nii.gz beside the input; .mgz / .mgh for FreeSurfer inputs].")
 @click.option("--model", "model_dir", default=None, help="Model folder (default: the shipped model).")
 @click.option("--volume-index", type=int, default=None, help="Volume to use from 4-D input.")
 @click.option("--align", is_flag=True, help="Place the model grid by registration to the model space, not by centring.")
@@ -314,7 +316,12 @@ def autoencode(input_path, out, model_dir, volume_index, align, force):
     from ldp_med.io.loaders import check_volume_output, load_volume, save_volume
     from ldp_med.models.autoencode import autoencode_volume
     from ldp_med.models.pretrained import load_pretrained
+    from ldp_med.pipeline import default_output
 
+    if out is None:
+        if not os.path.exists(input_path):
+            raise InputError(input_path, "no such file or folder")
+        out = str(default_output(input_path, "ae"))
     check_volume_output(out, force, inputs=[input_path])
     prior = load_pretrained(model_dir, with_unet=False)
     vol = load_volume(input_path, volume_index)

@@ -28,6 +28,13 @@ def _folder_suffix(path: str) -> str:
     return name[-4:] if is_mgh_path(name) else ".nii.gz"
 
 
+def default_output(path: str, tag: str) -> Path:
+    """``<name>_<tag>.nii.gz`` beside the input ``path`` (``.mgz`` / ``.mgh`` for FreeSurfer inputs; a DICOM folder's
+    name is its ``<name>``, and "." names the folder it is): where an output goes when ``-o`` is not given."""
+    source = Path(path) if Path(path).name else Path(os.path.abspath(path))
+    return source.with_name(f"{volume_stem(source)}_{tag}{_folder_suffix(path)}")
+
+
 def _outputs(inputs: list[str], out: str | None, report: str | None, methods: list[str]) -> list[Path]:
     """One output path per input: ``out`` itself for one input (NIfTI or MGH), ``out/<name><suffix>`` for several;
     without ``out``, ``<name>_<method><suffix>`` beside each input. An MGH input keeps its ``.mgz`` / ``.mgh``,
@@ -35,8 +42,7 @@ def _outputs(inputs: list[str], out: str | None, report: str | None, methods: li
     if len(inputs) > 1 and report:
         raise InputError(report, "--report needs a single input")
     if out is None:
-        sources = [Path(p) if Path(p).name else Path(os.path.abspath(p)) for p in inputs]  # "." names its folder
-        paths = [s.with_name(f"{volume_stem(s)}_{m}{_folder_suffix(p)}") for p, s, m in zip(inputs, sources, methods)]
+        paths = [default_output(p, m) for p, m in zip(inputs, methods)]
     elif len(inputs) == 1:
         check_volume_path(out)
         return [Path(out)]

@@ -310,3 +310,13 @@ def test_without_out_each_output_is_named_for_its_input_and_method_beside_it(tmp
     r = run("reconstruct", scans / "noisy.mgz", f"{scans / 'series'}/", "--task", "denoise", "--method", "nlm")
     assert r.exit_code == 0, r.output
     assert (scans / "noisy_nlm.mgz").exists() and (scans / "series_nlm.nii.gz").exists()
+
+
+def test_autoencode_without_out_writes_beside_its_input(tmp_path, phantom_nifti, monkeypatch):
+    monkeypatch.chdir(tmp_path.parent)
+    r = run("autoencode", phantom_nifti)
+    out = tmp_path / "phantom_ae.nii.gz"
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == f"wrote {out}" and nib.load(str(out)).shape == (21, 24, 19)
+    assert_one_line_error(run("autoencode", phantom_nifti), out, "--force")
+    assert_one_line_error(run("autoencode", tmp_path / "missing.nii.gz"), "missing.nii.gz", "no such file")
