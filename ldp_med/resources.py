@@ -223,20 +223,22 @@ def _dicom_folder_shape(folder: Path) -> tuple[list[int], list[float]] | None:
     several series (which the reader refuses) estimates their sum."""
     import pydicom
 
+    from ldp_med.io.guard import quiet
+
     shape, zooms, frames = None, None, 0
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
-            ds = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=[
-                "Rows", "Columns", "NumberOfFrames", "PixelSpacing", "SpacingBetweenSlices", "SliceThickness"])
-            rows, columns = int(ds.Rows), int(ds.Columns)
-        except Exception:  # noqa: BLE001 - not DICOM, or not an image: the reader decides
+            with quiet():  # odd values' warnings are not for here: the reader reports them in one line
+                ds = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=[
+                    "Rows", "Columns", "NumberOfFrames", "PixelSpacing", "SpacingBetweenSlices", "SliceThickness"])
+                rows, columns, n = int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames") or 1)
+                pixel = [float(v) for v in ds.get("PixelSpacing") or (1.0, 1.0)][:2]
+                step = abs(float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or pixel[0]))
+        except Exception:  # noqa: BLE001 - not DICOM, not an image, or odd values: the reader decides
             continue
-        frames += int(ds.get("NumberOfFrames") or 1)
+        frames += max(n, 1)
         if shape is None:
-            shape = [rows, columns]
-            pixel = [float(v) for v in ds.get("PixelSpacing") or (1.0, 1.0)]
-            step = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or pixel[0]
-            zooms = [*pixel[:2], abs(float(step))]
+            shape, zooms = [rows, columns], [*pixel, step]
     return (shape + [frames], zooms) if shape else None
 
 
