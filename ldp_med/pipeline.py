@@ -136,16 +136,15 @@ def _check_outputs(inputs: list[str], jobs: list[tuple[str, Path, ReconstructCon
 
 
 def check_reconstruction_memory(path: str, cfg: ReconstructConfig, prior=None) -> None:
-    """Refuse (one line) a reconstruction of ``path`` estimated not to fit in the available memory.
+    """Refuse (one line) a reconstruction of ``path`` with ``cfg`` (its task and method settled, :func:`_settle`)
+    estimated not to fit in the available memory.
 
     The sizes come from the file's header (:func:`ldp_med.resources.input_shape`); the formula is
     :func:`ldp_med.resources.reconstruction_bytes`. Inputs whose size is unknown before reading pass.
     """
-    from ldp_med.reconstruct import resolve_method, resolve_task
     from ldp_med.resources import check_memory, input_shape, reconstruction_advice, reconstruction_bytes
 
-    task = resolve_task(path, cfg.task)
-    method = resolve_method(path, task, cfg.method)
+    task, method = cfg.task, cfg.method
     found = input_shape(path, task, cfg.factor, cfg.axis)
     if found is None:
         return
