@@ -475,7 +475,8 @@ class ReconstructConfig:
     Attributes:
         method: a method of the task; None means the task's default (``ldp_med.tasks.DEFAULT_METHOD``).
             ``prior`` runs the sampler ``posterior.method`` names; ``dps`` always runs latent DPS.
-        task: a task, or "auto" (k-space for an .h5 container; other inputs need it given).
+        task: a task, or "auto" (k-space for an .h5 container; a volume: superres when one axis is 1.5x thicker than
+            the others, else denoise; ``ldp_med.reconstruct.volume_task``).
         factor, axis: slice-thickness factor and slice axis (superres); None reads them from the input's voxel sizes
             (:func:`ldp_med.problems.slice_geometry`: the thickest axis and its thickness over the in-plane size,
             else 2 and 2).

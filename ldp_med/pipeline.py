@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,15 +56,22 @@ def _outputs(inputs: list[str], out: str | None, report: str | None, methods: li
     return paths
 
 
-def _settle(path: str, cfg: ReconstructConfig) -> ReconstructConfig:
-    """``cfg`` with the task and method of ``path`` settled (``auto`` and the task's default made explicit)."""
-    from ldp_med.reconstruct import resolve_method, resolve_task
+def _settle(path: str, cfg: ReconstructConfig) -> tuple[ReconstructConfig, str | None]:
+    """``cfg`` with the task and method of ``path`` settled (``auto`` and the task's default made explicit), and for a
+    volume given without a task a line saying which task it gets and why (printed once every check has passed, so
+    that a refusal stays one line)."""
+    from ldp_med.reconstruct import resolve_method, resolve_task, volume_task
 
     if not os.path.exists(path):
         raise InputError(path, "no such file or folder")
-    task = resolve_task(path, cfg.task)
+    note = None
+    if cfg.task == "auto" and not is_kspace_file(path):
+        task, why = volume_task(path)
+        note = f"{path}: {task} ({why})"
+    else:
+        task = resolve_task(path, cfg.task)
     try:
-        return dataclasses.replace(cfg, task=task, method=resolve_method(path, task, cfg.method))
+        return dataclasses.replace(cfg, task=task, method=resolve_method(path, task, cfg.method)), note
     except LdpError as exc:  # e.g. closing.classical not a method of the task the input settles
         raise InputError(path, str(exc)) from None
 
@@ -86,11 +94,12 @@ def reconstruct_to_files(inputs: list[str], out: str | None, cfg: ReconstructCon
     MGH input's output keeps its ``.mgz`` / ``.mgh``); ``out`` None: ``<name>_<method>.nii.gz`` beside each input.
 
     With a prior method and ``cfg.posterior.samples > 1`` the std map goes to ``<name>_std.nii.gz``.
-    Each input's task and method are settled first, then all destinations are checked before any work starts,
-    so a refused overwrite costs nothing.
+    Each input's task and method are settled first (a volume without a task: :func:`ldp_med.reconstruct.volume_task`,
+    the choice printed on stderr), then all destinations are checked before any work starts, so a refused overwrite
+    costs nothing.
     """
     rank, world = _shard()
-    settled = [_settle(p, cfg) for p in inputs]
+    settled, notes = zip(*(_settle(p, cfg) for p in inputs))
     dests = _outputs(inputs, out, report, [c.method for c in settled])
     jobs = list(zip(inputs, dests, settled))[rank::world]  # this rank's share under torchrun
     _check_outputs(inputs, jobs, report, force)
@@ -101,6 +110,8 @@ def reconstruct_to_files(inputs: list[str], out: str | None, cfg: ReconstructCon
         prior = load_pretrained(model, device=device)
     for path, _, job_cfg in jobs:
         check_reconstruction_memory(path, job_cfg, prior)
+    for note in filter(None, notes[rank::world]):  # every check passed: the tasks read from voxel sizes
+        tqdm.write(note, file=sys.stderr)
     written = []
     for path, dest, job_cfg in tqdm(jobs, desc=f"files (rank {rank})" if world > 1 else "files",
                                     disable=len(jobs) < 2):

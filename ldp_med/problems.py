@@ -31,7 +31,7 @@ from ldp_med.physics.noise import estimate_image_noise, estimate_kspace_noise
 from ldp_med.physics.operators import DenoiseOperator, LinearOperator
 from ldp_med.tasks import acquisition_regimes
 
-__all__ = ["Problem", "kspace_problem", "denoise_problem", "superres_problem", "slice_geometry",
+__all__ = ["Problem", "kspace_problem", "denoise_problem", "superres_problem", "slice_geometry", "is_thick",
            "DEFAULT_ESPIRIT_CALIB"]
 
 #: A slice axis is read from the voxel sizes when it is this many times thicker than the thickest other axis.
@@ -198,6 +198,15 @@ def denoise_problem(volume: Volume, noise_std: float | None = None) -> Problem:
     return Problem("denoise", DenoiseOperator(), y, pinv, sigma, how, meta)
 
 
+def is_thick(voxel_sizes) -> bool:
+    """True when the thickest of the first three axes is at least :data:`THICK_RATIO` times the thickest other one (a
+    thick-slice volume: ``reconstruct`` without ``--task`` super-resolves it, and :func:`slice_geometry` reads its
+    slice axis from it)."""
+    sizes = np.asarray(voxel_sizes, np.float64)[:3]
+    thickest = int(np.argmax(sizes))
+    return bool(sizes[thickest] >= THICK_RATIO * np.delete(sizes, thickest).max())
+
+
 def slice_geometry(voxel_sizes, factor: int | None = None, axis: int | None = None) -> tuple[int, int]:
     """The slice-thickness factor and slice axis of a thick-slice volume: those given, else read from its voxel sizes.
 
@@ -207,8 +216,7 @@ def slice_geometry(voxel_sizes, factor: int | None = None, axis: int | None = No
     """
     sizes = np.asarray(voxel_sizes, np.float64)[:3]
     if axis is None:
-        thickest = int(np.argmax(sizes))
-        axis = thickest if sizes[thickest] >= THICK_RATIO * np.delete(sizes, thickest).max() else 2
+        axis = int(np.argmax(sizes)) if is_thick(sizes) else 2
     if factor is None:
         others = np.delete(sizes, axis)
         thick = sizes[axis] >= THICK_RATIO * others.max()

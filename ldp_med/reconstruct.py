@@ -20,12 +20,12 @@ from ldp_med import baselines
 from ldp_med.config import ReconstructConfig
 from ldp_med.errors import InputError
 from ldp_med.io.kspace import KSpaceData, load_kspace
-from ldp_med.io.loaders import is_kspace_file, load_volume
+from ldp_med.io.loaders import header_geometry, is_kspace_file, load_volume
 from ldp_med.io.volume import Volume
-from ldp_med.problems import Problem, denoise_problem, kspace_problem, superres_problem
+from ldp_med.problems import THICK_RATIO, Problem, denoise_problem, is_thick, kspace_problem, superres_problem
 from ldp_med.tasks import DEFAULT_METHOD, METHODS, PRIOR_METHODS, with_task_settings
 
-__all__ = ["Reconstruction", "resolve_task", "resolve_method", "load_input", "build_problem", "SOLVERS", "settle",
+__all__ = ["Reconstruction", "resolve_task", "volume_task", "resolve_method", "load_input", "build_problem", "SOLVERS", "settle",
            "reconstruct", "reconstruct_file"]
 
 
@@ -39,17 +39,29 @@ class Reconstruction:
 
 
 def resolve_task(path: str | os.PathLike, task: str) -> str:
-    """``auto`` means kspace for an ``.h5`` container; NIfTI/DICOM inputs need an explicit task."""
+    """``auto``: kspace for an ``.h5`` container, else :func:`volume_task`; a task given must suit the input's kind."""
     is_h5 = is_kspace_file(path)
     if task == "auto":
-        if not is_h5:
-            raise InputError(path, "not a k-space container; pass --task denoise or --task superres")
-        return "kspace"
+        return "kspace" if is_h5 else volume_task(path)[0]
     if task == "kspace" and not is_h5:
         raise InputError(path, "--task kspace needs a k-space container (.h5)")
     if task != "kspace" and is_h5:
         raise InputError(path, f"--task {task} needs a NIfTI file or DICOM folder, not a k-space container")
     return task
+
+
+def volume_task(path: str | os.PathLike) -> tuple[str, str]:
+    """(task, why) for a volume given without a task: ``superres`` when one axis is at least
+    :data:`~ldp_med.problems.THICK_RATIO` times thicker than the others (:func:`~ldp_med.problems.is_thick`: thick
+    slices), else ``denoise``. The voxel sizes come from the header (:func:`~ldp_med.io.loaders.header_geometry`),
+    or from the volume itself where the header does not tell (MINC, a single DICOM file; the reader's errors
+    propagate)."""
+    found = header_geometry(path)
+    sizes = found[1] if found is not None else tuple(load_volume(path).voxel_sizes)
+    voxels = " x ".join(f"{z:.3g}" for z in sizes) + " mm voxels"
+    if is_thick(sizes):
+        return "superres", f"{voxels}: one axis {THICK_RATIO:g}x or more thicker than the others; --task denoise to denoise"
+    return "denoise", f"{voxels}: no axis {THICK_RATIO:g}x thicker than the others; --task superres for thick slices"
 
 
 def resolve_method(path: str | os.PathLike | None, task: str, method: str | None) -> str:

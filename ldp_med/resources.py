@@ -170,76 +170,32 @@ def input_shape(path: str | os.PathLike, task: str, factor: int | None = 2,
                 axis: int | None = 2) -> tuple[tuple[int, ...], int] | None:
     """(output grid, coils) from a file's header without reading its data, or None when unknown.
 
-    K-space containers: the ``kspace`` dataset's shape (coils, X, Y, Z). NIfTI (pairs too) and MGH: the header's first
-    three dims (superres: ``factor`` x along ``axis``, None read from the header's voxel sizes as the problem
-    will). DICOM series folders: rows x columns x the frames of every file with an image (headers only; superres's
-    factor and axis as for NIfTI, from the pixel and slice spacing). MINC and single DICOM files return None; their
+    K-space containers: the ``kspace`` dataset's shape (coils, X, Y, Z). Volumes:
+    :func:`ldp_med.io.loaders.header_geometry` (NIfTI, MGH, DICOM series folders; superres: ``factor`` x along
+    ``axis``, None read from the voxel sizes as the problem will). MINC and single DICOM files return None; their
     readers check sizes themselves.
     """
-    name = str(path).lower()
-    try:
-        if os.path.isdir(path):
-            found = _dicom_folder_shape(Path(path))
-            if found is None:
-                return None
-            shape, zooms = found
-            if task == "superres":
-                from ldp_med.problems import slice_geometry
-
-                factor, axis = slice_geometry(zooms, factor, axis)
-                shape[axis] *= factor
-            return tuple(shape), 1
-        if name.endswith((".h5", ".hdf5")):
+    if str(path).lower().endswith((".h5", ".hdf5")):
+        try:
             import h5py
 
             with h5py.File(path, "r") as f:
                 shape = f["kspace"].shape
-            return (tuple(shape[1:4]), int(shape[0])) if len(shape) == 4 else None
-        if name.endswith((".nii", ".nii.gz", ".mgh", ".mgz", ".hdr", ".img", ".hdr.gz", ".img.gz")):
-            import nibabel as nib
+        except Exception:  # noqa: BLE001 - unreadable containers are the reader's to report, with its message
+            return None
+        return (tuple(shape[1:4]), int(shape[0])) if len(shape) == 4 else None
+    from ldp_med.io.loaders import header_geometry
 
-            from ldp_med.io.guard import quiet
-
-            with quiet():  # a bad header's warnings are not for here: the reader reports it in one line
-                header = nib.load(str(path)).header
-                shape = list(header.get_data_shape()[:3])
-                zooms = header.get_zooms()[:3]
-            if len(shape) < 3:
-                return None
-            if task == "superres":
-                from ldp_med.problems import slice_geometry
-
-                factor, axis = slice_geometry(zooms, factor, axis)
-                shape[axis] *= factor
-            return tuple(shape), 1
-    except Exception:  # noqa: BLE001 - unreadable headers are the reader's to report, with its message
+    found = header_geometry(path)
+    if found is None:
         return None
-    return None
+    shape, zooms = list(found[0]), found[1]
+    if task == "superres":
+        from ldp_med.problems import slice_geometry
 
-
-def _dicom_folder_shape(folder: Path) -> tuple[list[int], list[float]] | None:
-    """([rows, columns, frames], [row spacing, column spacing, slice spacing]) of the DICOM images under ``folder``,
-    from their headers (pixels not read); None when it holds none. Frames of every image file count, so a folder of
-    several series (which the reader refuses) estimates their sum."""
-    import pydicom
-
-    from ldp_med.io.guard import quiet
-
-    shape, zooms, frames = None, None, 0
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        try:
-            with quiet():  # odd values' warnings are not for here: the reader reports them in one line
-                ds = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=[
-                    "Rows", "Columns", "NumberOfFrames", "PixelSpacing", "SpacingBetweenSlices", "SliceThickness"])
-                rows, columns, n = int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames") or 1)
-                pixel = [float(v) for v in ds.get("PixelSpacing") or (1.0, 1.0)][:2]
-                step = abs(float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or pixel[0]))
-        except Exception:  # noqa: BLE001 - not DICOM, not an image, or odd values: the reader decides
-            continue
-        frames += max(n, 1)
-        if shape is None:
-            shape, zooms = [rows, columns], [*pixel, step]
-    return (shape + [frames], zooms) if shape else None
+        factor, axis = slice_geometry(zooms, factor, axis)
+        shape[axis] *= factor
+    return tuple(shape), 1
 
 
 # -- training ---------------------------------------------------------------------------------------------

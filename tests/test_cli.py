@@ -95,6 +95,32 @@ def test_superres_reads_the_slice_axis_and_factor_from_the_voxel_sizes(tmp_path)
     assert json.loads(run("evaluate", fine, "--reference", clean, "--json").output)["psnr"] > 20
 
 
+def test_a_volume_without_a_task_gets_one_from_its_voxel_sizes_and_says_so(tmp_path):
+    """Users run ``ldp-med reconstruct scan.nii.gz``: thick slices (an axis 1.5x thicker) are super-resolved, other
+    volumes denoised, the choice printed once every check has passed (a refusal stays one line)."""
+    from ldp_med.problems import is_thick
+
+    assert is_thick((0.9, 0.9, 3.0)) and is_thick((4.0, 1.0, 1.1)) and is_thick((1.0, 1.0, 1.5))
+    assert not is_thick((1.0, 1.0, 1.0)) and not is_thick((1.0, 1.0, 1.4)) and not is_thick((1.5, 1.2, 2.0))
+    clean = _write_nifti(tmp_path / "clean.nii.gz", ellipsoid_phantom() * 200, np.diag([1.2, 1.2, 1.2, 1.0]))
+    noisy, thick = tmp_path / "noisy.nii.gz", tmp_path / "thick.nii.gz"
+    assert run("simulate", clean, "-o", noisy, "--task", "denoise").exit_code == 0
+    assert run("simulate", clean, "-o", thick, "--task", "superres", "--factor", 3, "--axis", 0).exit_code == 0
+    r = run("reconstruct", noisy, "--method", "nlm")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.strip() == (f"{noisy}: denoise (1.2 x 1.2 x 1.2 mm voxels: no axis 1.5x thicker than the others; "
+                                "--task superres for thick slices)")
+    assert r.stdout.strip() == f"wrote {tmp_path / 'noisy_nlm.nii.gz'}"
+    r = run("reconstruct", thick, "--method", "cubic")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.startswith(f"{thick}: superres (3.6 x 1.2 x 1.2 mm voxels: one axis 1.5x or more thicker")
+    assert nib.load(str(tmp_path / "thick_cubic.nii.gz")).shape == (21, 24, 19)
+    assert_one_line_error(run("reconstruct", noisy, "--method", "cubic"), noisy, "does not apply to task denoise")
+    assert_one_line_error(run("reconstruct", thick, "--method", "cubic"), "thick_cubic.nii.gz", "--force")
+    r = run("reconstruct", thick, "--task", "denoise", "--method", "nlm")  # a task given: nothing printed
+    assert r.exit_code == 0 and r.stderr == "", r.output
+
+
 def test_existing_output_needs_force(tmp_path, phantom_nifti):
     out = tmp_path / "noisy.nii.gz"
     assert run("simulate", phantom_nifti, "-o", out, "--task", "denoise").exit_code == 0
@@ -175,7 +201,8 @@ def test_output_folder_problems(tmp_path, phantom_nifti):
 
 
 def test_nifti_without_task_and_wrong_method(tmp_path, phantom_nifti):
-    assert_one_line_error(run("reconstruct", phantom_nifti, "-o", tmp_path / "o.nii.gz"), phantom_nifti, "--task")
+    r = run("reconstruct", phantom_nifti, "-o", tmp_path / "o.nii.gz", "--method", "cs")  # read as denoise
+    assert_one_line_error(r, phantom_nifti, "'cs' does not apply to task denoise")
     r = run("reconstruct", phantom_nifti, "-o", tmp_path / "o.nii.gz", "--task", "denoise", "--method", "cs")
     assert_one_line_error(r, "cs", "denoise")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ldp_med.errors import InputError
 from ldp_med.io.atomic import check_output
-from ldp_med.io.dicom import load_dicom
+from ldp_med.io.dicom import folder_geometry, load_dicom
 from ldp_med.io.dicom_out import is_dicom_output, save_dicom
 from ldp_med.io.kspace import KSpaceData, save_kspace
 from ldp_med.io.mgh import is_mgh_path, load_mgh, save_mgh
@@ -17,7 +17,7 @@ from ldp_med.io.nifti import is_nifti_path, load_nifti, save_nifti
 from ldp_med.io.volume import MIN_SIZE, Volume, check_volume_content
 
 __all__ = ["load_volume", "save_volume", "dicom_source", "save_output", "is_volume_path", "check_volume_path",
-           "check_volume_output", "volume_stem", "is_kspace_file", "is_dicom_file"]
+           "check_volume_output", "volume_stem", "is_kspace_file", "is_dicom_file", "header_geometry"]
 
 #: What a volume output's name may end in (the writer follows the name): NIfTI, FreeSurfer MGH.
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
@@ -74,6 +74,39 @@ def volume_stem(path: str | os.PathLike) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def header_geometry(path: str | os.PathLike) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
+    """(shape, voxel sizes in mm) of the first three axes of a volume, from its header alone (no voxel read), or None
+    when the header does not tell here (MINC, a single DICOM file, a k-space container) or cannot be read (the reader
+    reports that, in its own words).
+
+    NIfTI and MGH: the shape and the column norms of nibabel's affine, the affine the readers load (their voxel
+    sizes to the bit). A DICOM series folder: :func:`~ldp_med.io.dicom.folder_geometry` (the slice spacing from
+    ``SpacingBetweenSlices`` or ``SliceThickness``, where the reader measures it between positions)."""
+    import nibabel as nib
+    import numpy as np
+
+    from ldp_med.io.guard import quiet
+
+    try:
+        if os.path.isdir(path):
+            found = folder_geometry(Path(path))
+            if found is None:
+                return None
+            shape, zooms = found[0], np.asarray(found[1], np.float64)
+        elif is_nifti_path(path) or is_mgh_path(path):
+            with quiet():  # a bad header's warnings are not for here: the reader reports it in one line
+                img = nib.load(str(path))
+                shape, affine = tuple(int(n) for n in img.shape[:3]), np.asarray(img.affine, np.float64)
+            zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - unreadable headers are the reader's to report, with its message
+        return None
+    if len(shape) < 3 or not np.all(np.isfinite(zooms) & (zooms > 0)):
+        return None  # odd sizes or spacings: the reader refuses them in one line
+    return shape, tuple(float(z) for z in zooms)
 
 
 def load_volume(path: str | os.PathLike, volume_index: int | None = None, min_size: int = MIN_SIZE) -> Volume:
