@@ -53,6 +53,8 @@ class _Group(click.Group):
 
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+#: What ``simulate`` without ``-o`` calls its output: ``<name>_<tag>`` beside the clean input.
+SIMULATED_TAG = {"kspace": "kspace", "denoise": "noisy", "superres": "thick"}
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,9 +75,10 @@ def main() -> None:  # console-script entry point
 
 @cli.command()
 @click.argument("clean")
-@click.option("-o", "--out", required=True,
+@click.option("-o", "--out", default=None,
               help="Output: .h5 for kspace, a volume (.nii.gz, .nii, .mgz, .mgh, or a name without a suffix: a DICOM "
-                   "series folder) otherwise.")
+                   "series folder) otherwise.  [default: <name>_kspace.h5, <name>_noisy.nii.gz or "
+                   "<name>_thick.nii.gz beside the input; .mgz / .mgh for FreeSurfer inputs]")
 @click.option("--task", type=click.Choice(TASKS), default="kspace", show_default=True)
 @click.option("--accel", type=float, default=4.0, show_default=True, help="Requested acceleration R.")
 @click.option("--mask", "mask_kind", type=click.Choice(["poisson", "random-lines", "equispaced-lines"]), default="poisson", show_default=True)
@@ -96,6 +99,12 @@ def simulate(clean, out, task, accel, mask_kind, calib, coils, noise, noise_kind
 
     if noise is None:
         noise = DEFAULT_NOISE[task]
+    if out is None:
+        from ldp_med.pipeline import default_output
+
+        if not os.path.exists(clean):
+            raise InputError(clean, "no such file or folder")
+        out = str(default_output(clean, SIMULATED_TAG[task], ".h5" if task == "kspace" else None))
     if task != "kspace":
         check_volume_output(out, force, inputs=[clean])
     elif not is_kspace_file(out):

@@ -29,11 +29,12 @@ def _folder_suffix(path: str) -> str:
     return name[-4:] if is_mgh_path(name) else ".nii.gz"
 
 
-def default_output(path: str, tag: str) -> Path:
-    """``<name>_<tag>.nii.gz`` beside the input ``path`` (``.mgz`` / ``.mgh`` for FreeSurfer inputs; a DICOM folder's
-    name is its ``<name>``, and "." names the folder it is): where an output goes when ``-o`` is not given."""
+def default_output(path: str, tag: str, suffix: str | None = None) -> Path:
+    """``<name>_<tag>.nii.gz`` beside the input ``path`` (``.mgz`` / ``.mgh`` for FreeSurfer inputs; ``suffix`` when
+    given; a DICOM folder's name is its ``<name>``, and "." names the folder it is): where an output goes when ``-o``
+    is not given."""
     source = Path(path) if Path(path).name else Path(os.path.abspath(path))
-    return source.with_name(f"{volume_stem(source)}_{tag}{_folder_suffix(path)}")
+    return source.with_name(f"{volume_stem(source)}_{tag}{suffix or _folder_suffix(path)}")
 
 
 def _outputs(inputs: list[str], out: str | None, report: str | None, methods: list[str]) -> list[Path]:

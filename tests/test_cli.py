@@ -339,6 +339,19 @@ def test_without_out_each_output_is_named_for_its_input_and_method_beside_it(tmp
     assert (scans / "noisy_nlm.mgz").exists() and (scans / "series_nlm.nii.gz").exists()
 
 
+def test_simulate_without_out_names_its_output_for_the_task_beside_its_input(tmp_path, phantom_nifti, monkeypatch):
+    monkeypatch.chdir(tmp_path.parent)
+    for task, name in (("kspace", "phantom_kspace.h5"), ("denoise", "phantom_noisy.nii.gz"),
+                       ("superres", "phantom_thick.nii.gz")):
+        r = run("simulate", phantom_nifti, "--task", task, "--coils", 2, "--calib", 6)
+        assert r.exit_code == 0, r.output
+        assert r.output.strip() == f"wrote {tmp_path / name}" and (tmp_path / name).is_file()
+    assert_one_line_error(run("simulate", phantom_nifti, "--task", "denoise"), "phantom_noisy.nii.gz", "--force")
+    assert_one_line_error(run("simulate", tmp_path / "missing.nii.gz"), "missing.nii.gz", "no such file")
+    r = run("reconstruct", tmp_path / "phantom_kspace.h5", "--method", "zero-filled")
+    assert r.exit_code == 0 and (tmp_path / "phantom_kspace_zero-filled.nii.gz").is_file(), r.output
+
+
 def test_autoencode_without_out_writes_beside_its_input(tmp_path, phantom_nifti, monkeypatch):
     monkeypatch.chdir(tmp_path.parent)
     r = run("autoencode", phantom_nifti)
