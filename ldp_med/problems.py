@@ -136,7 +136,7 @@ def _espirit_calib(ksp: KSpaceData, calib: int | None, source) -> int:
 
 
 def kspace_problem(ksp: KSpaceData, noise_std: float | None = None, espirit_calib: int | None = None,
-                   source=None) -> Problem:
+                   source=None, progress: bool = False) -> Problem:
     """Cartesian MRI problem from a k-space container.
 
     Maps come from the file; multi-coil data without maps gets ESPIRiT maps from the calibration
@@ -148,6 +148,7 @@ def kspace_problem(ksp: KSpaceData, noise_std: float | None = None, espirit_cali
     Args:
         source: the file the container was read from (named in errors; its ``source`` attribute is the
             clean volume a simulation came from, not this file).
+        progress: a progress bar over ESPIRiT's iterations, when it runs.
 
     Returns:
         Problem with ``y`` (1, C, X, Y, Z) complex64 and the zero-filled magnitude as pseudo-inverse,
@@ -164,7 +165,8 @@ def kspace_problem(ksp: KSpaceData, noise_std: float | None = None, espirit_cali
         from ldp_med.physics.coils import espirit_maps
 
         try:
-            ksp.sensitivity_maps = espirit_maps(ksp.kspace, calib=calib, kernel_width=min(6, calib - 1))
+            ksp.sensitivity_maps = espirit_maps(ksp.kspace, calib=calib, kernel_width=min(6, calib - 1),
+                                                progress=progress)
         except ValueError as exc:
             raise InputError(source, f"cannot estimate coil maps with ESPIRiT: {exc}") from None
     maps = ksp.sensitivity_maps

@@ -82,18 +82,19 @@ def load_input(path: str | os.PathLike, task: str, volume_index: int | None = No
 
 
 def build_problem(data: KSpaceData | Volume, task: str, cfg: ReconstructConfig, noise_std: float | None = None,
-                  source: str | os.PathLike | None = None) -> Problem:
+                  source: str | os.PathLike | None = None, progress: bool = False) -> Problem:
     """The one builder of each task (every method of the task solves the problem it returns).
 
     Args:
         data: k-space container (kspace) or volume (denoise, superres).
         noise_std: measurement noise std in the data's units; None reads the file's or estimates it.
         source: the file the data came from (named in errors); a volume's own ``source`` otherwise.
+        progress: a progress bar over ESPIRiT, when a container without coil maps needs them.
     """
     if task == "kspace":
         if not isinstance(data, KSpaceData):
             raise TypeError(f"task kspace needs KSpaceData, got {type(data).__name__}")
-        return kspace_problem(data, noise_std, cfg.baseline.espirit_calib, source)
+        return kspace_problem(data, noise_std, cfg.baseline.espirit_calib, source, progress)
     if not isinstance(data, Volume):
         raise TypeError(f"task {task} needs a Volume, got {type(data).__name__}")
     if source is not None:
@@ -296,16 +297,18 @@ def _close(problem: Problem, samples: np.ndarray, cfg: ReconstructConfig, suppor
     if problem.is_complex and c.agreement and anchor:
         # the anchor only where each sample agrees with the data's own solve from it (the CS objective, anchor 0)
         free = closing_solve(problem, samples, 0.0, mu, c.agreement_iters, wavelet=cfg.baseline.cs_wavelet,
-                             operator=op, y=y, **spin)
+                             operator=op, y=y, progress=progress, desc="agreement", **spin)
         starts = free if c.from_free else None
         free_abs = np.abs(free)
         tol = c.agreement * float(np.percentile(free_abs, 99))
         agree = np.mean([agreement_weights(np.abs(s)[None], f, tol)[0] for s, f in zip(samples, free_abs)], 0)
         weights = agree if weights is None else weights * agree
     solve = functools.partial(closing_solve, problem, samples, anchor, mu, iters=c.iters, weights=weights,
-                              wavelet=cfg.baseline.cs_wavelet, operator=op, y=y, starts=starts, **spin)
+                              wavelet=cfg.baseline.cs_wavelet, operator=op, y=y, starts=starts, progress=progress,
+                              **spin)
     closed = solve()
-    var = np.abs(solve(perturb=np.random.default_rng(cfg.posterior.seed))).var(0, ddof=1) if spread else None
+    var = np.abs(solve(perturb=np.random.default_rng(cfg.posterior.seed), desc="spread")).var(0, ddof=1) \
+        if spread else None
     if var is not None and classical is not None:  # the warm start's own error, which no sample's spread sees
         var = var + (classical - problem.pinv.data) ** 2
     if not problem.is_complex and c.image_agreement:
@@ -341,7 +344,7 @@ def air_gains(problem: Problem, closed: np.ndarray, closing, seed: int | None, s
     image = np.abs(closed).mean(0)
     if problem.is_complex:
         op, y = compressed(problem, AIR_PROBE[1])
-        probe = solve(perturb=np.random.default_rng(seed), iters=AIR_PROBE[0], operator=op, y=y)
+        probe = solve(perturb=np.random.default_rng(seed), iters=AIR_PROBE[0], operator=op, y=y, desc="air probe")
         energy, noise = image**2, np.mean((np.abs(probe) - np.abs(closed)) ** 2, 0)
     else:  # E y^2 = s^2 + 2 sigma^2
         energy, noise = np.square(problem.pinv.data, dtype=np.float64), 2 * magnitude_noise(problem) ** 2
@@ -374,7 +377,7 @@ def reconstruct(data: KSpaceData | Volume, task: str, cfg: ReconstructConfig | N
     """
     cfg = cfg or ReconstructConfig()
     method = resolve_method(source, task, cfg.method)
-    problem = build_problem(data, task, cfg, noise_std, source)
+    problem = build_problem(data, task, cfg, noise_std, source, progress)
     if method in PRIOR_METHODS and prior is None:
         from ldp_med.models.pretrained import load_pretrained
 

@@ -118,6 +118,7 @@ def espirit_maps(
     crop: float = 0.0,
     max_iter: int = 100,
     max_voxels: int | None = ESPIRIT_MAX_VOXELS,
+    progress: bool = False,
 ) -> np.ndarray:
     """Estimate sensitivity maps with ESPIRiT (``sigpy.mri.app.EspiritCalib``, one set of maps).
 
@@ -148,6 +149,7 @@ def espirit_maps(
             view (k-space cropped around its centre, every axis by one integer factor, never below ``calib``) and
             interpolated trilinearly back: ESPIRiT holds a C x C matrix per voxel, and maps are smooth (their
             k-space support is the kernel's). None: always the full grid.
+        progress: sigpy's progress bar over the power iterations.
 
     Returns:
         ``(C, X, Y, Z)`` complex64 maps.
@@ -185,7 +187,7 @@ def espirit_maps(
         kernel_width=kernel_width,
         crop=crop,
         max_iter=max_iter,
-        show_pbar=False,
+        show_pbar=progress,
     ).run()
     maps = np.asarray(maps).astype(np.complex64)
     return maps if coarse == full else _upsample_maps(maps, full)
