@@ -59,8 +59,8 @@ def _outputs(inputs: list[str], out: str | None, report: str | None, methods: li
 
 def _settle(path: str, cfg: ReconstructConfig) -> tuple[ReconstructConfig, str | None]:
     """``cfg`` with the task and method of ``path`` settled (``auto`` and the task's default made explicit), and for a
-    volume given without a task a line saying which task it gets and why (printed once every check has passed, so
-    that a refusal stays one line)."""
+    volume given without a task a line saying which task it got and why (printed once its output is written, so that
+    a refusal stays one line)."""
     from ldp_med.reconstruct import resolve_method, resolve_task, volume_task
 
     if not os.path.exists(path):
@@ -96,7 +96,7 @@ def reconstruct_to_files(inputs: list[str], out: str | None, cfg: ReconstructCon
 
     With a prior method and ``cfg.posterior.samples > 1`` the std map goes to ``<name>_std.nii.gz``.
     Each input's task and method are settled first (a volume without a task: :func:`ldp_med.reconstruct.volume_task`,
-    the choice printed on stderr), then all destinations are checked before any work starts, so a refused overwrite
+    the choice printed on stderr once done), then all destinations are checked before any work starts, so a refused overwrite
     costs nothing.
     """
     rank, world = _shard()
@@ -111,13 +111,13 @@ def reconstruct_to_files(inputs: list[str], out: str | None, cfg: ReconstructCon
         prior = load_pretrained(model, device=device)
     for path, _, job_cfg in jobs:
         check_reconstruction_memory(path, job_cfg, prior)
-    for note in filter(None, notes[rank::world]):  # every check passed: the tasks read from voxel sizes
-        tqdm.write(note, file=sys.stderr)
     written = []
-    for path, dest, job_cfg in tqdm(jobs, desc=f"files (rank {rank})" if world > 1 else "files",
-                                    disable=len(jobs) < 2):
+    for (path, dest, job_cfg), note in tqdm(list(zip(jobs, notes[rank::world])), disable=len(jobs) < 2,
+                                            desc=f"files (rank {rank})" if world > 1 else "files"):
         rec = reconstruct_file(path, job_cfg, volume_index, progress=len(inputs) == 1, prior=prior)
         save_volume(rec.volume, dest, force=force)
+        if note:  # the task read from the voxel sizes, said once it is done (a refusal before stays one line)
+            tqdm.write(note, file=sys.stderr)
         written.append(dest)
         if rec.std is not None:
             save_volume(rec.std, std_path(dest), force=force)

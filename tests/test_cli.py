@@ -97,7 +97,7 @@ def test_superres_reads_the_slice_axis_and_factor_from_the_voxel_sizes(tmp_path)
 
 def test_a_volume_without_a_task_gets_one_from_its_voxel_sizes_and_says_so(tmp_path):
     """Users run ``ldp-med reconstruct scan.nii.gz``: thick slices (an axis 1.5x thicker) are super-resolved, other
-    volumes denoised, the choice printed once every check has passed (a refusal stays one line)."""
+    volumes denoised, the choice printed once the output is written (a refusal, even at loading, stays one line)."""
     from ldp_med.problems import is_thick
 
     assert is_thick((0.9, 0.9, 3.0)) and is_thick((4.0, 1.0, 1.1)) and is_thick((1.0, 1.0, 1.5))
@@ -117,6 +117,8 @@ def test_a_volume_without_a_task_gets_one_from_its_voxel_sizes_and_says_so(tmp_p
     assert nib.load(str(tmp_path / "thick_cubic.nii.gz")).shape == (21, 24, 19)
     assert_one_line_error(run("reconstruct", noisy, "--method", "cubic"), noisy, "does not apply to task denoise")
     assert_one_line_error(run("reconstruct", thick, "--method", "cubic"), "thick_cubic.nii.gz", "--force")
+    four = _write_nifti(tmp_path / "four.nii.gz", np.stack([ellipsoid_phantom() * 200] * 2, -1), np.eye(4))
+    assert_one_line_error(run("reconstruct", four, "--method", "nlm"), four, "--volume-index")  # found at loading
     r = run("reconstruct", thick, "--task", "denoise", "--method", "nlm")  # a task given: nothing printed
     assert r.exit_code == 0 and r.stderr == "", r.output
 
