@@ -71,8 +71,9 @@ def _settle(path: str, cfg: ReconstructConfig) -> tuple[ReconstructConfig, str |
         note = f"{path}: {task} ({why})"
     else:
         task = resolve_task(path, cfg.task)
+    method = resolve_method(path, task, cfg.method)  # its refusal names the input itself
     try:
-        return dataclasses.replace(cfg, task=task, method=resolve_method(path, task, cfg.method)), note
+        return dataclasses.replace(cfg, task=task, method=method), note
     except LdpError as exc:  # e.g. closing.classical not a method of the task the input settles
         raise InputError(path, str(exc)) from None
 

@@ -115,7 +115,9 @@ def test_a_volume_without_a_task_gets_one_from_its_voxel_sizes_and_says_so(tmp_p
     assert r.exit_code == 0, r.output
     assert r.stderr.startswith(f"{thick}: superres (3.6 x 1.2 x 1.2 mm voxels: one axis 1.5x or more thicker")
     assert nib.load(str(tmp_path / "thick_cubic.nii.gz")).shape == (21, 24, 19)
-    assert_one_line_error(run("reconstruct", noisy, "--method", "cubic"), noisy, "does not apply to task denoise")
+    r = run("reconstruct", noisy, "--method", "cubic")
+    assert_one_line_error(r, noisy, "does not apply to task denoise")
+    assert r.stderr.count(str(noisy)) == 1, r.stderr  # the input named once (it was twice until session 54)
     assert_one_line_error(run("reconstruct", thick, "--method", "cubic"), "thick_cubic.nii.gz", "--force")
     four = _write_nifti(tmp_path / "four.nii.gz", np.stack([ellipsoid_phantom() * 200] * 2, -1), np.eye(4))
     assert_one_line_error(run("reconstruct", four, "--method", "nlm"), four, "--volume-index")  # found at loading
