@@ -79,6 +79,7 @@ def assert_rejected(inv: Invocation, folder: Path) -> None:
     lines = err.strip().splitlines()
     assert len(lines) == 1, context
     assert str(inv.bad) in lines[0], context
+    assert f"{inv.bad}: {inv.bad}:" not in lines[0], f"the input named twice\n{context}"
     assert "Traceback" not in result.output + err, context
     assert snapshot(inv.bad) == before_bytes, f"input changed\n{context}"
     assert not leftovers(folder, inv, before_names), f"left behind {leftovers(folder, inv, before_names)}\n{context}"
