@@ -13,7 +13,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
-
 from ldp_med.io.kspace import load_kspace  # noqa: E402
 from ldp_med.metrics import psnr  # noqa: E402
 from ldp_med.models.pretrained import load_pretrained  # noqa: E402
@@ -21,6 +20,7 @@ from ldp_med.physics.coils import espirit_maps  # noqa: E402
 from ldp_med.reconstruct import reconstruct  # noqa: E402
 
 GRIDS = {"whole": 1_310_720, "coarse": 65_536}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -53,6 +53,7 @@ def main() -> None:
                     print(json.dumps({"name": name, "case": case, "maps": label, "method": method,
                                       "psnr": psnr(rec.volume.data, data.reference),
                                       "seconds": time.perf_counter() - start}), flush=True)
+
 
 if __name__ == "__main__":
     main()
