@@ -147,7 +147,9 @@ def _check_args(out, accel, calib, coils, noise, factor, axis) -> None:
                    "folder) for one input; an existing folder for several.  [default: <name>_<method>.nii.gz "
                    "beside each input; .mgz / .mgh for FreeSurfer inputs]")
 @click.option("--method", type=click.Choice(ALL_METHODS), default=None, help="Default: " + ", ".join(f"{m} ({t})" for t, m in DEFAULT_METHOD.items()) + "; prior = latent posterior sampling (the config's posterior.method, DDS by default), dps = latent DPS.")
-@click.option("--task", type=click.Choice(["auto", *TASKS]), default=None, help="Default: auto (kspace for .h5; a volume with one axis 1.5x thicker than the others: superres; other volumes: denoise; the choice is printed).")
+@click.option("--task", type=click.Choice(["auto", *TASKS]), default=None,
+              help="Default: auto (kspace for .h5; a volume with one axis 1.5x thicker than the others: superres; "
+                   "other volumes: denoise; the choice is printed).")
 @click.option("--factor", type=int, default=None, help="superres: slice-thickness factor [the slice axis' voxel size over the in-plane one; 2 for isotropic voxels].")
 @click.option("--axis", type=int, default=None, help="superres: slice axis [the thickest axis; 2 for isotropic voxels].")
 @click.option("--volume-index", type=int, default=None, help="Volume to use from 4-D input.")

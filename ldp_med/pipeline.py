@@ -97,8 +97,8 @@ def reconstruct_to_files(inputs: list[str], out: str | None, cfg: ReconstructCon
 
     With a prior method and ``cfg.posterior.samples > 1`` the std map goes to ``<name>_std.nii.gz``.
     Each input's task and method are settled first (a volume without a task: :func:`ldp_med.reconstruct.volume_task`,
-    the choice printed on stderr once done), then all destinations are checked before any work starts, so a refused overwrite
-    costs nothing.
+    the choice printed on stderr once done), then all destinations are checked before any work starts, so a refused
+    overwrite costs nothing.
     """
     rank, world = _shard()
     settled, notes = zip(*(_settle(p, cfg) for p in inputs))

@@ -25,7 +25,8 @@ from ldp_med.io.volume import Volume
 from ldp_med.problems import THICK_RATIO, Problem, denoise_problem, is_thick, kspace_problem, superres_problem
 from ldp_med.tasks import DEFAULT_METHOD, METHODS, PRIOR_METHODS, with_task_settings
 
-__all__ = ["Reconstruction", "resolve_task", "volume_task", "resolve_method", "load_input", "build_problem", "SOLVERS", "settle",
+__all__ = ["Reconstruction", "resolve_task", "volume_task", "resolve_method", "load_input", "build_problem", "SOLVERS",
+           "settle",
            "reconstruct", "reconstruct_file"]
 
 
@@ -58,10 +59,10 @@ def volume_task(path: str | os.PathLike) -> tuple[str, str]:
     propagate)."""
     found = header_geometry(path)
     sizes = found[1] if found is not None else tuple(load_volume(path).voxel_sizes)
-    voxels = " x ".join(f"{z:.3g}" for z in sizes) + " mm voxels"
+    voxels, ratio = " x ".join(f"{z:.3g}" for z in sizes) + " mm voxels", f"{THICK_RATIO:g}x"
     if is_thick(sizes):
-        return "superres", f"{voxels}: one axis {THICK_RATIO:g}x or more thicker than the others; --task denoise to denoise"
-    return "denoise", f"{voxels}: no axis {THICK_RATIO:g}x thicker than the others; --task superres for thick slices"
+        return "superres", f"{voxels}: one axis {ratio} or more thicker than the others; --task denoise to denoise"
+    return "denoise", f"{voxels}: no axis {ratio} thicker than the others; --task superres for thick slices"
 
 
 def resolve_method(path: str | os.PathLike | None, task: str, method: str | None) -> str:

@@ -43,7 +43,8 @@ def main() -> None:
                 for label, limit in GRIDS.items():
                     start = time.perf_counter()
                     maps[label] = espirit_maps(kspace, calib=12, kernel_width=6, max_voxels=limit)
-                    print(json.dumps({"name": name, "maps": label, "espirit_s": time.perf_counter() - start}), flush=True)
+                    seconds = time.perf_counter() - start
+                    print(json.dumps({"name": name, "maps": label, "espirit_s": seconds}), flush=True)
             for label in GRIDS:
                 for method in args.methods:
                     data = load_kspace(h5)

@@ -352,8 +352,8 @@ class PosteriorSampler:
         for i, t in enumerate(tqdm(timesteps, desc=self.update.name, disable=not self.progress)):
             z = self.update(self.net, st, i, t, z)
         if self.cfg.latent_fit_iters:
-            z = fit_latents(self.net, self.space, self.dc_rule, z, st, self.cfg.latent_fit_iters, self.cfg.latent_fit_lr,
-                            self.progress)
+            z = fit_latents(self.net, self.space, self.dc_rule, z, st, self.cfg.latent_fit_iters,
+                            self.cfg.latent_fit_lr, self.progress)
         with torch.no_grad():
             x = self.dc_rule.close(st.to_acq(self.space, self.net.decode(z, st)), self.cfg.final_cg_iters,
                                    self.cfg.final_dc)
@@ -381,7 +381,8 @@ def fit_latents(net: LatentNets, space: SpaceMap, dc_rule: ImageDC, z: torch.Ten
     the UNet's latent units) on ``||A to_acq(D(z)) - y||^2 / scale^2``, in float32 (the decoder's backward pass in
     bfloat16 was slower on the CPU). The latent optimisation of ReSample (Song et al., ICLR 2024) at the end of
     sampling: the decoded image fits the data as far as the decoder can draw it, and the closing solve starts from
-    there. Costs ``iters`` decodes and backward passes per sample (counted as decodes); ``progress``: a bar over them."""
+    there. Costs ``iters`` decodes and backward passes per sample (counted as decodes); ``progress``: a bar over
+    them."""
     out, plain = [], replace(net, autocast="")  # LatentNets.decode, in float32
     bar = tqdm(total=len(z) * int(iters), desc="latent fit", disable=not progress)
     for b in range(len(z)):
