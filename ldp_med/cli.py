@@ -10,7 +10,6 @@ import dataclasses
 import errno
 import json
 import logging
-import os
 import signal
 import sys
 
@@ -102,8 +101,6 @@ def simulate(clean, out, task, accel, mask_kind, calib, coils, noise, noise_kind
     if out is None:
         from ldp_med.pipeline import default_output
 
-        if not os.path.exists(clean):
-            raise InputError(clean, "no such file or folder")
         out = str(default_output(clean, SIMULATED_TAG[task], ".h5" if task == "kspace" else None))
     if task != "kspace":
         check_volume_output(out, force, inputs=[clean])
@@ -330,8 +327,6 @@ def autoencode(input_path, out, model_dir, volume_index, align, force):
     from ldp_med.pipeline import default_output
 
     if out is None:
-        if not os.path.exists(input_path):
-            raise InputError(input_path, "no such file or folder")
         out = str(default_output(input_path, "ae"))
     check_volume_output(out, force, inputs=[input_path])
     prior = load_pretrained(model_dir, with_unet=False)

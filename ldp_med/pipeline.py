@@ -32,7 +32,9 @@ def _folder_suffix(path: str) -> str:
 def default_output(path: str, tag: str, suffix: str | None = None) -> Path:
     """``<name>_<tag>.nii.gz`` beside the input ``path`` (``.mgz`` / ``.mgh`` for FreeSurfer inputs; ``suffix`` when
     given; a DICOM folder's name is its ``<name>``, and "." names the folder it is): where an output goes when ``-o``
-    is not given."""
+    is not given. A missing input is refused here, in one line: there is nothing to name an output beside."""
+    if not os.path.exists(path):
+        raise InputError(path, "no such file or folder")
     source = Path(path) if Path(path).name else Path(os.path.abspath(path))
     return source.with_name(f"{volume_stem(source)}_{tag}{suffix or _folder_suffix(path)}")
 

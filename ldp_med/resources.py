@@ -176,7 +176,9 @@ def input_shape(path: str | os.PathLike, task: str, factor: int | None = 2,
     ``axis``, None read from the voxel sizes as the problem will). MINC and single DICOM files return None; their
     readers check sizes themselves.
     """
-    if str(path).lower().endswith((".h5", ".hdf5")):
+    from ldp_med.io.loaders import header_geometry, is_kspace_file
+
+    if is_kspace_file(path):
         try:
             import h5py
 
@@ -185,8 +187,6 @@ def input_shape(path: str | os.PathLike, task: str, factor: int | None = 2,
         except Exception:  # noqa: BLE001 - unreadable containers are the reader's to report, with its message
             return None
         return (tuple(shape[1:4]), int(shape[0])) if len(shape) == 4 else None
-    from ldp_med.io.loaders import header_geometry
-
     found = header_geometry(path)
     if found is None:
         return None
